@@ -1,0 +1,71 @@
+"""Where fleetloop runs: the one settings object.
+
+Read from the environment (prefix ``FLEETLOOP_``, nested sections with ``__``, e.g.
+``FLEETLOOP_STORAGE__BACKEND=s3``) and an optional ``.env`` file. Secrets are ``SecretStr``:
+they never appear in ``repr``, logs or artifacts. What the model *is* (thresholds, weights)
+lives in params, not here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class S3Settings(BaseModel):
+    bucket: str = "fleetloop"
+    prefix: str = ""
+    endpoint_url: str | None = None  # any S3-compatible endpoint (MinIO, moto, ...)
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None  # None: boto3's default credential chain
+    secret_access_key: SecretStr | None = None
+
+
+class StorageSettings(BaseModel):
+    backend: Literal["local", "s3"] = "local"
+    local_root: Path | None = None  # default: <home>/store
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+
+class PrefectSettings(BaseModel):
+    api_url: str | None = None  # default: the local server started by `fleetloop services up`
+    port: int = 4200
+    dask_address: str | None = None  # an existing Dask scheduler; None: a LocalCluster
+    dask_workers: int = 2
+    weekly_cron: str = "0 3 * * 1"  # Monday 03:00
+    timezone: str = "UTC"
+    work_pool: str = "fleetloop"
+
+
+class LabelStudioSettings(BaseModel):
+    url: str | None = None  # default: the local server started by `fleetloop services up`
+    token: SecretStr | None = None  # legacy token (Token) or personal access token (JWT)
+    port: int = 8080
+    model_version: str = "fleetloop-mined"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETLOOP_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    home: Path = Path(".fleetloop")  # project-local state: services, store, caches
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    prefect: PrefectSettings = Field(default_factory=PrefectSettings)
+    label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+
+    @property
+    def store_root(self) -> Path:
+        return (self.storage.local_root or self.home / "store").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests that need the real KITTI slice skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+KITTI_ROOT = Path(
+    os.environ.get("FLEETLOOP_KITTI_ROOT", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kitti-tracking")
+)
+
+
+@pytest.fixture(scope="session")
+def kitti_root() -> Path:
+    if not (KITTI_ROOT / "calib").is_dir():
+        pytest.skip(f"KITTI slice not found at {KITTI_ROOT} (../shared is absent on a fresh clone)")
+    return KITTI_ROOT
