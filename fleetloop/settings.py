@@ -23,6 +23,10 @@ class S3Settings(BaseModel):
     region: str = "us-east-1"
     access_key_id: SecretStr | None = None  # None: boto3's default credential chain
     secret_access_key: SecretStr | None = None
+    # Fail fast on a dead endpoint: seconds, not botocore's minutes of retries.
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 30.0
+    max_attempts: int = 3  # total attempts per request, first one included
 
 
 class StorageSettings(BaseModel):
@@ -37,6 +41,8 @@ class PrefectSettings(BaseModel):
     dask_address: str | None = None  # an existing Dask scheduler; None: a LocalCluster
     dask_workers: int = 2
     weekly_cron: str = "0 3 * * 1"  # Monday 03:00
+    drift_cron: str = "0 4 * * *"  # daily 04:00
+    label_sync_cron: str = "*/15 * * * *"  # poll Label Studio every 15 minutes
     timezone: str = "UTC"
     work_pool: str = "fleetloop"
 

@@ -1,0 +1,66 @@
+"""``fleetloop ingest`` and ``fleetloop logs list``: logs into and out of the configured store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+logs_app = typer.Typer(help="Logs in the configured store.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(logs_app, name="logs")
+
+    @app.command()
+    def ingest(
+        path: Annotated[Path, typer.Argument(exists=True, help="Directory of logs to bring in.")],
+        format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
+        log: Annotated[list[str], typer.Option("--log", help="Only these log ids (repeatable).")] = [],
+    ) -> None:
+        """Validate logs and store them (the function the ingest-logs flow calls). Bad logs are
+        quarantined with a report; the rest go on. Rerunning stores nothing twice."""
+        from fleetloop.importers import FORMATS, LogFormatError
+        from fleetloop.pipeline import ingest as do_ingest
+        from fleetloop.settings import get_settings
+        from fleetloop.storage import StorageError, get_store
+
+        if format not in FORMATS:
+            raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
+        try:
+            with console.status(f"Ingesting {path} ({format})"):
+                report = do_ingest(get_store(get_settings()), path, format, log or None)
+        except (LogFormatError, StorageError, FileNotFoundError) as exc:
+            err.print(f"[red]ingest failed:[/] {exc}")
+            raise typer.Exit(1) from None
+        console.print(
+            f"[green]{len(report.registered)} new[/], {len(report.unchanged)} unchanged, "
+            f"[red]{len(report.quarantined)} quarantined[/]; {report.frames:,} frames in {report.seconds:.1f} s"
+        )
+        for log_id, key in report.quarantined.items():
+            console.print(f"  quarantined {log_id}: {key}")
+
+    @logs_app.command("list")
+    def list_cmd(
+        since: Annotated[datetime | None, typer.Option(help="Only logs that arrived at or after this time (UTC).")] = None,
+    ) -> None:
+        """The logs in the store, oldest arrival first."""
+        from fleetloop.settings import get_settings
+        from fleetloop.storage import StorageError, get_store, list_logs
+
+        try:
+            manifests = list_logs(get_store(get_settings()), since=since)
+        except StorageError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from None
+        table = Table("log_id", "frames", "arrived_at", "source")
+        for m in manifests:
+            table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), m.source)
+        console.print(table)
+        console.print(f"{len(manifests)} logs")

@@ -1,0 +1,81 @@
+"""Every flow as a deployment: the weekly cycle on its cron schedule, each step on demand.
+
+Two ways to run them, neither needs Docker:
+- ``fleetloop deploy --serve``: one long-running process registers the deployments and runs
+  their flow runs (``prefect.serve``).
+- ``fleetloop deploy`` then ``fleetloop worker``: deployments in a ``process`` work pool, loaded
+  from this source tree by a Prefect process worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleetloop.settings import Settings
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def flow_specs(settings: Settings) -> list[dict]:
+    """(entrypoint, deployment name, schedule) for every deployment, in one place."""
+    from prefect.schedules import Cron
+
+    weekly = Cron(settings.prefect.weekly_cron, timezone=settings.prefect.timezone)
+    return [
+        {"entrypoint": "fleetloop/flows/weekly.py:weekly_cycle", "name": "weekly", "schedules": [weekly]},
+        {"entrypoint": "fleetloop/flows/mine.py:ingest_logs", "name": "on-demand"},
+        {"entrypoint": "fleetloop/flows/mine.py:mine", "name": "on-demand"},
+        {"entrypoint": "fleetloop/flows/drift.py:monitor_drift", "name": "daily",
+         "schedules": [Cron(settings.prefect.drift_cron, timezone=settings.prefect.timezone)]},
+        {"entrypoint": "fleetloop/flows/label.py:label_push", "name": "on-demand"},
+        {"entrypoint": "fleetloop/flows/label.py:label_sync", "name": "poll",
+         "schedules": [Cron(settings.prefect.label_sync_cron, timezone=settings.prefect.timezone)]},
+    ]
+
+
+def _load(entrypoint: str):
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(str(SOURCE_ROOT / entrypoint))
+
+
+def to_deployments(settings: Settings) -> list:
+    """RunnerDeployments for ``prefect.serve``."""
+    out = []
+    for spec in flow_specs(settings):
+        fl = _load(spec["entrypoint"])
+        out.append(fl.to_deployment(name=spec["name"], schedules=spec.get("schedules"), tags=["fleetloop"]))
+    return out
+
+
+def serve(settings: Settings) -> None:
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*to_deployments(settings), print_starting_message=True)
+
+
+def deploy_to_pool(settings: Settings) -> list[str]:
+    """Register every deployment in the process work pool (created when missing)."""
+    import anyio
+    from prefect import flow as prefect_flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    pool = settings.prefect.work_pool
+
+    async def ensure_pool() -> None:
+        async with get_client() as client:
+            try:
+                await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            except ObjectAlreadyExists:
+                pass
+
+    anyio.run(ensure_pool)
+    ids = []
+    for spec in flow_specs(settings):
+        fl = prefect_flow.from_source(source=str(SOURCE_ROOT), entrypoint=spec["entrypoint"])
+        dep_id = fl.deploy(name=spec["name"], work_pool_name=pool, schedules=spec.get("schedules"),
+                           tags=["fleetloop"], print_next_steps=False)
+        ids.append(str(dep_id))
+    return ids

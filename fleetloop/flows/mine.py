@@ -1,0 +1,88 @@
+"""``ingest-logs`` and ``mine``: logs in, ranked frames out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from fleetloop import pipeline
+from fleetloop.checks.params import MiningParams
+from fleetloop.flows.common import dask_task_runner, store
+
+
+@flow(name="ingest-logs", log_prints=True)
+def ingest_logs(source: str, format: str = "kitti-tracking", log_ids: list[str] | None = None) -> pipeline.IngestReport:
+    """Bring logs from ``source`` into the store: validate, register, quarantine the bad ones."""
+    report = pipeline.ingest(store(), source, format, log_ids)
+    lines = [
+        f"# Ingest from `{report.source}` ({report.format})",
+        f"- new logs: **{len(report.registered)}** {', '.join(report.registered)}",
+        f"- unchanged logs: {len(report.unchanged)}",
+        f"- frames: {report.frames:,}",
+        f"- quarantined: **{len(report.quarantined)}**",
+    ]
+    lines += [f"  - `{log_id}`: report at `{key}`" for log_id, key in report.quarantined.items()]
+    create_markdown_artifact(key="ingest-summary", markdown="\n".join(lines), description="What came in")
+    return report
+
+
+@task(retries=2, retry_delay_seconds=[2, 5], task_run_name="mine-shard-{index}")
+def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: MiningParams) -> pipeline.ShardOutput:
+    # Safe to retry: a shard's output is written atomically under the run key.
+    return pipeline.mine_shard(store(), run_key, index, log_ids, params)
+
+
+@flow(name="mine", log_prints=True, task_runner=dask_task_runner())
+def mine(
+    budget: int | None = 200,
+    since: datetime | None = None,
+    log_ids: list[str] | None = None,
+    params: MiningParams | None = None,
+    frames_per_shard: int = 50_000,
+) -> pipeline.MiningSummary:
+    """Run the sanity checks over stored logs by shard, rank frames, select under ``budget``.
+
+    The run is keyed on its inputs: a rerun with the same logs and parameters reuses the
+    finished outputs; a crashed run resumes from the shards it already wrote."""
+    logger = get_run_logger()
+    params = params or pipeline_params()
+    st = store()
+    run = pipeline.plan_mining(st, params, budget, since=since, log_ids=log_ids, frames_per_shard=frames_per_shard)
+    logger.info("mining run %s: %d logs in %d shards", run.key, len(run.log_ids), len(run.shards))
+    futures = [mine_shard_task.submit(run.key, i, logs, params) for i, logs in enumerate(run.shards)]
+    shards = [f.result() for f in futures]
+    summary = pipeline.finish_mining(st, run, shards, params)
+    publish_mining_artifacts(summary)
+    return summary
+
+
+def pipeline_params() -> MiningParams:
+    """Mining params with the drift monitor's latest slice boosts applied, if any."""
+    return MiningParams(slice_boost=pipeline.latest_slice_boost(store()))
+
+
+def publish_mining_artifacts(summary: pipeline.MiningSummary) -> None:
+    reasons = "\n".join(f"| {r} | {n:,} |" for r, n in list(summary.reasons.items())[:15]) or "| (none) | 0 |"
+    skipped = "\n".join(f"- {s}" for s in summary.skipped) or "- none"
+    boosts = ", ".join(f"{k} ×{v:g}" for k, v in summary.slice_boost.items()) or "none"
+    md = f"""# Mining run `{summary.run_key}`{' (reused: same inputs as an earlier run)' if summary.reused else ''}
+
+**In:** {summary.logs} logs, {summary.frames:,} frames.
+**Flagged:** {summary.flags:,} flags on {summary.flagged_frames:,} frames.
+**Selected:** {summary.selected:,} frames (budget {summary.budget if summary.budget else 'none: every frame ranked'}).
+**Drift boosts:** {boosts}
+
+| reason | flags |
+|---|---|
+{reasons}
+
+Checks skipped:
+{skipped}
+
+Outputs: `{summary.selected_key}`, `{summary.ranked_key}`
+"""
+    create_markdown_artifact(key="mining-summary", markdown=md, description="What was flagged and selected")
+    create_table_artifact(key="top-mined-frames", table=summary.top or [{"log_id": "", "frame": "", "score": 0, "reasons": ""}],
+                          description="Top selected frames with their reasons")
