@@ -229,6 +229,7 @@ def make_s3_client(s3: S3Settings) -> Any:
         connect_timeout=s3.connect_timeout_s,
         read_timeout=s3.read_timeout_s,
         retries={"max_attempts": s3.max_attempts, "mode": "standard"},
+        signature_version="s3v4",  # presigned URLs too (MinIO and current AWS regions need v4)
     )
     if s3.endpoint_url:
         # S3-compatible servers (MinIO, moto): path-style URLs, checksums only where required.
@@ -389,3 +390,18 @@ def get_store(settings: Settings | None = None) -> Store:
         s3 = settings.storage.s3
         return S3Store(s3.bucket, s3.prefix, make_s3_client(s3))
     return LocalStore(settings.store_root)
+
+
+# The log registry lives in fleetloop.logstore; its API is importable from here too
+# (``from fleetloop.storage import put_log``), loaded on first use.
+_LOGSTORE_API = frozenset(
+    {"LogManifest", "LogNotFoundError", "LogConflictError", "put_log", "get_log", "get_manifest", "list_logs"}
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOGSTORE_API:
+        from fleetloop import logstore
+
+        return getattr(logstore, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -295,11 +295,51 @@ def _reap(pid: int) -> None:
         pass
 
 
-def status(home: Path | str) -> dict[str, object]:
-    """A small status dict for ``fleetloop services status``."""
-    state = read_state(home)
-    if state is None:
-        return {"name": "label-studio", "running": False, "url": None, "installed": _executable(default_venv(home)).exists()}
-    running = _pid_alive(state.pid) and health(state.url, state.token)
-    return {"name": "label-studio", "running": running, "url": state.url, "pid": state.pid if running else None,
-            "installed": _executable(default_venv(home)).exists()}
+class LabelStudioService:
+    """The :class:`fleetloop.services.Service` for ``fleetloop services up|down|status``.
+
+    With ``settings.label_studio.url`` set, the server is external (production): nothing is
+    started and status reports its health."""
+
+    name = "label-studio"
+
+    def url(self, settings) -> str:
+        return (settings.label_studio.url or f"http://127.0.0.1:{settings.label_studio.port}").rstrip("/")
+
+    def health(self, url: str, timeout: float = 2.0) -> bool:
+        return health(url, timeout=timeout)
+
+    def start(self, settings):
+        if settings.label_studio.url:
+            return self.status(settings)
+        from fleetloop.services import ServiceError
+
+        try:
+            start(settings.home, port=settings.label_studio.port)
+        except LabelStudioServerError as exc:
+            raise ServiceError(f"label-studio: {exc}") from exc
+        return self.status(settings)
+
+    def stop(self, settings) -> bool:
+        return False if settings.label_studio.url else stop(settings.home)
+
+    def status(self, settings):
+        from fleetloop.services import ServiceStatus
+
+        url = self.url(settings)
+        if settings.label_studio.url:
+            return ServiceStatus(name=self.name, url=url, healthy=self.health(url), running=False, mode="external",
+                                 detail="configured in settings; not managed by fleetloop")
+        state = read_state(settings.home)
+        log = str(service_dir(settings.home) / "server.log")
+        if state is None or not _pid_alive(state.pid):
+            installed = _executable(default_venv(settings.home)).exists()
+            return ServiceStatus(name=self.name, url=url, healthy=False, running=False, mode="local", log=log,
+                                 detail="not running: start it with `fleetloop services up`"
+                                 + ("" if installed else " (first start installs Label Studio, ~1 min)"))
+        healthy = health(state.url, state.token)
+        return ServiceStatus(name=self.name, url=state.url, healthy=healthy, running=True, mode="local",
+                             pid=state.pid, log=log, detail="" if healthy else "running but not healthy")
+
+
+LABEL_STUDIO = LabelStudioService()

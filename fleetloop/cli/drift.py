@@ -1,0 +1,86 @@
+"""``fleetloop drift REFERENCE CURRENT``: drift of production-traffic features between two log sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _split(values: list[str]) -> list[str] | None:
+    """Repeatable and/or comma-separated log ids; None (all logs) when none are given."""
+    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    return out or None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def drift(
+        reference: Annotated[Path, typer.Argument(help="Reference logs (e.g. last week, or the training data's logs).")],
+        current: Annotated[Path, typer.Argument(help="Current logs (e.g. this week).")],
+        format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
+        out: Annotated[Path, typer.Option("--out", "-o", help="Directory for drift_report.html and summary.json.")] = Path("drift-out"),
+        reference_logs: Annotated[list[str], typer.Option("--reference-logs", "-r",
+                                  help="Only these reference log ids (repeatable or comma-separated).")] = [],
+        current_logs: Annotated[list[str], typer.Option("--current-logs", "-c",
+                                help="Only these current log ids (repeatable or comma-separated).")] = [],
+        threshold: Annotated[float, typer.Option(help="Per-feature drift threshold (normed Wasserstein / Jensen-Shannon distance).")] = 0.1,
+        drift_share: Annotated[float, typer.Option(help="Dataset drift when at least this share of features drifted.")] = 0.5,
+        display_sample: Annotated[int, typer.Option(help="At most this many rows per window are drawn in the HTML (statistics use all).")] = 50_000,
+        fail_on_drift: Annotated[bool, typer.Option(help="Exit with code 3 when dataset drift is detected.")] = False,
+    ) -> None:
+        """Compute per-frame features of both log sets, compare them with Evidently, write the HTML
+        report and summary.json (per-feature score and verdict, share of drifted features, tests,
+        agreement trend, slices to boost in the next mining run)."""
+        from fleetloop.drift import DriftInputError, FeatureParams, monitor_drift
+        from fleetloop.drift.features import FeatureError
+        from fleetloop.importers import FORMATS, LogFormatError, load_logs
+
+        if format not in FORMATS:
+            raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
+        try:
+            with console.status("Loading logs"):
+                ref = load_logs(reference, format, _split(reference_logs))
+                cur = load_logs(current, format, _split(current_logs))
+            with console.status(f"Comparing {cur.num_frames:,} current frames with {ref.num_frames:,} reference frames"):
+                result = monitor_drift(ref, cur, out, params=FeatureParams(), threshold=threshold,
+                                       drift_share=drift_share, display_sample=display_sample)
+        except (LogFormatError, FileNotFoundError, DriftInputError, FeatureError) as exc:
+            err.print(f"[red]drift failed:[/] {exc}")
+            raise typer.Exit(1) from None
+
+        s = result.summary
+        table = Table(title=f"Drift: {s.current_rows:,} current vs {s.reference_rows:,} reference frames")
+        for col, justify in (("feature", "left"), ("method", "left"), ("score", "right"), ("drift", "center"),
+                             ("reference", "right"), ("current", "right")):
+            table.add_column(col, justify=justify)
+        for f in sorted(s.features.values(), key=lambda f: (not f.drifted, f.name)):
+            if f.kind == "numerical":
+                ref_v = "-" if f.reference_mean is None else f"{f.reference_mean:.3g}"
+                cur_v = "-" if f.current_mean is None else f"{f.current_mean:.3g}"
+            else:
+                ref_v = ", ".join(f"{k} {v:.0%}" for k, v in sorted((f.reference_shares or {}).items(), key=lambda kv: -kv[1])[:3])
+                cur_v = ", ".join(f"{k} {v:.0%}" for k, v in sorted((f.current_shares or {}).items(), key=lambda kv: -kv[1])[:3])
+            score = "-" if f.score is None else f"{f.score:.3f}"
+            table.add_row(f.name, f.method, score, "[red]yes[/]" if f.drifted else "no", ref_v, cur_v)
+        console.print(table)
+        if s.skipped:
+            console.print(f"[dim]not compared: {', '.join(k.name for k in s.skipped)}[/]")
+        for t in s.agreement_trend:
+            if t.reference_mean is not None and t.current_mean is not None:
+                console.print(f"{t.feature}: {t.reference_mean:.3f} -> {t.current_mean:.3f} "
+                              + ("[red](degraded)[/]" if t.degraded else ""))
+        verdict = "[red]DATASET DRIFT[/]" if s.dataset_drift else "[green]no dataset drift[/]"
+        console.print(f"{verdict}: {s.n_drifted} of {s.n_features} features drifted ({s.share_drifted:.0%}); "
+                      f"tests {s.tests_passed} passed, {s.tests_failed} failed")
+        if s.slice_boost:
+            console.print("slices to boost: " + ", ".join(f"{k} x{v}" for k, v in s.slice_boost.items()))
+        console.print(f"report: {out / (s.report_html or '')}  summary: {out / 'summary.json'}")
+        if fail_on_drift and s.dataset_drift:
+            raise typer.Exit(3)

@@ -1,0 +1,228 @@
+"""``fleetloop label``: push mined frames to Label Studio, sync verified labels back.
+
+Label Studio is ``settings.label_studio`` (URL + token) or else the local server started by
+``fleetloop services up``. Exit codes: 0 done, 3 done but some frames/annotations were reported
+(the report lists them; the rest went through), 2 nothing done (bad input, unreachable server).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Labeling campaigns in Label Studio: push, sync, status, simulate, listen.",
+                  no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+CampaignOpt = Annotated[str, typer.Option("--campaign", "-c", help="Campaign name (= Label Studio project title).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    err.print(f"[red]error:[/] {exc}")
+    return typer.Exit(2)
+
+
+def _boundary_errors() -> tuple[type[Exception], ...]:
+    from fleetloop.importers import LogFormatError
+    from fleetloop.labeling.client import LabelStudioError
+    from fleetloop.labeling.locks import LockTimeout
+    from fleetloop.labeling.push import SelectionError
+    from fleetloop.storage import StorageError
+
+    return (LabelStudioError, LogFormatError, SelectionError, LockTimeout, StorageError, FileNotFoundError,
+            RuntimeError)
+
+
+def _client():
+    from fleetloop.labeling.client import LabelStudioClient
+    from fleetloop.settings import get_settings
+
+    return LabelStudioClient.from_settings(home=get_settings().home)
+
+
+def _print(obj: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+def push(
+    selection: Annotated[Path, typer.Argument(help="Selection CSV written by `fleetloop mine --budget`.")],
+    campaign: CampaignOpt,
+    source: Annotated[Path | None, typer.Option(help="Read the logs from here (else from the store).")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="Format of --source: kitti-tracking | parquet")] = "kitti-tracking",
+    model_version: Annotated[str | None, typer.Option(help="Prediction model version (default: settings).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Tasks per import request.")] = 200,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create pre-annotated tasks for the selected frames (idempotent: existing tasks are kept)."""
+    from fleetloop.labeling.push import load_logs_for, push as do_push, read_selection
+    from fleetloop.settings import get_settings
+
+    settings = get_settings()
+    try:
+        rows = read_selection(selection)
+        logs = load_logs_for(rows, source, format)
+        with _client() as client:
+            report = do_push(rows, logs, campaign, client=client, home=settings.home,
+                             model_version=model_version or settings.label_studio.model_version, batch_size=batch_size)
+    except _boundary_errors() as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print(report.model_dump(), True)
+    else:
+        console.print(f"campaign [bold]{campaign}[/] (project {report.project_id}): {report.selected} frames selected, "
+                      f"[green]{report.created} tasks created[/], {report.already_present} already there, "
+                      f"[red]{len(report.problems)} problems[/] ({report.requests} import requests, {report.seconds:.1f} s)")
+        for p in report.problems:
+            console.print(f"  [red]{p.stage}[/] log {p.log_id} frame {p.frame}: {p.message}")
+    raise typer.Exit(3 if report.problems else 0)
+
+
+@app.command()
+def sync(
+    campaign: CampaignOpt,
+    page_size: Annotated[int, typer.Option(min=1, help="Tasks per page.")] = 100,
+    shard_size: Annotated[int, typer.Option(min=1, help="Annotations per output shard.")] = 5000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Deliver new and updated annotations as label shards (exactly once, with a watermark)."""
+    from fleetloop.labeling.sync import sync as do_sync
+    from fleetloop.settings import get_settings
+    from fleetloop.storage import get_store
+
+    settings = get_settings()
+    try:
+        with _client() as client:
+            report = do_sync(campaign, client=client, store=get_store(settings), home=settings.home,
+                             page_size=page_size, shard_size=shard_size)
+    except _boundary_errors() as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print(report.model_dump(), True)
+    else:
+        console.print(f"campaign [bold]{campaign}[/]: {report.annotations_seen} annotations seen, "
+                      f"[green]{report.delivered} delivered[/] ({report.revisions} revisions, {report.labels} boxes, "
+                      f"{report.empty} empty, {report.unusable} unusable), {report.already_delivered} already delivered, "
+                      f"[red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s")
+        for key in report.recovered_shards:
+            console.print(f"  recovered shard of an interrupted sync: {key}")
+        for key in report.shards:
+            console.print(f"  wrote {key}")
+        for p in report.problems:
+            console.print(f"  [red]task {p.task_id} annotation {p.annotation_id}[/] (log {p.log_id} frame {p.frame}, "
+                          f"region {p.region}): {p.message}")
+    raise typer.Exit(3 if report.problems else 0)
+
+
+@app.command()
+def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
+    """Counts of tasks, annotated tasks and synced tasks of a campaign."""
+    from fleetloop.labeling.sync import campaign_status
+    from fleetloop.settings import get_settings
+    from fleetloop.storage import get_store
+
+    try:
+        with _client() as client:
+            st = campaign_status(campaign, client=client, store=get_store(get_settings()))
+    except _boundary_errors() as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print(st, True)
+        return
+    console.print(f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
+                  f"{st['synced']} synced ({st['annotations_delivered']} annotations delivered in {st['shards']} shards)")
+
+
+@app.command()
+def simulate(
+    campaign: CampaignOpt,
+    truth: Annotated[Path, typer.Option(help="Ground truth: a KITTI tracking root (label_02/) or a Parquet table.")],
+    latency: Annotated[float, typer.Option(min=0, help="Seconds per task.")] = 0.0,
+    noise: Annotated[float, typer.Option(min=0, help="Pixel jitter (std-dev) per box edge.")] = 0.0,
+    skip_rate: Annotated[float, typer.Option(min=0, max=1, help="Share of tasks skipped.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Answer at most this many tasks.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer open tasks with a simulated labeling team (demo and tests only)."""
+    from fleetloop.labeling.simulate import TeamConfig, load_truth, simulate as do_simulate
+
+    try:
+        table = load_truth(truth)
+        with _client() as client:
+            report = do_simulate(campaign, table, client=client, limit=limit,
+                                 team=TeamConfig(latency_s=latency, noise_px=noise, skip_rate=skip_rate, seed=seed))
+    except _boundary_errors() as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print(report.model_dump(exclude={"submissions"}), True)
+    else:
+        console.print(f"simulated team on [bold]{campaign}[/]: {report.answered} labeled ({report.boxes} boxes), "
+                      f"{report.unusable} marked unusable, {report.left_open} left open, {report.seconds:.1f} s")
+
+
+@app.command()
+def listen(
+    campaign: Annotated[list[str], typer.Option("--campaign", "-c", help="Campaigns to watch (repeatable).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    public_url: Annotated[str | None, typer.Option(help="URL Label Studio posts to (default http://HOST:PORT/webhook).")] = None,
+    trigger: Annotated[str, typer.Option(help="sync: run the sync here | deployment: run the label-sync deployment")] = "sync",
+    deployment: Annotated[str, typer.Option(help="Deployment to run with --trigger deployment.")] = "label-sync/label-sync",
+) -> None:
+    """Receive Label Studio webhooks and sync (or trigger the label-sync deployment) on each
+    created/updated annotation. Registers the campaigns' webhooks first (idempotent)."""
+    import secrets
+
+    from fleetloop.labeling.webhook import WebhookReceiver, register_webhook
+    from fleetloop.settings import get_settings
+
+    settings = get_settings()
+    secret_file = settings.home.resolve() / "labeling" / "webhook-secret"
+    if not secret_file.exists():
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(secrets.token_hex(20))
+        secret_file.chmod(0o600)
+    secret = secret_file.read_text().strip()
+
+    if trigger == "sync":
+        def action(name: str) -> None:
+            from fleetloop.labeling.sync import sync as do_sync
+            from fleetloop.storage import get_store
+
+            with _client() as client:
+                r = do_sync(name, client=client, store=get_store(settings), home=settings.home)
+            console.print(f"synced {name}: {r.delivered} delivered, {len(r.problems)} rejected")
+    elif trigger == "deployment":
+        def action(name: str) -> None:
+            from fleetloop.services import ensure_prefect_env
+
+            ensure_prefect_env(settings)
+            from prefect.deployments import run_deployment
+
+            run = run_deployment(deployment, parameters={"campaign": name}, timeout=0)
+            console.print(f"triggered {deployment} for {name}: flow run {run.id}")
+    else:
+        raise typer.BadParameter("expected sync or deployment", param_hint="--trigger")
+
+    try:
+        receiver = WebhookReceiver(action, secret=secret, host=host, port=port, campaigns=set(campaign))
+        url = public_url or receiver.url
+        with _client() as client:
+            for name in campaign:
+                hook = register_webhook(client, name, url, secret)
+                console.print(f"webhook {hook} of campaign {name} -> {url}")
+    except (OSError, *_boundary_errors()) as exc:
+        raise _fail(exc) from None
+    console.print(f"listening on {receiver.url} (Ctrl-C to stop)")
+    try:
+        receiver.serve_forever()
+    except KeyboardInterrupt:
+        receiver.stop()

@@ -1,0 +1,94 @@
+"""``fleetloop services up|down|status``: the local servers of the embedded default."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Start, stop and inspect the local services (Prefect server + UI, ...) on 127.0.0.1.",
+    no_args_is_help=True,
+)
+
+ServiceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--service", "-s", help="Only this service (repeatable). Default: all."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _print(statuses: list, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({s.name: s.model_dump(exclude={"name"}) for s in statuses}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    for col in ("service", "url", "health", "pid", "log / note"):
+        table.add_column(col)
+    for s in statuses:
+        health = "[green]healthy[/]" if s.healthy else ("[yellow]unhealthy[/]" if s.running or s.mode == "external" else "[dim]stopped[/]")
+        note = s.log or ""
+        if s.detail:
+            note = f"{note}  {s.detail}".strip()
+        table.add_row(s.name, s.url if s.mode == "local" else f"{s.url} (external)", health, str(s.pid or ""), note)
+    Console().print(table)
+
+
+def _fail(exc: Exception) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
+    """Start the services unless they are running (idempotent) and wait until they are healthy.
+
+    A service configured to use a deployed server (FLEETLOOP_PREFECT__API_URL, ...) is not
+    started, only checked. Exit code 1 when any service is not healthy."""
+    from fleetloop.services import ServiceError
+    from fleetloop.services import up as services_up
+
+    try:
+        statuses = services_up(names=service)
+    except ServiceError as exc:
+        _fail(exc)
+    _print(statuses, as_json)
+    if not all(s.healthy for s in statuses):  # only an external server can be unhealthy here
+        raise typer.Exit(1)
+
+
+@app.command()
+def down(service: ServiceOpt = None) -> None:
+    """Stop the local services (SIGTERM, then SIGINT/SIGKILL after a timeout)."""
+    from rich.console import Console
+
+    from fleetloop.services import ServiceError
+    from fleetloop.services import down as services_down
+
+    try:
+        stopped = services_down(names=service)
+    except ServiceError as exc:
+        _fail(exc)
+    Console().print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+def status(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
+    """Each service's URL and health. Exit code 1 when any of them is not healthy."""
+    from fleetloop.services import ServiceError
+    from fleetloop.services import status as services_status
+
+    try:
+        statuses = services_status(names=service)
+    except ServiceError as exc:
+        _fail(exc)
+    _print(statuses, as_json)
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
