@@ -42,7 +42,6 @@ _SOURCE_COLUMNS = {
     "_dt_ns": ["timestamp_ns"],
     "_calibrated": [],
     "_frame_known": [],
-    "_score_nan": ["score"],
     "_P_len": ["P"],
     "_P_finite": ["P"],
     "_fx": ["P"],
@@ -149,7 +148,8 @@ class ValidationResult:
 # --------------------------------------------------------------------------- GX, once per process
 
 _LOCK = threading.Lock()
-_RUNNERS: dict[str, Any] = {}
+_RUNNERS: dict[str, Any] = {}  # table -> GX ValidationDefinition
+_EXPECTATIONS: dict[str, Any] = {}  # expectation id -> Expectation (to re-run failures)
 
 
 def _runner(table: str):
@@ -172,6 +172,7 @@ def _runner(table: str):
                 for e in d["expectations"]:
                     e.pop("id", None)
                 suite = ctx.suites.add(gx.ExpectationSuite(**d))
+                _EXPECTATIONS.update({e.id: e for e in suite.expectations})
                 _RUNNERS[name] = ctx.validation_definitions.add(
                     gx.ValidationDefinition(name=f"{name}-validation", data=batch, suite=suite)
                 )
@@ -182,9 +183,10 @@ def reset_cache() -> None:
     """Forget the cached GX context (after regenerating suites in a running process)."""
     with _LOCK:
         _RUNNERS.clear()
+        _EXPECTATIONS.clear()
 
 
-_RESULT_FORMAT = {
+_COMPLETE = {
     "result_format": "COMPLETE",
     "unexpected_index_column_names": ["_pos"],
     "return_unexpected_index_query": False,
@@ -193,14 +195,30 @@ _RESULT_FORMAT = {
 
 
 def _run_suite(table: str, df) -> list:
-    """The failed expectation results of ``table``'s suite on ``df``."""
+    """The failed expectation results of ``table``'s suite on ``df``, with every failing row.
+
+    Two passes: the whole suite with ``BOOLEAN_ONLY`` (a third cheaper than ``COMPLETE`` on a
+    clean batch, the common case), then only the failed expectations with ``COMPLETE``."""
+    import copy
+
+    import great_expectations as gx
     import pandas as pd
 
     vd = _runner(table)
     # GX filters the whole batch frame per column expectation (df[df[col].notnull()]); without
     # copy-on-write pandas deep-copies every column each time. With it the copies are lazy.
     with _LOCK, pd.option_context("mode.copy_on_write", True):
-        res = vd.run(batch_parameters={"dataframe": df}, result_format=_RESULT_FORMAT)
+        res = vd.run(batch_parameters={"dataframe": df}, result_format={"result_format": "BOOLEAN_ONLY"})
+        failed = [r for r in res.results if not r.success]
+        if not failed:
+            return []
+        again = []
+        for r in failed:
+            e = copy.copy(_EXPECTATIONS[r.expectation_config.id])
+            e.id = None
+            again.append(e)
+        batch = vd.batch_definition.get_batch(batch_parameters={"dataframe": df})
+        res = batch.validate(gx.ExpectationSuite(name=f"{table}-failures", expectations=again), result_format=_COMPLETE)
     return [r for r in res.results if not r.success]
 
 
@@ -247,15 +265,18 @@ def _prepare(name: str, t: pa.Table, logs: DriveLogs | None):
             col = col.dictionary_encode()
         cols[f.name] = col.to_pandas()
     cols["_pos"] = np.arange(n, dtype=np.int64)
+    cols["_missing"] = _missing(t, LABELS if name == "labels" else STREAMS[name]).to_pandas()
     if name == "frames":
         order = pc.sort_indices(t, sort_keys=[("log_id", "ascending"), ("frame", "ascending")]).to_numpy()
         log_sorted = t["log_id"].take(order)
-        ts = t["timestamp_ns"].take(order).to_numpy(zero_copy_only=False).astype(np.float64)
+        ts_col = t["timestamp_ns"].take(order)
+        ts = ts_col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         same = np.zeros(n, bool)
         if n > 1:
             same[1:] = pc.equal(log_sorted[1:], log_sorted[:-1]).fill_null(False).to_numpy(zero_copy_only=False)
+        same &= ~pc.is_null(ts_col).to_numpy(zero_copy_only=False)  # a missing timestamp is _missing's job
         dt_sorted = np.full(n, np.nan)
-        dt_sorted[1:] = np.diff(ts)
+        dt_sorted[1:] = np.diff(ts).astype(np.float64)  # differences in int64: exact, then small enough for float64
         dt_sorted[~same] = np.nan  # a log's first frame has no predecessor
         dt = np.empty(n)
         dt[order] = dt_sorted
@@ -268,8 +289,6 @@ def _prepare(name: str, t: pa.Table, logs: DriveLogs | None):
         frame_keys = _frame_keys(frames["log_id"], frames["frame"], known_logs)
         keys = _frame_keys(t["log_id"], t["frame"], known_logs)
         cols["_frame_known"] = (keys >= 0) & np.isin(keys, frame_keys)
-        if name == "tracks":
-            cols["_score_nan"] = pc.is_nan(t["score"]).fill_null(False).to_numpy(zero_copy_only=False)
     elif name == "calibration":
         for col, short in (("P", "_P"), ("lidar_to_cam", "_lidar_to_cam")):
             values = t[col].to_pylist()
@@ -283,6 +302,37 @@ def _prepare(name: str, t: pa.Table, logs: DriveLogs | None):
             else:
                 cols["_rot_err"] = np.array([_rotation_error(v) for v in values], np.float64)
     return pd.DataFrame(cols)
+
+
+def _missing(t: pa.Table, schema: pa.Schema) -> pa.Array:
+    """Per row, the comma-separated names of its missing fields (null where the schema requires
+    a value, NaN in any float column); null for a complete row. Vectorised: the strings are
+    built once per distinct pattern of missing fields, not per row."""
+    n = t.num_rows
+    names, masks = [], []
+    for f in schema:
+        col = t[f.name]
+        if pa.types.is_floating(f.type):  # NaN is never a value; null only where allowed
+            m = pc.is_nan(col).fill_null(False) if f.nullable else pc.is_null(col, nan_is_null=True)
+        elif not f.nullable:
+            if col.null_count == 0:
+                continue
+            m = pc.is_null(col)
+        else:
+            continue
+        names.append(f.name)
+        masks.append(m.to_numpy(zero_copy_only=False))
+    bits = np.zeros(n, np.int64)
+    for i, m in enumerate(masks):
+        bits |= m.astype(np.int64) << i
+    bad = np.flatnonzero(bits)
+    if not bad.size:
+        return pa.nulls(n, pa.string()).dictionary_encode()
+    patterns, inverse = np.unique(bits[bad], return_inverse=True)
+    labels = [", ".join(nm for i, nm in enumerate(names) if p >> i & 1) for p in patterns.tolist()]
+    codes = np.full(n, -1, np.int32)
+    codes[bad] = inverse
+    return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(labels, pa.string()))
 
 
 def _at(v, i) -> float:
@@ -391,7 +441,7 @@ def _attribute(name: str, tab: _Table, results: list, sink: dict[str, dict[str, 
                 )
             continue
         pos = np.fromiter((d["_pos"] for d in index), dtype=np.int64, count=len(index))
-        by_pos = {int(d["_pos"]): d for d in index[: max(MAX_SAMPLES * 50, 1)]}
+        by_pos = {int(d["_pos"]): d for d in index}
         extra = [c for col in columns for c in _SOURCE_COLUMNS.get(col, [])]
         for log_id, p in tab.by_log(pos).items():
             p = np.sort(p)

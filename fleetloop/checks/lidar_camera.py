@@ -65,6 +65,11 @@ def camera_side(batch: Batch, params: MiningParams) -> tuple[Side | None, np.nda
     return side, boxes, s.cls[idx]
 
 
+def size_factor(box_height: np.ndarray, params: MiningParams) -> np.ndarray:
+    """Severity factor for a possible miss: objects too small to be labelled count less."""
+    return np.where(box_height >= params.label_min_height_px, 1.0, params.small_object_factor)
+
+
 @dataclass
 class LidarGeometry:
     box: np.ndarray  # (N, 4) float64 projected, clipped image box of every lidar detection
@@ -166,11 +171,12 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry, params: MiningParams, f
     in_lidar &= batch.has_calib[log_of[cam_g]]
     matched = cam_match >= 0
     partner = np.maximum(cam_match, 0)
+    small = size_factor(cam_h, params)
     j = np.flatnonzero(in_lidar & ~matched)
-    flags.add("camera_only", cam_g[j], sev.camera_only, cam_key[j], (side.ref_kind, side.ref_id[j]))
+    flags.add("camera_only", cam_g[j], sev.camera_only * small[j], cam_key[j], (side.ref_kind, side.ref_id[j]))
     weak = matched & (L.score[partner] < params.lidar_score_threshold)
     j = np.flatnonzero(weak & lid_cov[cam_cls])
-    flags.add("lidar_weak", cam_g[j], sev.lidar_weak, lid_key[partner[j]], (side.ref_kind, side.ref_id[j]),
+    flags.add("lidar_weak", cam_g[j], sev.lidar_weak * small[j], lid_key[partner[j]], (side.ref_kind, side.ref_id[j]),
               (REF_LIDAR, L.cols["det_id"][partner[j]]))
 
     # associated pairs: class and geometry

@@ -33,9 +33,9 @@ from fleetloop.checks.flags import (
     object_key,
     objects_column,
 )
-from fleetloop.checks.lidar_camera import camera_side, check_lidar_camera, lidar_geometry
+from fleetloop.checks.lidar_camera import camera_side, check_lidar_camera, lidar_geometry, size_factor
 from fleetloop.checks.params import MiningParams
-from fleetloop.checks.ranking import expected_errors, priority, rank, select
+from fleetloop.checks.ranking import expected_errors, priority, rank, select, smooth
 from fleetloop.checks.temporal import check_lidar_temporal, check_tracker_detector, check_tracks
 from fleetloop.checks.uncertainty import check_uncertainty
 from fleetloop.schema import CLASSES, DriveLogs
@@ -174,7 +174,7 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
 
     # temporal
     if len(L) and not has_lidar_tracks:
-        check_lidar_temporal(batch, params, flags)
+        check_lidar_temporal(batch, params, flags, geo)
     if has_lidar_tracks:
         check_tracks(batch, params, flags, track_keys, sensor=1)
     if has_cam_tracks:
@@ -206,7 +206,8 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
 
     # uncertainty
     if len(L):
-        check_uncertainty(L.g, L.score, params.uncertainty_band, params.lidar_score_threshold, sev.uncertain,
+        check_uncertainty(L.g, L.score, params.uncertainty_band, params.lidar_score_threshold,
+                          sev.uncertain * size_factor(geo.box[:, 3] - geo.box[:, 1], params),
                           flags, lidar_keys, (REF_LIDAR, L.cols["det_id"]))
     side, _, _ = camera_side(batch, params)
     if side is not None:
@@ -215,8 +216,9 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
         if np.isfinite(score).any():
             keys = cam_keys[side.idx] if side.key_space == KEY_CAMERA else track_keys[side.idx]
             center = max(params.camera_score_threshold, params.camera_uncertainty_band[0])
+            h = (stream.cols["y2"][side.idx] - stream.cols["y1"][side.idx]).astype(np.float64)
             check_uncertainty(stream.g[side.idx], np.nan_to_num(score, nan=1.0), params.camera_uncertainty_band,
-                              center, sev.uncertain, flags, keys, (side.ref_kind, side.ref_id))
+                              center, sev.uncertain * size_factor(h, params), flags, keys, (side.ref_kind, side.ref_id))
         else:
             skipped.append("uncertainty (camera): the camera source reports no confidence")
 
@@ -246,7 +248,7 @@ def _assemble(batch: Batch, logs: DriveLogs, flags: Flags, skipped: list[str], p
     tags = _frame_tags(batch, logs)
     classes = _classes_tag(batch, params)
     boost = _boost(tags, classes, params, F)
-    score = priority(expected, est, boost, params)
+    score = priority(smooth(expected, batch.frame_log, batch.frame_no, params.temporal_smoothing), est, boost, params)
     frame_log = pa.DictionaryArray.from_arrays(pa.array(batch.frame_log.astype(np.int32)), log_ids).cast(pa.string())
     frames_t = pa.Table.from_arrays(
         [frame_log, pa.array(batch.frame_no, pa.int32()), pa.array(np.round(score, 9), pa.float64()),

@@ -71,6 +71,9 @@ class MiningParams(BaseModel):
     camera_range_m: float = Field(80.0, gt=0, description="beyond this the camera is not expected to see an object")
     lidar_range_m: float = Field(70.0, gt=0, description="beyond this the lidar is not expected to see an object")
     min_box_height_px: float = Field(12.0, ge=0, description="smaller image boxes are not expected on the other sensor")
+    label_min_height_px: float = Field(25.0, ge=0, description="objects lower than this in the image are usually not labelled "
+                                       "(KITTI's evaluation ignores them)")
+    small_object_factor: float = Field(0.3, ge=0, le=1, description="severity factor for a possible miss of such a small object")
     class_heights_m: dict[str, float] = Field(
         default_factory=lambda: {"car": 1.55, "pedestrian": 1.75, "cyclist": 1.75, "traffic_cone": 0.7},
         description="typical object heights, to range a camera box from its pixel height",
@@ -93,9 +96,11 @@ class MiningParams(BaseModel):
     severities: Severities = Field(default_factory=Severities)
 
     # ranking and selection
-    cost_exponent: float = Field(0.5, ge=0, le=1, description="score = expected errors / (1 + expected objects) ** this")
+    temporal_smoothing: float = Field(0.5, ge=0, le=1, description="share of a frame's expected errors spread to its two "
+                                      "neighbours (errors persist from frame to frame; 0: off)")
+    cost_exponent: float = Field(0.0, ge=0, le=1, description="score = expected errors / (1 + estimated objects) ** this")
     diversity_window: int = Field(2, ge=0, description="frames of one log within this distance are near-duplicates")
-    diversity_similarity: float = Field(0.5, ge=0, le=1, description="how much a selected neighbour discounts a frame")
+    diversity_similarity: float = Field(0.3, ge=0, le=1, description="how much a selected neighbour discounts a frame")
     budget: int = Field(200, ge=1, description="default labeling budget (frames)")
     slice_boost: dict[str, float] = Field(default_factory=dict, description='e.g. {"weather=rain": 2.0, "class=pedestrian": 1.5}')
 

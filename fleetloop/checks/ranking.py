@@ -45,6 +45,19 @@ def expected_errors(n_frames: int, g: np.ndarray, obj: np.ndarray, severity: np.
     return np.bincount(og, weights=p, minlength=n_frames)
 
 
+def smooth(values: np.ndarray, frame_log: np.ndarray, frame_no: np.ndarray, share: float) -> np.ndarray:
+    """Keep ``1 - share`` of each frame's value and give ``share / 2`` to each of its neighbours
+    (same log, consecutive frame index). At a log's ends the frame keeps the missing half."""
+    if share <= 0 or values.size == 0:
+        return values.astype(np.float64)
+    v = values.astype(np.float64)
+    link = np.zeros(v.size, bool)  # frame i and i + 1 are neighbours
+    link[:-1] = (frame_log[1:] == frame_log[:-1]) & (frame_no[1:] == frame_no[:-1] + 1)
+    prev_v = np.where(np.r_[False, link[:-1]], np.r_[0.0, v[:-1]], v)
+    next_v = np.where(link, np.r_[v[1:], 0.0], v)
+    return (1.0 - share) * v + share / 2.0 * (prev_v + next_v)
+
+
 def priority(expected: np.ndarray, est_objects: np.ndarray, boost: np.ndarray, params: MiningParams) -> np.ndarray:
     return expected / np.power(1.0 + est_objects, params.cost_exponent) * boost
 

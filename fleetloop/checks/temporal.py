@@ -21,7 +21,7 @@ from fleetloop.checks.batch import Batch
 from fleetloop.checks.flags import (KEY_LIDAR, KEY_VIRTUAL, REF_CAMERA, REF_LIDAR, REF_LIDAR_PREV, REF_TRACK, Flags,
                                     object_key)
 from fleetloop.checks.geometry import MODE_BEV, MODE_IOU, associate_slots
-from fleetloop.checks.lidar_camera import substream
+from fleetloop.checks.lidar_camera import LidarGeometry, size_factor, substream
 from fleetloop.checks.params import MiningParams
 
 
@@ -50,7 +50,7 @@ def _pairs(batch: Batch, start: np.ndarray, idx: np.ndarray, pts: np.ndarray, cl
     return fwd, bwd
 
 
-def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags) -> LidarLinks:
+def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: LidarGeometry) -> LidarLinks:
     """Self-association of lidar detections across neighbouring frames."""
     L = batch.lidar
     F = batch.n_frames
@@ -101,7 +101,8 @@ def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags) -> Li
     obj = np.where(mid >= 0, key[np.maximum(mid, 0)], object_key(KEY_VIRTUAL, a))
     det_id = L.cols["det_id"]
     ref = (np.where(mid >= 0, REF_LIDAR, REF_LIDAR_PREV).astype(np.int8), np.where(mid >= 0, det_id[np.maximum(mid, 0)], det_id[a]))
-    flags.add("flicker", t, sev.flicker, obj, ref)
+    small = size_factor(geo.box[a, 3] - geo.box[a, 1], params)
+    flags.add("flicker", t, sev.flicker * small, obj, ref)
     return LidarLinks(prev, nxt)
 
 
@@ -155,7 +156,9 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
     ok &= batch.frame_no[np.minimum(miss_g, batch.n_frames - 1)] == fno[before] + offs
     before, miss_g, offs = before[ok], miss_g[ok], offs[ok]
     vkey = object_key(KEY_VIRTUAL, (np.int64(1) << 36) | (r[before] * 8 + np.minimum(offs, 7)))
-    flags.add("track_gap", miss_g, sev.track_gap, vkey, (REF_TRACK, ref_id[r[before]]))
+    tb = r[before]
+    small = size_factor((T.cols["y2"][tb] - T.cols["y1"][tb]).astype(np.float64), params)
+    flags.add("track_gap", miss_g, sev.track_gap * small, vkey, (REF_TRACK, ref_id[tb]))
 
     # implausible motion between consecutive frames of a track
     box = np.stack([T.cols[c][r] for c in ("x1", "y1", "x2", "y2")], axis=1).astype(np.float64)

@@ -22,10 +22,10 @@ def band_severity(score: np.ndarray, band: tuple[float, float], peak: float, cen
     return np.where(inside, peak * (0.5 + 0.5 * closeness), 0.0)
 
 
-def check_uncertainty(g: np.ndarray, score: np.ndarray, band: tuple[float, float], center: float, peak: float,
+def check_uncertainty(g: np.ndarray, score: np.ndarray, band: tuple[float, float], center: float, peak,
                       flags: Flags, key: np.ndarray, ref: tuple[int, np.ndarray]) -> int:
     """Flag detections with ``score`` inside ``band``; returns how many were flagged."""
-    sev = band_severity(score, band, peak, center)
+    sev = band_severity(score, band, 1.0, center) * peak  # peak: scalar or per detection
     i = np.flatnonzero(sev > 0)
     flags.add("uncertain", g[i], sev[i], key[i], (ref[0], ref[1][i]))
     return int(i.size)

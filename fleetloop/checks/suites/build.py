@@ -101,7 +101,7 @@ def _expectations(table: str) -> list:
                     value_set=list(CLASSES))
 
     def frame_known():
-        return crit(gxe.ExpectColumnValuesToBeInSet, "the row's (log_id, frame) is a frame of the frames table",
+        return crit(gxe.ExpectColumnValuesToBeInSet, "the row's (log_id, frame) is a frame of the frames table (so frame >= 0)",
                     column="_frame_known", value_set=[True])
 
     def pixels(strict: bool):
