@@ -148,6 +148,9 @@ def main() -> None:
           f"{total - t_stats:.1f} s) on {os.cpu_count()} cores; target < 120 s")
     print(f"html report: {html_mb:.2f} MB ({paths['html']}); target < 10 MB; drawn from "
           f"{s.html_sample_rows} rows")
+    shown = result.html_verdicts()
+    same = sum(shown[k] == f.drifted for k, f in s.features.items())
+    print(f"html verdicts (sample) agree with the full-data verdicts on {same} of {len(shown)} features")
     print(f"slices: {s.slice_boost}")
 
 

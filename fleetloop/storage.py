@@ -263,6 +263,24 @@ class S3Store(Store):
         self.client = client
         self.endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None) or "AWS S3"
         self.location = f"s3://{bucket}/{self.prefix} at {self.endpoint}"
+        self._settings: S3Settings | None = None  # set by from_settings: makes the store picklable
+
+    @classmethod
+    def from_settings(cls, s3: S3Settings) -> S3Store:
+        store = cls(s3.bucket, s3.prefix, make_s3_client(s3))
+        store._settings = s3
+        return store
+
+    def __getstate__(self) -> dict[str, Any]:
+        # boto3 clients do not pickle; a store sent to another process (Dask) rebuilds its client.
+        if self._settings is None:
+            raise TypeError("an S3Store built from a client cannot be pickled: use S3Store.from_settings / get_store")
+        return {"settings": self._settings, "prefix": self.prefix}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        s3 = state["settings"]
+        self.__init__(s3.bucket, state["prefix"], make_s3_client(s3))  # type: ignore[misc]
+        self._settings = s3
 
     def _key(self, key: str) -> str:
         return self.prefix + _check_key(key)
@@ -387,8 +405,7 @@ def get_store(settings: Settings | None = None) -> Store:
 
     settings = settings or get_settings()
     if settings.storage.backend == "s3":
-        s3 = settings.storage.s3
-        return S3Store(s3.bucket, s3.prefix, make_s3_client(s3))
+        return S3Store.from_settings(settings.storage.s3)
     return LocalStore(settings.store_root)
 
 

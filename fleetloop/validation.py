@@ -359,7 +359,7 @@ def _jsonable(v: Any) -> Any:
         return [_jsonable(x) for x in v]
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (str, int, bool)) or v is None:
+    if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     return str(v)
 

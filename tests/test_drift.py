@@ -178,8 +178,10 @@ def hand_logs(tmp_path: Path) -> DriveLogs:
         {"log_id": "L", "frame": 2, "det_id": 0, "cls": "cyclist", "score": 0.7, "x": -10.0, "y": 0.0, **box},  # behind
     ]
     M = projection_matrix(P, LIDAR_TO_CAM)
-    b2d, _, _ = project_boxes(np.array([[20.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]]), M[None], np.array([W]), np.array([H]))
+    b2d, _, _ = project_boxes(np.array([[20.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [30.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]]),
+                              M[None], np.array([W]), np.array([H]))
     x1, y1, x2, y2 = (float(v) for v in b2d[0])
+    u1, v1, u2, v2 = (float(v) for v in b2d[1])  # the car 30 m ahead
     camera = [
         {"log_id": "L", "frame": 0, "det_id": 0, "cls": "car", "score": 0.8, "x1": x1, "y1": y1, "x2": x2, "y2": y2},
         {"log_id": "L", "frame": 0, "det_id": 1, "cls": "car", "score": 0.4, "x1": 0.0, "y1": 0.0, "x2": 50.0, "y2": 50.0},
@@ -192,6 +194,8 @@ def hand_logs(tmp_path: Path) -> DriveLogs:
          "x1": 600.0, "y1": 200.0, "x2": 700.0, "y2": 300.0},
         {"log_id": "L", "frame": 1, "track_id": 3, "sensor": "camera", "cls": "car", "score": 0.7, "state": "tentative",
          "x1": 600.0, "y1": 200.0, "x2": 700.0, "y2": 300.0},
+        {"log_id": "L", "frame": 1, "track_id": 4, "sensor": "lidar", "cls": "car", "score": 0.7, "state": "confirmed",
+         "x1": u1, "y1": v1, "x2": u2, "y2": v2},  # supported by the projected lidar detection
     ]
     calib = [{"log_id": "L", "P": P.ravel().tolist(), "lidar_to_cam": LIDAR_TO_CAM.ravel().tolist(),
               "image_width": W, "image_height": H}]
@@ -205,11 +209,11 @@ def test_features_have_known_values(tmp_path: Path):
     assert len(f) == 4 and list(f["frame"]) == [0, 1, 2, 3]
     assert list(f["n_lidar"]) == [2, 2, 1, 0]
     assert list(f["n_lidar_car"]) == [1, 2, 0, 0] and list(f["n_lidar_pedestrian"]) == [1, 0, 0, 0]
-    assert list(f["n_camera_car"]) == [2, 1, 0, 0] and list(f["n_track"]) == [1, 2, 0, 0]
+    assert list(f["n_camera_car"]) == [2, 1, 0, 0] and list(f["n_track"]) == [1, 3, 0, 0]
     assert f["lidar_score_mean"].tolist()[:3] == pytest.approx([0.6, 0.7, 0.7])
     assert f["lidar_score_min"].tolist()[:3] == pytest.approx([0.3, 0.6, 0.7])
     assert f["camera_score_min"].tolist()[:2] == pytest.approx([0.4, 0.6])
-    assert np.isnan(f["track_score_mean"][0]) and f["track_score_mean"][1] == pytest.approx(0.6)  # null score ignored
+    assert np.isnan(f["track_score_mean"][0]) and f["track_score_mean"][1] == pytest.approx(0.6 + 0.1 / 3)  # null ignored
     assert f["lidar_range_mean"][0] == pytest.approx((20.0 + np.hypot(15, 2)) / 2)
     assert f["lidar_range_max"][1] == pytest.approx(np.hypot(30, 40))
     # frame 0: the confident in-view car is confirmed (the low-score pedestrian is not asked);
@@ -217,10 +221,11 @@ def test_features_have_known_values(tmp_path: Path):
     # frame 2: the only box is behind the camera -> no box in view -> NaN
     agree = f["lidar_camera_agreement"].tolist()
     assert agree[:2] == [1.0, 0.0] and np.isnan(agree[2]) and np.isnan(agree[3])
-    # confirmed tracks: frame 0's is supported by the camera detection, frame 1's is not (the
-    # tentative one does not count)
+    # confirmed tracks: frame 0's camera track is supported by the camera detection; in frame 1 the
+    # camera track is not, the lidar track is (by the projected lidar box), the tentative one does
+    # not count
     td = f["tracker_detector_agreement"].tolist()
-    assert td[:2] == [1.0, 0.0] and np.isnan(td[2])
+    assert td[:2] == [1.0, 0.5] and np.isnan(td[2])
     assert f["image_brightness"][0] == pytest.approx(64 / 255, abs=1e-4) and f["image_contrast"][0] == pytest.approx(0, abs=1e-6)
     assert f["image_brightness"][1] == pytest.approx(0.5, abs=0.01) and f["image_contrast"][1] == pytest.approx(0.5, abs=0.01)
     assert np.isnan(f["image_brightness"][2]) and np.isnan(f["image_brightness"][3])  # no image / unreadable

@@ -28,7 +28,8 @@ def _free_port() -> int:
 
 
 class CLI:
-    """Runs the real `fleetloop` command line in a subprocess with its own FLEETLOOP_HOME."""
+    """Runs the real `fleetloop` command line in a subprocess with its own FLEETLOOP_HOME.
+    Only the Prefect service is started (Label Studio has its own tests)."""
 
     def __init__(self, home: Path, port: int) -> None:
         self.env = {
@@ -43,7 +44,7 @@ class CLI:
         )
 
     def status(self) -> tuple[int, dict]:
-        r = self("services", "status", "--json")
+        r = self("services", "status", "-s", "prefect", "--json")
         return r.returncode, json.loads(r.stdout)
 
 
@@ -65,7 +66,7 @@ def test_up_status_idempotent_up_and_down(cli: CLI, monkeypatch: pytest.MonkeyPa
     assert code == 1 and before["prefect"]["healthy"] is False and before["prefect"]["running"] is False
 
     t0 = time.monotonic()
-    r = cli("services", "up", "--json")
+    r = cli("services", "up", "-s", "prefect", "--json")
     assert r.returncode == 0, r.stderr
     started = json.loads(r.stdout)["prefect"]
     assert started["healthy"] and started["url"] == url
@@ -83,7 +84,7 @@ def test_up_status_idempotent_up_and_down(cli: CLI, monkeypatch: pytest.MonkeyPa
     assert httpx.get(url, timeout=5).status_code == 200  # the UI is served too
 
     t0 = time.monotonic()
-    again = cli("services", "up", "--json")
+    again = cli("services", "up", "-s", "prefect", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["prefect"]["pid"] == pid  # up twice = one server
     assert time.monotonic() - t0 < 10
@@ -124,7 +125,7 @@ def test_up_status_idempotent_up_and_down(cli: CLI, monkeypatch: pytest.MonkeyPa
     code, st = cli.status()
     assert code == 1 and st["prefect"]["running"] is False
     assert prefect_api_url(settings) is None
-    r = cli("services", "up", "--json")
+    r = cli("services", "up", "-s", "prefect", "--json")
     assert r.returncode == 0, r.stderr
     pid = json.loads(r.stdout)["prefect"]["pid"]
     assert cli.status()[0] == 0
@@ -147,7 +148,7 @@ def test_up_refuses_a_port_held_by_another_process(cli: CLI) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        r = cli("services", "up")
+        r = cli("services", "up", "-s", "prefect")
     assert r.returncode == 1
     assert f"port {port}" in r.stderr and "FLEETLOOP_PREFECT__PORT" in r.stderr
     assert "Traceback" not in r.stderr
@@ -158,7 +159,7 @@ def test_up_refuses_a_port_held_by_another_process(cli: CLI) -> None:
 def test_external_prefect_is_reported_not_started(cli: CLI) -> None:
     port = _free_port()  # nothing listens: an external server that is down
     cli.env["FLEETLOOP_PREFECT__API_URL"] = f"http://127.0.0.1:{port}/api"
-    r = cli("services", "up", "--json")
+    r = cli("services", "up", "-s", "prefect", "--json")
     assert r.returncode == 1, r.stderr
     st = json.loads(r.stdout)["prefect"]
     assert st["mode"] == "external" and st["url"] == f"http://127.0.0.1:{port}" and st["healthy"] is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -190,6 +191,13 @@ def test_get_store_from_settings(tmp_path: Path, s3_settings: S3Settings) -> Non
     s3.put_bytes("hello.txt", b"hi")
     assert s3.get_bytes("hello.txt") == b"hi"
     assert "secret" not in repr(s3).lower()
+    # stores travel to other processes (Dask workers): pickled, they rebuild their client
+    for store in (local, s3):
+        copy = pickle.loads(pickle.dumps(store))
+        assert type(copy) is type(store) and copy.location == store.location
+    assert pickle.loads(pickle.dumps(s3)).get_bytes("hello.txt") == b"hi"
+    with pytest.raises(TypeError, match="from_settings"):
+        pickle.dumps(S3Store(s3_settings.bucket, "", make_s3_client(s3_settings)))
 
 
 def test_missing_bucket_is_a_clear_error(s3_server) -> None:

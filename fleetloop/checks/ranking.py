@@ -31,13 +31,16 @@ def object_probabilities(g: np.ndarray, obj: np.ndarray, severity: np.ndarray) -
     """Noisy-OR of the flags of each object: returns (frame of each object, P(object is wrong))."""
     if obj.size == 0:
         return np.zeros(0, np.int64), np.zeros(0)
-    # objects are unique per frame by construction; key on (frame, object) anyway
-    key = np.stack([g, obj])
-    uniq, inv = np.unique(key, axis=1, return_inverse=True)
-    inv = inv.ravel()
-    log_q = np.bincount(inv, weights=np.log1p(-np.minimum(severity.astype(np.float64), 0.999999)),
-                        minlength=uniq.shape[1])
-    return uniq[0], -np.expm1(log_q)
+    # object keys are unique across the batch and each object lives in one frame
+    order = np.argsort(obj, kind="stable")
+    so = obj[order]
+    first = np.ones(so.size, bool)
+    first[1:] = so[1:] != so[:-1]
+    inv = np.empty(so.size, np.int64)
+    inv[order] = np.cumsum(first) - 1
+    n_obj = int(first.sum())
+    log_q = np.bincount(inv, weights=np.log1p(-np.minimum(severity.astype(np.float64), 0.999999)), minlength=n_obj)
+    return g[order][first], -np.expm1(log_q)
 
 
 def expected_errors(n_frames: int, g: np.ndarray, obj: np.ndarray, severity: np.ndarray) -> np.ndarray:

@@ -31,50 +31,58 @@ class LidarLinks:
     next: np.ndarray  # (N,) index at t+1, -1 none
 
 
-def _pairs(batch: Batch, start: np.ndarray, idx: np.ndarray, pts: np.ndarray, cls: np.ndarray, step: int,
-           gate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Associate rows ``idx`` (CSR ``start``) of frame g with those of frame g + step (same log)."""
+def _csr(g: np.ndarray, n_frames: int) -> np.ndarray:
+    start = np.zeros(n_frames + 1, np.int64)
+    if g.size:
+        np.cumsum(np.bincount(g, minlength=n_frames), out=start[1:])
+    return start
+
+
+def _link(batch: Batch, rows_a: np.ndarray, rows_b: np.ndarray, step: int, gate: float, pts: np.ndarray,
+          cls: np.ndarray) -> np.ndarray:
+    """Associate lidar rows ``rows_a`` of frame g with rows ``rows_b`` of frame g + step (same
+    log, consecutive frame indices), bird's-eye view. Returns, per row of ``rows_a``, the matched
+    lidar row or -1. Both row lists must be ordered by frame."""
     F = batch.n_frames
+    L = batch.lidar
     nxt = batch.next_frame()
     target = nxt
     for _ in range(step - 1):
         target = np.where(target >= 0, nxt[np.maximum(target, 0)], -1)
+    a_start = _csr(L.g[rows_a], F)
+    b_start = _csr(L.g[rows_b], F)
     has = target >= 0
-    b_start = np.where(has, start[np.maximum(target, 0)], 0)
-    b_end = np.where(has, start[np.maximum(target, 0) + 1], 0)
-    fwd = np.full(idx.size, -1, np.int64)
-    bwd = np.full(idx.size, -1, np.int64)
-    q = np.full(idx.size, np.nan)
-    del F
-    associate_slots(start[:-1], start[1:], b_start, b_end, pts, pts, cls, cls, MODE_BEV, gate, 0.5, fwd, bwd, q)
-    return fwd, bwd
+    t = np.maximum(target, 0)
+    bs = np.where(has, b_start[t], 0)
+    be = np.where(has, b_start[t + 1], 0)
+    fwd = np.full(rows_a.size, -1, np.int64)
+    bwd = np.full(rows_b.size, -1, np.int64)
+    q = np.full(rows_a.size, np.nan)
+    associate_slots(a_start[:-1], a_start[1:], bs, be, np.ascontiguousarray(pts[rows_a]),
+                    np.ascontiguousarray(pts[rows_b]), cls[rows_a], cls[rows_b], MODE_BEV, gate, 0.5, fwd, bwd, q)
+    return np.where(fwd >= 0, rows_b[np.maximum(fwd, 0)], -1)
 
 
 def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: LidarGeometry) -> LidarLinks:
     """Self-association of lidar detections across neighbouring frames."""
     L = batch.lidar
     F = batch.n_frames
-    sev = params.severities
-    keep = L.score >= params.lidar_min_score
-    start, idx = substream(L, keep, F)
-    x, y = L.cols["x"][idx].astype(np.float64), L.cols["y"][idx].astype(np.float64)
-    scale = params.temporal_gate_m + params.temporal_gate_per_m * np.hypot(x, y)
-    pts = np.ascontiguousarray(np.stack([x, y, scale], axis=1))
-    cls = L.cls[idx]
-    fwd1, bwd1 = _pairs(batch, start, idx, pts, cls, 1, 1.0)
-    fwd2, _ = _pairs(batch, start, idx, pts, cls, 2, 2.0)  # t-1 -> t+1: the gate doubles
-
     n = len(L)
-    prev = np.full(n, -1, np.int64)
+    sev = params.severities
+    keep = np.flatnonzero(L.score >= params.lidar_min_score)
+    x, y = L.cols["x"].astype(np.float64), L.cols["y"].astype(np.float64)
+    scale = params.temporal_gate_m + params.temporal_gate_per_m * np.hypot(x, y)
+    pts = np.stack([x, y, scale], axis=1)
     nxt = np.full(n, -1, np.int64)
-    nxt[idx] = np.where(fwd1 >= 0, idx[np.maximum(fwd1, 0)], -1)
-    prev[idx] = np.where(bwd1 >= 0, idx[np.maximum(bwd1, 0)], -1)
+    prev = np.full(n, -1, np.int64)
+    nxt[keep] = _link(batch, keep, keep, 1, 1.0, pts, L.cls)
+    m = nxt >= 0
+    prev[nxt[m]] = np.flatnonzero(m)
 
     op = L.score >= params.lidar_score_threshold
     g = L.g
     nf = batch.next_frame()
     has_next = nf[g] >= 0
-    has_prev = np.zeros(n, bool)
     pf = np.full(F, -1, np.int64)
     pf[nf[nf >= 0]] = np.flatnonzero(nf >= 0)
     has_prev = pf[g] >= 0
@@ -85,22 +93,22 @@ def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: 
     key = object_key(KEY_LIDAR, np.arange(n))
     flags.add("isolated", g[i], sev.isolated, key[i], (REF_LIDAR, L.cols["det_id"][i]))
 
-    # flicker: a at t-1 and c at t+1 are one confident object, but at t it is missing or weak
-    a_local = np.flatnonzero(fwd2 >= 0)
-    a = idx[a_local]
-    c = idx[fwd2[a_local]]
-    mid_a = nxt[a]  # what a links to at t
-    mid_c = prev[c]
-    ok = op[a] & op[c]
-    weak_a = (mid_a < 0) | ~op[np.maximum(mid_a, 0)]
-    weak_c = (mid_c < 0) | ~op[np.maximum(mid_c, 0)]
-    ok &= weak_a & weak_c
-    a, c, mid_a, mid_c = a[ok], c[ok], mid_a[ok], mid_c[ok]
+    # flicker: a at t-1 and c at t+1 are one confident object, but at t it is missing or weak.
+    # Only confident detections whose next (resp. previous) link is missing or weak can take part.
+    weak_next = (nxt < 0) | ~op[np.maximum(nxt, 0)]
+    weak_prev = (prev < 0) | ~op[np.maximum(prev, 0)]
+    cand_a = np.flatnonzero(op & weak_next & has_next)
+    cand_c = np.flatnonzero(op & weak_prev & has_prev)
+    link = _link(batch, cand_a, cand_c, 2, 2.0, pts, L.cls)  # t-1 -> t+1: the gate doubles
+    ok = link >= 0
+    a, c = cand_a[ok], link[ok]
+    mid_a, mid_c = nxt[a], prev[c]
     t = nf[g[a]]
     mid = np.where(mid_a >= 0, mid_a, mid_c)
     obj = np.where(mid >= 0, key[np.maximum(mid, 0)], object_key(KEY_VIRTUAL, a))
     det_id = L.cols["det_id"]
-    ref = (np.where(mid >= 0, REF_LIDAR, REF_LIDAR_PREV).astype(np.int8), np.where(mid >= 0, det_id[np.maximum(mid, 0)], det_id[a]))
+    ref = (np.where(mid >= 0, REF_LIDAR, REF_LIDAR_PREV).astype(np.int8),
+           np.where(mid >= 0, det_id[np.maximum(mid, 0)], det_id[a]))
     small = size_factor(geo.box[a, 3] - geo.box[a, 1], params)
     flags.add("flicker", t, sev.flicker * small, obj, ref)
     return LidarLinks(prev, nxt)

@@ -306,17 +306,18 @@ def _tracker_detector_agreement(logs, params, n, lid_fi, proj, cam_fi, trk_fi) -
     confirmed = pc.equal(trk["state"], "confirmed").to_numpy(zero_copy_only=False) & (trk_fi >= 0)
     trk_box = _boxes(trk)
     fis, hits = [], []
-    sources = {
-        "camera": (logs.camera_detections, cam_fi, _boxes(logs.camera_detections)),
-        "lidar": (logs.lidar_detections, lid_fi, proj["box"]),
+    cam = logs.camera_detections
+    sources = {  # (detections, their frame index, image boxes, usable)
+        "camera": (cam, cam_fi, _boxes(cam), np.ones(cam.num_rows, bool)),
+        "lidar": (logs.lidar_detections, lid_fi, proj["box"], proj["visible"] > 0),  # in the image at all
     }
-    for name, (det, det_fi, det_box) in sources.items():
+    for name, (det, det_fi, det_box, usable) in sources.items():
         sel = confirmed & (sensor == name)
         det_logs = _logs_with(det)
         if not sel.any() or len(det_logs) == 0:
             continue
         sel &= pc.is_in(trk["log_id"], value_set=det_logs).to_numpy(zero_copy_only=False)
-        keep = (det_fi >= 0) & np.isfinite(det_box).all(axis=1)
+        keep = (det_fi >= 0) & usable & np.isfinite(det_box).all(axis=1)
         a_idx = np.flatnonzero(sel)
         fis.append(trk_fi[a_idx])
         hits.append(_associated(trk_fi[a_idx], trk_box[a_idx], det_fi[keep], det_box[keep], n, params.iou_threshold))

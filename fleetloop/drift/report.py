@@ -72,6 +72,14 @@ class DriftResult:
         self.summary.report_html_bytes = size
         return path
 
+    def html_verdicts(self) -> dict[str, bool]:
+        """Per feature, the verdict the HTML report shows (equal to ``summary`` unless the HTML
+        was drawn from a sample, when a feature near its threshold can differ)."""
+        kinds = {name: fd.kind for name, fd in self.summary.features.items()}
+        features, _ = _parse(self._snapshot.dict(), [n for n, k in kinds.items() if k == "numerical"],
+                             [n for n, k in kinds.items() if k == "categorical"])
+        return {name: fd.drifted for name, fd in features.items()}
+
     def write(self, out_dir: Path | str) -> dict[str, Path]:
         """Write ``drift_report.html`` and ``summary.json`` into ``out_dir``."""
         out_dir = Path(out_dir)

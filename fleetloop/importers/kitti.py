@@ -16,6 +16,7 @@ converted from rectified-camera coordinates (bottom centre, KITTI ``ry``) to the
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,11 @@ def _read_table(path: Path, layout: _Layout) -> pd.DataFrame:
 
 def _content_ok(df: pd.DataFrame, layout: _Layout) -> bool:
     """Vectorised: every numeric field a finite number, integers integral, sets respected.
-    A short line shows up here as NaN in its missing fields."""
+    A short line shows up here as NaN in its missing fields, a long first line as a trailing
+    column that is NaN on the other lines."""
+    for i in range(len(layout.columns), df.shape[1]):  # extra fields: on every line or on none
+        if df[i].isna().any() and not df[i].isna().all():
+            return False
     for i, name in enumerate(layout.columns[: df.shape[1]]):
         col = df[i]
         if name in layout.numeric:
@@ -121,47 +126,49 @@ def _content_ok(df: pd.DataFrame, layout: _Layout) -> bool:
 def _diagnose(path: Path, layout: _Layout) -> None:
     """Raise LogFormatError for the first bad line/field."""
     columns = layout.columns
-    width = None
     with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            parts = [p.strip() for p in (line.strip().split(",") if layout.sep == "," else line.split())]
-            if width is None:
-                width = len(parts)
-            if len(parts) < layout.min_cols:
-                missing = columns[len(parts)] if len(parts) < len(columns) else None
-                raise LogFormatError(
-                    path, f"expected at least {layout.min_cols} fields, found {len(parts)}", line=lineno, field=missing
-                )
-            if len(parts) != width:
-                field_name = columns[min(len(parts), width, len(columns) - 1)]
-                raise LogFormatError(
-                    path, f"expected {width} fields (as on the first line), found {len(parts)}", line=lineno,
-                    field=field_name,
-                )
-            for name, value in zip(columns, parts):
-                if name in layout.numeric:
-                    try:
-                        number = float(value)
-                    except ValueError:
-                        raise LogFormatError(path, f"not a number: {value!r}", line=lineno, field=name) from None
-                    if not np.isfinite(number):
-                        raise LogFormatError(path, f"not a finite number: {value!r}", line=lineno, field=name)
-                    if (name in layout.integer or name in layout.whole) and not number.is_integer():
-                        raise LogFormatError(path, f"not an integer: {value!r}", line=lineno, field=name)
-                    if name in layout.integer and number < 0:
-                        raise LogFormatError(path, f"must not be negative: {value!r}", line=lineno, field=name)
-                    if name in layout.allowed and number not in layout.allowed[name]:
-                        raise LogFormatError(
-                            path, f"unknown code {value!r}; expected one of {sorted(layout.allowed[name])}",
-                            line=lineno, field=name,
-                        )
-                elif name in layout.allowed and value not in layout.allowed[name]:
+        rows = [
+            (lineno, [p.strip() for p in (line.strip().split(",") if layout.sep == "," else line.split())])
+            for lineno, line in enumerate(fh, 1)
+            if line.strip()
+        ]
+    counts = Counter(len(parts) for _, parts in rows)
+    width = max(counts, key=lambda k: (counts[k], -k)) if counts else 0  # the usual field count
+    for lineno, parts in rows:
+        if len(parts) < layout.min_cols:
+            missing = columns[len(parts)] if len(parts) < len(columns) else None
+            raise LogFormatError(
+                path, f"expected at least {layout.min_cols} fields, found {len(parts)}", line=lineno, field=missing
+            )
+        if len(parts) != width:  # a short line names its first missing field
+            missing = columns[len(parts)] if len(parts) < min(width, len(columns)) else None
+            raise LogFormatError(
+                path, f"expected {width} fields (as on most lines), found {len(parts)}", line=lineno, field=missing
+            )
+        for name, value in zip(columns, parts):
+            if name in layout.numeric:
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise LogFormatError(path, f"not a number: {value!r}", line=lineno, field=name) from None
+                if not np.isfinite(number):
+                    raise LogFormatError(path, f"not a finite number: {value!r}", line=lineno, field=name)
+                if (name in layout.integer or name in layout.whole) and not number.is_integer():
+                    raise LogFormatError(path, f"not an integer: {value!r}", line=lineno, field=name)
+                if name in layout.integer and number < 0:
+                    raise LogFormatError(path, f"must not be negative: {value!r}", line=lineno, field=name)
+                if name in layout.allowed and number not in layout.allowed[name]:
                     raise LogFormatError(
-                        path, f"unknown value {value!r}; expected one of {sorted(layout.allowed[name])}",
+                        path, f"unknown code {value!r}; expected one of {sorted(layout.allowed[name])}",
                         line=lineno, field=name,
                     )
+            elif name in layout.allowed and value not in layout.allowed[name]:
+                raise LogFormatError(
+                    path, f"unknown value {value!r}; expected one of {sorted(layout.allowed[name])}",
+                    line=lineno, field=name,
+                )
+
+
 
 
 #: Calibration key aliases: the raw KITTI tracking files use ``R_rect`` / ``Tr_velo_cam``
