@@ -93,7 +93,9 @@ def ranked_from_csv(path: Path, frames_idx: pd.MultiIndex) -> np.ndarray:
     """Row order (into frames_idx) of a ``fleetloop mine`` CSV; frames it lacks go last."""
     df = pd.read_csv(path, dtype={"log_id": str})
     pos = pd.Series(np.arange(len(df)), index=pd.MultiIndex.from_arrays([df.log_id, df.frame.astype(int)]))
-    rank_of = pos.reindex(frames_idx).fillna(len(df) + np.arange(len(frames_idx))).to_numpy()
+    rank_of = pos.reindex(frames_idx).to_numpy(np.float64)
+    missing = np.isnan(rank_of)
+    rank_of[missing] = len(df) + np.flatnonzero(missing)
     return np.argsort(rank_of, kind="stable")
 
 

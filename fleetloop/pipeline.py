@@ -48,14 +48,18 @@ class IngestReport(BaseModel):
     registered: list[str] = Field(default_factory=list)  # newly stored logs
     unchanged: list[str] = Field(default_factory=list)  # already stored with the same content
     quarantined: dict[str, str] = Field(default_factory=dict)  # log_id -> report key
+    conflicts: dict[str, str] = Field(default_factory=dict)  # log_id -> why (same id, other content)
     frames: int = 0
     seconds: float = 0.0
 
 
-def ingest(store, source: Path | str, fmt: str, log_ids: list[str] | None = None, **importer_options) -> IngestReport:
+def ingest(store, source: Path | str, fmt: str, log_ids: list[str] | None = None, *,
+           arrived_at: datetime | None = None, **importer_options) -> IngestReport:
     """Import logs from ``source``, validate them, store the good ones and quarantine the bad
-    ones with a report. A bad log never stops the batch."""
+    ones with a report. A bad log never stops the batch. ``arrived_at`` (default now) backdates
+    the arrival of a backfill."""
     from fleetloop.importers import load_logs
+    from fleetloop.logstore import LogConflictError
     from fleetloop.storage import list_logs, put_log
     from fleetloop.validation import quarantine, validate_logs
 
@@ -67,7 +71,11 @@ def ingest(store, source: Path | str, fmt: str, log_ids: list[str] | None = None
     for log_id in result.good.log_ids:
         one = result.good.select([log_id])
         before = known.get(log_id)
-        manifest = put_log(store, one, source=f"{fmt}:{source}")
+        try:
+            manifest = put_log(store, one, source=f"{fmt}:{source}", arrived_at=arrived_at)
+        except LogConflictError as exc:  # never overwrite a stored log silently; the rest goes on
+            report.conflicts[log_id] = str(exc)
+            continue
         if before is not None and before.sha256 == manifest.sha256:
             report.unchanged.append(log_id)
         else:

@@ -78,11 +78,25 @@ def _class_codes(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return codes.fill_null(OTHER_CLASS).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _f32(t: pa.Table, name: str) -> np.ndarray:
+def _f32(t: pa.Table, name: str, table: str = "", nullable: bool = False) -> np.ndarray:
     col = t.column(name)
     if col.null_count:
+        if not nullable:
+            i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise MiningInputError(f"{table}: column {name!r} is null at row {i}{_where(t, i)}")
         col = col.fill_null(np.nan)
-    return np.ascontiguousarray(col.to_numpy().astype(np.float32, copy=False))
+    a = np.ascontiguousarray(col.to_numpy().astype(np.float32, copy=False))
+    if not nullable:
+        bad = ~np.isfinite(a)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise MiningInputError(f"{table}: column {name!r} is not a finite number ({a[i]}) at row {i}{_where(t, i)}"
+                                   " (validate the logs first: such logs are quarantined)")
+    return a
+
+
+def _where(t: pa.Table, i: int) -> str:
+    return f" (log {t.column('log_id')[i].as_py()!r}, frame {t.column('frame')[i].as_py()})"
 
 
 def _stream(name: str, t: pa.Table, keys: np.ndarray, log_values: pa.Array, n_frames: int, cols: list[str],
@@ -119,8 +133,8 @@ def _stream(name: str, t: pa.Table, keys: np.ndarray, log_values: pa.Array, n_fr
 
     start = np.zeros(n_frames + 1, np.int64)
     np.cumsum(np.bincount(g, minlength=n_frames), out=start[1:])
-    score = _f32(t, "score") if "score" in t.column_names else np.full(n, np.nan, np.float32)
-    data = {c: take(_f32(t, c)) for c in cols}
+    score = _f32(t, "score", name, nullable=name == "tracks")
+    data = {c: take(_f32(t, c, name)) for c in cols}
     for k, v in (extra or {}).items():
         data[k] = take(v)
     return Stream(name, start, g, row, take(_class_codes(t.column("cls"))), take(score), data)

@@ -55,7 +55,14 @@ def write_frames(table: pa.Table, out: Path) -> None:
     table = table.select([c for c in cols if c in table.column_names])
     tmp = out.with_name(f".{out.name}.tmp")
     if kind == "csv":
-        pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
+        with open(tmp, "wb") as fh:
+            fh.write((",".join(table.column_names) + "\n").encode())
+            try:  # plain cells when no value needs quoting (the usual case), quoted strings otherwise
+                pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            except pa.ArrowInvalid:
+                fh.seek(0)
+                fh.truncate()
+                pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(quoting_style="needed"))
     else:
         pq.write_table(table, tmp)
     tmp.replace(out)

@@ -19,6 +19,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
     "temporal": ("flicker", "isolated", "short_track", "track_gap", "id_switch", "implausible_motion"),
     "tracker_detector": ("track_unsupported", "detection_unexplained"),
     "uncertainty": ("uncertain",),
+    "integrity": ("invalid_box",),
 }
 REASONS: tuple[str, ...] = tuple(r for rs in CHECKS.values() for r in rs)
 REASON_CHECK: dict[str, str] = {r: c for c, rs in CHECKS.items() for r in rs}

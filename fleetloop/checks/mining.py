@@ -29,6 +29,7 @@ from fleetloop.checks.flags import (
     REASONS,
     REF_CAMERA,
     REF_LIDAR,
+    REF_TRACK,
     Flags,
     object_key,
     objects_column,
@@ -222,7 +223,24 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
         else:
             skipped.append("uncertainty (camera): the camera source reports no confidence")
 
+    # integrity: boxes without a positive size (validation keeps such logs, with a warning)
+    check_invalid_boxes(batch, params, flags, lidar_keys, cam_keys, track_keys)
+
     return _assemble(batch, logs, flags, skipped, params, cam_match)
+
+
+def check_invalid_boxes(batch: Batch, params: MiningParams, flags: Flags, lidar_keys: np.ndarray,
+                        cam_keys: np.ndarray, track_keys: np.ndarray) -> None:
+    sev = params.severities.invalid_box
+    L = batch.lidar
+    if len(L):
+        i = np.flatnonzero((L.cols["l"] <= 0) | (L.cols["w"] <= 0) | (L.cols["h"] <= 0))
+        flags.add("invalid_box", L.g[i], sev, lidar_keys[i], (REF_LIDAR, L.cols["det_id"][i]))
+    for stream, keys, kind, ids in ((batch.camera, cam_keys, REF_CAMERA, "det_id"), (batch.tracks, track_keys, REF_TRACK, "track_id")):
+        if len(stream):
+            c = stream.cols
+            i = np.flatnonzero((c["x2"] <= c["x1"]) | (c["y2"] <= c["y1"]))
+            flags.add("invalid_box", stream.g[i], sev, keys[i], (kind, c[ids][i]))
 
 
 def _assemble(batch: Batch, logs: DriveLogs, flags: Flags, skipped: list[str], params: MiningParams,

@@ -43,6 +43,8 @@ class Severities(BaseModel):
     detection_unexplained: float = 0.4
     # uncertainty band
     uncertain: float = 0.35
+    # integrity
+    invalid_box: float = 0.9  # a box with no positive size (validation keeps such logs with a warning)
 
     @field_validator("*")
     @classmethod

@@ -45,6 +45,10 @@ def register(app: typer.Typer) -> None:
         )
         for log_id, key in report.quarantined.items():
             console.print(f"  quarantined {log_id}: {key}")
+        for log_id, why in report.conflicts.items():
+            console.print(f"  [yellow]not stored {log_id}:[/] {why}")
+        if report.conflicts:
+            raise typer.Exit(1)
 
     @logs_app.command("list")
     def list_cmd(
