@@ -58,15 +58,17 @@ def ingest(store, source: Path | str, fmt: str, log_ids: list[str] | None = None
     """Import logs from ``source``, validate them, store the good ones and quarantine the bad
     ones with a report. A bad log never stops the batch. ``arrived_at`` (default now) backdates
     the arrival of a backfill."""
-    from fleetloop.importers import load_logs
+    from fleetloop.importers import load_logs_isolated
     from fleetloop.logstore import LogConflictError
     from fleetloop.storage import list_logs, put_log
-    from fleetloop.validation import quarantine, validate_logs
+    from fleetloop.validation import LogReport, quarantine, validate_logs
 
     t0 = time.perf_counter()
     report = IngestReport(source=str(source), format=fmt)
-    logs = load_logs(source, fmt, log_ids, **importer_options)
-    result = validate_logs(logs)
+    loaded = load_logs_isolated(source, fmt, log_ids, **importer_options)
+    for log_id, error in loaded.errors.items():  # files that do not parse: quarantined, the rest goes on
+        report.quarantined[log_id] = quarantine(store, LogReport.from_format_error(log_id, error))
+    result = validate_logs(loaded.logs)
     known = {m.log_id: m for m in list_logs(store)}
     for log_id in result.good.log_ids:
         one = result.good.select([log_id])

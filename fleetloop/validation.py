@@ -13,7 +13,6 @@ built once per process (see :func:`_runner`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -93,7 +92,7 @@ class LogReport(BaseModel):
         """A log whose files did not parse (see ``fleetloop.importers.load_logs_isolated``)."""
         path, line, fld, row = (getattr(error, a, None) for a in ("path", "line", "field", "row"))
         failure = Failure(
-            table=Path(path).stem if path else "source",
+            table="source",
             expectation="parse",
             description=f"the source file parses ({getattr(error, 'reason', error)})",
             severity="critical",
@@ -435,9 +434,11 @@ def _attribute(name: str, tab: _Table, results: list, sink: dict[str, dict[str, 
             detail = exc.get("exception_message") if exc.get("raised_exception") else None
             observed = (r.result or {}).get("observed_value")
             detail = detail or (f"observed: {_jsonable(observed)}" if observed is not None else None)
+            level = "critical" if exc.get("raised_exception") else severity
+            count = int((r.result or {}).get("unexpected_count") or 0)
             for log_id in tab.log_ids() or ["<unknown>"]:
-                sink.setdefault(log_id, {"critical": [], "warning": []})["critical" if exc.get("raised_exception") else severity].append(
-                    Failure(**base, unexpected_count=int((r.result or {}).get("unexpected_count") or 0), detail=detail)
+                sink.setdefault(log_id, {"critical": [], "warning": []})[level].append(
+                    Failure(**base, unexpected_count=count, detail=detail)
                 )
             continue
         pos = np.fromiter((d["_pos"] for d in index), dtype=np.int64, count=len(index))
@@ -602,6 +603,9 @@ def _ranges(values: list[int], limit: int = 40) -> str:
     return text + (f", ... ({len(out) - limit} more runs)" if len(out) > limit else "")
 
 
+_COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list", "column_set")
+
+
 def _markdown(r: LogReport) -> str:
     title = {"quarantined": "Quarantined log", "warnings": "Log passed with warnings", "passed": "Log passed"}[r.status]
     lines = [f"# {title} `{r.log_id}`", ""]
@@ -618,11 +622,13 @@ def _markdown(r: LogReport) -> str:
             continue
         lines += [f"## {heading}", ""]
         for f in failures:
-            params = ", ".join(f"{k}={v}" for k, v in f.kwargs.items() if k not in ("column", "column_A", "column_B", "column_list", "column_set"))
+            params = ", ".join(f"{k}={v}" for k, v in f.kwargs.items() if k not in _COLUMN_KWARGS)
             cols = ", ".join(f"`{c}`" for c in f.columns)
             lines.append(f"### {f.table}: {f.description}")
             lines.append("")
-            lines.append(f"- expectation: `{f.expectation}`" + (f" on {cols}" if cols else "") + (f" ({params})" if params else ""))
+            lines.append(
+                f"- expectation: `{f.expectation}`" + (f" on {cols}" if cols else "") + (f" ({params})" if params else "")
+            )
             if f.flag:
                 lines.append(f"- flag: `{f.flag}`")
             if f.detail:
@@ -649,7 +655,3 @@ def _cell(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_cell(x) for x in v) + "]"
     return str(v).replace("|", "\\|")
-
-
-def report_json(report: LogReport) -> dict:
-    return json.loads(report.model_dump_json())

@@ -63,7 +63,7 @@ def test_projection_behind_the_camera_is_invisible():
 def test_projection_uses_each_boxes_own_log():
     M2 = np.concatenate([M, projection_matrix(P * np.array([[2], [2], [1]]), L2C)[None]])
     box, _, _ = project_boxes([[10, 0, 0, 2, 2, 2, 0]] * 2, M2, [5000, 5000], [5000, 5000], log_idx=[0, 1])
-    assert box[1, 2] - CX == pytest.approx(2 * (box[0, 2] - CX))
+    assert box[1, 2] - 2 * CX == pytest.approx(2 * (box[0, 2] - CX))  # u = 2 (F X / Z + CX)
 
 
 def test_iou_hand_cases():
@@ -111,9 +111,9 @@ def _slots(a_counts, b_counts):
 
 
 def test_associate_slots_is_optimal_not_greedy_and_gated():
-    # frame 0: greedy would give A0-B0 (IoU 0.6) and leave A1 alone; optimal matches both.
-    a = np.array([[0, 0, 10, 10], [6, 0, 16, 10], [0, 0, 10, 10]], float)
-    b = np.array([[2, 0, 12, 10], [-1, 0, 9, 10], [50, 50, 60, 60]], float)
+    # frame 0: greedy would give A0-B0 (IoU 7/13) and leave A1 alone; optimal matches both.
+    a = np.array([[0, 0, 10, 10], [7, 0, 17, 10], [0, 0, 10, 10]], float)
+    b = np.array([[3, 0, 13, 10], [-4, 0, 6, 10], [50, 50, 60, 60]], float)
     iou = iou_matrix(a[:2], b[:2])
     assert iou[0, 0] > iou[0, 1] and iou[1, 0] > 0.3 and iou[1, 1] < 0.3
     a_start, a_end, b_start, b_end = _slots([2, 1], [2, 1])

@@ -32,6 +32,7 @@ from fleetloop.labeling.sync import campaign_status, delivered_manifest, read_la
 from fleetloop.storage import LocalStore
 
 pytestmark = [pytest.mark.services, pytest.mark.kitti, pytest.mark.timeout(900)]
+pytest_plugins = ["tests.fixtures_s3"]
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 1242, 375
@@ -299,7 +300,7 @@ def test_updated_annotation_is_delivered_again_as_a_revision(tmp_path, client, l
     mine = latest[latest.annotation_id == target.annotation_id]
     assert mine[["cls", "x1", "y1", "x2", "y2", "revision"]].values.tolist() == [["cyclist", 10.0, 20.0, 110.0, 220.0, 2]]
     everything = read_labels(store, "kitti-rev", latest=False)
-    assert everything.num_rows == len(latest) + len(target.boxes) - 1
+    assert everything.num_rows == len(latest) + len(target.boxes)  # revision 1 rows are kept in their shard
     assert sync("kitti-rev", client=client, store=store, home=ls_home).delivered == 0
 
 
@@ -418,3 +419,48 @@ def test_webhook_triggers_the_sync(tmp_path, client, ls_home, ls_server, kitti_l
         assert {e["action"] for e in rx.events} == {"ANNOTATION_CREATED"} and not rx.coalescer.errors
     finally:
         rx.stop()
+
+
+def test_production_path_presigned_s3_images_and_label_shards_in_s3(tmp_path, client, ls_home, kitti_logs, truth,
+                                                                      s3_settings):
+    """With a remote Label Studio, task images are uploaded to S3 and handed out presigned, camera
+    images already in S3 are checked and presigned, and label shards go to the S3 store."""
+    import io
+
+    import pyarrow as pa
+    from PIL import Image
+
+    from fleetloop.labeling.images import StorePublisher
+    from fleetloop.schema import DriveLogs
+    from fleetloop.storage import S3Store, make_s3_client
+
+    s3 = make_s3_client(s3_settings)
+    store = S3Store(s3_settings.bucket, "fleet", s3)
+    buf = io.BytesIO()
+    Image.new("RGB", (W, H), (60, 60, 60)).save(buf, format="PNG")
+    s3.put_object(Bucket=s3_settings.bucket, Key="cam/good.png", Body=buf.getvalue())
+    s3.put_object(Bucket=s3_settings.bucket, Key="cam/bad.png", Body=b"not an image at all")
+    rows = read_selection(_selection(tmp_path, kitti_logs, 4, offset=600))
+    uris = {(rows[0]["log_id"], rows[0]["frame"]): f"s3://{s3_settings.bucket}/cam/good.png",
+            (rows[1]["log_id"], rows[1]["frame"]): f"s3://{s3_settings.bucket}/cam/bad.png"}
+    frames = kitti_logs.frames
+    new_uri = [uris.get((l, f)) for l, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist())]
+    frames = frames.set_column(frames.schema.get_field_index("image_uri"), "image_uri", pa.array(new_uri, pa.string()))
+    logs = DriveLogs(**{**kitti_logs.tables(), "frames": frames})
+    report = push(rows, logs, "kitti-s3", client=client, home=ls_home,
+                  publisher=StorePublisher(store, "labeling/images"), image_dir=tmp_path / "renders", s3_client=s3)
+    assert report.created == 3 and [p.frame for p in report.problems] == [rows[1]["frame"]]
+    assert "cannot be loaded" in report.problems[0].message
+    for task in _all_tasks(client, report.project_id):
+        url = task["data"]["image"]
+        assert url.startswith(s3_settings.endpoint_url) and "Signature" in url
+        img = httpx.get(url)  # what the labeler's browser does
+        assert img.status_code == 200 and Image.open(io.BytesIO(img.content)).size == (W, H)
+    sim = simulate("kitti-s3", truth, client=client)
+    result = sync("kitti-s3", client=client, store=store, home=ls_home)
+    assert result.delivered == 3 and result.shards == ["labels/kitti-s3/sync-000001.parquet"]
+    assert store.exists("labels/kitti-s3/watermark.json")
+    labels = read_labels(store, "kitti-s3").to_pandas()
+    for sub in sim.submissions:
+        got = labels[labels.annotation_id == sub.annotation_id]
+        assert _same_boxes(got[["cls", "x1", "y1", "x2", "y2"]].itertuples(index=False), sub.boxes), sub

@@ -33,17 +33,18 @@ def _boundary_errors() -> tuple[type[Exception], ...]:
     from fleetloop.labeling.client import LabelStudioError
     from fleetloop.labeling.locks import LockTimeout
     from fleetloop.labeling.push import SelectionError
+    from fleetloop.labeling.server import LabelStudioServerError
+    from fleetloop.labeling.sync import SyncError
     from fleetloop.storage import StorageError
 
-    return (LabelStudioError, LogFormatError, SelectionError, LockTimeout, StorageError, FileNotFoundError,
-            RuntimeError)
+    return (LabelStudioError, LabelStudioServerError, LogFormatError, SelectionError, SyncError, LockTimeout,
+            StorageError, FileNotFoundError)
 
 
 def _client():
-    from fleetloop.labeling.client import LabelStudioClient
-    from fleetloop.settings import get_settings
+    from fleetloop.labeling.api import client_for
 
-    return LabelStudioClient.from_settings(home=get_settings().home)
+    return client_for()
 
 
 def _print(obj: dict, as_json: bool) -> None:
@@ -53,7 +54,7 @@ def _print(obj: dict, as_json: bool) -> None:
 
 @app.command()
 def push(
-    selection: Annotated[Path, typer.Argument(help="Selection CSV written by `fleetloop mine --budget`.")],
+    selection: Annotated[Path, typer.Argument(help="Selection CSV written by `fleetloop mine --budget` (a file, or a key in the store).")],
     campaign: CampaignOpt,
     source: Annotated[Path | None, typer.Option(help="Read the logs from here (else from the store).")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="Format of --source: kitti-tracking | parquet")] = "kitti-tracking",
@@ -62,16 +63,11 @@ def push(
     as_json: JsonOpt = False,
 ) -> None:
     """Create pre-annotated tasks for the selected frames (idempotent: existing tasks are kept)."""
-    from fleetloop.labeling.push import load_logs_for, push as do_push, read_selection
-    from fleetloop.settings import get_settings
+    from fleetloop.labeling.api import push_selection
 
-    settings = get_settings()
     try:
-        rows = read_selection(selection)
-        logs = load_logs_for(rows, source, format)
-        with _client() as client:
-            report = do_push(rows, logs, campaign, client=client, home=settings.home,
-                             model_version=model_version or settings.label_studio.model_version, batch_size=batch_size)
+        report = push_selection(selection, campaign, source=source, format=format, batch_size=batch_size,
+                                model_version=model_version)
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
@@ -93,15 +89,10 @@ def sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Deliver new and updated annotations as label shards (exactly once, with a watermark)."""
-    from fleetloop.labeling.sync import sync as do_sync
-    from fleetloop.settings import get_settings
-    from fleetloop.storage import get_store
+    from fleetloop.labeling.api import sync_campaign
 
-    settings = get_settings()
     try:
-        with _client() as client:
-            report = do_sync(campaign, client=client, store=get_store(settings), home=settings.home,
-                             page_size=page_size, shard_size=shard_size)
+        report = sync_campaign(campaign, page_size=page_size, shard_size=shard_size)
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
@@ -124,13 +115,10 @@ def sync(
 @app.command()
 def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
     """Counts of tasks, annotated tasks and synced tasks of a campaign."""
-    from fleetloop.labeling.sync import campaign_status
-    from fleetloop.settings import get_settings
-    from fleetloop.storage import get_store
+    from fleetloop.labeling.api import status as campaign_status
 
     try:
-        with _client() as client:
-            st = campaign_status(campaign, client=client, store=get_store(get_settings()))
+        st = campaign_status(campaign)
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
@@ -194,11 +182,9 @@ def listen(
 
     if trigger == "sync":
         def action(name: str) -> None:
-            from fleetloop.labeling.sync import sync as do_sync
-            from fleetloop.storage import get_store
+            from fleetloop.labeling.api import sync_campaign
 
-            with _client() as client:
-                r = do_sync(name, client=client, store=get_store(settings), home=settings.home)
+            r = sync_campaign(name, settings=settings)
             console.print(f"synced {name}: {r.delivered} delivered, {len(r.problems)} rejected")
     elif trigger == "deployment":
         def action(name: str) -> None:

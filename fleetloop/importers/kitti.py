@@ -2,7 +2,7 @@
 
 ```
 <root>/seqmap.txt                       optional: "<seq> empty 000000 <n_frames>" per sequence
-<root>/calib/<seq>.txt                  P2, R0_rect, Tr_velo_to_cam (object-benchmark key names)
+<root>/calib/<seq>.txt                  P2, R0_rect, Tr_velo_to_cam (raw tracking names R_rect, Tr_velo_cam too)
 <root>/lidar_det/<detector>/<seq>.txt   comma-separated 3D detections (PointRCNN layout)
 <root>/camera_trk/<tracker>/<seq>.txt   KITTI tracking result format (2D tracks)
 <root>/camera_det/<detector>/<seq>.txt  optional: KITTI tracking format, track id ignored (2D detections)
@@ -12,6 +12,9 @@
 Frame indices are 0-based; 10 Hz, so ``timestamp_ns = frame * 100 ms``. Lidar boxes are
 converted from rectified-camera coordinates (bottom centre, KITTI ``ry``) to the lidar frame
 (centre, yaw about +z); scores are mapped to [0, 1] (see ``docs/schema.md``).
+
+Parsing is vectorised (pandas' C reader, whole-column checks); only when a check fails is the
+file re-read line by line, to raise :class:`LogFormatError` naming the first bad line and field.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
@@ -88,6 +89,14 @@ def local_image_path(uri: str) -> Path | None:
     return None
 
 
+@lru_cache(maxsize=1)
+def _settings_s3_client():
+    from fleetloop.settings import get_settings
+    from fleetloop.storage import make_s3_client
+
+    return make_s3_client(get_settings().storage.s3)
+
+
 def resolve_image(uri: str, publisher: Publisher, key: str, s3_client=None) -> tuple[str, int, int]:
     """The URL a task should use for a frame's image reference, with the image's size.
 
@@ -102,8 +111,7 @@ def resolve_image(uri: str, publisher: Publisher, key: str, s3_client=None) -> t
         return publisher.publish(path, key + path.suffix.lower()), width, height
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        if s3_client is None:
-            raise ImageProblem(f"image {uri}: no S3 client configured (set FLEETLOOP_STORAGE__BACKEND=s3)")
+        s3_client = s3_client or _settings_s3_client()
         try:
             body = s3_client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
         except Exception as exc:  # botocore's errors: report, do not stop the batch

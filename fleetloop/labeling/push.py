@@ -17,6 +17,7 @@ rest of the batch proceeds.
 from __future__ import annotations
 
 import csv
+import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,20 +70,24 @@ def read_selection(path: Path | str) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise SelectionError(f"selection file {path} does not exist")
+    return read_selection_text(path.read_text(), str(path))
+
+
+def read_selection_text(text: str, where: str) -> list[dict[str, Any]]:
+    """:func:`read_selection` of CSV text; ``where`` names it in errors."""
     rows: list[dict[str, Any]] = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("log_id", "frame") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise SelectionError(f"{path}: missing columns {missing} (have {reader.fieldnames})")
-        for lineno, row in enumerate(reader, start=2):
-            try:
-                row["frame"] = int(row["frame"])
-                row["score"] = float(row["score"]) if row.get("score") not in (None, "") else None
-            except ValueError as exc:
-                raise SelectionError(f"{path}, line {lineno}: {exc}") from exc
-            row["reasons"] = row.get("reasons") or ""
-            rows.append(row)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in ("log_id", "frame") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SelectionError(f"{where}: missing columns {missing} (have {reader.fieldnames})")
+    for lineno, row in enumerate(reader, start=2):
+        try:
+            row["frame"] = int(row["frame"])
+            row["score"] = float(row["score"]) if row.get("score") not in (None, "") else None
+        except ValueError as exc:
+            raise SelectionError(f"{where}, line {lineno}: {exc}") from exc
+        row["reasons"] = row.get("reasons") or ""
+        rows.append(row)
     return rows
 
 
@@ -273,4 +278,4 @@ def load_logs_for(rows: list[dict[str, Any]], source: Path | str | None, fmt: st
 
 
 __all__ = ["FrameProblem", "PushReport", "SelectionError", "build_tasks", "existing_keys", "load_logs_for", "push",
-           "read_selection", "task_key"]
+           "read_selection", "read_selection_text", "task_key"]

@@ -1,0 +1,68 @@
+"""``fleetloop ingest`` / ``fleetloop logs list`` through the real CLI on the real KITTI slice:
+bad logs are quarantined with a report, the rest of the batch is stored, reruns store nothing twice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from fleetloop.cli import app
+from fleetloop.settings import get_settings
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def broken_kitti(tmp_path, kitti_root):
+    """A scratch copy of the slice (in tmp, never in the repo) with two broken logs."""
+    root = tmp_path / "kitti"
+    shutil.copytree(kitti_root, root)
+    det = root / "lidar_det" / "pointrcnn" / "0006.txt"
+    lines = det.read_text().splitlines()
+    lines[4] = lines[4].replace(",", ";", 1)  # a line that does not parse
+    det.write_text("\n".join(lines) + "\n")
+    calib = root / "calib" / "0010.txt"
+    calib.write_text("\n".join(l for l in calib.read_text().splitlines() if not l.startswith("Tr_velo_to_cam")))
+    return root
+
+
+def test_ingest_quarantines_bad_logs_and_keeps_the_rest(home, broken_kitti):
+    runner = CliRunner()
+    first = runner.invoke(app, ["ingest", str(broken_kitti), "--format", "kitti-tracking"])
+    assert first.exit_code == 0, first.output
+    assert "3 new" in first.output and "2 quarantined" in first.output
+
+    reports = {p.parent.name: p for p in (home / "store" / "quarantine").glob("*/report.json")}
+    assert sorted(reports) == ["0006", "0010"]
+    r6 = json.loads(reports["0006"].read_text())
+    assert r6["status"] == "quarantined" and "line 5" in json.dumps(r6)
+    r10 = json.loads(reports["0010"].read_text())
+    assert "Tr_velo_to_cam" in json.dumps(r10)
+    assert (reports["0006"].parent / "report.md").read_text().strip()
+
+    listed = runner.invoke(app, ["logs", "list"])
+    assert listed.exit_code == 0 and "3 logs" in listed.output
+    for log_id in ("0001", "0008", "0012"):
+        assert log_id in listed.output
+
+    again = runner.invoke(app, ["ingest", str(broken_kitti), "--format", "kitti-tracking"])
+    assert again.exit_code == 0 and "0 new" in again.output and "3 unchanged" in again.output
+    assert "3 logs" in runner.invoke(app, ["logs", "list"]).output
+
+
+def test_ingest_bad_arguments_give_clear_errors(home, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["ingest", str(tmp_path), "--format", "nope"])
+    assert res.exit_code == 2 and "--format" in res.output
+    res = runner.invoke(app, ["ingest", str(tmp_path), "--format", "kitti-tracking"])
+    assert res.exit_code == 1 and "calib" in res.output
