@@ -64,7 +64,7 @@ def worker(n_frames: int, shard_frames: int) -> dict:
     """Runs in a fresh process: mine ``n_frames`` replicated frames shard by shard, then rank."""
     import pyarrow as pa
 
-    from fleetloop.checks.mining import mine, rank
+    from fleetloop.checks.mining import compact_frames, mine, rank
     from fleetloop.checks.params import MiningParams
     from fleetloop.schema import DriveLogs
 
@@ -86,7 +86,7 @@ def worker(n_frames: int, shard_frames: int) -> dict:
         c2 = time.process_time()
         cpu_gen += c1 - c0
         cpu_mine += c2 - c1
-        frames.append(res.frames)
+        frames.append(compact_frames(res.frames))
         flags += res.flags.num_rows
         done += shard.num_frames
         del shard, res
@@ -177,7 +177,7 @@ def _agreement(ours: Path, naive: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,300000,1000000")
-    ap.add_argument("--shard-frames", type=int, default=50_000)
+    ap.add_argument("--shard-frames", type=int, default=20_000)
     ap.add_argument("--e2e-copies", type=int, default=20)
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)

@@ -65,7 +65,7 @@ def test_box_to_result_clips_to_the_image():
         (lambda v: v.update(x=95.0, width=20.0), "outside the image"),
         (lambda v: v.update(y=-3.0), "outside the image"),
         (lambda v: v.update(rotation=15), "rotated box"),
-        (lambda v: v.update(width=0.01), "smaller than 1 px"),
+        (lambda v: v.update(width=0.0), "no area"),
         (lambda v: v.pop("height"), "lacks numeric"),
     ],
 )
@@ -101,7 +101,13 @@ def test_convert_annotation_lineage_and_problems():
     table = pa.Table.from_pylist(rows, schema=LABELS)  # the rows fit the LABELS schema exactly
     row = table.to_pylist()[0]
     assert (row["log_id"], row["frame"], row["cls"], row["task_id"], row["annotation_id"], row["revision"]) == (
-        "0001", 12, "car", 7, 3, 2)
+        "0001",
+        12,
+        "car",
+        7,
+        3,
+        2,
+    )
     assert row["annotator"] == "a@b.c" and row["campaign"] == "camp"
     assert row["updated_at"].isoformat() == "2026-01-02T03:04:05.123456+00:00"
     status, rows, problems = convert_annotation(task, {**ann, "result": [good, bad]}, "camp", 1, None)
@@ -181,8 +187,11 @@ def test_lidar_projection_matches_the_detectors_own_2d_boxes(kitti_root):
 
 
 def test_render_frame_is_camera_sized_and_marked():
-    boxes = {"lidar": [{"cls": "car", "score": 0.9, "x1": 100, "y1": 150, "x2": 300, "y2": 300}],
-             "track": [{"cls": "car", "score": None, "x1": 110, "y1": 160, "x2": 310, "y2": 310}], "camera": []}
+    boxes = {
+        "lidar": [{"cls": "car", "score": 0.9, "x1": 100, "y1": 150, "x2": 300, "y2": 300}],
+        "track": [{"cls": "car", "score": None, "x1": 110, "y1": 160, "x2": 310, "y2": 310}],
+        "camera": [],
+    }
     img = render_frame(boxes, W, H, caption="log x frame 1")
     assert img.size == (W, H)
     px = np.asarray(img)
@@ -196,16 +205,37 @@ def test_render_frame_is_camera_sized_and_marked():
 
 
 def _manifest(aid: int, updated: str, rev: int = 1) -> dict:
-    return {"annotation_id": aid, "task_id": 100 + aid, "updated_at": updated, "revision": rev, "status": "labeled",
-            "boxes": 1, "annotator": None, "log_id": "0001", "frame": aid}
+    return {
+        "annotation_id": aid,
+        "task_id": 100 + aid,
+        "updated_at": updated,
+        "revision": rev,
+        "status": "labeled",
+        "boxes": 1,
+        "annotator": None,
+        "log_id": "0001",
+        "frame": aid,
+    }
 
 
 def _row(aid: int, rev: int = 1) -> dict:
     from datetime import UTC, datetime
 
-    return {"log_id": "0001", "frame": aid, "cls": "car", "x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 40.0,
-            "campaign": "c", "task_id": 100 + aid, "annotation_id": aid, "annotator": None,
-            "updated_at": datetime(2026, 1, 1, tzinfo=UTC), "revision": rev}
+    return {
+        "log_id": "0001",
+        "frame": aid,
+        "cls": "car",
+        "x1": 1.0,
+        "y1": 2.0,
+        "x2": 30.0,
+        "y2": 40.0,
+        "campaign": "c",
+        "task_id": 100 + aid,
+        "annotation_id": aid,
+        "annotator": None,
+        "updated_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "revision": rev,
+    }
 
 
 def test_watermark_folds_in_a_shard_written_before_a_crash(tmp_path):
@@ -239,8 +269,14 @@ def test_simulated_answers_are_deterministic_and_noisy():
     assert a1[1][1][3] == W  # clipped to the image
     assert any(abs(a - b) > 0.01 for a, b in zip(a1[1][0][1:], truth[0][1:]))
     assert answer_task(task, truth, TeamConfig(seed=7))[1][0] == truth[0]  # no noise: exact truth
-    skipped = [answer_task({"id": i, "data": {"fleetloop_key": f"c/x/{i}", "image_width": W, "image_height": H}},
-                           truth, TeamConfig(skip_rate=0.3, seed=1))[0] for i in range(400)]
+    skipped = [
+        answer_task(
+            {"id": i, "data": {"fleetloop_key": f"c/x/{i}", "image_width": W, "image_height": H}},
+            truth,
+            TeamConfig(skip_rate=0.3, seed=1),
+        )[0]
+        for i in range(400)
+    ]
     assert 0.2 < (skipped.count("unusable") + skipped.count("left")) / 400 < 0.4
     assert skipped.count("unusable") > 0 and skipped.count("left") > 0
 
@@ -282,8 +318,15 @@ def test_server_env_is_a_whitelist(monkeypatch, tmp_path):
     monkeypatch.setenv("USERNAME", "stray-user")
     monkeypatch.setenv("PASSWORD", "stray")
     monkeypatch.setenv("HOST", "example.com")
-    state = server.ServerState(url="http://127.0.0.1:1", port=1, token="t" * 40, username="u@x", password="p",
-                               data_dir=str(tmp_path), document_root=str(tmp_path))
+    state = server.ServerState(
+        url="http://127.0.0.1:1",
+        port=1,
+        token="t" * 40,
+        username="u@x",
+        password="p",
+        data_dir=str(tmp_path),
+        document_root=str(tmp_path),
+    )
     env = server.server_env(tmp_path / "venv", state)
     assert not {"USERNAME", "PASSWORD", "HOST", "PYTHONPATH"} & set(env)
     assert env["LABEL_STUDIO_USER_TOKEN"] == "t" * 40 and env["LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN"] == "true"
@@ -294,8 +337,16 @@ def test_server_env_is_a_whitelist(monkeypatch, tmp_path):
 def test_stop_never_signals_a_process_it_did_not_start(tmp_path):
     import os
 
-    state = server.ServerState(url="http://127.0.0.1:1", port=1, token="t", username="u", password="p",
-                               data_dir=str(tmp_path), document_root=str(tmp_path), pid=os.getpid())
+    state = server.ServerState(
+        url="http://127.0.0.1:1",
+        port=1,
+        token="t",
+        username="u",
+        password="p",
+        data_dir=str(tmp_path),
+        document_root=str(tmp_path),
+        pid=os.getpid(),
+    )
     server._write_state(tmp_path, state)
     assert (server.service_dir(tmp_path) / "state.json").stat().st_mode & 0o777 == 0o600
     assert server.stop(tmp_path) is False  # our own pid is not a label-studio session leader
@@ -307,3 +358,24 @@ def test_project_lidar_boxes_of_logs_without_lidar_is_empty():
 
     assert project_lidar_boxes(DriveLogs.empty()).num_rows == 0
 
+
+def test_local_files_publisher_keeps_images_inside_the_served_directory(tmp_path):
+    from fleetloop.labeling.images import ImageProblem, LocalFilesPublisher, resolve_image
+
+    home = tmp_path / "home"
+    pub = LocalFilesPublisher(home, home / "labeling" / "images")
+    inside = home / "labeling" / "images" / "c" / "0001" / "000003.png"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"x")
+    assert pub.publish(inside, "c/0001/000003.png") == "/data/local-files/?d=labeling/images/c/0001/000003.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 32)).save(tmp_path / "cam.png")
+    url, w, h = resolve_image((tmp_path / "cam.png").as_uri(), pub, "c/0001/000004")
+    assert url == "/data/local-files/?d=labeling/images/c/0001/000004.png" and (w, h) == (64, 32)
+    assert (home / "labeling" / "images" / "c" / "0001" / "000004.png").read_bytes() == (tmp_path / "cam.png").read_bytes()
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageProblem, match="cannot be loaded"):
+        resolve_image(str(tmp_path / "broken.jpg"), pub, "c/0001/000005")
+    with pytest.raises(ImageProblem, match="unsupported scheme"):
+        resolve_image("ftp://x/y.png", pub, "c/0001/000006")

@@ -93,7 +93,7 @@ def _selection(tmp_path: Path, logs, n: int, offset: int = 0) -> Path:
     df = pd.concat([lid, trk], axis=1).fillna(0).reset_index()
     df["score"] = (df["n_lidar"] - df["n_track"]).abs() / (1 + df["n_lidar"])
     df["reasons"] = np.where(df["n_lidar"] > df["n_track"], "lidar_only:car;uncertain", "camera_only:car")
-    df = df.sort_values(["score", "log_id", "frame"], ascending=[False, True, True]).iloc[offset:offset + n]
+    df = df.sort_values(["score", "log_id", "frame"], ascending=[False, True, True]).iloc[offset : offset + n]
     path = tmp_path / f"selected-{offset}-{n}.csv"
     df[["log_id", "frame", "score", "reasons"]].to_csv(path, index=False)
     return path
@@ -108,7 +108,8 @@ def _same_boxes(got, want, atol: float = 1e-3) -> bool:
     got = sorted((r[0], *map(float, r[1:])) for r in got)
     want = sorted((r[0], *map(float, r[1:])) for r in want)
     return len(got) == len(want) and all(
-        g[0] == w[0] and np.allclose(g[1:], w[1:], rtol=0, atol=atol) for g, w in zip(got, want))
+        g[0] == w[0] and np.allclose(g[1:], w[1:], rtol=0, atol=atol) for g, w in zip(got, want)
+    )
 
 
 # ------------------------------------------------------------------ server
@@ -166,8 +167,10 @@ def test_push_creates_pre_annotated_tasks(pushed, client, kitti_logs, ls_server)
         (pred,) = t["predictions"]
         assert pred["model_version"] == "fleetloop-mined"
         # the predictions are the camera tracker's boxes of that frame
-        got = sorted(tuple(round(v, 2) for v in (b.x1, b.y1, b.x2, b.y2))
-                     for b in (result_to_box(r, W, H) for r in pred["result"]))
+        got = sorted(
+            tuple(round(v, 2) for v in (b.x1, b.y1, b.x2, b.y2))
+            for b in (result_to_box(r, W, H) for r in pred["result"])
+        )
         f = tracks[(tracks.log_id == d["log_id"]) & (tracks.frame == d["frame"])]
         clipped = [(max(r.x1, 0), max(r.y1, 0), min(r.x2, W), min(r.y2, H)) for r in f.itertuples()]
         want = sorted(tuple(round(float(v), 2) for v in b) for b in clipped if b[2] - b[0] >= 1 and b[3] - b[1] >= 1)
@@ -185,9 +188,15 @@ def test_task_images_are_served_to_a_logged_in_browser(pushed, client, ls_server
     browser = httpx.Client(base_url=ls_server.url, follow_redirects=True)
     assert browser.get(task["data"]["image"]).status_code in (401, 403, 404)  # not without a session
     browser.get("/user/login/")
-    r = browser.post("/user/login/", data={"email": ls_server.username, "password": ls_server.password,
-                                           "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
-                     headers={"Referer": f"{ls_server.url}/user/login/"})
+    r = browser.post(
+        "/user/login/",
+        data={
+            "email": ls_server.username,
+            "password": ls_server.password,
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+        },
+        headers={"Referer": f"{ls_server.url}/user/login/"},
+    )
     assert r.status_code == 200
     img = browser.get(task["data"]["image"])
     assert img.status_code == 200 and img.headers["content-type"] == "image/png"
@@ -199,11 +208,31 @@ def test_task_images_are_served_to_a_logged_in_browser(pushed, client, ls_server
 
 def test_push_again_creates_no_duplicates(pushed, client, ls_home, ls_server, kitti_root):
     sel, first = pushed
-    env = {**os.environ, "FLEETLOOP_HOME": str(ls_home), "FLEETLOOP_LABEL_STUDIO__URL": ls_server.url,
-           "FLEETLOOP_LABEL_STUDIO__TOKEN": ls_server.token}
-    out = subprocess.run([str(Path(sys.executable).parent / "fleetloop"), "label", "push", str(sel), "--source", str(kitti_root),
-                          "--format", "kitti-tracking", "--campaign", "kitti-50", "--json"],
-                         env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "FLEETLOOP_HOME": str(ls_home),
+        "FLEETLOOP_LABEL_STUDIO__URL": ls_server.url,
+        "FLEETLOOP_LABEL_STUDIO__TOKEN": ls_server.token,
+    }
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "fleetloop"),
+            "label",
+            "push",
+            str(sel),
+            "--source",
+            str(kitti_root),
+            "--format",
+            "kitti-tracking",
+            "--campaign",
+            "kitti-50",
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert (report["created"], report["already_present"], report["requests"]) == (0, 50, 0)
@@ -213,9 +242,20 @@ def test_push_again_creates_no_duplicates(pushed, client, ls_home, ls_server, ki
 def test_concurrent_pushes_do_not_race(tmp_path, client, ls_home, ls_server, kitti_logs):
     rows = read_selection(_selection(tmp_path, kitti_logs, 30, offset=200))
     reports = []
-    threads = [threading.Thread(target=lambda: reports.append(
-        push(rows, kitti_logs, "kitti-race", client=LabelStudioClient(ls_server.url, ls_server.token), home=ls_home)))
-        for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: reports.append(
+                push(
+                    rows,
+                    kitti_logs,
+                    "kitti-race",
+                    client=LabelStudioClient(ls_server.url, ls_server.token),
+                    home=ls_home,
+                )
+            )
+        )
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -265,7 +305,10 @@ def test_sync_again_delivers_nothing_twice(annotated, client, ls_home, label_sto
     before = read_labels(label_store, "kitti-50", latest=False).num_rows
     report = sync("kitti-50", client=client, store=label_store, home=ls_home)
     assert (report.delivered, report.already_delivered, report.shards) == (
-        0, annotated.answered + annotated.unusable, [])
+        0,
+        annotated.answered + annotated.unusable,
+        [],
+    )
     assert read_labels(label_store, "kitti-50", latest=False).num_rows == before
     status = campaign_status("kitti-50", client=client, store=label_store)
     n = annotated.answered + annotated.unusable
@@ -273,10 +316,20 @@ def test_sync_again_delivers_nothing_twice(annotated, client, ls_home, label_sto
 
 
 def test_status_cli_json(annotated, ls_home, ls_server, label_store):
-    env = {**os.environ, "FLEETLOOP_HOME": str(ls_home), "FLEETLOOP_STORAGE__LOCAL_ROOT": str(label_store.root),
-           "FLEETLOOP_LABEL_STUDIO__URL": ls_server.url, "FLEETLOOP_LABEL_STUDIO__TOKEN": ls_server.token}
-    out = subprocess.run([str(Path(sys.executable).parent / "fleetloop"), "label", "status", "--campaign", "kitti-50", "--json"],
-                         env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "FLEETLOOP_HOME": str(ls_home),
+        "FLEETLOOP_STORAGE__LOCAL_ROOT": str(label_store.root),
+        "FLEETLOOP_LABEL_STUDIO__URL": ls_server.url,
+        "FLEETLOOP_LABEL_STUDIO__TOKEN": ls_server.token,
+    }
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "fleetloop"), "label", "status", "--campaign", "kitti-50", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     st = json.loads(out.stdout)
     n = annotated.answered + annotated.unusable
@@ -287,8 +340,13 @@ def test_status_cli_json(annotated, ls_home, ls_server, label_store):
 
 
 def test_updated_annotation_is_delivered_again_as_a_revision(tmp_path, client, ls_home, kitti_logs, truth):
-    push(read_selection(_selection(tmp_path, kitti_logs, 4, offset=100)), kitti_logs, "kitti-rev", client=client,
-         home=ls_home)
+    push(
+        read_selection(_selection(tmp_path, kitti_logs, 4, offset=100)),
+        kitti_logs,
+        "kitti-rev",
+        client=client,
+        home=ls_home,
+    )
     sim = simulate("kitti-rev", truth, client=client)
     store = LocalStore(tmp_path / "store")
     assert sync("kitti-rev", client=client, store=store, home=ls_home).delivered == 4
@@ -298,7 +356,9 @@ def test_updated_annotation_is_delivered_again_as_a_revision(tmp_path, client, l
     assert (report.delivered, report.revisions, report.already_delivered) == (1, 1, 3)
     latest = read_labels(store, "kitti-rev").to_pandas()
     mine = latest[latest.annotation_id == target.annotation_id]
-    assert mine[["cls", "x1", "y1", "x2", "y2", "revision"]].values.tolist() == [["cyclist", 10.0, 20.0, 110.0, 220.0, 2]]
+    assert mine[["cls", "x1", "y1", "x2", "y2", "revision"]].values.tolist() == [
+        ["cyclist", 10.0, 20.0, 110.0, 220.0, 2]
+    ]
     everything = read_labels(store, "kitti-rev", latest=False)
     assert everything.num_rows == len(latest) + len(target.boxes)  # revision 1 rows are kept in their shard
     assert sync("kitti-rev", client=client, store=store, home=ls_home).delivered == 0
@@ -321,14 +381,22 @@ sync("kitti-crash", client=LabelStudioClient(url, token), store=LocalStore(Path(
 """
 
 
-def test_sync_killed_midway_loses_nothing_and_repeats_nothing(tmp_path, client, ls_home, ls_server, kitti_logs,
-                                                              truth):
-    push(read_selection(_selection(tmp_path, kitti_logs, 24, offset=300)), kitti_logs, "kitti-crash",
-         client=client, home=ls_home)
+def test_sync_killed_midway_loses_nothing_and_repeats_nothing(tmp_path, client, ls_home, ls_server, kitti_logs, truth):
+    push(
+        read_selection(_selection(tmp_path, kitti_logs, 24, offset=300)),
+        kitti_logs,
+        "kitti-crash",
+        client=client,
+        home=ls_home,
+    )
     sim = simulate("kitti-crash", truth, client=client, team=TeamConfig(noise_px=1.0, seed=5))
     store_dir = tmp_path / "store"
-    proc = subprocess.run([sys.executable, "-c", _CRASHING_SYNC, ls_server.url, ls_server.token, str(store_dir),
-                           str(ls_home), "2"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHING_SYNC, ls_server.url, ls_server.token, str(store_dir), str(ls_home), "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     store = LocalStore(store_dir)
     assert len(delivered_manifest(store, "kitti-crash")) == 10  # two shards of 5 made it to disk
@@ -354,9 +422,11 @@ def test_bad_input_is_reported_and_the_rest_proceeds(tmp_path, client, ls_home, 
     rows = read_selection(sel)
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     Image.new("RGB", (W, H), (90, 90, 90)).save(tmp_path / "camera.png")
-    uris = {(rows[0]["log_id"], rows[0]["frame"]): str(tmp_path / "corrupt.png"),
-            (rows[1]["log_id"], rows[1]["frame"]): str(tmp_path / "missing.png"),
-            (rows[2]["log_id"], rows[2]["frame"]): (tmp_path / "camera.png").as_uri()}
+    uris = {
+        (rows[0]["log_id"], rows[0]["frame"]): str(tmp_path / "corrupt.png"),
+        (rows[1]["log_id"], rows[1]["frame"]): str(tmp_path / "missing.png"),
+        (rows[2]["log_id"], rows[2]["frame"]): (tmp_path / "camera.png").as_uri(),
+    }
     frames = kitti_logs.frames
     new_uri = [uris.get((l, f)) for l, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist())]
     frames = frames.set_column(frames.schema.get_field_index("image_uri"), "image_uri", pa.array(new_uri, pa.string()))
@@ -390,7 +460,9 @@ def test_bad_input_is_reported_and_the_rest_proceeds(tmp_path, client, ls_home, 
     assert set(msgs) == {a_unknown, a_outside} and report.delivered == 2
     assert "unknown class 'truck'" in msgs[a_unknown] and "outside the image" in msgs[a_outside]
     labels = read_labels(store, "kitti-bad")
-    assert labels.num_rows == 2 and not pc.any(pc.is_in(labels["annotation_id"], pa.array([a_unknown, a_outside]))).as_py()
+    assert (
+        labels.num_rows == 2 and not pc.any(pc.is_in(labels["annotation_id"], pa.array([a_unknown, a_outside]))).as_py()
+    )
     # the labeler fixes one: the next sync delivers it; the other is reported again
     relabel(client, a_unknown, [good])
     report = sync("kitti-bad", client=client, store=store, home=ls_home)
@@ -400,11 +472,19 @@ def test_bad_input_is_reported_and_the_rest_proceeds(tmp_path, client, ls_home, 
 def test_webhook_triggers_the_sync(tmp_path, client, ls_home, ls_server, kitti_logs, truth):
     from fleetloop.labeling.webhook import WebhookReceiver, register_webhook
 
-    push(read_selection(_selection(tmp_path, kitti_logs, 3, offset=500)), kitti_logs, "kitti-hook", client=client,
-         home=ls_home)
+    push(
+        read_selection(_selection(tmp_path, kitti_logs, 3, offset=500)),
+        kitti_logs,
+        "kitti-hook",
+        client=client,
+        home=ls_home,
+    )
     store = LocalStore(tmp_path / "store")
-    rx = WebhookReceiver(lambda c: sync(c, client=LabelStudioClient(ls_server.url, ls_server.token), store=store,
-                                        home=ls_home), secret="hook-secret", campaigns={"kitti-hook"}).start()
+    rx = WebhookReceiver(
+        lambda c: sync(c, client=LabelStudioClient(ls_server.url, ls_server.token), store=store, home=ls_home),
+        secret="hook-secret",
+        campaigns={"kitti-hook"},
+    ).start()
     try:
         hook = register_webhook(client, "kitti-hook", rx.url, "hook-secret")
         assert register_webhook(client, "kitti-hook", rx.url, "hook-secret") == hook  # idempotent
@@ -415,14 +495,16 @@ def test_webhook_triggers_the_sync(tmp_path, client, ls_home, ls_server, kitti_l
                 break
             time.sleep(0.2)
         assert sorted(e["annotation_id"] for e in delivered_manifest(store, "kitti-hook")) == sorted(
-            s.annotation_id for s in sim.submissions)
+            s.annotation_id for s in sim.submissions
+        )
         assert {e["action"] for e in rx.events} == {"ANNOTATION_CREATED"} and not rx.coalescer.errors
     finally:
         rx.stop()
 
 
-def test_production_path_presigned_s3_images_and_label_shards_in_s3(tmp_path, client, ls_home, kitti_logs, truth,
-                                                                      s3_settings):
+def test_production_path_presigned_s3_images_and_label_shards_in_s3(
+    tmp_path, client, ls_home, kitti_logs, truth, s3_settings
+):
     """With a remote Label Studio, task images are uploaded to S3 and handed out presigned, camera
     images already in S3 are checked and presigned, and label shards go to the S3 store."""
     import io
@@ -441,14 +523,24 @@ def test_production_path_presigned_s3_images_and_label_shards_in_s3(tmp_path, cl
     s3.put_object(Bucket=s3_settings.bucket, Key="cam/good.png", Body=buf.getvalue())
     s3.put_object(Bucket=s3_settings.bucket, Key="cam/bad.png", Body=b"not an image at all")
     rows = read_selection(_selection(tmp_path, kitti_logs, 4, offset=600))
-    uris = {(rows[0]["log_id"], rows[0]["frame"]): f"s3://{s3_settings.bucket}/cam/good.png",
-            (rows[1]["log_id"], rows[1]["frame"]): f"s3://{s3_settings.bucket}/cam/bad.png"}
+    uris = {
+        (rows[0]["log_id"], rows[0]["frame"]): f"s3://{s3_settings.bucket}/cam/good.png",
+        (rows[1]["log_id"], rows[1]["frame"]): f"s3://{s3_settings.bucket}/cam/bad.png",
+    }
     frames = kitti_logs.frames
     new_uri = [uris.get((l, f)) for l, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist())]
     frames = frames.set_column(frames.schema.get_field_index("image_uri"), "image_uri", pa.array(new_uri, pa.string()))
     logs = DriveLogs(**{**kitti_logs.tables(), "frames": frames})
-    report = push(rows, logs, "kitti-s3", client=client, home=ls_home,
-                  publisher=StorePublisher(store, "labeling/images"), image_dir=tmp_path / "renders", s3_client=s3)
+    report = push(
+        rows,
+        logs,
+        "kitti-s3",
+        client=client,
+        home=ls_home,
+        publisher=StorePublisher(store, "labeling/images"),
+        image_dir=tmp_path / "renders",
+        s3_client=s3,
+    )
     assert report.created == 3 and [p.frame for p in report.problems] == [rows[1]["frame"]]
     assert "cannot be loaded" in report.problems[0].message
     for task in _all_tasks(client, report.project_id):

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fleetloop.checks.mining import FRAMES_SCHEMA, mine, rank, select
+from fleetloop.checks.mining import FRAMES_SCHEMA, compact_frames, expand_frames, mine, rank, select
 from fleetloop.checks.params import MiningParams
 from fleetloop.schema import DriveLogs
 
@@ -157,7 +157,7 @@ def mine_files(
             t0 = time.perf_counter()
             res = mine(logs, params)
             t["mine"] += time.perf_counter() - t0
-            frames.append(res.frames)
+            frames.append(compact_frames(res.frames))
             report.flags += res.flags.num_rows
             report.logs += len(logs.log_ids)
             skipped.update(res.skipped)
@@ -173,6 +173,7 @@ def mine_files(
     else:
         table = select(all_frames, budget, params).drop_columns(["selected_score"])
     t["rank"] = time.perf_counter() - t0
+    table = expand_frames(table)
     if out is not None:
         t0 = time.perf_counter()
         write_frames(table, out)

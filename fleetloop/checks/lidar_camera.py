@@ -66,8 +66,10 @@ def camera_side(batch: Batch, params: MiningParams) -> tuple[Side | None, np.nda
 
 
 def size_factor(box_height: np.ndarray, params: MiningParams) -> np.ndarray:
-    """Severity factor for a possible miss: objects too small to be labelled count less."""
-    return np.where(box_height >= params.label_min_height_px, 1.0, params.small_object_factor)
+    """Severity factor for a possible miss: objects too small to be labelled count less
+    (NaN height, e.g. a log without calibration: size unknown, no discount)."""
+    h = np.asarray(box_height, np.float64)
+    return np.where(np.isnan(h) | (h >= params.label_min_height_px), 1.0, params.small_object_factor)
 
 
 @dataclass
@@ -85,9 +87,11 @@ def lidar_geometry(batch: Batch) -> LidarGeometry:
     box, depth, visible = project_columns(c["x"], c["y"], c["z"], c["l"], c["w"], c["h"], c["yaw"], log,
                                           np.nan_to_num(batch.M), np.nan_to_num(batch.width),
                                           np.nan_to_num(batch.height))
-    visible = np.where(batch.has_calib[log], visible, 0.0)
+    calibrated = batch.has_calib[log]
+    visible = np.where(calibrated, visible, 0.0)
+    box = np.where(calibrated[:, None], box, np.nan).astype(np.float64)
     rng = np.hypot(c["x"], c["y"])
-    return LidarGeometry(box.astype(np.float64), depth.astype(np.float64), visible.astype(np.float64), rng)
+    return LidarGeometry(box, depth.astype(np.float64), visible.astype(np.float64), rng)
 
 
 @dataclass

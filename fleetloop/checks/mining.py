@@ -41,7 +41,8 @@ from fleetloop.checks.temporal import check_lidar_temporal, check_tracker_detect
 from fleetloop.checks.uncertainty import check_uncertainty
 from fleetloop.schema import CLASSES, DriveLogs
 
-__all__ = ["FLAGS_SCHEMA", "FRAMES_SCHEMA", "MiningResult", "mine", "mine_shards", "rank", "select"]
+__all__ = ["FLAGS_SCHEMA", "FRAMES_SCHEMA", "MiningResult", "compact_frames", "expand_frames", "mine", "mine_shards",
+           "rank", "select"]
 
 TAGS = ("vehicle", "weather", "time_of_day", "place")
 
@@ -287,6 +288,27 @@ def _frame_tags(batch: Batch, logs: DriveLogs) -> dict[str, pa.Array]:
     take = pa.array(order)
     return {t: (fr.column(t).take(take).combine_chunks() if t in fr.column_names else pa.nulls(batch.n_frames, pa.string()))
             for t in TAGS}
+
+
+_COMPACT = ("reasons", *TAGS, "classes")
+
+
+def compact_frames(frames: pa.Table) -> pa.Table:
+    """Dictionary-encode the repetitive string columns (reasons, tags): a few bytes per frame
+    while many shards' frames wait to be ranked together. :func:`expand_frames` undoes it."""
+    for name in _COMPACT:
+        if name in frames.column_names and not pa.types.is_dictionary(frames.schema.field(name).type):
+            i = frames.column_names.index(name)
+            frames = frames.set_column(i, name, pc.dictionary_encode(frames.column(name)))
+    return frames
+
+
+def expand_frames(frames: pa.Table) -> pa.Table:
+    for name in _COMPACT:
+        if name in frames.column_names and pa.types.is_dictionary(frames.schema.field(name).type):
+            i = frames.column_names.index(name)
+            frames = frames.set_column(i, name, frames.column(name).cast(pa.string()))
+    return frames
 
 
 def mine_shards(shards: Iterable[DriveLogs], params: MiningParams | None = None) -> Iterator[MiningResult]:

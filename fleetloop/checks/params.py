@@ -75,7 +75,7 @@ class MiningParams(BaseModel):
     min_box_height_px: float = Field(12.0, ge=0, description="smaller image boxes are not expected on the other sensor")
     label_min_height_px: float = Field(25.0, ge=0, description="objects lower than this in the image are usually not labelled "
                                        "(KITTI's evaluation ignores them)")
-    small_object_factor: float = Field(0.3, ge=0, le=1, description="severity factor for a possible miss of such a small object")
+    small_object_factor: float = Field(0.5, ge=0, le=1, description="severity factor for a possible miss of such a small object")
     class_heights_m: dict[str, float] = Field(
         default_factory=lambda: {"car": 1.55, "pedestrian": 1.75, "cyclist": 1.75, "traffic_cone": 0.7},
         description="typical object heights, to range a camera box from its pixel height",

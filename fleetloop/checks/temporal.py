@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetloop.checks.batch import Batch
-from fleetloop.checks.flags import (KEY_LIDAR, KEY_VIRTUAL, REF_CAMERA, REF_LIDAR, REF_LIDAR_PREV, REF_TRACK, Flags,
+from fleetloop.checks.flags import (KEY_LIDAR, KEY_VIRTUAL, REF_LIDAR, REF_LIDAR_PREV, REF_TRACK, Flags,
                                     object_key)
 from fleetloop.checks.geometry import MODE_BEV, MODE_IOU, associate_slots
 from fleetloop.checks.lidar_camera import LidarGeometry, size_factor, substream

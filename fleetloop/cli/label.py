@@ -14,8 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Labeling campaigns in Label Studio: push, sync, status, simulate, listen.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Labeling campaigns in Label Studio: push, sync, status, simulate, listen.", no_args_is_help=True
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -37,8 +38,16 @@ def _boundary_errors() -> tuple[type[Exception], ...]:
     from fleetloop.labeling.sync import SyncError
     from fleetloop.storage import StorageError
 
-    return (LabelStudioError, LabelStudioServerError, LogFormatError, SelectionError, SyncError, LockTimeout,
-            StorageError, FileNotFoundError)
+    return (
+        LabelStudioError,
+        LabelStudioServerError,
+        LogFormatError,
+        SelectionError,
+        SyncError,
+        LockTimeout,
+        StorageError,
+        FileNotFoundError,
+    )
 
 
 def _client():
@@ -54,10 +63,14 @@ def _print(obj: dict, as_json: bool) -> None:
 
 @app.command()
 def push(
-    selection: Annotated[Path, typer.Argument(help="Selection CSV written by `fleetloop mine --budget` (a file, or a key in the store).")],
+    selection: Annotated[
+        Path, typer.Argument(help="Selection CSV written by `fleetloop mine --budget` (a file, or a key in the store).")
+    ],
     campaign: CampaignOpt,
     source: Annotated[Path | None, typer.Option(help="Read the logs from here (else from the store).")] = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="Format of --source: kitti-tracking | parquet")] = "kitti-tracking",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="Format of --source: kitti-tracking | parquet")
+    ] = "kitti-tracking",
     model_version: Annotated[str | None, typer.Option(help="Prediction model version (default: settings).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Tasks per import request.")] = 200,
     as_json: JsonOpt = False,
@@ -66,16 +79,19 @@ def push(
     from fleetloop.labeling.api import push_selection
 
     try:
-        report = push_selection(selection, campaign, source=source, format=format, batch_size=batch_size,
-                                model_version=model_version)
+        report = push_selection(
+            selection, campaign, source=source, format=format, batch_size=batch_size, model_version=model_version
+        )
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
         _print(report.model_dump(), True)
     else:
-        console.print(f"campaign [bold]{campaign}[/] (project {report.project_id}): {report.selected} frames selected, "
-                      f"[green]{report.created} tasks created[/], {report.already_present} already there, "
-                      f"[red]{len(report.problems)} problems[/] ({report.requests} import requests, {report.seconds:.1f} s)")
+        console.print(
+            f"campaign [bold]{campaign}[/] (project {report.project_id}): {report.selected} frames selected, "
+            f"[green]{report.created} tasks created[/], {report.already_present} already there, "
+            f"[red]{len(report.problems)} problems[/] ({report.requests} import requests, {report.seconds:.1f} s)"
+        )
         for p in report.problems:
             console.print(f"  [red]{p.stage}[/] log {p.log_id} frame {p.frame}: {p.message}")
     raise typer.Exit(3 if report.problems else 0)
@@ -98,17 +114,21 @@ def sync(
     if as_json:
         _print(report.model_dump(), True)
     else:
-        console.print(f"campaign [bold]{campaign}[/]: {report.annotations_seen} annotations seen, "
-                      f"[green]{report.delivered} delivered[/] ({report.revisions} revisions, {report.labels} boxes, "
-                      f"{report.empty} empty, {report.unusable} unusable), {report.already_delivered} already delivered, "
-                      f"[red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s")
+        console.print(
+            f"campaign [bold]{campaign}[/]: {report.annotations_seen} annotations seen, "
+            f"[green]{report.delivered} delivered[/] ({report.revisions} revisions, {report.labels} boxes, "
+            f"{report.empty} empty, {report.unusable} unusable), {report.already_delivered} already delivered, "
+            f"[red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s"
+        )
         for key in report.recovered_shards:
             console.print(f"  recovered shard of an interrupted sync: {key}")
         for key in report.shards:
             console.print(f"  wrote {key}")
         for p in report.problems:
-            console.print(f"  [red]task {p.task_id} annotation {p.annotation_id}[/] (log {p.log_id} frame {p.frame}, "
-                          f"region {p.region}): {p.message}")
+            console.print(
+                f"  [red]task {p.task_id} annotation {p.annotation_id}[/] (log {p.log_id} frame {p.frame}, "
+                f"region {p.region}): {p.message}"
+            )
     raise typer.Exit(3 if report.problems else 0)
 
 
@@ -124,8 +144,10 @@ def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         _print(st, True)
         return
-    console.print(f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
-                  f"{st['synced']} synced ({st['annotations_delivered']} annotations delivered in {st['shards']} shards)")
+    console.print(
+        f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
+        f"{st['synced']} synced ({st['annotations_delivered']} annotations delivered in {st['shards']} shards)"
+    )
 
 
 @app.command()
@@ -140,20 +162,28 @@ def simulate(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer open tasks with a simulated labeling team (demo and tests only)."""
-    from fleetloop.labeling.simulate import TeamConfig, load_truth, simulate as do_simulate
+    from fleetloop.labeling.simulate import TeamConfig, load_truth
+    from fleetloop.labeling.simulate import simulate as do_simulate
 
     try:
         table = load_truth(truth)
         with _client() as client:
-            report = do_simulate(campaign, table, client=client, limit=limit,
-                                 team=TeamConfig(latency_s=latency, noise_px=noise, skip_rate=skip_rate, seed=seed))
+            report = do_simulate(
+                campaign,
+                table,
+                client=client,
+                limit=limit,
+                team=TeamConfig(latency_s=latency, noise_px=noise, skip_rate=skip_rate, seed=seed),
+            )
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
         _print(report.model_dump(exclude={"submissions"}), True)
     else:
-        console.print(f"simulated team on [bold]{campaign}[/]: {report.answered} labeled ({report.boxes} boxes), "
-                      f"{report.unusable} marked unusable, {report.left_open} left open, {report.seconds:.1f} s")
+        console.print(
+            f"simulated team on [bold]{campaign}[/]: {report.answered} labeled ({report.boxes} boxes), "
+            f"{report.unusable} marked unusable, {report.left_open} left open, {report.seconds:.1f} s"
+        )
 
 
 @app.command()
@@ -161,9 +191,15 @@ def listen(
     campaign: Annotated[list[str], typer.Option("--campaign", "-c", help="Campaigns to watch (repeatable).")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
-    public_url: Annotated[str | None, typer.Option(help="URL Label Studio posts to (default http://HOST:PORT/webhook).")] = None,
-    trigger: Annotated[str, typer.Option(help="sync: run the sync here | deployment: run the label-sync deployment")] = "sync",
-    deployment: Annotated[str, typer.Option(help="Deployment to run with --trigger deployment.")] = "label-sync/label-sync",
+    public_url: Annotated[
+        str | None, typer.Option(help="URL Label Studio posts to (default http://HOST:PORT/webhook).")
+    ] = None,
+    trigger: Annotated[
+        str, typer.Option(help="sync: run the sync here | deployment: run the label-sync deployment")
+    ] = "sync",
+    deployment: Annotated[
+        str, typer.Option(help="Deployment to run with --trigger deployment.")
+    ] = "label-sync/label-sync",
 ) -> None:
     """Receive Label Studio webhooks and sync (or trigger the label-sync deployment) on each
     created/updated annotation. Registers the campaigns' webhooks first (idempotent)."""
@@ -181,12 +217,14 @@ def listen(
     secret = secret_file.read_text().strip()
 
     if trigger == "sync":
+
         def action(name: str) -> None:
             from fleetloop.labeling.api import sync_campaign
 
             r = sync_campaign(name, settings=settings)
             console.print(f"synced {name}: {r.delivered} delivered, {len(r.problems)} rejected")
     elif trigger == "deployment":
+
         def action(name: str) -> None:
             from fleetloop.services import ensure_prefect_env
 

@@ -51,20 +51,34 @@ def push_selection(
     rows = selection_rows(selection, settings)
     logs = load_logs_for(rows, source, format)
     with client_for(settings) as client:
-        return push(rows, logs, campaign, client=client, home=settings.home, batch_size=batch_size,
-                    model_version=model_version or settings.label_studio.model_version)
+        return push(
+            rows,
+            logs,
+            campaign,
+            client=client,
+            home=settings.home,
+            batch_size=batch_size,
+            model_version=model_version or settings.label_studio.model_version,
+        )
 
 
-def sync_campaign(campaign: str, *, settings: Settings | None = None, page_size: int = 100,
-                  shard_size: int = 5000) -> SyncReport:
+def sync_campaign(
+    campaign: str, *, settings: Settings | None = None, page_size: int = 100, shard_size: int = 5000
+) -> SyncReport:
     """``fleetloop label sync``: deliver new and updated annotations to ``labels/<campaign>/``
     in the store, exactly once."""
     from fleetloop.storage import get_store
 
     settings = settings or get_settings()
     with client_for(settings) as client:
-        return sync(campaign, client=client, store=get_store(settings), home=settings.home, page_size=page_size,
-                    shard_size=shard_size)
+        return sync(
+            campaign,
+            client=client,
+            store=get_store(settings),
+            home=settings.home,
+            page_size=page_size,
+            shard_size=shard_size,
+        )
 
 
 def status(campaign: str, *, settings: Settings | None = None) -> dict[str, Any]:

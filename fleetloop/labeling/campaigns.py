@@ -38,7 +38,8 @@ class Campaign:
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise CampaignError(
-            f"invalid campaign name {name!r}: 1-50 characters, letters, digits, '.', '_' or '-', starting alphanumeric")
+            f"invalid campaign name {name!r}: 1-50 characters, letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
     return name
 
 
@@ -62,9 +63,12 @@ def find_campaign(client: LabelStudioClient, name: str) -> Campaign | None:
     check_name(name)
     page = 1
     while True:
-        body = client.request("GET", "/api/projects", params={"page": page, "page_size": 100, "title": name,
-                                                               "include": "id,title,description,model_version"},
-                              ok=(200, 404))
+        body = client.request(
+            "GET",
+            "/api/projects",
+            params={"page": page, "page_size": 100, "title": name, "include": "id,title,description,model_version"},
+            ok=(200, 404),
+        )
         if body is None or isinstance(body, dict) and "results" not in body:
             return None
         for p in body["results"]:
@@ -72,7 +76,8 @@ def find_campaign(client: LabelStudioClient, name: str) -> Campaign | None:
                 if _MARK not in (p.get("description") or ""):
                     raise CampaignError(
                         f"Label Studio {client.url}: project {p['id']} is titled {name!r} but was not created by"
-                        " fleetloop; choose another campaign name")
+                        " fleetloop; choose another campaign name"
+                    )
                 return Campaign(name, int(p["id"]), p.get("model_version") or None)
         if not body.get("next"):
             return None
@@ -84,13 +89,17 @@ def ensure_campaign(client: LabelStudioClient, name: str) -> Campaign:
     found = find_campaign(client, name)
     if found is not None:
         return found
-    body = client.request("POST", "/api/projects", json={
-        "title": name,
-        "description": f"{_MARK} {name}: frames mined by fleetloop; the banner says why each was sent.",
-        "label_config": label_config(),
-        "show_collab_predictions": True,  # labelers start from the model's boxes
-        "maximum_annotations": 1,
-    })
+    body = client.request(
+        "POST",
+        "/api/projects",
+        json={
+            "title": name,
+            "description": f"{_MARK} {name}: frames mined by fleetloop; the banner says why each was sent.",
+            "label_config": label_config(),
+            "show_collab_predictions": True,  # labelers start from the model's boxes
+            "maximum_annotations": 1,
+        },
+    )
     return Campaign(name, int(body["id"]), None)
 
 
@@ -111,7 +120,14 @@ def ensure_local_files_storage(client: LabelStudioClient, campaign: Campaign, di
     if any(Path(s.get("path", "")) == directory for s in existing or []):
         return
     directory.mkdir(parents=True, exist_ok=True)
-    client.request("POST", "/api/storages/localfiles", json={
-        "project": campaign.project_id, "path": str(directory), "title": f"fleetloop renders {campaign.name}",
-        "use_blob_urls": True, "regex_filter": r".*\.png$",
-    })
+    client.request(
+        "POST",
+        "/api/storages/localfiles",
+        json={
+            "project": campaign.project_id,
+            "path": str(directory),
+            "title": f"fleetloop renders {campaign.name}",
+            "use_blob_urls": True,
+            "regex_filter": r".*\.png$",
+        },
+    )

@@ -18,9 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -105,7 +106,9 @@ class LabelStudioClient:
         self._users: dict[int, str] = {}
 
     @classmethod
-    def from_settings(cls, url: str | None = None, token: str | None = None, home: Path | None = None) -> LabelStudioClient:
+    def from_settings(
+        cls, url: str | None = None, token: str | None = None, home: Path | None = None
+    ) -> LabelStudioClient:
         conn = resolve_connection(url, token, home)
         return cls(conn.url, conn.token)
 
@@ -127,7 +130,9 @@ class LabelStudioClient:
             if r.status_code != 200:
                 raise LabelStudioAuthError(
                     f"Label Studio {self.url}: exchanging the personal access token at /api/token/refresh/"
-                    f" failed: HTTP {r.status_code} {r.text[:200]}", r.status_code)
+                    f" failed: HTTP {r.status_code} {r.text[:200]}",
+                    r.status_code,
+                )
             self._access = r.json()["access"]
             self._access_exp = float((_jwt_claims(self._access) or {}).get("exp", time.time() + 60))
         return {"Authorization": f"Bearer {self._access}"}
@@ -150,14 +155,19 @@ class LabelStudioClient:
         if r.status_code in (401, 403):
             hint = ""
             if "legacy" in r.text.lower():
-                hint = (" (legacy tokens are disabled on this server's organisation: use a personal access"
-                        " token, or enable legacy tokens in the organisation settings)")
+                hint = (
+                    " (legacy tokens are disabled on this server's organisation: use a personal access"
+                    " token, or enable legacy tokens in the organisation settings)"
+                )
             raise LabelStudioAuthError(
                 f"Label Studio {self.url}: {method} {path} rejected the {self.kind} token:"
-                f" HTTP {r.status_code} {r.text[:200]}{hint}", r.status_code)
+                f" HTTP {r.status_code} {r.text[:200]}{hint}",
+                r.status_code,
+            )
         if r.status_code not in ok:
-            raise LabelStudioError(f"Label Studio {self.url}: {method} {path} failed: HTTP {r.status_code} {r.text[:500]}",
-                                   r.status_code)
+            raise LabelStudioError(
+                f"Label Studio {self.url}: {method} {path} failed: HTTP {r.status_code} {r.text[:500]}", r.status_code
+            )
         if r.status_code == 204 or not r.content:
             return None
         return r.json()
@@ -165,8 +175,15 @@ class LabelStudioClient:
     def whoami(self) -> dict[str, Any]:
         return self.request("GET", "/api/current-user/whoami")
 
-    def iter_tasks(self, project_id: int, *, annotated_only: bool = False, after_id: int = 0, page_size: int = 100,
-                   fields: str = "all") -> Iterator[list[dict[str, Any]]]:
+    def iter_tasks(
+        self,
+        project_id: int,
+        *,
+        annotated_only: bool = False,
+        after_id: int = 0,
+        page_size: int = 100,
+        fields: str = "all",
+    ) -> Iterator[list[dict[str, Any]]]:
         """Pages of a project's tasks in id order, by keyset (``id > last id``), never one big export.
 
         ``annotated_only`` filters on ``total_annotations > 0`` on the server *and* here: the
@@ -176,10 +193,21 @@ class LabelStudioClient:
         while True:
             items = [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}]
             if annotated_only:
-                items.append({"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0})
+                items.append(
+                    {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+                )
             query = {"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]}
-            body = self.request("GET", "/api/tasks", params={
-                "project": project_id, "page": 1, "page_size": page_size, "fields": fields, "query": json.dumps(query)})
+            body = self.request(
+                "GET",
+                "/api/tasks",
+                params={
+                    "project": project_id,
+                    "page": 1,
+                    "page_size": page_size,
+                    "fields": fields,
+                    "query": json.dumps(query),
+                },
+            )
             tasks = body["tasks"] if isinstance(body, dict) else body
             tasks = [t for t in tasks if t["id"] > last]
             if not tasks:

@@ -15,19 +15,38 @@ from fleetloop.schema import CLASSES
 
 #: tolerance (percent of the image) for rectangles drawn a hair over the border
 EDGE_TOLERANCE_PCT = 0.05
-MIN_SIZE_PX = 1.0
 
 
-def box_to_result(cls: str, x1: float, y1: float, x2: float, y2: float, width: int, height: int,
-                  *, score: float | None = None, region_id: str | None = None) -> dict[str, Any]:
+def box_to_result(
+    cls: str,
+    x1: float,
+    y1: float,
+    x2: float,
+    y2: float,
+    width: int,
+    height: int,
+    *,
+    score: float | None = None,
+    region_id: str | None = None,
+) -> dict[str, Any]:
     """A Label Studio ``rectanglelabels`` result item for a pixel box (clipped to the image)."""
     x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
     y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
     item: dict[str, Any] = {
-        "from_name": BOX_CONTROL, "to_name": IMAGE_OBJECT, "type": "rectanglelabels",
-        "original_width": int(width), "original_height": int(height), "image_rotation": 0,
-        "value": {"x": 100.0 * x1 / width, "y": 100.0 * y1 / height, "width": 100.0 * (x2 - x1) / width,
-                  "height": 100.0 * (y2 - y1) / height, "rotation": 0, "rectanglelabels": [cls]},
+        "from_name": BOX_CONTROL,
+        "to_name": IMAGE_OBJECT,
+        "type": "rectanglelabels",
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": 0,
+        "value": {
+            "x": 100.0 * x1 / width,
+            "y": 100.0 * y1 / height,
+            "width": 100.0 * (x2 - x1) / width,
+            "height": 100.0 * (y2 - y1) / height,
+            "rotation": 0,
+            "rectanglelabels": [cls],
+        },
     }
     if score is not None:
         item["score"] = float(score)
@@ -54,7 +73,7 @@ def result_to_box(item: dict[str, Any], width: int | None = None, height: int | 
 
     ``width``/``height``: the task image's size as pushed; the region's ``original_width/height``
     must agree with it. Raises :class:`BadRegion` for an unknown class, several labels, a rotated
-    box, a box outside the image (beyond a small tolerance) or a box under 1 px.
+    box, a box outside the image (beyond a small tolerance) or a box with no area.
     """
     v = item.get("value") or {}
     labels = v.get("rectanglelabels") or []
@@ -77,12 +96,11 @@ def result_to_box(item: dict[str, Any], width: int | None = None, height: int | 
         raise BadRegion(f"region value lacks numeric x/y/width/height: {v}") from exc
     tol = EDGE_TOLERANCE_PCT
     if x < -tol or y < -tol or x + w > 100 + tol or y + h > 100 + tol or w < 0 or h < 0:
-        raise BadRegion(
-            f"box outside the image: x={x:.2f}% y={y:.2f}% w={w:.2f}% h={h:.2f}% (must stay within 0-100%)")
+        raise BadRegion(f"box outside the image: x={x:.2f}% y={y:.2f}% w={w:.2f}% h={h:.2f}% (must stay within 0-100%)")
     x1, y1 = max(x, 0.0) * W / 100.0, max(y, 0.0) * H / 100.0
     x2, y2 = min(x + w, 100.0) * W / 100.0, min(y + h, 100.0) * H / 100.0
-    if x2 - x1 < MIN_SIZE_PX or y2 - y1 < MIN_SIZE_PX:
-        raise BadRegion(f"box smaller than {MIN_SIZE_PX:g} px ({x2 - x1:.2f} x {y2 - y1:.2f})")
+    if x2 - x1 <= 0 or y2 - y1 <= 0:
+        raise BadRegion(f"box has no area ({x2 - x1:.2f} x {y2 - y1:.2f} px)")
     return PixelBox(cls, x1, y1, x2, y2)
 
 

@@ -16,6 +16,7 @@ raises :class:`ImageProblem`, which the push reports for that frame.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
@@ -33,20 +34,28 @@ class Publisher(Protocol):
 
 
 class LocalFilesPublisher:
-    """Label Studio's local-files serving: ``document_root`` is its LOCAL_FILES_DOCUMENT_ROOT."""
+    """Label Studio's local-files serving. ``document_root`` is its LOCAL_FILES_DOCUMENT_ROOT;
+    ``image_dir`` (under it) holds ``<campaign>/...`` and each campaign's directory is registered
+    as the project's local-files storage (Label Studio serves nothing outside such storages), so
+    a file elsewhere is linked (or copied) to ``image_dir/<key>`` first."""
 
-    def __init__(self, document_root: Path, copy_dir: Path):
+    def __init__(self, document_root: Path, image_dir: Path):
         self.root = Path(document_root).resolve()
-        self.copy_dir = Path(copy_dir).resolve()
+        self.image_dir = Path(image_dir).resolve()
+        if self.root not in self.image_dir.parents:
+            raise ValueError(f"{self.image_dir} is not under Label Studio's document root {self.root}")
 
     def publish(self, path: Path, key: str) -> str:
         path = Path(path).resolve()
-        if self.root not in path.parents:  # not servable where it is: copy it under the root
-            target = self.copy_dir / key
+        target = self.image_dir / key
+        if path != target:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            path = target
-        return "/data/local-files/?d=" + quote(path.relative_to(self.root).as_posix())
+            target.unlink(missing_ok=True)
+            try:
+                os.link(path, target)
+            except OSError:  # another filesystem
+                shutil.copyfile(path, target)
+        return "/data/local-files/?d=" + quote(target.relative_to(self.root).as_posix())
 
 
 class StorePublisher:
@@ -62,7 +71,8 @@ class StorePublisher:
         if url.startswith("file:"):
             raise ImageProblem(
                 f"{self.store!r} gives file:// URLs, which a labeler's browser cannot load from a remote"
-                " Label Studio: use the S3 storage backend (presigned URLs) or the local Label Studio server")
+                " Label Studio: use the S3 storage backend (presigned URLs) or the local Label Studio server"
+            )
         return url
 
 
@@ -84,7 +94,7 @@ def local_image_path(uri: str) -> Path | None:
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
-    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+    if parsed.scheme in ("",) or (len(parsed.scheme) == 1 and uri[1:3] in (":\\", ":/")):
         return Path(uri)
     return None
 
@@ -118,8 +128,10 @@ def resolve_image(uri: str, publisher: Publisher, key: str, s3_client=None) -> t
             raise ImageProblem(f"image {uri} cannot be read: {exc}") from exc
         width, height = check_image_bytes(body, uri)
         url = s3_client.generate_presigned_url(
-            ClientMethod="get_object", Params={"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")},
-            ExpiresIn=7 * 24 * 3600)
+            ClientMethod="get_object",
+            Params={"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")},
+            ExpiresIn=7 * 24 * 3600,
+        )
         return url, width, height
     if parsed.scheme in ("http", "https"):
         return uri, 0, 0

@@ -57,6 +57,8 @@ class PushReport(BaseModel):
     problems: list[FrameProblem] = Field(default_factory=list)
     task_ids: list[int] = Field(default_factory=list)
     requests: int = 0  # import requests made
+    build_seconds: float = 0.0  # making task images and predictions
+    import_seconds: float = 0.0  # in import requests
     seconds: float = 0.0
 
 
@@ -122,8 +124,14 @@ def build_tasks(
         log_id, frame = row["log_id"], row["frame"]
         info = frames.get((log_id, frame))
         if info is None:
-            problems.append(FrameProblem(log_id=log_id, frame=frame, stage="selection",
-                                         message=f"frame {frame} of log {log_id} is not in the logs given"))
+            problems.append(
+                FrameProblem(
+                    log_id=log_id,
+                    frame=frame,
+                    stage="selection",
+                    message=f"frame {frame} of log {log_id} is not in the logs given",
+                )
+            )
             continue
         width, height = calib.get(log_id, (0, 0))
         key = task_key(campaign, log_id, frame)
@@ -145,9 +153,12 @@ def build_tasks(
         except ImageProblem as exc:
             problems.append(FrameProblem(log_id=log_id, frame=frame, stage="image", message=str(exc)))
             continue
-        except OSError as exc:
-            problems.append(FrameProblem(log_id=log_id, frame=frame, stage="render",
-                                         message=f"could not write the task image: {exc}"))
+        except (OSError, ValueError) as exc:
+            problems.append(
+                FrameProblem(
+                    log_id=log_id, frame=frame, stage="render", message=f"could not make the task image: {exc}"
+                )
+            )
             continue
         source = sources.get(log_id)
         regions, scores = [], []
@@ -156,23 +167,50 @@ def build_tasks(
                 continue
             if min(b["x2"], width) - max(b["x1"], 0) < 1 or min(b["y2"], height) - max(b["y1"], 0) < 1:
                 continue  # outside the image once clipped
-            regions.append(box_to_result(b["cls"], b["x1"], b["y1"], b["x2"], b["y2"], width, height,
-                                         score=b.get("score"), region_id=f"{source}-{i}"))
+            regions.append(
+                box_to_result(
+                    b["cls"],
+                    b["x1"],
+                    b["y1"],
+                    b["x2"],
+                    b["y2"],
+                    width,
+                    height,
+                    score=b.get("score"),
+                    region_id=f"{source}-{i}",
+                )
+            )
             if b.get("score") is not None:
                 scores.append(float(b["score"]))
-        banner = (f"RENDERED from sensor boxes (no camera image) - log {log_id}, frame {frame}" if rendered
-                  else f"log {log_id}, frame {frame}")
+        banner = (
+            f"RENDERED from sensor boxes (no camera image) - log {log_id}, frame {frame}"
+            if rendered
+            else f"log {log_id}, frame {frame}"
+        )
         data = {
-            "image": url, "fleetloop_key": key, "campaign": campaign, "log_id": log_id, "frame": frame,
-            "mining_score": row.get("score"), "reasons": row["reasons"],
-            "reason_list": [r for r in row["reasons"].split(";") if r], "why": _why(row["reasons"], row.get("score")),
-            "banner": banner, "rendered": rendered, "image_width": int(width), "image_height": int(height),
-            "prediction_source": source, "pushed_at": pushed_at,
+            "image": url,
+            "fleetloop_key": key,
+            "campaign": campaign,
+            "log_id": log_id,
+            "frame": frame,
+            "mining_score": row.get("score"),
+            "reasons": row["reasons"],
+            "reason_list": [r for r in row["reasons"].split(";") if r],
+            "why": _why(row["reasons"], row.get("score")),
+            "banner": banner,
+            "rendered": rendered,
+            "image_width": int(width),
+            "image_height": int(height),
+            "prediction_source": source,
+            "pushed_at": pushed_at,
             **{k: info.get(k) for k in ("vehicle", "weather", "time_of_day", "place")},
         }
         data.update({k: v for k, v in row.items() if k not in data and k not in SELECTION_COLUMNS})
-        prediction = {"model_version": model_version, "result": regions,
-                      "score": (sum(scores) / len(scores)) if scores else None}
+        prediction = {
+            "model_version": model_version,
+            "result": regions,
+            "score": (sum(scores) / len(scores)) if scores else None,
+        }
         tasks.append({"data": data, "predictions": [prediction]})
     return tasks, problems
 
@@ -240,17 +278,35 @@ def push(
                 present += 1
             else:
                 todo.append(r)
-        report = PushReport(campaign=campaign, project_id=c.project_id, model_version=model_version,
-                            selected=len(seen), created=0, already_present=present)
+        report = PushReport(
+            campaign=campaign,
+            project_id=c.project_id,
+            model_version=model_version,
+            selected=len(seen),
+            created=0,
+            already_present=present,
+        )
         for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            tasks, problems = build_tasks(batch, logs, campaign, publisher=publisher, image_dir=image_dir,
-                                          model_version=model_version, s3_client=s3_client)
+            batch = todo[start : start + batch_size]
+            t1 = time.perf_counter()
+            tasks, problems = build_tasks(
+                batch,
+                logs,
+                campaign,
+                publisher=publisher,
+                image_dir=image_dir,
+                model_version=model_version,
+                s3_client=s3_client,
+            )
+            report.build_seconds += time.perf_counter() - t1
             report.problems.extend(problems)
             if not tasks:
                 continue
-            body = client.request("POST", f"/api/projects/{c.project_id}/import",
-                                  params={"return_task_ids": "true"}, json=tasks)
+            t1 = time.perf_counter()
+            body = client.request(
+                "POST", f"/api/projects/{c.project_id}/import", params={"return_task_ids": "true"}, json=tasks
+            )
+            report.import_seconds += time.perf_counter() - t1
             report.requests += 1
             ids = list(body.get("task_ids") or [])
             report.task_ids.extend(ids)
@@ -258,6 +314,7 @@ def push(
         if report.created or have:
             camp.select_model_version(client, c, model_version)
     report.seconds = round(time.perf_counter() - t0, 3)
+    report.build_seconds, report.import_seconds = round(report.build_seconds, 3), round(report.import_seconds, 3)
     return report
 
 
@@ -277,5 +334,15 @@ def load_logs_for(rows: list[dict[str, Any]], source: Path | str | None, fmt: st
     return DriveLogs.concat([get_log(store, log_id) for log_id in log_ids])
 
 
-__all__ = ["FrameProblem", "PushReport", "SelectionError", "build_tasks", "existing_keys", "load_logs_for", "push",
-           "read_selection", "read_selection_text", "task_key"]
+__all__ = [
+    "FrameProblem",
+    "PushReport",
+    "SelectionError",
+    "build_tasks",
+    "existing_keys",
+    "load_logs_for",
+    "push",
+    "read_selection",
+    "read_selection_text",
+    "task_key",
+]

@@ -9,6 +9,7 @@ camera's pixel coordinates, so labels drawn on it are in the camera frame.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,15 @@ def _box_table(cols: dict, with_det_id: bool = False) -> pa.Table:
     fields += [pa.field("cls", pa.string()), pa.field("score", pa.float32())]
     fields += [pa.field(k, pa.float32()) for k in ("x1", "y1", "x2", "y2")]
     schema = pa.schema(fields)
-    return pa.Table.from_pydict({f.name: pa.array(np.asarray(cols[f.name]).tolist() if f.type == pa.string()
-                                                  else np.asarray(cols[f.name]), f.type) for f in schema}, schema=schema)
+    return pa.Table.from_pydict(
+        {
+            f.name: pa.array(
+                np.asarray(cols[f.name]).tolist() if f.type == pa.string() else np.asarray(cols[f.name]), f.type
+            )
+            for f in schema
+        },
+        schema=schema,
+    )
 
 
 def sensor_boxes(logs: DriveLogs) -> dict[str, pa.Table]:
@@ -119,7 +127,7 @@ def group_boxes(boxes: dict[str, pa.Table], keys: set[tuple[str, int]]) -> dict[
     return out
 
 
-def render_frame(by_sensor: dict[str, list[dict]], width: int, height: int, caption: str = "") -> "Image.Image":  # noqa: F821
+def render_frame(by_sensor: dict[str, list[dict]], width: int, height: int, caption: str = "") -> Image.Image:  # noqa: F821
     """A camera-sized picture of the sensors' boxes, clearly marked as a rendering."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -135,10 +143,14 @@ def render_frame(by_sensor: dict[str, list[dict]], width: int, height: int, capt
     for sensor in ("lidar", "track", "camera"):
         colour = SENSOR_COLOURS[sensor]
         for b in by_sensor.get(sensor, []):
-            draw.rectangle([b["x1"], b["y1"], b["x2"], b["y2"]], outline=colour, width=2)
+            coords = [b["x1"], b["y1"], b["x2"], b["y2"]]
+            if not all(math.isfinite(v) for v in coords):
+                continue
+            (x1, x2), (y1, y2) = sorted(coords[0::2]), sorted(coords[1::2])  # tolerate swapped corners
+            draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
             score = b.get("score")
             label = f"{b['cls']}" + (f" {score:.2f}" if score is not None else "")
-            draw.text((b["x1"] + 2, max(b["y1"] - 13, 0)), label, fill=colour, font=font)
+            draw.text((x1 + 2, max(y1 - 13, 0)), label, fill=colour, font=font)
     draw.rectangle([0, 0, width, 22], fill=(150, 0, 0))
     draw.text((6, 3), RENDER_BANNER, fill=(255, 255, 255), font=big)
     legend = "   ".join(f"{s}: {'projected lidar' if s == 'lidar' else s}" for s in SENSOR_COLOURS)

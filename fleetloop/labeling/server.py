@@ -78,8 +78,11 @@ def install(home: Path | str, *, venv: Path | None = None, spec: str = LABEL_STU
     if not (venv / "bin" / "python").exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
         _run([sys.executable, "-m", "venv", str(venv)], env, "create the Label Studio venv")
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec],
-         env, f"pip install {spec!r} into {venv}")
+    _run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec],
+        env,
+        f"pip install {spec!r} into {venv}",
+    )
     if not _executable(venv).exists():
         raise LabelStudioServerError(f"{_executable(venv)} missing after installing {spec!r}")
     marker.write_text(json.dumps({"spec": spec, "installed_at": time.time()}))
@@ -133,8 +136,9 @@ def health(url: str, token: str | None = None, timeout: float = 2.0) -> bool:
         if r.status_code != 200:
             return False
         if token:
-            r = httpx.get(f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"},
-                          timeout=timeout)
+            r = httpx.get(
+                f"{url}/api/current-user/whoami", headers={"Authorization": f"Token {token}"}, timeout=timeout
+            )
             return r.status_code == 200
         return True
     except httpx.HTTPError:
@@ -196,9 +200,24 @@ def start(
     ``<home>/services/label-studio/data``. The token and the admin password are generated on
     the first call and kept in the state file; later starts reuse them.
     """
+    from fleetloop.labeling.locks import file_lock
+
     home = Path(home).resolve()
     sdir = service_dir(home)
     sdir.mkdir(parents=True, exist_ok=True)
+    with file_lock(sdir / ".start.lock", timeout=timeout + 120):  # two starts at once: one server
+        return _start_locked(home, sdir, port, venv, data_dir, timeout, install_if_missing)
+
+
+def _start_locked(
+    home: Path,
+    sdir: Path,
+    port: int,
+    venv: Path | None,
+    data_dir: Path | None,
+    timeout: float,
+    install_if_missing: bool,
+) -> ServerState:
     previous = read_state(home)
     if previous and _pid_alive(previous.pid) and health(previous.url, previous.token):
         return previous
@@ -220,14 +239,36 @@ def start(
         raise LabelStudioServerError(f"port {port} on 127.0.0.1 is in use; set FLEETLOOP_LABEL_STUDIO__PORT")
     data.mkdir(parents=True, exist_ok=True)
     state = ServerState(
-        url=f"http://127.0.0.1:{port}", port=port, token=token, username=username, password=password,
-        data_dir=str(data), document_root=str(home),
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        token=token,
+        username=username,
+        password=password,
+        data_dir=str(data),
+        document_root=str(home),
     )
     log = open(sdir / "server.log", "ab")
-    cmd = [str(_executable(venv)), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data), "--enable-legacy-api-token"]
-    proc = subprocess.Popen(cmd, env=server_env(venv, state), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=sdir)
+    cmd = [
+        str(_executable(venv)),
+        "start",
+        "--no-browser",
+        "--internal-host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        "--enable-legacy-api-token",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        env=server_env(venv, state),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=sdir,
+    )
     log.close()
     state = ServerState(**{**asdict(state), "pid": proc.pid})
     _write_state(home, state)
@@ -235,7 +276,8 @@ def start(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise LabelStudioServerError(
-                f"Label Studio exited with code {proc.returncode} during start; see {sdir / 'server.log'}")
+                f"Label Studio exited with code {proc.returncode} during start; see {sdir / 'server.log'}"
+            )
         if health(state.url):
             break
         time.sleep(0.5)
@@ -247,15 +289,18 @@ def start(
 
 
 def _check_token(state: ServerState) -> None:
-    r = httpx.get(f"{state.url}/api/current-user/whoami", headers={"Authorization": f"Token {state.token}"},
-                  timeout=10)
+    r = httpx.get(f"{state.url}/api/current-user/whoami", headers={"Authorization": f"Token {state.token}"}, timeout=10)
     if r.status_code == 200:
         return
     hint = ""
     if "legacy" in r.text.lower():
-        hint = (" Legacy tokens are disabled on this data dir's organisation (the switch only takes effect on"
-                " a data dir's first start): start with a fresh data dir.")
-    raise LabelStudioServerError(f"Label Studio rejects the provisioned token: HTTP {r.status_code} {r.text[:200]}.{hint}")
+        hint = (
+            " Legacy tokens are disabled on this data dir's organisation (the switch only takes effect on"
+            " a data dir's first start): start with a fresh data dir."
+        )
+    raise LabelStudioServerError(
+        f"Label Studio rejects the provisioned token: HTTP {r.status_code} {r.text[:200]}.{hint}"
+    )
 
 
 def stop(home: Path | str, timeout: float = 20.0) -> bool:
@@ -328,18 +373,39 @@ class LabelStudioService:
 
         url = self.url(settings)
         if settings.label_studio.url:
-            return ServiceStatus(name=self.name, url=url, healthy=self.health(url), running=False, mode="external",
-                                 detail="configured in settings; not managed by fleetloop")
+            return ServiceStatus(
+                name=self.name,
+                url=url,
+                healthy=self.health(url),
+                running=False,
+                mode="external",
+                detail="configured in settings; not managed by fleetloop",
+            )
         state = read_state(settings.home)
         log = str(service_dir(settings.home) / "server.log")
         if state is None or not _pid_alive(state.pid):
             installed = _executable(default_venv(settings.home)).exists()
-            return ServiceStatus(name=self.name, url=url, healthy=False, running=False, mode="local", log=log,
-                                 detail="not running: start it with `fleetloop services up`"
-                                 + ("" if installed else " (first start installs Label Studio, ~1 min)"))
+            return ServiceStatus(
+                name=self.name,
+                url=url,
+                healthy=False,
+                running=False,
+                mode="local",
+                log=log,
+                detail="not running: start it with `fleetloop services up`"
+                + ("" if installed else " (first start installs Label Studio, ~1 min)"),
+            )
         healthy = health(state.url, state.token)
-        return ServiceStatus(name=self.name, url=state.url, healthy=healthy, running=True, mode="local",
-                             pid=state.pid, log=log, detail="" if healthy else "running but not healthy")
+        return ServiceStatus(
+            name=self.name,
+            url=state.url,
+            healthy=healthy,
+            running=True,
+            mode="local",
+            pid=state.pid,
+            log=log,
+            detail="" if healthy else "running but not healthy",
+        )
 
 
 LABEL_STUDIO = LabelStudioService()

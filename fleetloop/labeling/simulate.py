@@ -75,7 +75,8 @@ def _truth_index(truth: pa.Table) -> dict[tuple[str, int], list[tuple[str, float
         if cls not in CLASSES:  # DontCare, Misc, Tram... are not labels of the taxonomy
             continue
         idx.setdefault((str(cols["log_id"][i]), int(cols["frame"][i])), []).append(
-            (cls, *(float(cols[k][i]) for k in ("x1", "y1", "x2", "y2"))))
+            (cls, *(float(cols[k][i]) for k in ("x1", "y1", "x2", "y2")))
+        )
     return idx
 
 
@@ -83,8 +84,9 @@ def _rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
-def answer_task(task: dict[str, Any], truth: list[tuple[str, float, float, float, float]], team: TeamConfig
-                ) -> tuple[str, list[tuple[str, float, float, float, float]], list[dict[str, Any]] | None]:
+def answer_task(
+    task: dict[str, Any], truth: list[tuple[str, float, float, float, float]], team: TeamConfig
+) -> tuple[str, list[tuple[str, float, float, float, float]], list[dict[str, Any]] | None]:
     """What the simulated labeler does with one task: (action, pixel boxes, LS result or None)."""
     data = task["data"]
     width, height = int(data["image_width"]), int(data["image_height"])
@@ -139,11 +141,17 @@ def simulate(
             done += 1
             ann_id = None
             if result is not None:
-                body = client.request("POST", f"/api/tasks/{task['id']}/annotations/",
-                                      json={"result": result, "lead_time": team.latency_s})
+                body = client.request(
+                    "POST",
+                    f"/api/tasks/{task['id']}/annotations/",
+                    json={"result": result, "lead_time": team.latency_s},
+                )
                 ann_id = int(body["id"])
-            report.submissions.append(Submission(task_id=task["id"], annotation_id=ann_id, log_id=log_id,
-                                                 frame=frame, action=action, boxes=boxes))
+            report.submissions.append(
+                Submission(
+                    task_id=task["id"], annotation_id=ann_id, log_id=log_id, frame=frame, action=action, boxes=boxes
+                )
+            )
             report.answered += action == "labeled"
             report.unusable += action == "unusable"
             report.left_open += action == "left"

@@ -122,7 +122,8 @@ def load_watermark(store, campaign: str) -> tuple[Watermark, list[str]]:
             continue
         for entry in shard_manifest(store.get_bytes(key)):
             wm.delivered[int(entry["annotation_id"])] = Delivered(
-                updated_at=entry["updated_at"], revision=entry["revision"], task_id=entry["task_id"])
+                updated_at=entry["updated_at"], revision=entry["revision"], task_id=entry["task_id"]
+            )
         wm.last_shard = max(wm.last_shard, int(m.group(1)))
         recovered.append(key)
     return wm, recovered
@@ -132,16 +133,26 @@ def _parse_time(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
-def convert_annotation(task: dict[str, Any], ann: dict[str, Any], campaign: str, revision: int,
-                       annotator: str | None) -> tuple[str, list[dict[str, Any]], list[AnnotationProblem]]:
+def convert_annotation(
+    task: dict[str, Any], ann: dict[str, Any], campaign: str, revision: int, annotator: str | None
+) -> tuple[str, list[dict[str, Any]], list[AnnotationProblem]]:
     """One annotation -> (status, LABELS rows, problems). Status: labeled | empty | unusable.
     Any problem means the annotation must not be delivered."""
     data = task.get("data") or {}
     tid, aid = int(task["id"]), int(ann["id"])
     log_id, frame = data.get("log_id"), data.get("frame")
     if log_id is None or frame is None:
-        return "invalid", [], [AnnotationProblem(task_id=tid, annotation_id=aid, message=(
-            "task carries no fleetloop log_id/frame (not created by `fleetloop label push`)"))]
+        return (
+            "invalid",
+            [],
+            [
+                AnnotationProblem(
+                    task_id=tid,
+                    annotation_id=aid,
+                    message=("task carries no fleetloop log_id/frame (not created by `fleetloop label push`)"),
+                )
+            ],
+        )
     result = ann.get("result") or []
     if is_unusable(result):
         return "unusable", [], []
@@ -154,15 +165,34 @@ def convert_annotation(task: dict[str, Any], ann: dict[str, Any], campaign: str,
         try:
             box = result_to_box(region, width, height)
         except BadRegion as exc:
-            problems.append(AnnotationProblem(task_id=tid, annotation_id=aid, log_id=log_id, frame=int(frame),
-                                              region=str(region.get("id", i)), message=str(exc)))
+            problems.append(
+                AnnotationProblem(
+                    task_id=tid,
+                    annotation_id=aid,
+                    log_id=log_id,
+                    frame=int(frame),
+                    region=str(region.get("id", i)),
+                    message=str(exc),
+                )
+            )
             continue
-        rows.append({
-            "log_id": str(log_id), "frame": int(frame), "cls": box.cls,
-            "x1": box.x1, "y1": box.y1, "x2": box.x2, "y2": box.y2,
-            "campaign": campaign, "task_id": tid, "annotation_id": aid, "annotator": annotator,
-            "updated_at": updated, "revision": revision,
-        })
+        rows.append(
+            {
+                "log_id": str(log_id),
+                "frame": int(frame),
+                "cls": box.cls,
+                "x1": box.x1,
+                "y1": box.y1,
+                "x2": box.x2,
+                "y2": box.y2,
+                "campaign": campaign,
+                "task_id": tid,
+                "annotation_id": aid,
+                "annotator": annotator,
+                "updated_at": updated,
+                "revision": revision,
+            }
+        )
     return ("labeled" if rows else "empty"), rows, problems
 
 
@@ -212,8 +242,9 @@ def sync(
             if on_shard_written is not None:
                 on_shard_written(key)
             for e in manifest:
-                wm.delivered[e["annotation_id"]] = Delivered(updated_at=e["updated_at"], revision=e["revision"],
-                                                             task_id=e["task_id"])
+                wm.delivered[e["annotation_id"]] = Delivered(
+                    updated_at=e["updated_at"], revision=e["revision"], task_id=e["task_id"]
+                )
             wm.last_shard = n
             store.put_bytes(_watermark_key(campaign), wm.model_dump_json().encode())  # atomic, after the shard
             report.shards.append(key)
@@ -241,11 +272,19 @@ def sync(
                         report.problems.extend(problems)
                         continue
                     rows.extend(new_rows)
-                    manifest.append({
-                        "annotation_id": aid, "task_id": int(task["id"]), "updated_at": updated, "revision": revision,
-                        "status": status, "boxes": len(new_rows), "annotator": annotator,
-                        "log_id": str(task["data"]["log_id"]), "frame": int(task["data"]["frame"]),
-                    })
+                    manifest.append(
+                        {
+                            "annotation_id": aid,
+                            "task_id": int(task["id"]),
+                            "updated_at": updated,
+                            "revision": revision,
+                            "status": status,
+                            "boxes": len(new_rows),
+                            "annotator": annotator,
+                            "log_id": str(task["data"]["log_id"]),
+                            "frame": int(task["data"]["frame"]),
+                        }
+                    )
                     report.delivered += 1
                     report.revisions += prev is not None
                     report.unusable += status == "unusable"

@@ -37,13 +37,25 @@ def register_webhook(client: LabelStudioClient, campaign: str, url: str, secret:
     for hook in client.request("GET", "/api/webhooks/", params={"project": c.project_id}) or []:
         if hook.get("url") == url and hook.get("project") == c.project_id:
             if (hook.get("headers") or {}).get(SECRET_HEADER) != secret or not hook.get("is_active", True):
-                client.request("PATCH", f"/api/webhooks/{hook['id']}/",
-                               json={"headers": {SECRET_HEADER: secret}, "is_active": True})
+                client.request(
+                    "PATCH",
+                    f"/api/webhooks/{hook['id']}/",
+                    json={"headers": {SECRET_HEADER: secret}, "is_active": True},
+                )
             return int(hook["id"])
-    body = client.request("POST", "/api/webhooks/", json={
-        "project": c.project_id, "url": url, "send_payload": True, "send_for_all_actions": False,
-        "actions": list(SYNC_ACTIONS), "headers": {SECRET_HEADER: secret}, "is_active": True,
-    })
+    body = client.request(
+        "POST",
+        "/api/webhooks/",
+        json={
+            "project": c.project_id,
+            "url": url,
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "actions": list(SYNC_ACTIONS),
+            "headers": {SECRET_HEADER: secret},
+            "is_active": True,
+        },
+    )
     return int(body["id"])
 
 
@@ -88,8 +100,15 @@ class _Coalescer:
 class WebhookReceiver:
     """A loopback HTTP server for Label Studio webhooks (``serve_forever`` or ``start`` a thread)."""
 
-    def __init__(self, action: Callable[[str], Any], *, secret: str, host: str = "127.0.0.1", port: int = 0,
-                 campaigns: set[str] | None = None):
+    def __init__(
+        self,
+        action: Callable[[str], Any],
+        *,
+        secret: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        campaigns: set[str] | None = None,
+    ):
         self.secret = secret
         self.campaigns = campaigns
         self.coalescer = _Coalescer(action)
@@ -101,8 +120,9 @@ class WebhookReceiver:
                 log.debug("webhook: " + fmt, *args)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server API
-                status, message = receiver.handle(self.headers.get(SECRET_HEADER) or "",
-                                                  self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                status, message = receiver.handle(
+                    self.headers.get(SECRET_HEADER) or "", self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                )
                 body = json.dumps({"status": message}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
