@@ -373,7 +373,9 @@ def test_local_files_publisher_keeps_images_inside_the_served_directory(tmp_path
     Image.new("RGB", (64, 32)).save(tmp_path / "cam.png")
     url, w, h = resolve_image((tmp_path / "cam.png").as_uri(), pub, "c/0001/000004")
     assert url == "/data/local-files/?d=labeling/images/c/0001/000004.png" and (w, h) == (64, 32)
-    assert (home / "labeling" / "images" / "c" / "0001" / "000004.png").read_bytes() == (tmp_path / "cam.png").read_bytes()
+    assert (home / "labeling" / "images" / "c" / "0001" / "000004.png").read_bytes() == (
+        tmp_path / "cam.png"
+    ).read_bytes()
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ImageProblem, match="cannot be loaded"):
         resolve_image(str(tmp_path / "broken.jpg"), pub, "c/0001/000005")
