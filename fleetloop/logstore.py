@@ -15,7 +15,6 @@ after T's key (keys sort chronologically), reading only the entries after T.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from datetime import UTC, datetime
 

@@ -35,11 +35,12 @@ SIZES = {"car": (4.2, 1.7, 1.5), "pedestrian": (0.8, 0.6, 1.75), "cyclist": (1.8
 INJECTED = pa.schema([("log_id", pa.string()), ("frame", pa.int32()), ("kind", pa.string()), ("object", pa.int64())])
 
 
-def _objects(rng: np.random.Generator, n_frames: int, speed: float) -> dict[str, np.ndarray]:
+def _objects(rng: np.random.Generator, n_frames: int, speed: float,
+             class_mix: tuple[float, float, float] = (0.7, 0.2, 0.1)) -> dict[str, np.ndarray]:
     """World objects along the road: position at frame 0 (metres), velocity, class."""
     length = speed * n_frames + 80
     n = max(8, int(length / 9))
-    cls = rng.choice(np.array(["car", "pedestrian", "cyclist"]), size=n, p=[0.7, 0.2, 0.1])
+    cls = rng.choice(np.array(["car", "pedestrian", "cyclist"]), size=n, p=list(class_mix))
     x0 = rng.uniform(8, length, n)
     side = rng.choice([-1.0, 1.0], n)
     y = np.where(cls == "car", side * rng.uniform(3.5, 7.5, n), side * rng.uniform(5.0, 9.0, n))
@@ -47,10 +48,10 @@ def _objects(rng: np.random.Generator, n_frames: int, speed: float) -> dict[str,
     return {"cls": cls, "x0": x0, "y": y, "vx": vx}
 
 
-def _one_log(log_id: str, n_frames: int, rng: np.random.Generator, tags: dict[str, str]):
+def _one_log(log_id: str, n_frames: int, rng: np.random.Generator, tags: dict[str, str],
+             class_mix: tuple[float, float, float] = (0.7, 0.2, 0.1)):
     speed = rng.uniform(0.6, 1.2)  # metres per frame (6-12 m/s)
-    obj = _objects(rng, n_frames, speed)
-    n_obj = obj["cls"].size
+    obj = _objects(rng, n_frames, speed, class_mix)
     t = np.arange(n_frames)
     # object states per frame, lidar frame: x forward of the ego vehicle, y left
     X = obj["x0"][None, :] + obj["vx"][None, :] * t[:, None] - speed * t[:, None]
@@ -150,24 +151,49 @@ def _one_log(log_id: str, n_frames: int, rng: np.random.Generator, tags: dict[st
         "log_id": [log_id] * len(injected), "frame": [f for f, _, _ in injected],
         "kind": [k for _, k, _ in injected], "object": [o for _, _, o in injected],
     }, schema=INJECTED)
+    truth = pa.Table.from_pydict({
+        "log_id": [log_id] * n, "frame": fi.astype(np.int32), "track_id": oi.astype(np.int64), "cls": cls,
+        **{k: np.clip(box2d[:, j], 0, (WIDTH, HEIGHT, WIDTH, HEIGHT)[j]).astype(np.float32)
+           for j, k in enumerate(["x1", "y1", "x2", "y2"])},
+    })
     return DriveLogs(frames=frames, lidar_detections=lidar, camera_detections=camera, tracks=tracks,
-                     calibration=calibration), inj
+                     calibration=calibration), inj, truth
+
+
+def generate_fleet(
+    n_logs: int = 3,
+    n_frames: int = 150,
+    seed: int = 0,
+    *,
+    weathers: list[tuple[str, str]] | None = None,
+    class_mix: tuple[float, float, float] = (0.7, 0.2, 0.1),
+    prefix: str = "sample",
+) -> tuple[DriveLogs, pa.Table, pa.Table]:
+    """``n_logs`` logs of ``n_frames`` frames: (logs, injected errors, ground truth).
+
+    ``weathers`` cycles (weather, time_of_day) over the logs; ``class_mix`` is the share of
+    cars, pedestrians and cyclists. Ground truth has one 2D box (pixels) per visible object."""
+    if n_logs < 1 or n_frames < 10:
+        raise ValueError("a sample needs at least 1 log of at least 10 frames")
+    if len(class_mix) != 3 or min(class_mix) < 0 or abs(sum(class_mix) - 1) > 1e-6:
+        raise ValueError(f"class_mix must be three non-negative shares summing to 1, got {class_mix}")
+    rng = np.random.default_rng(seed)
+    weathers = weathers or [("clear", "day"), ("rain", "day"), ("clear", "night")]
+    parts, inj, truth = [], [], []
+    for k in range(n_logs):
+        weather, tod = weathers[k % len(weathers)]
+        tags = {"vehicle": f"sim-{k % 2 + 1}", "weather": weather, "time_of_day": tod, "place": "sample-road"}
+        logs, injected, gt = _one_log(f"{prefix}-{k:03d}", n_frames, rng, tags, class_mix)
+        parts.append(logs)
+        inj.append(injected)
+        truth.append(gt)
+    return DriveLogs.concat(parts), pa.concat_tables(inj), pa.concat_tables(truth)
 
 
 def generate_sample(n_logs: int = 3, n_frames: int = 150, seed: int = 0) -> tuple[DriveLogs, pa.Table]:
     """``n_logs`` logs of ``n_frames`` frames; returns (logs, injected errors)."""
-    if n_logs < 1 or n_frames < 10:
-        raise ValueError("a sample needs at least 1 log of at least 10 frames")
-    rng = np.random.default_rng(seed)
-    weathers = [("clear", "day"), ("rain", "day"), ("clear", "night")]
-    parts, inj = [], []
-    for k in range(n_logs):
-        weather, tod = weathers[k % len(weathers)]
-        tags = {"vehicle": f"sim-{k % 2 + 1}", "weather": weather, "time_of_day": tod, "place": "sample-road"}
-        logs, injected = _one_log(f"sample-{k:03d}", n_frames, rng, tags)
-        parts.append(logs)
-        inj.append(injected)
-    return DriveLogs.concat(parts), pa.concat_tables(inj)
+    logs, injected, _ = generate_fleet(n_logs, n_frames, seed)
+    return logs, injected
 
 
 def write_sample(out: Path | str, n_logs: int = 3, n_frames: int = 150, seed: int = 0) -> list[Path]:

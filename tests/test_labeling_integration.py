@@ -1,6 +1,6 @@
 """The labeling bridge against a real Label Studio server (its own venv, loopback, fresh data dir).
 
-Session fixture: installs Label Studio into ``<repo>/.fleetloop/services/label-studio/venv``
+Session fixture (tests/fixtures_ls.py): installs Label Studio into ``<repo>/.fleetloop/services/label-studio/venv``
 unless it is there already (~50 s once; ``FLEETLOOP_TEST_LS_VENV`` picks another venv), then
 starts it on a free port with a temporary data dir (~25 s first start).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,35 +31,11 @@ from fleetloop.labeling.sync import campaign_status, delivered_manifest, read_la
 from fleetloop.storage import LocalStore
 
 pytestmark = [pytest.mark.services, pytest.mark.kitti, pytest.mark.timeout(900)]
-pytest_plugins = ["tests.fixtures_s3"]
+pytest_plugins = ["tests.fixtures_s3", "tests.fixtures_ls"]
 
 REPO = Path(__file__).resolve().parents[1]
 W, H = 1242, 375
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def ls_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ls-home")
-
-
-@pytest.fixture(scope="session")
-def ls_server(ls_home):
-    venv = Path(os.environ.get("FLEETLOOP_TEST_LS_VENV") or server.default_venv(REPO / ".fleetloop"))
-    server.install(REPO / ".fleetloop", venv=venv)
-    stray = os.environ.get("USERNAME")
-    os.environ["USERNAME"] = "stray-shell-user"  # Label Studio would read it as its admin user
-    try:
-        state = server.start(ls_home, port=_free_port(), venv=venv, install_if_missing=False)
-    finally:
-        os.environ.pop("USERNAME") if stray is None else os.environ.__setitem__("USERNAME", stray)
-    yield state
-    server.stop(ls_home)
 
 
 @pytest.fixture(scope="session")

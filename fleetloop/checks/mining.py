@@ -157,7 +157,6 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
     """Run every applicable check over ``logs`` and score each frame (see module doc)."""
     params = params or MiningParams()
     batch = build_batch(logs)
-    F = batch.n_frames
     flags = Flags()
     skipped: list[str] = []
     L = batch.lidar

@@ -134,8 +134,6 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
     same[1:] = (tid[1:] == tid[:-1]) & (log[1:] == log[:-1])
     first = ~same
     track_no = np.cumsum(first) - 1
-    n_tracks = int(track_no[-1]) + 1
-    length = np.bincount(track_no, minlength=n_tracks)
     t_first = np.flatnonzero(first)
     t_last = np.r_[t_first[1:] - 1, r.size - 1]
     log_first = batch.frame_no[batch.log_start[:-1]].astype(np.int64)

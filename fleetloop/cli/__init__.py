@@ -15,7 +15,7 @@ app = typer.Typer(
 )
 
 # Modules with a register(app) function add top-level commands; modules with an `app` add a group.
-_COMMANDS = ["mine", "drift", "logs", "orchestration"]
+_COMMANDS = ["mine", "drift", "logs", "orchestration", "demo"]
 _GROUPS = {"services": "services", "label": "label"}
 
 for _name in _COMMANDS:

@@ -199,7 +199,7 @@ def listen(
     ] = "sync",
     deployment: Annotated[
         str, typer.Option(help="Deployment to run with --trigger deployment.")
-    ] = "label-sync/label-sync",
+    ] = "label-sync/poll",
 ) -> None:
     """Receive Label Studio webhooks and sync (or trigger the label-sync deployment) on each
     created/updated annotation. Registers the campaigns' webhooks first (idempotent)."""

@@ -1,47 +1,35 @@
 """``label-push`` and ``label-sync``. Labeling is never a suspended flow: push ends its run;
-sync is a separate run, started by a schedule (polling) or by the webhook receiver, and it
-decides completion by counting tasks."""
+sync is a separate run, started by a schedule (polling) or by the webhook receiver
+(``fleetloop label listen --trigger deployment``), and it decides completion by counting tasks."""
 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
+from datetime import datetime, timezone
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from fleetloop.flows.common import settings, store
+from fleetloop.flows.common import store
+from fleetloop.labeling import api
 
 
 def default_campaign() -> str:
-    from datetime import datetime, timezone
-
     year, week, _ = datetime.now(timezone.utc).isocalendar()
     return f"fleetloop-{year}-w{week:02d}"
 
 
 @flow(name="label-push", log_prints=True)
-def label_push(campaign: str | None = None, run_key: str | None = None, batch_size: int = 200):
+def label_push(campaign: str | None = None, run_key: str | None = None, batch_size: int = 200) -> api.PushReport:
     """Send the frames a mining run selected (default: the latest run) to Label Studio as
     pre-annotated tasks. Idempotent: frames already in the campaign are not pushed again."""
-    from fleetloop.labeling.client import LabelStudioClient
-    from fleetloop.labeling.push import load_logs_for, push, read_selection
-
-    st, s = store(), settings()
     campaign = campaign or default_campaign()
     if run_key is None:
+        st = store()
         if not st.exists("mining/latest.json"):
             raise LookupError("no mining run yet: run the mine flow first")
         run_key = json.loads(st.get_bytes("mining/latest.json"))["run_key"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "selected.csv"
-        path.write_bytes(st.get_bytes(f"mining/{run_key}/selected.csv"))
-        rows = read_selection(path)
-    logs = load_logs_for(rows, None)
-    with LabelStudioClient.from_settings(home=s.home) as client:
-        report = push(rows, logs, campaign, client=client, home=s.home,
-                      model_version=s.label_studio.model_version, batch_size=batch_size)
+    report = api.push_selection(f"mining/{run_key}/selected.csv", campaign, batch_size=batch_size)
     problems = "\n".join(f"- log {p.log_id} frame {p.frame}: {p.message}" for p in report.problems[:50]) or "- none"
     create_markdown_artifact(key="label-push-summary", markdown=f"""# Label push: campaign `{campaign}`
 
@@ -56,16 +44,11 @@ Problems:
 
 
 @flow(name="label-sync", log_prints=True)
-def label_sync(campaign: str | None = None):
+def label_sync(campaign: str | None = None) -> api.SyncReport:
     """Deliver finished annotations (new and updated) as label shards, exactly once."""
-    from fleetloop.labeling.client import LabelStudioClient
-    from fleetloop.labeling.sync import campaign_status, sync
-
-    st, s = store(), settings()
     campaign = campaign or default_campaign()
-    with LabelStudioClient.from_settings(home=s.home) as client:
-        report = sync(campaign, client=client, store=st, home=s.home)
-        status = campaign_status(campaign, client=client, store=st)
+    report = api.sync_campaign(campaign)
+    status = api.status(campaign)
     problems = "\n".join(f"- task {p.task_id} annotation {p.annotation_id}: {p.message}"
                          for p in report.problems[:50]) or "- none"
     complete = status["tasks"] > 0 and status["synced"] >= status["tasks"]
