@@ -22,8 +22,11 @@ def dask_task_runner():
     release the GIL, so two cores are used without paying for worker processes that each
     import the stack and load the compiled kernels again (measured in
     benchmarks/orchestration_overhead.py)."""
+    import logging
+
     from prefect_dask import DaskTaskRunner
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # cluster start/stop chatter
     s = get_settings().prefect
     if s.dask_address:
         return DaskTaskRunner(address=s.dask_address)
