@@ -26,30 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fleetloop.drift.features import compute_features  # noqa: E402
-from fleetloop.schema import CLASSES, DriveLogs  # noqa: E402
+from fleetloop.schema import CLASSES  # noqa: E402
 
-KITTI = Path(os.environ.get("FLEETLOOP_KITTI_ROOT", ROOT.parent / "shared" / "data" / "kitti-tracking"))
+from common import KITTI, replicate_logs  # noqa: E402
 REFERENCE_LOGS, CURRENT_LOGS = ["0001", "0006"], ["0008", "0010", "0012"]
-
-
-def replicate_logs(logs: DriveLogs, copies: int) -> DriveLogs:
-    """``copies`` copies of every log, log ids suffixed ``-<copy>`` (no Python loop over rows)."""
-    out = {}
-    for name, t in logs.tables().items():
-        n = t.num_rows
-        idx = pa.array(np.tile(np.arange(n), copies))
-        rep = pa.array(np.repeat(np.arange(copies), n).astype(str))
-        big = t.take(idx)
-        log_id = pc.binary_join_element_wise(big["log_id"], rep, "-")
-        out[name] = big.set_column(big.schema.get_field_index("log_id"), big.schema.field("log_id"), log_id)
-    return DriveLogs(**out)
 
 
 def _tags(rng: np.random.Generator, n: int, shifted: bool) -> dict[str, np.ndarray]:
