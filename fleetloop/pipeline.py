@@ -116,7 +116,7 @@ class MiningSummary(BaseModel):
     flagged_frames: int
     selected: int
     budget: int | None
-    reasons: dict[str, int]  # reason -> number of flags
+    reasons: dict[str, int]  # reason -> number of frames flagged with it
     skipped: list[str]
     slice_boost: dict[str, float]
     ranked_key: str

@@ -74,7 +74,7 @@ def publish_mining_artifacts(summary: pipeline.MiningSummary) -> None:
 **Selected:** {summary.selected:,} frames (budget {summary.budget if summary.budget else 'none: every frame ranked'}).
 **Drift boosts:** {boosts}
 
-| reason | flags |
+| reason | frames |
 |---|---|
 {reasons}
 
