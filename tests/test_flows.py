@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,38 @@ def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, t
         except subprocess.TimeoutExpired:
             server.send_signal(2)
             server.wait(10)
+        log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """A process worker ignores a single SIGTERM: SIGTERM, then SIGINT, then kill."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def test_deploy_to_work_pool_and_run_through_a_process_worker(prefect_api, kitti_in_s3, s3_env, tmp_path):
+    env = {**os.environ, **s3_env, "PREFECT_API_URL": prefect_api}
+    dep = subprocess.run(FLEETLOOP + ["deploy"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert dep.returncode == 0 and "Registered 6 deployments in work pool fleetloop" in dep.stdout, dep.stdout + dep.stderr
+    deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand"], timeout=10)
+    assert deps["mine/on-demand"].work_pool_name == "fleetloop"
+    log = open(tmp_path / "worker.log", "w")
+    worker = subprocess.Popen(FLEETLOOP + ["worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                              start_new_session=True)
+    try:
+        run = subprocess.run(FLEETLOOP + ["run", "mine", "--param", "budget=7", "--wait", "--timeout", "240"],
+                             env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()[-3000:]
+        latest = json.loads(kitti_in_s3.get_bytes("mining/latest.json"))
+        summary = json.loads(kitti_in_s3.get_bytes(f"mining/{latest['run_key']}/summary.json"))
+        assert summary["selected"] == 7 and summary["frames"] == 1479
+    finally:
+        _stop(worker)
         log.close()
 
 

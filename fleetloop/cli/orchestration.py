@@ -110,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2) from None
             raise
         ui = (PREFECT_UI_URL.value() or api_url.removesuffix("/api")).rstrip("/")
-        console.print(f"flow run {fr.name}: {ui}/runs/flow-run/{fr.id}")
+        console.print(f"flow run {fr.name}: {ui}/runs/flow-run/{fr.id}", soft_wrap=True)
         if not wait:
             return
         deadline = time.monotonic() + timeout
