@@ -1,3 +1,3 @@
-from fleetloop.cli import app
+from fleetloop.cli import main
 
-app(prog_name="fleetloop")
+main()

@@ -36,5 +36,25 @@ for _group, _name in _GROUPS.items():
     app.add_typer(_mod.app, name=_group)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The console script: errors that reach the top become one clear line (exit 1), not a
+    traceback. ``FLEETLOOP_DEBUG=1`` shows the traceback."""
+    import os
+    import sys
+
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if os.environ.get("FLEETLOOP_DEBUG"):
+            raise
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError) and exc.title == "Settings":
+            lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            print("fleetloop: invalid settings (FLEETLOOP_* environment or .env):\n" + "\n".join(lines),
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+        print(f"fleetloop: {type(exc).__name__}: {exc}\n(FLEETLOOP_DEBUG=1 shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
