@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from fleetloop.labeling.simulate import TeamConfig, _truth_index, simulate  # no
 from fleetloop.labeling.sync import sync  # noqa: E402
 from fleetloop.storage import LocalStore  # noqa: E402
 
-KITTI = Path(os.environ.get("FLEETLOOP_KITTI_ROOT", REPO.parent / "shared" / "data" / "kitti-tracking"))
+from common import KITTI  # noqa: E402
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-KITTI = ROOT.parent / "shared" / "data" / "kitti-tracking"
+from common import KITTI  # noqa: E402
 
 
 def _rss_mb() -> float:

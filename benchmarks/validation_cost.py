@@ -16,23 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from fleetloop.importers import load_logs
 from fleetloop.importers.parquet import write_parquet_log
-from fleetloop.schema import DriveLogs
 from fleetloop.validation import validate_logs
 
-KITTI = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti-tracking"
-
-
-def relabel(logs: DriveLogs, copy: int) -> DriveLogs:
-    def one(t: pa.Table) -> pa.Table:
-        ids = pc.binary_join_element_wise(t["log_id"], pa.scalar(f"c{copy:04d}"), "-")
-        return t.set_column(t.schema.get_field_index("log_id"), "log_id", ids)
-
-    return DriveLogs(**{name: one(t) for name, t in logs.tables().items()})
+from common import KITTI, replicate_logs  # noqa: E402
 
 
 def timed(fn, repeat: int):
@@ -59,7 +48,7 @@ def main() -> int:
     copies = -(-args.frames // one.num_frames)
 
     def parse():
-        return DriveLogs.concat([relabel(load_logs(args.kitti, "kitti-tracking"), i) for i in range(copies)])
+        return replicate_logs(load_logs(args.kitti, "kitti-tracking"), copies)
 
     batch, parse_cpu, parse_wall = timed(parse, args.repeat)
     n = batch.num_frames

@@ -92,7 +92,7 @@ def run_demo(settings: Settings, *, logs_per_week: int = 4, frames: int = 200, b
         team = simulate(campaign, pq.read_table(truth_path), client=client,
                         team=TeamConfig(noise_px=1.0, skip_rate=0.05, seed=0))
     say(f"  {team.answered} tasks labeled, {team.unusable} marked unusable, {team.boxes} boxes")
-    synced = label_sync(campaign)
+    label_sync(campaign)
     status = labeling.status(campaign)
     drift = record["steps"].get("monitor-drift", {})
     mined = record["steps"].get("mine", {})

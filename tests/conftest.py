@@ -21,3 +21,13 @@ def kitti_root() -> Path:
     if not (KITTI_ROOT / "calib").is_dir():
         pytest.skip(f"KITTI slice not found at {KITTI_ROOT} (../shared is absent on a fresh clone)")
     return KITTI_ROOT
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A real Prefect API for the module: Prefect's test harness (a server process on loopback)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()

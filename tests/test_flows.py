@@ -24,15 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FLEETLOOP = [sys.executable, "-m", "fleetloop"]
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
-
-
 @pytest.fixture
 def s3_env(tmp_path, s3_server, s3_bucket, monkeypatch):
     """Point fleetloop (this process and its children) at the S3 bucket."""

@@ -15,15 +15,6 @@ from fleetloop.settings import get_settings
 pytestmark = pytest.mark.services
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield PREFECT_API_URL.value()
-
-
 @pytest.fixture
 def two_weeks(tmp_path, monkeypatch, kitti_root):
     from fleetloop.storage import get_store

@@ -3,8 +3,6 @@ heavy libraries are imported inside the commands, so ``fleetloop --help`` is ins
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 app = typer.Typer(
@@ -14,26 +12,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Modules with a register(app) function add top-level commands; modules with an `app` add a group.
-_COMMANDS = ["mine", "drift", "logs", "orchestration", "demo"]
-_GROUPS = {"services": "services", "label": "label"}
+from fleetloop.cli import demo, drift, label, logs, mine, orchestration, services  # noqa: E402
 
-for _name in _COMMANDS:
-    try:
-        _mod = importlib.import_module(f"fleetloop.cli.{_name}")
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while an area is being written
-        if exc.name != f"fleetloop.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
-for _group, _name in _GROUPS.items():
-    try:
-        _mod = importlib.import_module(f"fleetloop.cli.{_name}")
-    except ModuleNotFoundError as exc:  # pragma: no cover
-        if exc.name != f"fleetloop.cli.{_name}":
-            raise
-        continue
-    app.add_typer(_mod.app, name=_group)
+for _module in (mine, drift, logs, orchestration, demo):  # top-level commands
+    _module.register(app)
+app.add_typer(services.app, name="services")
+app.add_typer(label.app, name="label")
 
 
 def main() -> None:
