@@ -12,7 +12,7 @@ export DO_NOT_TRACK := 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[train,test,lint]'
 	touch $@
 
 setup: $(VENV)/.installed

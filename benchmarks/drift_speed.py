@@ -96,7 +96,7 @@ def main() -> None:
 
     ref_base = cur_base = None
     if (KITTI / "calib").is_dir():
-        from fleetloop.importers import load_logs
+        from fleetloop.ingest.importers import load_logs
 
         logs = load_logs(KITTI, "kitti-tracking")
         feats = compute_features(logs)  # also compiles the numba kernels outside the timings

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from fleetloop.checks.geometry import iou_matrix, project_boxes, projection_matrix
+from fleetloop.perception.geometry import iou_matrix, project_boxes, projection_matrix
 from fleetloop.schema import DriveLogs
 
 CARE = {"Car": "car", "Pedestrian": "pedestrian", "Cyclist": "cyclist"}
@@ -140,7 +140,7 @@ def kitti_truth_errors(
     difficulty: str | None = None,
 ) -> Truth:
     """The true errors of ``logs`` (as loaded from ``root``) against ``root``'s label_02."""
-    from fleetloop.importers.kitti import read_kitti_truth
+    from fleetloop.ingest.importers.kitti import read_kitti_truth
 
     thr = {"car": 0.5, "pedestrian": 0.5, "cyclist": 0.5, **(iou or {})}
     frames = logs.frames.select(["log_id", "frame"]).to_pandas()

@@ -31,13 +31,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fleetloop.labeling import server  # noqa: E402
-from fleetloop.labeling.client import LabelStudioClient  # noqa: E402
-from fleetloop.labeling.convert import box_to_result  # noqa: E402
-from fleetloop.labeling.push import push  # noqa: E402
-from fleetloop.labeling.simulate import TeamConfig, _truth_index, simulate  # noqa: E402
-from fleetloop.labeling.sync import sync  # noqa: E402
-from fleetloop.storage import LocalStore  # noqa: E402
+from fleetloop.local import label_studio as server  # noqa: E402
+from fleetloop.label.client import LabelStudioClient  # noqa: E402
+from fleetloop.label.convert import box_to_result  # noqa: E402
+from fleetloop.label.push import push  # noqa: E402
+from fleetloop.sim.labeling_team import TeamConfig, _truth_index, simulate  # noqa: E402
+from fleetloop.label.sync import sync  # noqa: E402
+from fleetloop.store.objects import LocalStore  # noqa: E402
 
 from common import KITTI  # noqa: E402
 
@@ -69,8 +69,8 @@ def main() -> None:
     if not (KITTI / "calib").is_dir():
         sys.exit(f"KITTI slice not found at {KITTI} (set FLEETLOOP_KITTI_ROOT)")
 
-    from fleetloop.importers import load_logs
-    from fleetloop.importers.kitti import read_kitti_truth
+    from fleetloop.ingest.importers import load_logs
+    from fleetloop.ingest.importers.kitti import read_kitti_truth
 
     logs = load_logs(KITTI, format="kitti-tracking")
     truth = read_kitti_truth(KITTI)
@@ -111,7 +111,7 @@ def main() -> None:
             s = simulate(f"bench-push-{tag}", truth, client=client, team=TeamConfig(noise_px=1.0), limit=args.simulated)
             out["simulated_annotations_per_s"] = round((s.answered + s.unusable) / s.seconds, 1)
             # 4. sync: a campaign whose tasks (the pushed ones' data) arrive with annotations, in bulk
-            from fleetloop.labeling.campaigns import ensure_campaign, find_campaign
+            from fleetloop.label.campaigns import ensure_campaign, find_campaign
 
             campaign = f"bench-sync-{tag}"
             c = ensure_campaign(client, campaign)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/mining_quality.py [--root ../shared/data/kitti-tracking]
         [--camera-tracker ciwt|yolox_sort] [--truth hard|all] [--ranked ranked.csv] [--json out.json]
 
-The ranking comes from the logged outputs only (``fleetloop.checks.mining.mine``, or a CSV written
+The ranking comes from the logged outputs only (``fleetloop.mine.mining.mine``, or a CSV written
 by ``fleetloop mine``); ground truth (label_02) is read only here, by ``kitti_truth``, to count the
 real errors of each frame (rules in benchmarks/README.md and kitti_truth.py).
 
@@ -33,9 +33,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.kitti_truth import kitti_truth_errors  # noqa: E402
-from fleetloop.checks.mining import mine, rank  # noqa: E402
-from fleetloop.checks.params import MiningParams  # noqa: E402
-from fleetloop.importers import load_logs  # noqa: E402
+from fleetloop.mine.mining import mine, rank  # noqa: E402
+from fleetloop.mine.params import MiningParams  # noqa: E402
+from fleetloop.ingest.importers import load_logs  # noqa: E402
 
 PCTS = (0.01, 0.05, 0.10, 0.20)
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti-tracking"

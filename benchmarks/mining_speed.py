@@ -39,8 +39,8 @@ def _rss_mb() -> float:
 
 
 def _base_logs():
-    from fleetloop.importers import load_logs
-    from fleetloop.sample import generate_sample
+    from fleetloop.ingest.importers import load_logs
+    from fleetloop.sim.sample import generate_sample
 
     if (KITTI / "calib").is_dir():
         return load_logs(KITTI, "kitti-tracking", camera_tracker="ciwt"), "kitti (ciwt)"
@@ -64,8 +64,8 @@ def worker(n_frames: int, shard_frames: int) -> dict:
     """Runs in a fresh process: mine ``n_frames`` replicated frames shard by shard, then rank."""
     import pyarrow as pa
 
-    from fleetloop.checks.mining import compact_frames, mine, rank
-    from fleetloop.checks.params import MiningParams
+    from fleetloop.mine.mining import compact_frames, mine, rank
+    from fleetloop.mine.params import MiningParams
     from fleetloop.schema import DriveLogs
 
     base, source = _base_logs()

@@ -5,7 +5,7 @@ It reads logs with the same importer, then loops over logs and frames: per frame
 lidar boxes (numpy), builds IoU / distance matrices (numpy broadcasting), solves each assignment
 with ``scipy.optimize.linear_sum_assignment``, walks the tracks per track id, combines flags per
 object by noisy-OR in a dict, and finally ranks the frames. Same parameters and severities as
-``fleetloop.checks`` (MiningParams); results agree closely but not bit for bit (see
+``fleetloop.mine`` (MiningParams); results agree closely but not bit for bit (see
 ``agreement`` in mining_speed.py).
 
     .venv/bin/python benchmarks/naive_mining.py ROOT [--format kitti-tracking] [--out ranked.csv]
@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleetloop.checks.params import MiningParams  # noqa: E402
+from fleetloop.mine.params import MiningParams  # noqa: E402
 
 SL = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
 SW = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
@@ -260,7 +260,7 @@ def naive_mine(logs, params: MiningParams | None = None) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fleetloop.importers import load_logs
+    from fleetloop.ingest.importers import load_logs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path)

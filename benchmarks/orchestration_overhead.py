@@ -31,12 +31,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     args = ap.parse_args()
 
-    from fleetloop import pipeline
-    from fleetloop.checks.params import MiningParams
-    from fleetloop.importers import load_logs
-    from fleetloop.logstore import put_log
+    from fleetloop.mine import run as mining
+    from fleetloop.mine.params import MiningParams
+    from fleetloop.ingest.importers import load_logs
+    from fleetloop.store.logs import put_log
     from fleetloop.settings import get_settings
-    from fleetloop.storage import LocalStore
+    from fleetloop.store.objects import LocalStore
 
     base = load_logs(require_kitti(), "kitti-tracking")
     copies = math.ceil(args.frames / base.num_frames)
@@ -55,10 +55,10 @@ def main() -> None:
         # warm both paths once on a small store so neither pays one-off imports/JIT in the figure
         warm = LocalStore(tmp / "warm")
         put_log(warm, base.select(["0012"]), source="warm")
-        pipeline.mine_direct(warm, params, 10)
+        mining.mine_direct(warm, params, 10)
 
         t0 = time.perf_counter()
-        direct = pipeline.mine_direct(store, params, args.budget, frames_per_shard=args.frames_per_shard)
+        direct = mining.mine_direct(store, params, args.budget, frames_per_shard=args.frames_per_shard)
         t_direct = time.perf_counter() - t0
 
         from prefect.testing.utilities import prefect_test_harness

@@ -1,4 +1,4 @@
-"""What validation (Great Expectations suites, fleetloop.validation) costs next to the rest of ingest.
+"""What validation (Great Expectations suites, fleetloop.ingest.validation) costs next to the rest of ingest.
 
 Replicates the real KITTI slice to about N frames (each copy a new log id), then times, per
 100k frames: parsing the KITTI text files, reading/writing the parquet layout, and
@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 
-from fleetloop.importers import load_logs
-from fleetloop.importers.parquet import write_parquet_log
-from fleetloop.validation import validate_logs
+from fleetloop.ingest.importers import load_logs
+from fleetloop.ingest.importers.parquet import write_parquet_log
+from fleetloop.ingest.validation import validate_logs
 
 from common import KITTI, replicate_logs  # noqa: E402
 

@@ -40,8 +40,8 @@ def write_fleet(out: Path, logs_per_week: int, frames: int) -> tuple[Path, Path,
     cyclists) in the parquet layout, plus their ground truth for the simulated labelers."""
     import pyarrow as pa
 
-    from fleetloop.importers.parquet import write_parquet_log
-    from fleetloop.sample import generate_fleet
+    from fleetloop.ingest.importers.parquet import write_parquet_log
+    from fleetloop.sim.sample import generate_fleet
 
     last, _, truth_a = generate_fleet(logs_per_week, frames, seed=1, weathers=[("clear", "day")],
                                       class_mix=(0.8, 0.15, 0.05), prefix="week-a")
@@ -55,7 +55,8 @@ def write_fleet(out: Path, logs_per_week: int, frames: int) -> tuple[Path, Path,
 
 
 def run_demo(settings: Settings, *, logs_per_week: int = 4, frames: int = 200, budget: int = 40, say=print) -> DemoResult:
-    from fleetloop import pipeline, services
+    from fleetloop.ingest.ingest import ingest
+    from fleetloop.local import services
 
     say("Starting the local services (the first run installs Label Studio: 1-2 minutes)")
     for st in services.up(settings):
@@ -67,15 +68,15 @@ def run_demo(settings: Settings, *, logs_per_week: int = 4, frames: int = 200, b
     from fleetloop.flows.label import label_sync
     from fleetloop.flows.mine import ingest_logs
     from fleetloop.flows.weekly import weekly_cycle
-    from fleetloop.labeling import api as labeling
-    from fleetloop.labeling.simulate import TeamConfig, simulate
-    from fleetloop.storage import get_store
+    from fleetloop.label import api as labeling
+    from fleetloop.sim.labeling_team import TeamConfig, simulate
+    from fleetloop.store.objects import get_store
 
     demo_dir = settings.home / "demo"
     say(f"Generating two weeks of fleet logs under {demo_dir}")
     last_week, this_week, truth_path = write_fleet(demo_dir, logs_per_week, frames)
     store = get_store(settings)
-    backfill = pipeline.ingest(store, last_week, "parquet",
+    backfill = ingest(store, last_week, "parquet",
                                arrived_at=datetime.now(timezone.utc) - timedelta(days=8))
     current = ingest_logs(str(this_week), "parquet")
     say(f"Ingested {backfill.frames + current.frames:,} frames "
@@ -96,7 +97,7 @@ def run_demo(settings: Settings, *, logs_per_week: int = 4, frames: int = 200, b
     status = labeling.status(campaign)
     drift = record["steps"].get("monitor-drift", {})
     mined = record["steps"].get("mine", {})
-    from fleetloop.labeling.sync import read_labels
+    from fleetloop.label.sync import read_labels
 
     labels = read_labels(store, campaign)
     return DemoResult(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetloop.labeling import server
+from fleetloop.local import label_studio as server
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         agreement trend, slices to boost in the next mining run)."""
         from fleetloop.drift import DriftInputError, FeatureParams, monitor_drift
         from fleetloop.drift.features import FeatureError
-        from fleetloop.importers import FORMATS, LogFormatError, load_logs
+        from fleetloop.ingest.importers import FORMATS, LogFormatError, load_logs
 
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")

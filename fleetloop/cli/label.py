@@ -30,13 +30,13 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def _boundary_errors() -> tuple[type[Exception], ...]:
-    from fleetloop.importers import LogFormatError
-    from fleetloop.labeling.client import LabelStudioError
-    from fleetloop.labeling.locks import LockTimeout
-    from fleetloop.labeling.push import SelectionError
-    from fleetloop.labeling.server import LabelStudioServerError
-    from fleetloop.labeling.sync import SyncError
-    from fleetloop.storage import StorageError
+    from fleetloop.ingest.importers import LogFormatError
+    from fleetloop.label.client import LabelStudioError
+    from fleetloop.store.locks import LockTimeout
+    from fleetloop.label.push import SelectionError
+    from fleetloop.local.label_studio import LabelStudioServerError
+    from fleetloop.label.sync import SyncError
+    from fleetloop.store.objects import StorageError
 
     return (
         LabelStudioError,
@@ -51,7 +51,7 @@ def _boundary_errors() -> tuple[type[Exception], ...]:
 
 
 def _client():
-    from fleetloop.labeling.api import client_for
+    from fleetloop.label.api import client_for
 
     return client_for()
 
@@ -76,7 +76,7 @@ def push(
     as_json: JsonOpt = False,
 ) -> None:
     """Create pre-annotated tasks for the selected frames (idempotent: existing tasks are kept)."""
-    from fleetloop.labeling.api import push_selection
+    from fleetloop.label.api import push_selection
 
     try:
         report = push_selection(
@@ -105,7 +105,7 @@ def sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Deliver new and updated annotations as label shards (exactly once, with a watermark)."""
-    from fleetloop.labeling.api import sync_campaign
+    from fleetloop.label.api import sync_campaign
 
     try:
         report = sync_campaign(campaign, page_size=page_size, shard_size=shard_size)
@@ -135,7 +135,7 @@ def sync(
 @app.command()
 def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
     """Counts of tasks, annotated tasks and synced tasks of a campaign."""
-    from fleetloop.labeling.api import status as campaign_status
+    from fleetloop.label.api import status as campaign_status
 
     try:
         st = campaign_status(campaign)
@@ -162,8 +162,8 @@ def simulate(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer open tasks with a simulated labeling team (demo and tests only)."""
-    from fleetloop.labeling.simulate import TeamConfig, load_truth
-    from fleetloop.labeling.simulate import simulate as do_simulate
+    from fleetloop.sim.labeling_team import TeamConfig, load_truth
+    from fleetloop.sim.labeling_team import simulate as do_simulate
 
     try:
         table = load_truth(truth)
@@ -205,7 +205,7 @@ def listen(
     created/updated annotation. Registers the campaigns' webhooks first (idempotent)."""
     import secrets
 
-    from fleetloop.labeling.webhook import WebhookReceiver, register_webhook
+    from fleetloop.label.webhook import WebhookReceiver, register_webhook
     from fleetloop.settings import get_settings
 
     settings = get_settings()
@@ -219,14 +219,14 @@ def listen(
     if trigger == "sync":
 
         def action(name: str) -> None:
-            from fleetloop.labeling.api import sync_campaign
+            from fleetloop.label.api import sync_campaign
 
             r = sync_campaign(name, settings=settings)
             console.print(f"synced {name}: {r.delivered} delivered, {len(r.problems)} rejected")
     elif trigger == "deployment":
 
         def action(name: str) -> None:
-            from fleetloop.services import ensure_prefect_env
+            from fleetloop.local.services import ensure_prefect_env
 
             ensure_prefect_env(settings)
             from prefect.deployments import run_deployment

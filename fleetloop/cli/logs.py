@@ -26,10 +26,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Validate logs and store them (the function the ingest-logs flow calls). Bad logs are
         quarantined with a report; the rest go on. Rerunning stores nothing twice."""
-        from fleetloop.importers import FORMATS, LogFormatError
-        from fleetloop.pipeline import ingest as do_ingest
+        from fleetloop.ingest.importers import FORMATS, LogFormatError
+        from fleetloop.ingest.ingest import ingest as do_ingest
         from fleetloop.settings import get_settings
-        from fleetloop.storage import StorageError, get_store
+        from fleetloop.store.objects import StorageError, get_store
 
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
@@ -56,7 +56,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The logs in the store, oldest arrival first."""
         from fleetloop.settings import get_settings
-        from fleetloop.storage import StorageError, get_store, list_logs
+        from fleetloop.store.logs import list_logs
+        from fleetloop.store.objects import StorageError, get_store
 
         try:
             manifests = list_logs(get_store(get_settings()), since=since)

@@ -32,10 +32,10 @@ def register(app: typer.Typer) -> None:
         from pydantic import ValidationError
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from fleetloop.checks.batch import MiningInputError
-        from fleetloop.checks.files import MiningOutputError, mine_files
-        from fleetloop.checks.params import MiningParams
-        from fleetloop.importers import FORMATS, LogFormatError
+        from fleetloop.perception.batch import MiningInputError
+        from fleetloop.mine.files import MiningOutputError, mine_files
+        from fleetloop.mine.params import MiningParams
+        from fleetloop.ingest.importers import FORMATS, LogFormatError
 
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         """Write a small generated fleet sample with injected perception errors (and the list of
         injected errors, injected_errors.csv), so `fleetloop mine OUT --format parquet` runs
         without any real data."""
-        from fleetloop.sample import write_sample
+        from fleetloop.sim.sample import write_sample
 
         dirs = write_sample(out, n_logs=logs, n_frames=frames, seed=seed)
         console.print(f"[green]wrote {len(dirs)} logs of {frames} frames to {out}[/] (injected errors: {out / 'injected_errors.csv'})")

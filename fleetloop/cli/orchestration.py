@@ -27,7 +27,7 @@ DEPLOYMENTS = {
 
 
 def _prefect_env():
-    from fleetloop.services import ensure_prefect_env
+    from fleetloop.local.services import ensure_prefect_env
     from fleetloop.settings import get_settings
 
     settings = get_settings()

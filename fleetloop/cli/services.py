@@ -51,8 +51,8 @@ def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
 
     A service configured to use a deployed server (FLEETLOOP_PREFECT__API_URL, ...) is not
     started, only checked. Exit code 1 when any service is not healthy."""
-    from fleetloop.services import ServiceError
-    from fleetloop.services import up as services_up
+    from fleetloop.local.services import ServiceError
+    from fleetloop.local.services import up as services_up
 
     try:
         statuses = services_up(names=service)
@@ -68,8 +68,8 @@ def down(service: ServiceOpt = None) -> None:
     """Stop the local services (SIGTERM, then SIGINT/SIGKILL after a timeout)."""
     from rich.console import Console
 
-    from fleetloop.services import ServiceError
-    from fleetloop.services import down as services_down
+    from fleetloop.local.services import ServiceError
+    from fleetloop.local.services import down as services_down
 
     try:
         stopped = services_down(names=service)
@@ -81,8 +81,8 @@ def down(service: ServiceOpt = None) -> None:
 @app.command()
 def status(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
     """Each service's URL and health. Exit code 1 when any of them is not healthy."""
-    from fleetloop.services import ServiceError
-    from fleetloop.services import status as services_status
+    from fleetloop.local.services import ServiceError
+    from fleetloop.local.services import status as services_status
 
     try:
         statuses = services_status(names=service)

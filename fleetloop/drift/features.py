@@ -19,7 +19,7 @@ One row per frame of :class:`fleetloop.schema.DriveLogs` (same order as ``logs.f
 
 A feature that cannot be computed for a frame (no lidar box, no image, ...) is NaN. Everything is
 computed on whole columns: grouping is ``np.bincount`` / ``ufunc.at`` over a frame index, and the
-per-frame association runs in :mod:`fleetloop.checks.geometry`'s numba kernels, so the cost grows
+per-frame association runs in :mod:`fleetloop.perception.geometry`'s numba kernels, so the cost grows
 linearly with the number of objects; the only Python loop is over images actually present.
 """
 
@@ -205,7 +205,7 @@ def _day_strings(ts: np.ndarray) -> np.ndarray:
 
 def _project_lidar(logs: DriveLogs, lid: pa.Table, lid_log: np.ndarray, log_ids: pa.Array) -> dict[str, np.ndarray]:
     """Image boxes of the lidar boxes with their log's calibration (NaN rows: log has none)."""
-    from fleetloop.checks.geometry import project_columns, projection_matrix
+    from fleetloop.perception.geometry import project_columns, projection_matrix
 
     n = lid.num_rows
     k = len(log_ids)
@@ -239,7 +239,7 @@ def _project_lidar(logs: DriveLogs, lid: pa.Table, lid_log: np.ndarray, log_ids:
 def _associated(a_fi: np.ndarray, a_box: np.ndarray, b_fi: np.ndarray, b_box: np.ndarray, n: int, iou: float) -> np.ndarray:
     """For each ``a`` row: is it matched to a ``b`` box of the same frame (optimal one-to-one
     assignment by 2D IoU, pairs need IoU >= ``iou``)?"""
-    from fleetloop.checks.geometry import MODE_IOU, associate_slots
+    from fleetloop.perception.geometry import MODE_IOU, associate_slots
 
     matched = np.zeros(len(a_fi), bool)
     if len(a_fi) == 0 or len(b_fi) == 0:

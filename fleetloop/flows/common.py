@@ -10,7 +10,7 @@ def settings() -> Settings:
 
 
 def store():
-    from fleetloop.storage import get_store
+    from fleetloop.store.objects import get_store
 
     return get_store(get_settings())
 

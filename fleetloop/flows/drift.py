@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from fleetloop import pipeline
+from fleetloop.drift.steer import save_slice_boost
 from fleetloop.flows.common import store
 
 
@@ -51,7 +51,7 @@ def monitor_drift(
     from prefect.events import emit_event
 
     from fleetloop.drift import monitor_drift as run_drift
-    from fleetloop.storage import get_log, list_logs
+    from fleetloop.store.logs import get_log, list_logs
 
     logger = get_run_logger()
     st = store()
@@ -81,7 +81,7 @@ def monitor_drift(
         share_drifted=s.share_drifted, dataset_drift=s.dataset_drift, drifted_features=s.drifted_features,
         slice_boost=s.slice_boost, report_key=f"{prefix}/drift_report.html", summary_key=f"{prefix}/summary.json",
     )
-    pipeline.save_slice_boost(st, s.slice_boost if s.dataset_drift else {}, source=run.summary_key)
+    save_slice_boost(st, s.slice_boost if s.dataset_drift else {}, source=run.summary_key)
     if s.dataset_drift:
         emit_event(
             event="fleetloop.drift.detected",

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from fleetloop.flows.common import store
-from fleetloop.labeling import api
+from fleetloop.label import api
 
 
 def default_campaign() -> str:

@@ -7,15 +7,17 @@ from datetime import datetime
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from fleetloop import pipeline
-from fleetloop.checks.params import MiningParams
+from fleetloop.drift.steer import latest_slice_boost
+from fleetloop.ingest.ingest import IngestReport, ingest
+from fleetloop.mine import run as mining
+from fleetloop.mine.params import MiningParams
 from fleetloop.flows.common import dask_task_runner, store
 
 
 @flow(name="ingest-logs", log_prints=True)
-def ingest_logs(source: str, format: str = "kitti-tracking", log_ids: list[str] | None = None) -> pipeline.IngestReport:
+def ingest_logs(source: str, format: str = "kitti-tracking", log_ids: list[str] | None = None) -> IngestReport:
     """Bring logs from ``source`` into the store: validate, register, quarantine the bad ones."""
-    report = pipeline.ingest(store(), source, format, log_ids)
+    report = ingest(store(), source, format, log_ids)
     lines = [
         f"# Ingest from `{report.source}` ({report.format})",
         f"- new logs: **{len(report.registered)}** {', '.join(report.registered)}",
@@ -29,9 +31,9 @@ def ingest_logs(source: str, format: str = "kitti-tracking", log_ids: list[str] 
 
 
 @task(retries=2, retry_delay_seconds=[2, 5], task_run_name="mine-shard-{index}")
-def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: MiningParams) -> pipeline.ShardOutput:
+def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: MiningParams) -> mining.ShardOutput:
     # Safe to retry: a shard's output is written atomically under the run key.
-    return pipeline.mine_shard(store(), run_key, index, log_ids, params)
+    return mining.mine_shard(store(), run_key, index, log_ids, params)
 
 
 @flow(name="mine", log_prints=True, task_runner=dask_task_runner())
@@ -41,7 +43,7 @@ def mine(
     log_ids: list[str] | None = None,
     params: MiningParams | None = None,
     frames_per_shard: int = 50_000,
-) -> pipeline.MiningSummary:
+) -> mining.MiningSummary:
     """Run the sanity checks over stored logs by shard, rank frames, select under ``budget``.
 
     The run is keyed on its inputs: a rerun with the same logs and parameters reuses the
@@ -49,21 +51,21 @@ def mine(
     logger = get_run_logger()
     params = params or pipeline_params()
     st = store()
-    run = pipeline.plan_mining(st, params, budget, since=since, log_ids=log_ids, frames_per_shard=frames_per_shard)
+    run = mining.plan_mining(st, params, budget, since=since, log_ids=log_ids, frames_per_shard=frames_per_shard)
     logger.info("mining run %s: %d logs in %d shards", run.key, len(run.log_ids), len(run.shards))
     futures = [mine_shard_task.submit(run.key, i, logs, params) for i, logs in enumerate(run.shards)]
     shards = [f.result() for f in futures]
-    summary = pipeline.finish_mining(st, run, shards, params)
+    summary = mining.finish_mining(st, run, shards, params)
     publish_mining_artifacts(summary)
     return summary
 
 
 def pipeline_params() -> MiningParams:
     """Mining params with the drift monitor's latest slice boosts applied, if any."""
-    return MiningParams(slice_boost=pipeline.latest_slice_boost(store()))
+    return MiningParams(slice_boost=latest_slice_boost(store()))
 
 
-def publish_mining_artifacts(summary: pipeline.MiningSummary) -> None:
+def publish_mining_artifacts(summary: mining.MiningSummary) -> None:
     reasons = "\n".join(f"| {r} | {n:,} |" for r, n in list(summary.reasons.items())[:15]) or "| (none) | 0 |"
     skipped = "\n".join(f"- {s}" for s in summary.skipped) or "- none"
     boosts = ", ".join(f"{k} ×{v:g}" for k, v in summary.slice_boost.items()) or "none"

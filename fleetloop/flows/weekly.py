@@ -31,7 +31,7 @@ def week_start(week: str) -> datetime:
 
 
 def labeling_configured() -> bool:
-    from fleetloop.labeling import server
+    from fleetloop.local import label_studio as server
 
     s = settings()
     return bool(s.label_studio.url and s.label_studio.token) or server.read_state(s.home) is not None
@@ -45,7 +45,7 @@ def weekly_cycle(week: str | None = None, budget: int = 200, campaign: str | Non
     those that arrived since the start of the previous week."""
     from prefect.runtime import flow_run
 
-    from fleetloop.storage import list_logs
+    from fleetloop.store.logs import list_logs
 
     logger = get_run_logger()
     scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)

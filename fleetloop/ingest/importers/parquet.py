@@ -1,0 +1,116 @@
+"""fleetloop's own columnar layout: ``<root>/<log_id>/<stream>.parquet``, one file per stream
+(see :mod:`fleetloop.schema` and ``docs/schema.md``). A missing stream file means the log does
+not carry that stream; ``frames`` and ``calibration`` are required. ``<root>`` may also be a
+single log directory. Extra columns are ignored; missing columns, types that do not cast
+safely, null keys and rows of another log are :class:`LogFormatError`. Values (NaN, ranges,
+box sizes, ...) are the validation's job (``fleetloop.ingest.validation``), not the importer's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fleetloop.ingest.importers import LogFormatError
+from fleetloop.schema import STREAMS, DriveLogs
+
+REQUIRED = ("frames", "calibration")
+
+
+def write_parquet_log(logs: DriveLogs, root: Path | str) -> list[Path]:
+    """Write each log of ``logs`` in the parquet layout; returns the log directories. Each file
+    is written to a temporary name and renamed, so a reader never sees a half-written file."""
+    root = Path(root)
+    out = []
+    for log_id in logs.log_ids:
+        one = logs.select([log_id])
+        d = root / log_id
+        d.mkdir(parents=True, exist_ok=True)
+        for name, table in one.tables().items():
+            tmp = d / f".{name}.parquet.tmp"
+            pq.write_table(table, tmp)
+            tmp.replace(d / f"{name}.parquet")
+        out.append(d)
+    return out
+
+
+class ParquetImporter:
+    name = "parquet"
+
+    def list_logs(self, root: Path) -> list[str]:
+        root = Path(root)
+        if not root.is_dir():
+            raise LogFormatError(root, "not a directory of parquet logs")
+        if (root / "frames.parquet").exists():  # a single log directory
+            return [root.name]
+        return sorted(p.name for p in root.iterdir() if (p / "frames.parquet").exists())
+
+    def load(self, root: Path, log_ids: list[str] | None = None) -> DriveLogs:
+        root = Path(root)
+        available = self.list_logs(root)
+        if not available:
+            raise LogFormatError(root, "no logs found (expected <log_id>/frames.parquet)")
+        single = (root / "frames.parquet").exists()
+        log_ids = available if log_ids is None else list(dict.fromkeys(log_ids))
+        missing = sorted(set(log_ids) - set(available))
+        if missing:
+            raise LogFormatError(root, f"logs not found: {missing}")
+        parts = [self._load_one(root if single else root / log_id, None if single else log_id) for log_id in log_ids]
+        return DriveLogs.concat(parts)
+
+    @staticmethod
+    def _load_one(d: Path, log_id: str | None) -> DriveLogs:
+        """One log directory. ``log_id``: the id its rows must carry (None: whatever the
+        frames table says, for a single log directory)."""
+        tables = {}
+        for name in ("frames", *(n for n in STREAMS if n != "frames")):  # frames first: it names the log
+            schema = STREAMS[name]
+            path = d / f"{name}.parquet"
+            if not path.exists():
+                if name in REQUIRED:
+                    raise LogFormatError(path, f"required stream {name!r} is missing")
+                tables[name] = schema.empty_table()
+                continue
+            t = _read_stream(path, name, schema)
+            if log_id is None:
+                ids = pc.unique(t["log_id"]).to_pylist()
+                if len(ids) != 1:
+                    raise LogFormatError(path, f"a log directory holds exactly one log; found {ids}", field="log_id")
+                log_id = ids[0]
+            other = pc.not_equal(t["log_id"], log_id)
+            if pc.any(other).as_py():
+                row = int(pc.index(other, True).as_py())
+                raise LogFormatError(
+                    path, f"row of log {t['log_id'][row].as_py()!r} in the directory of log {log_id!r}",
+                    row=row, field="log_id",
+                )
+            tables[name] = t
+        return DriveLogs(**tables)
+
+
+def _read_stream(path: Path, name: str, schema: pa.Schema) -> pa.Table:
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise LogFormatError(path, f"not a readable parquet file: {exc}") from None
+    for f in schema:
+        if f.name not in t.column_names:
+            raise LogFormatError(path, f"missing column of the {name} schema", field=f.name)
+    t = t.select(schema.names)
+    columns = []
+    for f in schema:
+        try:
+            columns.append(t[f.name].cast(f.type))  # safe cast: no truncation, no overflow
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise LogFormatError(
+                path, f"type {t.schema.field(f.name).type} does not cast to {f.type}: {exc}", field=f.name
+            ) from None
+    t = pa.Table.from_arrays(columns, schema=schema)
+    for key in ("log_id", "frame"):
+        if key in t.column_names and t[key].null_count:
+            row = int(pc.index(pc.is_null(t[key]), True).as_py())
+            raise LogFormatError(path, "null key", row=row, field=key)
+    return t

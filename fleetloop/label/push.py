@@ -1,0 +1,348 @@
+"""Push: mined frames become pre-annotated Label Studio tasks, idempotently.
+
+Each task carries, in its data, a stable key ``fleetloop_key = <campaign>/<log_id>/<frame>``;
+before importing, the campaign's existing tasks are paged (by id) and frames whose key is
+already there are skipped, so pushing the same selection twice creates no duplicates (and a
+push that crashed half way is finished by running it again). Pushes of one campaign are
+serialised by a file lock. Tasks go in batched imports (many tasks per request).
+
+Task content: the image (the frame's camera image, or a rendering of the sensors' boxes when the
+log has none), the model's boxes as a prediction with a ``model_version`` and scores (the
+project's model version is set to it, otherwise Label Studio hides predictions), and the flag
+reasons, mining score and log/frame ids so the labeler sees why the frame was sent.
+A frame whose image cannot be loaded, or that is not in the logs, is reported and skipped; the
+rest of the batch proceeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from fleetloop.label import campaigns as camp
+from fleetloop.label.client import LabelStudioClient
+from fleetloop.label.convert import box_to_result
+from fleetloop.label.images import ImageProblem, LocalFilesPublisher, Publisher, resolve_image
+from fleetloop.store.locks import file_lock, lock_path
+from fleetloop.label.render import group_boxes, prediction_source, render_frame, save_png, sensor_boxes
+from fleetloop.schema import CLASSES, DriveLogs
+
+SELECTION_COLUMNS = ("log_id", "frame", "score", "reasons")
+
+
+class SelectionError(ValueError):
+    """The selection file is missing or malformed (the message names the file and line)."""
+
+
+class FrameProblem(BaseModel):
+    log_id: str
+    frame: int
+    stage: str  # selection | image | render | import
+    message: str
+
+
+class PushReport(BaseModel):
+    campaign: str
+    project_id: int
+    model_version: str
+    selected: int  # distinct frames in the selection
+    created: int  # tasks created by this push
+    already_present: int  # frames whose task existed already (idempotent rerun)
+    problems: list[FrameProblem] = Field(default_factory=list)
+    task_ids: list[int] = Field(default_factory=list)
+    requests: int = 0  # import requests made
+    build_seconds: float = 0.0  # making task images and predictions
+    import_seconds: float = 0.0  # in import requests
+    seconds: float = 0.0
+
+
+def task_key(campaign: str, log_id: str, frame: int) -> str:
+    return f"{campaign}/{log_id}/{int(frame)}"
+
+
+def read_selection(path: Path | str) -> list[dict[str, Any]]:
+    """The rows of a selection CSV (``fleetloop mine --budget`` output): ``log_id`` (kept as a
+    string: ``0001`` stays ``0001``), ``frame``, ``score``, ``reasons`` and any other columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise SelectionError(f"selection file {path} does not exist")
+    return read_selection_text(path.read_text(), str(path))
+
+
+def read_selection_text(text: str, where: str) -> list[dict[str, Any]]:
+    """:func:`read_selection` of CSV text; ``where`` names it in errors."""
+    rows: list[dict[str, Any]] = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in ("log_id", "frame") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise SelectionError(f"{where}: missing columns {missing} (have {reader.fieldnames})")
+    for lineno, row in enumerate(reader, start=2):
+        try:
+            row["frame"] = int(row["frame"])
+            row["score"] = float(row["score"]) if row.get("score") not in (None, "") else None
+        except ValueError as exc:
+            raise SelectionError(f"{where}, line {lineno}: {exc}") from exc
+        row["reasons"] = row.get("reasons") or ""
+        rows.append(row)
+    return rows
+
+
+def _why(reasons: str, score: float | None) -> str:
+    parts = [r for r in reasons.split(";") if r]
+    text = "; ".join(parts) if parts else "no flag (random / diversity pick)"
+    return f"Why this frame: {text}" + (f"  (priority {score:.3f})" if score is not None else "")
+
+
+def build_tasks(
+    rows: list[dict[str, Any]],
+    logs: DriveLogs,
+    campaign: str,
+    *,
+    publisher: Publisher,
+    image_dir: Path,
+    model_version: str,
+    s3_client: Any = None,
+) -> tuple[list[dict[str, Any]], list[FrameProblem]]:
+    """Label Studio task dicts for ``rows`` (frames of ``logs``) and the frames that failed."""
+    problems: list[FrameProblem] = []
+    frames = {(r["log_id"], r["frame"]): r for r in logs.frames.to_pylist()} if rows else {}
+    calib = {r["log_id"]: (r["image_width"], r["image_height"]) for r in logs.calibration.to_pylist()}
+    keys = {(r["log_id"], r["frame"]) for r in rows}
+    wanted_logs = sorted({k[0] for k in keys})
+    sub = logs.select(wanted_logs)
+    boxes = group_boxes(sensor_boxes(sub), keys)
+    sources = {log_id: prediction_source(sub, log_id) for log_id in wanted_logs}
+    pushed_at = datetime.now(UTC).isoformat(timespec="seconds")
+    tasks: list[dict[str, Any]] = []
+    for row in rows:
+        log_id, frame = row["log_id"], row["frame"]
+        info = frames.get((log_id, frame))
+        if info is None:
+            problems.append(
+                FrameProblem(
+                    log_id=log_id,
+                    frame=frame,
+                    stage="selection",
+                    message=f"frame {frame} of log {log_id} is not in the logs given",
+                )
+            )
+            continue
+        width, height = calib.get(log_id, (0, 0))
+        key = task_key(campaign, log_id, frame)
+        by_sensor = boxes[(log_id, frame)]
+        name = f"{campaign}/{log_id}/{frame:06d}"
+        rendered = info.get("image_uri") is None
+        try:
+            if rendered:
+                if not width or not height:
+                    raise ImageProblem(f"log {log_id} has no calibration (image size) to render at")
+                img = render_frame(by_sensor, width, height, caption=f"log {log_id} frame {frame}")
+                path = save_png(img, image_dir / f"{name}.png")
+                url = publisher.publish(path, f"{name}.png")
+            else:
+                url, w, h = resolve_image(info["image_uri"], publisher, name, s3_client=s3_client)
+                width, height = (w, h) if w and h else (width, height)
+                if not width or not height:
+                    raise ImageProblem(f"image {info['image_uri']}: size unknown (no calibration for log {log_id})")
+        except ImageProblem as exc:
+            problems.append(FrameProblem(log_id=log_id, frame=frame, stage="image", message=str(exc)))
+            continue
+        except (OSError, ValueError) as exc:
+            problems.append(
+                FrameProblem(
+                    log_id=log_id, frame=frame, stage="render", message=f"could not make the task image: {exc}"
+                )
+            )
+            continue
+        source = sources.get(log_id)
+        regions, scores = [], []
+        for i, b in enumerate(by_sensor.get(source, []) if source else []):
+            if b["cls"] not in CLASSES:
+                continue
+            if min(b["x2"], width) - max(b["x1"], 0) < 1 or min(b["y2"], height) - max(b["y1"], 0) < 1:
+                continue  # outside the image once clipped
+            regions.append(
+                box_to_result(
+                    b["cls"],
+                    b["x1"],
+                    b["y1"],
+                    b["x2"],
+                    b["y2"],
+                    width,
+                    height,
+                    score=b.get("score"),
+                    region_id=f"{source}-{i}",
+                )
+            )
+            if b.get("score") is not None:
+                scores.append(float(b["score"]))
+        banner = (
+            f"RENDERED from sensor boxes (no camera image) - log {log_id}, frame {frame}"
+            if rendered
+            else f"log {log_id}, frame {frame}"
+        )
+        data = {
+            "image": url,
+            "fleetloop_key": key,
+            "campaign": campaign,
+            "log_id": log_id,
+            "frame": frame,
+            "mining_score": row.get("score"),
+            "reasons": row["reasons"],
+            "reason_list": [r for r in row["reasons"].split(";") if r],
+            "why": _why(row["reasons"], row.get("score")),
+            "banner": banner,
+            "rendered": rendered,
+            "image_width": int(width),
+            "image_height": int(height),
+            "prediction_source": source,
+            "pushed_at": pushed_at,
+            **{k: info.get(k) for k in ("vehicle", "weather", "time_of_day", "place")},
+        }
+        data.update({k: v for k, v in row.items() if k not in data and k not in SELECTION_COLUMNS})
+        prediction = {
+            "model_version": model_version,
+            "result": regions,
+            "score": (sum(scores) / len(scores)) if scores else None,
+        }
+        tasks.append({"data": data, "predictions": [prediction]})
+    return tasks, problems
+
+
+def existing_keys(client: LabelStudioClient, project_id: int, page_size: int = 500) -> dict[str, int]:
+    """``fleetloop_key -> task id`` of the project's tasks, paged by id."""
+    keys: dict[str, int] = {}
+    for page in client.iter_tasks(project_id, page_size=page_size, fields="task_only"):
+        for t in page:
+            k = (t.get("data") or {}).get("fleetloop_key")
+            if k:
+                keys.setdefault(k, t["id"])
+    return keys
+
+
+def default_publisher(client: LabelStudioClient, home: Path, campaign: camp.Campaign) -> tuple[Publisher, Path]:
+    """Local-files serving when the client talks to the local server, else the object store."""
+    from fleetloop.local import label_studio as server
+
+    home = Path(home).resolve()
+    image_dir = home / "labeling" / "images"
+    state = server.read_state(home)
+    if state is not None and state.url.rstrip("/") == client.url:
+        root = Path(state.document_root)
+        camp.ensure_local_files_storage(client, campaign, image_dir / campaign.name)
+        return LocalFilesPublisher(root, image_dir), image_dir
+    from fleetloop.label.images import StorePublisher
+    from fleetloop.store.objects import get_store
+
+    return StorePublisher(get_store(), "labeling/images"), image_dir
+
+
+def push(
+    rows: list[dict[str, Any]],
+    logs: DriveLogs,
+    campaign: str,
+    *,
+    client: LabelStudioClient,
+    home: Path,
+    model_version: str = "fleetloop-mined",
+    batch_size: int = 200,
+    publisher: Publisher | None = None,
+    image_dir: Path | None = None,
+    s3_client: Any = None,
+    lock_timeout: float = 600.0,
+) -> PushReport:
+    """Create the tasks of the selected frames that the campaign does not have yet."""
+    t0 = time.perf_counter()
+    camp.check_name(campaign)
+    with file_lock(lock_path(home, "push", campaign), timeout=lock_timeout):
+        c = camp.ensure_campaign(client, campaign)
+        if publisher is None:
+            publisher, image_dir = default_publisher(client, home, c)
+        image_dir = Path(image_dir or Path(home).resolve() / "labeling" / "images")
+        have = existing_keys(client, c.project_id)
+        seen: set[str] = set()
+        todo: list[dict[str, Any]] = []
+        present = 0
+        for r in rows:
+            k = task_key(campaign, r["log_id"], r["frame"])
+            if k in seen:
+                continue
+            seen.add(k)
+            if k in have:
+                present += 1
+            else:
+                todo.append(r)
+        report = PushReport(
+            campaign=campaign,
+            project_id=c.project_id,
+            model_version=model_version,
+            selected=len(seen),
+            created=0,
+            already_present=present,
+        )
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            t1 = time.perf_counter()
+            tasks, problems = build_tasks(
+                batch,
+                logs,
+                campaign,
+                publisher=publisher,
+                image_dir=image_dir,
+                model_version=model_version,
+                s3_client=s3_client,
+            )
+            report.build_seconds += time.perf_counter() - t1
+            report.problems.extend(problems)
+            if not tasks:
+                continue
+            t1 = time.perf_counter()
+            body = client.request(
+                "POST", f"/api/projects/{c.project_id}/import", params={"return_task_ids": "true"}, json=tasks
+            )
+            report.import_seconds += time.perf_counter() - t1
+            report.requests += 1
+            ids = list(body.get("task_ids") or [])
+            report.task_ids.extend(ids)
+            report.created += int(body.get("task_count", len(ids)))
+        if report.created or have:
+            camp.select_model_version(client, c, model_version)
+    report.seconds = round(time.perf_counter() - t0, 3)
+    report.build_seconds, report.import_seconds = round(report.build_seconds, 3), round(report.import_seconds, 3)
+    return report
+
+
+def load_logs_for(rows: list[dict[str, Any]], source: Path | str | None, fmt: str = "kitti-tracking") -> DriveLogs:
+    """The logs the selection names: from ``source`` in format ``fmt``, or from the store."""
+    log_ids = sorted({r["log_id"] for r in rows})
+    if not log_ids:
+        return DriveLogs.empty()
+    if source is not None:
+        from fleetloop.ingest.importers import load_logs
+
+        return load_logs(source, format=fmt, log_ids=log_ids)
+    from fleetloop.store.logs import get_log
+    from fleetloop.store.objects import get_store
+
+    store = get_store()
+    return DriveLogs.concat([get_log(store, log_id) for log_id in log_ids])
+
+
+__all__ = [
+    "FrameProblem",
+    "PushReport",
+    "SelectionError",
+    "build_tasks",
+    "existing_keys",
+    "load_logs_for",
+    "push",
+    "read_selection",
+    "read_selection_text",
+    "task_key",
+]

@@ -1,0 +1,1 @@
+"""The embedded default's servers (Prefect, Label Studio): one process manager."""

@@ -1,0 +1,1 @@
+"""Perception primitives shared by mining and drift: geometry, the batch view, association."""

@@ -1,0 +1,300 @@
+"""The sanity checks: one synthetic case per flag, ranking/selection, bad input, real KITTI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fleetloop.perception.batch import MiningInputError
+from fleetloop.perception.geometry import project_boxes, projection_matrix
+from fleetloop.mine.mining import FLAGS_SCHEMA, FRAMES_SCHEMA, mine, rank, select
+from fleetloop.mine.params import MiningParams
+from fleetloop.sim.sample import HEIGHT, LIDAR_TO_CAM, P2, WIDTH, generate_sample
+from fleetloop.schema import CALIBRATION, CAMERA_DETECTIONS, FRAMES, LIDAR_DETECTIONS, TRACKS, DriveLogs
+
+CAR = (4.2, 1.7, 1.5)
+PED = (0.8, 0.6, 1.75)
+
+
+def image_box(x: float, y: float, dims=CAR) -> list[float]:
+    """The camera box that exactly matches a lidar box at (x, y)."""
+    l, w, h = dims
+    box, _, _ = project_boxes([[x, y, -1.73 + h / 2, l, w, h, 0.0]], projection_matrix(P2, LIDAR_TO_CAM)[None],
+                              [WIDTH], [HEIGHT])
+    return box[0].tolist()
+
+
+def make_logs(n_frames: int = 3, lidar=(), camera=(), tracks=(), log_id: str = "L1", calibrated: bool = True,
+              weather: str = "clear") -> DriveLogs:
+    """lidar: (frame, cls, score, x, y); camera: (frame, cls, score, box); tracks: (frame, track_id, cls, box)."""
+    f = list(range(n_frames))
+    frames = pa.Table.from_pydict({
+        "log_id": [log_id] * n_frames, "frame": f, "timestamp_ns": [i * 100_000_000 for i in f],
+        "image_uri": [None] * n_frames, "vehicle": ["v"] * n_frames, "weather": [weather] * n_frames,
+        "time_of_day": ["day"] * n_frames, "place": ["p"] * n_frames}, schema=FRAMES)
+
+    def det_ids(fr):
+        seen: dict[int, int] = {}
+        out = []
+        for x in fr:
+            out.append(seen.get(x, 0))
+            seen[x] = seen.get(x, 0) + 1
+        return out
+
+    lidar = sorted(lidar, key=lambda r: r[0])
+    dims = [PED if r[1] == "pedestrian" else CAR for r in lidar]
+    lid = pa.Table.from_pydict({
+        "log_id": [log_id] * len(lidar), "frame": [r[0] for r in lidar], "det_id": det_ids([r[0] for r in lidar]),
+        "cls": [r[1] for r in lidar], "score": [r[2] for r in lidar], "x": [r[3] for r in lidar], "y": [r[4] for r in lidar],
+        "z": [-1.73 + d[2] / 2 for d in dims], "l": [d[0] for d in dims], "w": [d[1] for d in dims],
+        "h": [d[2] for d in dims], "yaw": [0.0] * len(lidar)}, schema=LIDAR_DETECTIONS)
+    camera = sorted(camera, key=lambda r: r[0])
+    cam = pa.Table.from_pydict({
+        "log_id": [log_id] * len(camera), "frame": [r[0] for r in camera], "det_id": det_ids([r[0] for r in camera]),
+        "cls": [r[1] for r in camera], "score": [r[2] for r in camera],
+        **{k: [r[3][i] for r in camera] for i, k in enumerate(["x1", "y1", "x2", "y2"])}}, schema=CAMERA_DETECTIONS)
+    tracks = sorted(tracks, key=lambda r: (r[0], r[1]))
+    trk = pa.Table.from_pydict({
+        "log_id": [log_id] * len(tracks), "frame": [r[0] for r in tracks], "track_id": [r[1] for r in tracks],
+        "sensor": ["camera"] * len(tracks), "cls": [r[2] for r in tracks], "score": [None] * len(tracks),
+        "state": ["confirmed"] * len(tracks),
+        **{k: [r[3][i] for r in tracks] for i, k in enumerate(["x1", "y1", "x2", "y2"])}}, schema=TRACKS)
+    cal = pa.Table.from_pydict({"log_id": [log_id], "P": [P2.tolist()], "lidar_to_cam": [LIDAR_TO_CAM.tolist()],
+                                "image_width": [WIDTH], "image_height": [HEIGHT]}, schema=CALIBRATION)
+    return DriveLogs(frames=frames, lidar_detections=lid, camera_detections=cam, tracks=trk,
+                     calibration=cal if calibrated else CALIBRATION.empty_table())
+
+
+def flags_of(result, reason: str) -> list[tuple[int, list[str], float]]:
+    t = result.flags.to_pydict()
+    return [(f, o, s) for f, r, o, s in zip(t["frame"], t["reason"], t["objects"], t["severity"]) if r == reason]
+
+
+BOX = image_box(15.0, 0.0)
+
+
+# ------------------------------------------------------------------ lidar <-> camera
+
+
+def test_lidar_only_when_the_camera_loses_a_confident_object():
+    logs = make_logs(lidar=[(f, "car", 0.99, 15.0, 0.0) for f in range(3)], camera=[(0, "car", 0.9, BOX), (2, "car", 0.9, BOX)])
+    res = mine(logs)
+    assert [(f, o) for f, o, _ in flags_of(res, "lidar_only")] == [(1, ["lidar:0"])]
+    assert res.flags.schema == FLAGS_SCHEMA and res.frames.schema == FRAMES_SCHEMA
+    assert res.frames.to_pydict()["reasons"][1].startswith("lidar_only:1")
+
+
+def test_camera_only_and_lidar_flicker_when_the_lidar_drops_a_frame():
+    logs = make_logs(lidar=[(0, "car", 0.99, 15.0, 0.0), (2, "car", 0.99, 14.0, 0.0)],
+                     camera=[(f, "car", 0.9, image_box(15.0 - 0.5 * f, 0.0)) for f in range(3)])
+    res = mine(logs)
+    assert [(f, o) for f, o, _ in flags_of(res, "camera_only")] == [(1, ["camera:0"])]
+    assert [(f, o) for f, o, _ in flags_of(res, "flicker")] == [(1, ["lidar_prev:0"])]
+    # both flags are about the same missing object in frame 1, yet counted as two hypotheses
+    assert res.frames.column("n_flags").to_pylist()[1] >= 2
+
+
+def test_lidar_weak_when_the_lidar_partner_is_below_the_operating_point():
+    res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.6, 15.0, 0.0)], camera=[(0, "car", 0.9, BOX)]))
+    assert [(f, o) for f, o, _ in flags_of(res, "lidar_weak")] == [(0, ["camera:0", "lidar:0"])]
+    assert not flags_of(res, "lidar_only") and not flags_of(res, "camera_only")
+
+
+def test_class_mismatch_and_geometry():
+    params = MiningParams(camera_classes=["car", "pedestrian"], lidar_classes=["car", "pedestrian"])
+    res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.99, 15.0, 0.0)], camera=[(0, "pedestrian", 0.9, BOX)]), params)
+    assert [(f, o) for f, o, _ in flags_of(res, "class_mismatch")] == [(0, ["lidar:0", "camera:0"])]
+    x1, y1, x2, y2 = BOX
+    shifted = [x1 + 0.35 * (x2 - x1), y1, x2 + 0.35 * (x2 - x1), y2]  # IoU = 0.65 / 1.35 ~ 0.48
+    res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.99, 15.0, 0.0)], camera=[(0, "car", 0.9, shifted)]))
+    assert [f for f, _, _ in flags_of(res, "geometry")] == [0]
+    assert not flags_of(res, "lidar_only")
+
+
+def test_objects_outside_the_other_sensors_view_are_not_one_sided():
+    # a pedestrian lidar box, but the camera in this batch only ever reports cars
+    res = mine(make_logs(n_frames=1, lidar=[(0, "pedestrian", 0.99, 10.0, 0.0), (0, "car", 0.99, 15.0, -6.0)],
+                         camera=[(0, "car", 0.9, image_box(15.0, -6.0))]))
+    assert not flags_of(res, "lidar_only")
+    # a lidar box far beyond the camera's range
+    res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.99, 95.0, 0.0), (0, "car", 0.99, 15.0, 0.0)],
+                         camera=[(0, "car", 0.9, BOX)]))
+    assert not flags_of(res, "lidar_only")
+
+
+# ------------------------------------------------------------------ temporal
+
+
+def test_isolated_confident_lidar_detection():
+    res = mine(make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)]))
+    assert [(f, o) for f, o, _ in flags_of(res, "isolated")] == [(1, ["lidar:0"])]
+
+
+def _track_rows(track_id, frames, box=BOX, cls="car"):
+    return [(f, track_id, cls, box) for f in frames]
+
+
+def test_track_checks_short_gap_switch_and_motion():
+    far = [BOX[0] + 500, BOX[1], BOX[2] + 500, BOX[3]]
+    tracks = (_track_rows(1, range(0, 6)) + _track_rows(2, range(6, 20))  # 1 -> 2 on the same spot: switch at 6
+              + _track_rows(3, [9, 10], image_box(30.0, 5.0))  # short track in the middle of the log
+              + _track_rows(4, [0, 1, 2, 3, 5, 6, 7], image_box(25.0, -5.0))  # gap at frame 4
+              + [(f, 5, "car", BOX if f < 15 else far) for f in range(10, 20)])  # jumps 500 px at 15
+    res = mine(make_logs(n_frames=20, tracks=tracks))
+    assert [(f, o) for f, o, _ in flags_of(res, "id_switch")] == [(6, ["track:2", "track:1"])]
+    assert sorted({f for f, _, _ in flags_of(res, "short_track")}) == [9, 10]
+    assert [(f, o) for f, o, _ in flags_of(res, "track_gap")] == [(4, ["track:4"])]
+    assert [(f, o) for f, o, _ in flags_of(res, "implausible_motion")] == [(15, ["track:5"])]
+    assert any("tracker<->detector (camera): no camera detections" in s for s in res.skipped)
+
+
+def test_tracker_detector():
+    tracks = _track_rows(1, range(3)) + _track_rows(2, range(3), image_box(25.0, -5.0))
+    camera = [(f, "car", 0.9, BOX) for f in range(3)] + [(1, "car", 0.9, image_box(30.0, 6.0))]
+    res = mine(make_logs(tracks=tracks, camera=camera))
+    assert sorted(f for f, _, _ in flags_of(res, "track_unsupported")) == [0, 1, 2]
+    assert [(f, o) for f, o, _ in flags_of(res, "detection_unexplained")] == [(1, ["camera:1"])]
+
+
+# ------------------------------------------------------------------ uncertainty and integrity
+
+
+def test_uncertainty_band_peaks_at_the_operating_point():
+    p = MiningParams()
+    res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.95, 15.0, 0.0), (0, "car", 0.999, 15.0, 5.0),
+                                            (0, "car", 0.91, 30.0, -5.0)]))
+    sev = {o[0]: s for _, o, s in flags_of(res, "uncertain")}
+    assert sev["lidar:0"] == pytest.approx(p.severities.uncertain)
+    assert "lidar:1" not in sev  # outside the band
+    assert 0 < sev["lidar:2"] < sev["lidar:0"]
+
+
+def test_invalid_boxes_are_flagged():
+    res = mine(make_logs(n_frames=1, camera=[(0, "car", 0.9, [100, 100, 90, 150])]))
+    assert [(f, o) for f, o, _ in flags_of(res, "invalid_box")] == [(0, ["camera:0"])]
+
+
+# ------------------------------------------------------------------ missing inputs, bad inputs
+
+
+def test_checks_without_their_inputs_are_skipped_and_say_so():
+    res = mine(make_logs(lidar=[(f, "car", 0.99, 15.0, 0.0) for f in range(3)]))
+    assert any(s.startswith("lidar<->camera: no camera") for s in res.skipped)
+    assert res.frames.num_rows == 3
+    res = mine(make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)], calibrated=False))
+    assert any("lidar<->camera: no calibration" in s for s in res.skipped)
+    assert flags_of(res, "isolated")  # the other checks still run
+
+
+def test_missing_calibration_of_one_log_skips_only_that_log():
+    a = make_logs(lidar=[(f, "car", 0.99, 15.0, 0.0) for f in range(3)], camera=[(0, "car", 0.9, BOX)], log_id="A")
+    b = make_logs(lidar=[(f, "car", 0.99, 15.0, 0.0) for f in range(3)], camera=[(0, "car", 0.9, BOX)], log_id="B",
+                  calibrated=False)
+    res = mine(DriveLogs.concat([a, b]))
+    assert any("no usable calibration for logs ['B']" in s for s in res.skipped)
+    logs_flagged = {r for r, reason in zip(res.flags.column("log_id").to_pylist(), res.flags.column("reason").to_pylist())
+                    if reason == "lidar_only"}
+    assert logs_flagged == {"A"}
+
+
+def test_nan_and_unknown_frames_are_clear_errors():
+    logs = make_logs(lidar=[(0, "car", 0.99, 15.0, 0.0)])
+    bad = logs.lidar_detections.set_column(5, "x", pa.array([np.nan], pa.float32()))
+    with pytest.raises(MiningInputError, match=r"lidar_detections: column 'x' is not a finite number .* row 0 \(log 'L1', frame 0\)"):
+        mine(DriveLogs(**{**logs.tables(), "lidar_detections": bad}))
+    ghost = logs.lidar_detections.set_column(1, "frame", pa.array([7], pa.int32()))
+    with pytest.raises(MiningInputError, match="frame 7.*not in the frames table"):
+        mine(DriveLogs(**{**logs.tables(), "lidar_detections": ghost}))
+    with pytest.raises(MiningInputError, match="no frames"):
+        mine(DriveLogs.empty())
+
+
+# ------------------------------------------------------------------ scoring, ranking, selection
+
+
+def test_noisy_or_per_object_and_cost():
+    # one object with two flags (lidar_only + uncertain) is less than two objects with one flag each
+    p = MiningParams(temporal_smoothing=0.0)
+    one = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.95, 15.0, 0.0)], camera=[(0, "car", 0.9, image_box(15.0, 6.0))]), p)
+    e = one.frames.column("expected_errors").to_pylist()[0]
+    s = p.severities
+    assert e == pytest.approx(1 - (1 - s.lidar_only) * (1 - s.uncertain) + s.camera_only * 0, abs=0.51)
+    assert e < s.lidar_only + s.uncertain + s.camera_only
+
+
+def test_results_are_deterministic_and_shard_invariant():
+    logs, _ = generate_sample(n_logs=3, n_frames=60, seed=3)
+    params = MiningParams(camera_classes=["car", "pedestrian", "cyclist"], lidar_classes=["car", "pedestrian", "cyclist"])
+    a, b = mine(logs, params), mine(logs, params)
+    assert a.flags.equals(b.flags) and a.frames.equals(b.frames)
+    alone = mine(logs.select(["sample-001"]), params).frames
+    together = a.frames.filter(pa.compute.equal(a.frames["log_id"], "sample-001"))
+    assert alone.column("score").to_pylist() == together.column("score").to_pylist()
+
+
+def test_rank_and_select_with_diversity():
+    logs, _ = generate_sample(n_logs=2, n_frames=80, seed=1)
+    frames = mine(logs).frames
+    ranked = rank(frames)
+    s = ranked.column("score").to_numpy()
+    assert np.all(s[:-1] >= s[1:]) and ranked.num_rows == frames.num_rows
+    # a run of identical consecutive frames must not eat the budget
+    run = pa.table({"log_id": ["A"] * 10 + ["B"], "frame": pa.array(list(range(10)) + [0], pa.int32()),
+                    "score": [5.0] * 10 + [4.0]})
+    params = MiningParams(diversity_window=2, diversity_similarity=0.5)
+    picked = select(run, 3, params).to_pydict()
+    assert picked["log_id"] == ["A", "A", "A"] and picked["frame"] == [0, 3, 6]  # never two within the window
+    assert picked["rank"] == [1, 2, 3]
+    short_run = run.slice(7)  # A7, A8, A9 then B0: the discounted neighbours fall behind B
+    assert select(short_run, 2, params).column("log_id").to_pylist() == ["A", "B"]
+    assert select(run, 3, MiningParams(diversity_window=0)).column("frame").to_pylist() == [0, 1, 2]
+    assert select(frames, 10_000).num_rows == frames.num_rows
+
+
+def test_slice_boost_prefers_drifted_slices():
+    a = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)], log_id="dry", weather="clear")
+    b = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)], log_id="wet", weather="rain")
+    logs = DriveLogs.concat([a, b])
+    top = rank(mine(logs, MiningParams(slice_boost={"weather=rain": 2.0})).frames).to_pydict()
+    assert top["log_id"][0] == "wet"
+    with pytest.raises(ValueError, match="slice_boost key"):
+        MiningParams(slice_boost={"rain": 2.0})
+
+
+def test_generated_sample_ranks_injected_errors_first():
+    logs, injected = generate_sample(n_logs=3, n_frames=150, seed=0)
+    ranked = rank(mine(logs).frames).to_pydict()
+    bad = set(zip(injected.column("log_id").to_pylist(), injected.column("frame").to_pylist()))
+    hit = [(lg, f) in bad for lg, f in zip(ranked["log_id"], ranked["frame"])]
+    top = hit[: len(hit) // 10]
+    assert np.mean(top) >= 0.9 > np.mean(hit)
+
+
+# ------------------------------------------------------------------ real data
+
+
+@pytest.mark.kitti
+def test_kitti_ranking_meets_the_quality_targets(kitti_root):
+    from benchmarks.mining_quality import evaluate
+
+    rep = evaluate(kitti_root, "ciwt", "hard", MiningParams())
+    m = rep["rankers"]["fleetloop"]
+    assert m["lift@10%"] >= 2.8 and m["cost-lift@10%"] >= 2.2, m
+    assert m["lift@10%"] > rep["rankers"]["low confidence"]["lift@10%"]
+    assert m["cost-lift@10%"] > rep["rankers"]["number of detections"]["cost-lift@10%"]
+    assert "tracker<->detector (camera): no camera detections" in rep["skipped"]
+
+
+@pytest.mark.kitti
+def test_kitti_every_check_family_fires(kitti_root):
+    from fleetloop.ingest.importers import load_logs
+
+    logs = load_logs(kitti_root, "kitti-tracking", camera_tracker="yolox_sort")
+    res = mine(logs)
+    reasons = set(res.flags.column("reason").to_pylist())
+    assert {"lidar_only", "camera_only", "lidar_weak", "geometry", "flicker", "isolated", "short_track",
+            "uncertain"} <= reasons
+    assert any("the camera source reports no confidence" in s for s in res.skipped)
+    assert res.frames.num_rows == logs.num_frames
+    assert set(res.frames.column("log_id").to_pylist()) == {"0001", "0006", "0008", "0010", "0012"}
