@@ -12,10 +12,15 @@ reach the storage is a :class:`StorageError` whose message names the endpoint, b
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +110,23 @@ class Store(ABC):
     @abstractmethod
     def url_for(self, key: str, expires: int = 3600) -> str:
         """A URL to read the object: presigned for S3 (valid ``expires`` seconds), ``file://`` for local."""
+
+    # Conditional writes: every state change of the registry, the dataset and the log registry is
+    # one create-only or compare-and-swap write (S3 ``IfNoneMatch``/``IfMatch``; the same
+    # semantics on the local backend), never a check followed by a write.
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create the object only if there is none under ``key``; ``False`` if one exists."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's content and its version tag (an ETag); :class:`ObjectNotFound` if none."""
+
+    @abstractmethod
+    def put_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        """Replace the object only if its version tag is still ``etag``; ``False`` if it changed
+        (or is gone)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.location})"
@@ -221,6 +243,60 @@ class LocalStore(Store):
 
     def url_for(self, key: str, expires: int = 3600) -> str:
         return self._path(key).as_uri()
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{_TMP_MARK}")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+                try:
+                    os.link(tmp, target)  # atomic, and never replaces an existing file
+                except FileExistsError:
+                    return False
+                return True
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._error("create", key, exc) from exc
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, _etag(data)
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        target = self._path(key)
+        with self._key_lock(target):
+            try:
+                current = target.read_bytes()
+            except FileNotFoundError:
+                return False
+            except OSError as exc:
+                raise self._error("read", key, exc) from exc
+            if _etag(current) != etag:
+                return False
+            self.put_bytes(key, data)
+            return True
+
+    @contextlib.contextmanager
+    def _key_lock(self, target: Path) -> Iterator[None]:
+        """Serialise compare-and-swap on one key across processes (a hidden lock file beside it)."""
+        lock = target.parent / f".{target.name}{_TMP_MARK}lock"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"local store {self.root}: cannot lock {target}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
 
 def make_s3_client(s3: S3Settings) -> Any:
@@ -387,6 +463,49 @@ class S3Store(Store):
             Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=expires,
         )
+
+    def _conditional_put(self, op: str, key: str, data: bytes, **condition: str) -> bool:
+        """One conditional PUT: ``True`` if written, ``False`` on a failed precondition (412). A
+        409 (S3's answer to concurrent conditional writes on one key) is retried."""
+        from botocore.exceptions import ClientError
+
+        for attempt in range(8):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
+                return True
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code in ("PreconditionFailed", "412"):
+                    return False
+                if code in ("ConditionalRequestConflict", "409") and attempt < 7:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                if code in ("NoSuchKey", "404") and "IfMatch" in condition:
+                    return False
+                raise self._error(op, key, exc) from exc
+            except Exception as exc:  # BotoCoreError: connection problems
+                raise self._error(op, key, exc) from exc
+        return False
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._conditional_put("create", key, data, IfNoneMatch="*")
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import BotoCoreError
+
+        resp = self._call("get", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        try:
+            return resp["Body"].read(), str(resp["ETag"])
+        except BotoCoreError as exc:
+            raise self._error("get", key, exc) from exc
+
+    def put_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        return self._conditional_put("compare-and-swap", key, data, IfMatch=etag)
+
+
+def _etag(data: bytes) -> str:
+    """The local backend's version tag: the content's hash (S3 uses its own ETag)."""
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
 
 
 def _error_code(exc: BaseException) -> str | None:

@@ -91,6 +91,49 @@ def make_log(log_id: str, n_frames: int = 6, seed: int = 0) -> DriveLogs:
 # ---------------------------------------------------------------- the Store interface
 
 
+def test_put_if_absent_creates_once(store) -> None:
+    assert store.put_if_absent("reg/versions/1.json", b"first") is True
+    assert store.put_if_absent("reg/versions/1.json", b"second") is False
+    assert store.get_bytes("reg/versions/1.json") == b"first"
+    assert store.list("reg/") == ["reg/versions/1.json"]  # no lock or temporary files show
+
+
+def test_put_if_match_is_compare_and_swap(store) -> None:
+    store.put_bytes("alias/production.json", b"v1")
+    data, tag = store.get_versioned("alias/production.json")
+    assert data == b"v1"
+    assert store.put_if_match("alias/production.json", b"v2", tag) is True
+    assert store.put_if_match("alias/production.json", b"v3", tag) is False  # stale tag loses
+    assert store.get_bytes("alias/production.json") == b"v2"
+    assert store.put_if_match("alias/missing.json", b"x", tag) is False
+    with pytest.raises(ObjectNotFound):
+        store.get_versioned("alias/missing.json")
+    assert store.list("alias/") == ["alias/production.json"]
+
+
+def test_concurrent_create_only_and_cas_have_one_winner(store) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(lambda i: store.put_if_absent("race/claim", str(i).encode()), range(16)))
+    assert created.count(True) == 1
+    store.put_bytes("race/counter", b"0")
+
+    def bump(_: int) -> int:
+        wins = 0
+        for _ in range(5):
+            while True:
+                data, tag = store.get_versioned("race/counter")
+                if store.put_if_match("race/counter", str(int(data) + 1).encode(), tag):
+                    wins += 1
+                    break
+        return wins
+
+    with ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(bump, range(4))) == 20
+    assert store.get_bytes("race/counter") == b"20"  # no lost update
+
+
 def test_bytes_roundtrip_overwrite_and_missing(store) -> None:
     store.put_bytes("a/b/c.bin", b"one")
     assert store.get_bytes("a/b/c.bin") == b"one"
