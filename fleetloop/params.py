@@ -1,0 +1,88 @@
+"""What the loop does: one typed section per step, loaded from ``params.yaml``.
+
+``params.yaml`` at the repository root holds these sections (``mine``, ``drift``, ``grow``,
+``train``, ``promote``); DVC reads the same file for the training stages' parameters. Every value
+has exactly one default, here; a section or key missing from the file takes it. Where the loop
+*runs* (URLs, credentials, paths) is :mod:`fleetloop.settings`, not here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fleetloop.dataset.params import GrowParams
+from fleetloop.drift.params import DriftParams
+from fleetloop.mine.params import MiningParams
+from fleetloop.registry.params import PromoteParams
+from fleetloop.train.params import TrainParams
+
+PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing a required piece, is not YAML, or holds an invalid value."""
+
+
+class LoopParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mine: MiningParams = Field(default_factory=MiningParams)
+    drift: DriftParams = Field(default_factory=DriftParams)
+    grow: GrowParams = Field(default_factory=GrowParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    promote: PromoteParams = Field(default_factory=PromoteParams)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):  # "drift:" with nothing under it reads as None: take the defaults
+            return {k: v for k, v in data.items() if v is not None}
+        return data
+
+
+def find_params_file(start: Path | None = None) -> Path | None:
+    """``$FLEETLOOP_PARAMS``, else the nearest ``params.yaml`` from ``start`` (default: the
+    working directory) upwards, else the one at the root of this source tree."""
+    env = os.environ.get("FLEETLOOP_PARAMS")
+    if env:
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / PARAMS_FILE).is_file() and (d / "fleetloop").is_dir():
+            return d / PARAMS_FILE
+    packaged = Path(__file__).resolve().parents[1] / PARAMS_FILE
+    return packaged if packaged.is_file() else None
+
+
+def load_params(path: Path | str | None = None) -> LoopParams:
+    """The loop's params from ``path`` (default :func:`find_params_file`); defaults without a file."""
+    import yaml
+
+    path = Path(path) if path is not None else find_params_file()
+    if path is None:
+        return LoopParams()
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ParamsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected sections (mine, drift, grow, train, promote), got {type(data).__name__}")
+    try:
+        return LoopParams.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ParamsError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
+
+
+def dump_params(params: LoopParams) -> str:
+    """``params.yaml`` text for these params (every value spelled out)."""
+    import yaml
+
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=110)

@@ -1,0 +1,16 @@
+"""Promotion-gate parameters: the ``promote:`` section of params.yaml."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PromoteParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    primary: str = Field("map50", description="the metric a candidate must beat production on")
+    min_improvement: float = Field(0.0, ge=0, description="the primary metric must rise by more than this")
+    min_support: int = Field(20, ge=0, description="slices with fewer objects than this are not gated")
+    slice_tolerance: float = Field(0.03, ge=0, description="largest allowed drop of a gated slice's metric")
+    floor: float = Field(0.2, ge=0, description="the first model is promoted only when its primary metric reaches this")
+    max_latency_ms: float | None = Field(None, gt=0, description="candidates slower than this (CPU, per image) are rejected")
