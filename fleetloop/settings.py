@@ -52,6 +52,9 @@ class LabelStudioSettings(BaseModel):
     token: SecretStr | None = None  # legacy token (Token) or personal access token (JWT)
     port: int = 8080
     model_version: str = "fleetloop-mined"
+    # Label Studio's LOCAL_FILES_DOCUMENT_ROOT when it serves task images from this machine's
+    # disk (the local server); None: images go to the object store and tasks get presigned URLs.
+    document_root: Path | None = None
 
 
 class Settings(BaseSettings):

@@ -50,10 +50,18 @@ def _boundary_errors() -> tuple[type[Exception], ...]:
     )
 
 
+def _settings():
+    """The settings, with the local Label Studio filled in when none is configured."""
+    from fleetloop.local.connect import resolve_settings
+    from fleetloop.settings import get_settings
+
+    return resolve_settings(get_settings())
+
+
 def _client():
     from fleetloop.label.api import client_for
 
-    return client_for()
+    return client_for(_settings())
 
 
 def _print(obj: dict, as_json: bool) -> None:
@@ -76,12 +84,19 @@ def push(
     as_json: JsonOpt = False,
 ) -> None:
     """Create pre-annotated tasks for the selected frames (idempotent: existing tasks are kept)."""
-    from fleetloop.label.api import push_selection
+    from fleetloop.label.api import push_selection, selection_rows
 
     try:
-        report = push_selection(
-            selection, campaign, source=source, format=format, batch_size=batch_size, model_version=model_version
-        )
+        settings = _settings()
+        logs = None
+        if source is not None:  # the logs straight from files, not from the store
+            from fleetloop.ingest.importers import load_logs
+            from fleetloop.store.objects import get_store
+
+            rows = selection_rows(selection, get_store(settings))
+            logs = load_logs(source, format=format, log_ids=sorted({r["log_id"] for r in rows}))
+        report = push_selection(selection, campaign, settings, logs=logs, batch_size=batch_size,
+                                model_version=model_version)
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
@@ -99,16 +114,31 @@ def push(
 
 @app.command()
 def sync(
-    campaign: CampaignOpt,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", "-c", help="Campaign to sync (default: every open campaign).")
+    ] = None,
     page_size: Annotated[int, typer.Option(min=1, help="Tasks per page.")] = 100,
     shard_size: Annotated[int, typer.Option(min=1, help="Annotations per output shard.")] = 5000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Deliver new and updated annotations as label shards (exactly once, with a watermark)."""
-    from fleetloop.label.api import sync_campaign
+    """Deliver new and updated annotations as label shards (exactly once, with a watermark),
+    validated with the labels suite. Without --campaign: every open campaign of the index."""
+    from fleetloop.ingest.validation import label_failures
+    from fleetloop.label.api import sync_campaign, sync_open_campaigns
 
     try:
-        report = sync_campaign(campaign, page_size=page_size, shard_size=shard_size)
+        if campaign is None:
+            out = sync_open_campaigns(_settings(), validate=label_failures)
+            if as_json:
+                _print({**out.model_dump(), "delivered": out.delivered}, True)
+            else:
+                console.print(f"{len(out.campaigns)} open campaigns synced: [green]{out.delivered} delivered[/]"
+                              + (f"; complete now: {', '.join(out.completed)}" if out.completed else ""))
+                for name, why in out.failed.items():
+                    console.print(f"  [red]{name}[/]: {why}")
+            raise typer.Exit(3 if out.failed or any(r.problems for r in out.reports) else 0)
+        report = sync_campaign(campaign, _settings(), validate=label_failures, page_size=page_size,
+                               shard_size=shard_size)
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
@@ -138,7 +168,7 @@ def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
     from fleetloop.label.api import status as campaign_status
 
     try:
-        st = campaign_status(campaign)
+        st = campaign_status(campaign, _settings())
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:
@@ -206,9 +236,8 @@ def listen(
     import secrets
 
     from fleetloop.label.webhook import WebhookReceiver, register_webhook
-    from fleetloop.settings import get_settings
 
-    settings = get_settings()
+    settings = _settings()
     secret_file = settings.home.resolve() / "labeling" / "webhook-secret"
     if not secret_file.exists():
         secret_file.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +250,9 @@ def listen(
         def action(name: str) -> None:
             from fleetloop.label.api import sync_campaign
 
-            r = sync_campaign(name, settings=settings)
+            from fleetloop.ingest.validation import label_failures
+
+            r = sync_campaign(name, settings, validate=label_failures)
             console.print(f"synced {name}: {r.delivered} delivered, {len(r.problems)} rejected")
     elif trigger == "deployment":
 

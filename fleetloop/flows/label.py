@@ -1,35 +1,40 @@
 """``label-push`` and ``label-sync``. Labeling is never a suspended flow: push ends its run;
 sync is a separate run, started by a schedule (polling) or by the webhook receiver
-(``fleetloop label listen --trigger deployment``), and it decides completion by counting tasks."""
+(``fleetloop label listen --trigger deployment``), and it decides completion by counting tasks.
+With no campaign, sync delivers every *open* campaign of the index, so labels finished on last
+week's campaign after the week turned over are still delivered, and a poll before this week's
+campaign exists has nothing to fail on."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from fleetloop.flows.common import store
+from fleetloop.cycle import campaign_name, iso_week
+from fleetloop.flows.common import settings, store
+from fleetloop.ingest.validation import label_failures
 from fleetloop.label import api
-
-
-def default_campaign() -> str:
-    year, week, _ = datetime.now(timezone.utc).isocalendar()
-    return f"fleetloop-{year}-w{week:02d}"
 
 
 @flow(name="label-push", log_prints=True)
 def label_push(campaign: str | None = None, run_key: str | None = None, batch_size: int = 200) -> api.PushReport:
     """Send the frames a mining run selected (default: the latest run) to Label Studio as
-    pre-annotated tasks. Idempotent: frames already in the campaign are not pushed again."""
-    campaign = campaign or default_campaign()
+    pre-annotated tasks of ``campaign`` (default: this ISO week's). Idempotent."""
+    campaign = campaign or campaign_name(iso_week(datetime.now(UTC)))
     if run_key is None:
         st = store()
         if not st.exists("mining/latest.json"):
             raise LookupError("no mining run yet: run the mine flow first")
         run_key = json.loads(st.get_bytes("mining/latest.json"))["run_key"]
-    report = api.push_selection(f"mining/{run_key}/selected.csv", campaign, batch_size=batch_size)
+    report = api.push_selection(f"mining/{run_key}/selected.csv", campaign, settings(), batch_size=batch_size)
+    publish_push(campaign, run_key, report)
+    return report
+
+
+def publish_push(campaign: str, run_key: str, report: api.PushReport) -> None:
     problems = "\n".join(f"- log {p.log_id} frame {p.frame}: {p.message}" for p in report.problems[:50]) or "- none"
     create_markdown_artifact(key="label-push-summary", markdown=f"""# Label push: campaign `{campaign}`
 
@@ -40,27 +45,44 @@ Problems:
 {problems}
 """)
     get_run_logger().info("campaign %s: %d tasks created", campaign, report.created)
-    return report
 
 
 @flow(name="label-sync", log_prints=True)
-def label_sync(campaign: str | None = None) -> api.SyncReport:
-    """Deliver finished annotations (new and updated) as label shards, exactly once."""
-    campaign = campaign or default_campaign()
-    report = api.sync_campaign(campaign)
-    status = api.status(campaign)
-    problems = "\n".join(f"- task {p.task_id} annotation {p.annotation_id}: {p.message}"
-                         for p in report.problems[:50]) or "- none"
-    complete = status["tasks"] > 0 and status["synced"] >= status["tasks"]
-    create_markdown_artifact(key="label-sync-summary", markdown=f"""# Label sync: campaign `{campaign}`
+def label_sync(campaign: str | None = None) -> api.OpenSync:
+    """Deliver finished annotations (new and updated) as label shards, exactly once, validated
+    with the labels suite: of ``campaign``, or of every open campaign."""
+    s = settings()
+    if campaign is None:
+        out = api.sync_open_campaigns(s, validate=label_failures)
+    else:
+        out = api.OpenSync(campaigns=[campaign], reports=[api.sync_campaign(campaign, s, validate=label_failures)])
+    publish_sync(out)
+    if out.failed:
+        get_run_logger().warning("campaigns that failed to sync: %s", out.failed)
+    return out
 
-**{report.delivered}** annotations delivered ({report.revisions} revisions, {report.labels} boxes),
-{report.already_delivered} already delivered, **{len(report.problems)}** rejected.
 
-Campaign: {status['tasks']} tasks, {status['annotated']} annotated, {status['synced']} synced
-({'complete' if complete else 'in progress'}). [Open in Label Studio]({status['url']})
+def publish_sync(out: api.OpenSync) -> None:
+    lines = []
+    for r in out.reports:
+        lines.append(f"| `{r.campaign}` | {r.delivered} | {r.revisions} | {r.labels} | {r.already_delivered} | "
+                     f"{len(r.problems)} |")
+    problems = "\n".join(f"- `{r.campaign}` task {p.task_id} annotation {p.annotation_id}: {p.message}"
+                         for r in out.reports for p in r.problems[:20]) or "- none"
+    failed = "\n".join(f"- `{name}`: {why}" for name, why in out.failed.items()) or "- none"
+    table = "\n".join(lines) or "| (no open campaign) | | | | | |"
+    create_markdown_artifact(key="label-sync-summary", markdown=f"""# Label sync
+
+**{out.delivered}** annotations delivered from {len(out.reports)} campaign(s);
+complete now: {', '.join(out.completed) or 'none'}.
+
+| campaign | delivered | revisions | boxes | already delivered | rejected |
+|---|---|---|---|---|---|
+{table}
 
 Rejected annotations:
 {problems}
+
+Campaigns that failed to sync:
+{failed}
 """)
-    return report

@@ -8,10 +8,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fleetloop.drift.steer import latest_slice_boost
+from fleetloop.flows.common import SettingsDaskTaskRunner, store
+from fleetloop.flows.common import params as loop_params
 from fleetloop.ingest.ingest import IngestReport, ingest
 from fleetloop.mine import run as mining
 from fleetloop.mine.params import MiningParams
-from fleetloop.flows.common import dask_task_runner, store
 
 
 @flow(name="ingest-logs", log_prints=True)
@@ -36,7 +37,7 @@ def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: Mining
     return mining.mine_shard(store(), run_key, index, log_ids, params)
 
 
-@flow(name="mine", log_prints=True, task_runner=dask_task_runner())
+@flow(name="mine", log_prints=True, task_runner=SettingsDaskTaskRunner())
 def mine(
     budget: int | None = 200,
     since: datetime | None = None,
@@ -61,8 +62,11 @@ def mine(
 
 
 def pipeline_params() -> MiningParams:
-    """Mining params with the drift monitor's latest slice boosts applied, if any."""
-    return MiningParams(slice_boost=latest_slice_boost(store()))
+    """The ``mine:`` params of params.yaml, with the drift monitor's latest slice boosts (a
+    standalone run; the weekly cycle passes the boosts of its own drift step in memory)."""
+    boost = latest_slice_boost(store())
+    mp = loop_params().mine
+    return mp.model_copy(update={"slice_boost": boost}) if boost else mp
 
 
 def publish_mining_artifacts(summary: mining.MiningSummary) -> None:

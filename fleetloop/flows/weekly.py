@@ -1,91 +1,159 @@
-"""``weekly-cycle``: the whole loop, once a week, as subflows.
+"""``weekly-cycle``: the whole loop, once a week, as a runbook over the steps.
+
+drift → sync open campaigns → grow the dataset → retrain → promote → mine (steered by drift)
+→ push this week's campaign. Each step is a subflow (its own run and artifacts in the UI), runs
+or says why it skipped, and a failing step is recorded without hiding the steps before it.
 
 Scheduled runs have been seen to fire twice after redeploys, so the cycle is keyed on the ISO
-week and its input revisions (the logs' content hashes and the mining parameters): a second
-run with the same key is a no-op. Steps that fleetloop does not have yet are absent.
+week and its inputs (the logs' content hashes and the loop's params, :func:`fleetloop.cycle.plan_cycle`):
+a second run with the same key is a no-op. Values computed in the run pass in memory (the drift
+step's slice boosts go straight to mining); the store keeps what the next run needs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import date, datetime, time, timedelta, timezone
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from fleetloop.flows.common import settings, store
-from fleetloop.flows.drift import monitor_drift
+from fleetloop.cycle import CycleRecord, StepRecord, campaign_name, iso_week, load_record, plan_cycle, save_record
+from fleetloop.flows.common import params, settings, store
+from fleetloop.flows.drift import load_logs, publish_drift
 from fleetloop.flows.label import label_push, label_sync
-from fleetloop.flows.mine import mine, pipeline_params
-
-
-def iso_week(t: datetime) -> str:
-    year, week, _ = t.isocalendar()
-    return f"{year}-W{week:02d}"
-
-
-def week_start(week: str) -> datetime:
-    year, w = week.split("-W")
-    return datetime.combine(date.fromisocalendar(int(year), int(w), 1), time(), tzinfo=timezone.utc)
+from fleetloop.flows.mine import mine
 
 
 def labeling_configured() -> bool:
-    from fleetloop.local import label_studio as server
+    ls = settings().label_studio
+    return bool(ls.url and ls.token)
 
-    s = settings()
-    return bool(s.label_studio.url and s.label_studio.token) or server.read_state(s.home) is not None
+
+class _Steps:
+    """Runs the cycle's steps in order, timing each and recording ran / skipped / failed."""
+
+    def __init__(self, record: CycleRecord) -> None:
+        self.record = record
+        self.logger = get_run_logger()
+
+    def skip(self, name: str, reason: str) -> None:
+        self.logger.info("%s: skipped (%s)", name, reason)
+        self.record.steps[name] = StepRecord(status="skipped", reason=reason)
+
+    def run(self, name: str, fn: Callable[[], tuple[str, dict[str, Any]]]) -> bool:
+        t0 = time.perf_counter()
+        try:
+            summary, details = fn()
+        except Exception as exc:  # recorded; the cycle reports it and is not marked done
+            self.logger.exception("%s failed", name)
+            self.record.steps[name] = StepRecord(status="failed", reason=f"{type(exc).__name__}: {exc}",
+                                                 seconds=round(time.perf_counter() - t0, 2))
+            return False
+        self.record.steps[name] = StepRecord(status="ran", reason=summary, details=details,
+                                             seconds=round(time.perf_counter() - t0, 2))
+        return True
 
 
 @flow(name="weekly-cycle", log_prints=True)
-def weekly_cycle(week: str | None = None, budget: int = 200, campaign: str | None = None, label: bool = True) -> dict:
-    """Drift → mine (steered by drift) → push to labeling → sync what is labeled.
-
-    ``week`` (``YYYY-Www``) defaults to the ISO week of the run's scheduled time; the logs are
-    those that arrived since the start of the previous week."""
+def weekly_cycle(week: str | None = None, budget: int = 200, label: bool = True) -> CycleRecord:
+    """One cycle of the loop for ISO ``week`` (``YYYY-Www``; default: the week of the run's
+    scheduled time), over the logs that arrived in the week before it."""
     from prefect.runtime import flow_run
 
-    from fleetloop.store.logs import list_logs
-
+    if budget < 1:
+        raise ValueError(f"budget must be at least 1 frame, got {budget}")
     logger = get_run_logger()
-    scheduled = flow_run.scheduled_start_time or datetime.now(timezone.utc)
+    scheduled = flow_run.scheduled_start_time or datetime.now(UTC)
     week = week or iso_week(scheduled)
-    since = week_start(week) - timedelta(days=7)
-    st = store()
-    manifests = sorted(list_logs(st, since=since), key=lambda m: m.log_id)
-    h = hashlib.sha256(week.encode())
-    for m in manifests:
-        h.update(f"{m.log_id}:{m.sha256}".encode())
-    h.update(f"budget={budget};campaign={campaign};label={label}".encode())
-    key = f"cycles/{week}/{h.hexdigest()[:16]}.json"
-    if st.exists(key):
-        done = json.loads(st.get_bytes(key))
-        logger.info("cycle %s already ran with these inputs (%s): nothing to do", week, key)
+    st, loop = store(), params()
+    plan = plan_cycle(st, week, loop, extra=f"budget={budget};label={label}")
+    done = load_record(st, plan)
+    if done is not None:
+        logger.info("cycle %s already ran with these inputs (%s): nothing to do", week, plan.record_key)
         create_markdown_artifact(key="weekly-cycle-summary", markdown=(
-            f"# Weekly cycle {week}: already done\n\nThe same inputs ran at {done['finished_at']}; "
+            f"# Weekly cycle {week}: already done\n\nThe same inputs ran at {done.finished_at}; "
             "this run (a duplicate schedule fire or a manual rerun) did nothing."))
-        return {**done, "noop": True}
-    if not manifests:
-        logger.warning("no logs arrived since %s", since.date())
+        return done.model_copy(update={"noop": True})
 
-    record: dict = {"week": week, "logs": [m.log_id for m in manifests], "steps": {}}
-    drift = monitor_drift()
-    record["steps"]["monitor-drift"] = {"status": drift.status, "share_drifted": drift.share_drifted,
-                                        "slice_boost": drift.slice_boost}
-    summary = mine(budget=budget, since=since, params=pipeline_params()) if manifests else None
-    if summary is not None:
-        record["steps"]["mine"] = {"run_key": summary.run_key, "frames": summary.frames, "selected": summary.selected}
-        if label and labeling_configured():
-            campaign = campaign or f"fleetloop-{week.lower()}"
+    record = CycleRecord(week=week, key=plan.key, logs=plan.log_ids, started_at=datetime.now(UTC))
+    steps = _Steps(record)
+    boost: dict[str, float] = {}
+    labeling = label and labeling_configured()
+
+    # 1. drift: this window against the one before (logs read once, passed in memory)
+    if not plan.logs or not plan.reference_logs:
+        steps.skip("drift", f"{len(plan.reference_logs)} reference and {len(plan.logs)} current logs: nothing to compare")
+    else:
+        def drift_step() -> tuple[str, dict[str, Any]]:
+            from fleetloop.drift.compare import compare
+
+            outcome = compare(st, load_logs(st, [m.log_id for m in plan.reference_logs]), load_logs(st, plan.log_ids),
+                              loop.drift, stamp=f"{week}-{plan.key}")
+            publish_drift(st, outcome)
+            boost.update(outcome.slice_boost)
+            return (outcome.verdict.summary() if outcome.verdict else outcome.reason,
+                    {"share_drifted": outcome.share_drifted, "slice_boost": outcome.slice_boost,
+                     "report": outcome.report_key})
+        steps.run("drift", drift_step)
+
+    # 2. sync every open campaign (last week's labels, whenever they were finished)
+    if not labeling:
+        steps.skip("sync", "no Label Studio configured (fleetloop services up, or settings)" if label else "label=False")
+    else:
+        def sync_step() -> tuple[str, dict[str, Any]]:
+            out = label_sync()
+            return (f"{out.delivered} annotations delivered from {len(out.reports)} open campaign(s)",
+                    {"campaigns": out.campaigns, "completed": out.completed, "delivered": out.delivered,
+                     "failed": out.failed})
+        steps.run("sync", sync_step)
+
+    # 3. mine this window, steered toward the slices that drifted
+    summary = None
+    if not plan.logs:
+        steps.skip("mine", f"no logs arrived between {plan.window.start:%Y-%m-%d} and {plan.window.end:%Y-%m-%d}")
+    else:
+        def mine_step() -> tuple[str, dict[str, Any]]:
+            nonlocal summary
+            mp = loop.mine.model_copy(update={"slice_boost": boost}) if boost else loop.mine
+            summary = mine(budget=budget, log_ids=plan.log_ids, params=mp)
+            return (f"{summary.selected} of {summary.frames} frames selected",
+                    {"run_key": summary.run_key, "frames": summary.frames, "selected": summary.selected,
+                     "slice_boost": boost})
+        steps.run("mine", mine_step)
+
+    # 4. push the selection to this week's campaign
+    if summary is None:
+        steps.skip("push", "no mining run in this cycle")
+    elif not labeling:
+        steps.skip("push", "no Label Studio configured" if label else "label=False")
+    else:
+        campaign = campaign_name(week)
+
+        def push_step() -> tuple[str, dict[str, Any]]:
             pushed = label_push(campaign=campaign, run_key=summary.run_key)
-            synced = label_sync(campaign=campaign)
-            record["steps"]["label"] = {"campaign": campaign, "tasks_created": pushed.created,
-                                        "delivered": synced.delivered}
-        elif label:
-            record["steps"]["label"] = {"skipped": "no Label Studio configured (fleetloop services up, or settings)"}
-    record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    st.put_bytes(key, json.dumps(record, indent=2).encode())
-    steps = "\n".join(f"- **{name}**: {json.dumps(v)}" for name, v in record["steps"].items())
-    create_markdown_artifact(key="weekly-cycle-summary", markdown=f"# Weekly cycle {week}\n\n"
-                             f"{len(manifests)} logs since {since.date()}.\n\n{steps}\n")
+            return (f"{pushed.created} tasks created in {campaign}",
+                    {"campaign": campaign, "created": pushed.created, "problems": len(pushed.problems)})
+        steps.run("push", push_step)
+
+    record.finished_at = datetime.now(UTC)
+    if not record.failed:
+        save_record(st, plan, record)
+    publish_cycle(plan.week, len(plan.logs), record)
+    if record.failed:
+        raise RuntimeError(f"weekly cycle {week}: steps failed: {', '.join(record.failed)} (see the run's artifacts)")
     return record
+
+
+def publish_cycle(week: str, n_logs: int, record: CycleRecord) -> None:
+    rows = "\n".join(f"| {name} | {s.status} | {s.reason} | {s.seconds:.1f} |" for name, s in record.steps.items())
+    create_markdown_artifact(key="weekly-cycle-summary", markdown=f"""# Weekly cycle {week}
+
+{n_logs} logs arrived in the week before {week}.
+
+| step | status | what happened | seconds |
+|---|---|---|---|
+{rows}
+""")

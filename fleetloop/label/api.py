@@ -1,6 +1,7 @@
 """The labeling steps as plain functions over the settings: what the CLI and the Prefect flows
-(``label-push``, ``label-sync``) call. Each resolves Label Studio (``settings.label_studio`` URL
-+ token, else the local server), the store and the home directory from the settings.
+(``label-push``, ``label-sync``) call. The entry points pass the settings in, with Label Studio
+resolved (``settings.label_studio``: URL + token, and the document root when the server serves
+local files); nothing here reads settings on its own.
 """
 
 from __future__ import annotations
@@ -8,26 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
+from fleetloop.label import index
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.push import PushReport, load_logs_for, push, read_selection, read_selection_text
-from fleetloop.label.sync import SyncReport, campaign_status, sync
-from fleetloop.settings import Settings, get_settings
+from fleetloop.label.sync import LabelValidator, SyncReport, campaign_status, sync
+from fleetloop.schema import DriveLogs
+from fleetloop.settings import Settings
+from fleetloop.store.objects import ObjectNotFound, Store, get_store
 
 
-def client_for(settings: Settings | None = None) -> LabelStudioClient:
-    settings = settings or get_settings()
-    return LabelStudioClient.from_settings(home=settings.home)
+def client_for(settings: Settings) -> LabelStudioClient:
+    return LabelStudioClient.from_settings(settings.label_studio)
 
 
-def selection_rows(selection: Path | str, settings: Settings | None = None) -> list[dict[str, Any]]:
+def selection_rows(selection: Path | str, store: Store) -> list[dict[str, Any]]:
     """Rows of a selection CSV: a local file, or else a key in the store (e.g. the
     ``mining/<run>/selected.csv`` a mining run wrote)."""
     path = Path(selection)
     if path.exists():
         return read_selection(path)
-    from fleetloop.store.objects import ObjectNotFound, get_store
-
-    store = get_store(settings or get_settings())
     try:
         text = store.get_bytes(str(selection)).decode()
     except (ObjectNotFound, ValueError):
@@ -38,18 +40,20 @@ def selection_rows(selection: Path | str, settings: Settings | None = None) -> l
 def push_selection(
     selection: Path | str,
     campaign: str,
+    settings: Settings,
     *,
-    source: Path | str | None = None,
-    format: str = "kitti-tracking",
-    settings: Settings | None = None,
+    logs: DriveLogs | None = None,
     batch_size: int = 200,
     model_version: str | None = None,
 ) -> PushReport:
-    """``fleetloop label push``: the selected frames (logs from ``source``, else from the store)
-    become tasks of the campaign; frames already pushed are skipped."""
-    settings = settings or get_settings()
-    rows = selection_rows(selection, settings)
-    logs = load_logs_for(rows, source, format)
+    """``fleetloop label push``: the selected frames (from ``logs`` when given, else from the
+    store's logs) become tasks of the campaign; frames already pushed are skipped. The campaign
+    is recorded as open in the campaign index."""
+    store = get_store(settings)
+    rows = selection_rows(selection, store)
+    if logs is None:
+        logs = load_logs_for(rows, store)
+    index.register(store, campaign)
     with client_for(settings) as client:
         return push(
             rows,
@@ -57,34 +61,65 @@ def push_selection(
             campaign,
             client=client,
             home=settings.home,
+            document_root=settings.label_studio.document_root,
+            store=store,
+            s3_client=getattr(store, "client", None),
             batch_size=batch_size,
             model_version=model_version or settings.label_studio.model_version,
         )
 
 
 def sync_campaign(
-    campaign: str, *, settings: Settings | None = None, page_size: int = 100, shard_size: int = 5000
+    campaign: str,
+    settings: Settings,
+    *,
+    validate: LabelValidator | None = None,
+    page_size: int = 100,
+    shard_size: int = 5000,
 ) -> SyncReport:
-    """``fleetloop label sync``: deliver new and updated annotations to ``labels/<campaign>/``
-    in the store, exactly once."""
-    from fleetloop.store.objects import get_store
-
-    settings = settings or get_settings()
+    """``fleetloop label sync --campaign C``: deliver new and updated annotations to
+    ``labels/<campaign>/`` in the store, exactly once, then record in the campaign index whether
+    every task is now synced (complete)."""
+    store = get_store(settings)
     with client_for(settings) as client:
-        return sync(
-            campaign,
-            client=client,
-            store=get_store(settings),
-            home=settings.home,
-            page_size=page_size,
-            shard_size=shard_size,
-        )
+        report = sync(campaign, client=client, store=store, home=settings.home, page_size=page_size,
+                      shard_size=shard_size, validate=validate)
+        st = campaign_status(campaign, client=client, store=store)
+    index.update(store, campaign, tasks=st["tasks"], synced=st["synced"])
+    return report
 
 
-def status(campaign: str, *, settings: Settings | None = None) -> dict[str, Any]:
+class OpenSync(BaseModel):
+    """What one ``sync every open campaign`` did."""
+
+    campaigns: list[str] = Field(default_factory=list)  # synced
+    reports: list[SyncReport] = Field(default_factory=list)
+    completed: list[str] = Field(default_factory=list)  # became complete in this sync
+    failed: dict[str, str] = Field(default_factory=dict)  # campaign -> why (the others still ran)
+
+    @property
+    def delivered(self) -> int:
+        return sum(r.delivered for r in self.reports)
+
+
+def sync_open_campaigns(settings: Settings, *, validate: LabelValidator | None = None) -> OpenSync:
+    """Sync every open campaign of the index (oldest first). One campaign that fails (e.g. its
+    project was deleted) is reported and the others go on."""
+    store = get_store(settings)
+    out = OpenSync()
+    for record in index.campaigns(store, "open"):
+        try:
+            out.reports.append(sync_campaign(record.name, settings, validate=validate))
+        except Exception as exc:  # one campaign's failure never stops the others
+            out.failed[record.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        out.campaigns.append(record.name)
+        if index.get(store, record.name).state == "complete":
+            out.completed.append(record.name)
+    return out
+
+
+def status(campaign: str, settings: Settings) -> dict[str, Any]:
     """``fleetloop label status``: tasks, annotated, synced (and a few more counts)."""
-    from fleetloop.store.objects import get_store
-
-    settings = settings or get_settings()
     with client_for(settings) as client:
         return campaign_status(campaign, client=client, store=get_store(settings))

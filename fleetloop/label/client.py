@@ -20,10 +20,11 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+
+from fleetloop.settings import LabelStudioSettings
 
 TokenKind = Literal["legacy", "personal"]
 
@@ -71,25 +72,17 @@ class Connection:
     token: str
 
 
-def resolve_connection(url: str | None = None, token: str | None = None, home: Path | None = None) -> Connection:
-    """Explicit arguments, else ``settings.label_studio`` (url + token), else the local server's state."""
-    from fleetloop.settings import get_settings
-
-    settings = get_settings()
-    ls = settings.label_studio
-    url = url or ls.url
-    token = token or (ls.token.get_secret_value() if ls.token else None)
-    if url and token:
-        return Connection(url.rstrip("/"), token)
-    from fleetloop.local import label_studio as server
-
-    state = server.read_state(home or settings.home)
-    if state is None:
+def resolve_connection(settings: LabelStudioSettings, url: str | None = None, token: str | None = None) -> Connection:
+    """Explicit arguments, else the settings' url + token. The entry points (CLI, flows) fill the
+    settings from the local server when it runs (``fleetloop.local.resolve_settings``)."""
+    url = url or settings.url
+    token = token or (settings.token.get_secret_value() if settings.token else None)
+    if not (url and token):
         raise LabelStudioError(
             "no Label Studio configured: set FLEETLOOP_LABEL_STUDIO__URL and FLEETLOOP_LABEL_STUDIO__TOKEN,"
             " or start the local server with `fleetloop services up`"
         )
-    return Connection((url or state.url).rstrip("/"), token or state.token)
+    return Connection(url.rstrip("/"), token)
 
 
 class LabelStudioClient:
@@ -106,10 +99,8 @@ class LabelStudioClient:
         self._users: dict[int, str] = {}
 
     @classmethod
-    def from_settings(
-        cls, url: str | None = None, token: str | None = None, home: Path | None = None
-    ) -> LabelStudioClient:
-        conn = resolve_connection(url, token, home)
+    def from_settings(cls, settings: LabelStudioSettings) -> LabelStudioClient:
+        conn = resolve_connection(settings)
         return cls(conn.url, conn.token)
 
     def close(self) -> None:

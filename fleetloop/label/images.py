@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, unquote, urlparse
@@ -99,14 +98,6 @@ def local_image_path(uri: str) -> Path | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def _settings_s3_client():
-    from fleetloop.settings import get_settings
-    from fleetloop.store.objects import make_s3_client
-
-    return make_s3_client(get_settings().storage.s3)
-
-
 def resolve_image(uri: str, publisher: Publisher, key: str, s3_client=None) -> tuple[str, int, int]:
     """The URL a task should use for a frame's image reference, with the image's size.
 
@@ -121,7 +112,8 @@ def resolve_image(uri: str, publisher: Publisher, key: str, s3_client=None) -> t
         return publisher.publish(path, key + path.suffix.lower()), width, height
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        s3_client = s3_client or _settings_s3_client()
+        if s3_client is None:
+            raise ImageProblem(f"image {uri} is in S3 but no S3 client is configured (set FLEETLOOP_STORAGE__S3__*)")
         try:
             body = s3_client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"].read()
         except Exception as exc:  # botocore's errors: report, do not stop the batch

@@ -29,9 +29,10 @@ from fleetloop.label import campaigns as camp
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.convert import box_to_result
 from fleetloop.label.images import ImageProblem, LocalFilesPublisher, Publisher, resolve_image
-from fleetloop.store.locks import file_lock, lock_path
 from fleetloop.label.render import group_boxes, prediction_source, render_frame, save_png, sensor_boxes
 from fleetloop.schema import CLASSES, DriveLogs
+from fleetloop.store.locks import file_lock, lock_path
+from fleetloop.store.objects import Store
 
 SELECTION_COLUMNS = ("log_id", "frame", "score", "reasons")
 
@@ -226,21 +227,21 @@ def existing_keys(client: LabelStudioClient, project_id: int, page_size: int = 5
     return keys
 
 
-def default_publisher(client: LabelStudioClient, home: Path, campaign: camp.Campaign) -> tuple[Publisher, Path]:
-    """Local-files serving when the client talks to the local server, else the object store."""
-    from fleetloop.local import label_studio as server
-
+def default_publisher(
+    client: LabelStudioClient, home: Path, campaign: camp.Campaign, document_root: Path | None, store: Store | None
+) -> tuple[Publisher, Path]:
+    """Label Studio's local-files serving when it has a document root on this machine (the local
+    server), else the object store with presigned URLs."""
     home = Path(home).resolve()
     image_dir = home / "labeling" / "images"
-    state = server.read_state(home)
-    if state is not None and state.url.rstrip("/") == client.url:
-        root = Path(state.document_root)
+    if document_root is not None:
         camp.ensure_local_files_storage(client, campaign, image_dir / campaign.name)
-        return LocalFilesPublisher(root, image_dir), image_dir
+        return LocalFilesPublisher(Path(document_root), image_dir), image_dir
+    if store is None:
+        raise ValueError("task images need Label Studio's local-files document root or an object store to publish to")
     from fleetloop.label.images import StorePublisher
-    from fleetloop.store.objects import get_store
 
-    return StorePublisher(get_store(), "labeling/images"), image_dir
+    return StorePublisher(store, "labeling/images"), image_dir
 
 
 def push(
@@ -250,6 +251,8 @@ def push(
     *,
     client: LabelStudioClient,
     home: Path,
+    document_root: Path | None = None,
+    store: Store | None = None,
     model_version: str = "fleetloop-mined",
     batch_size: int = 200,
     publisher: Publisher | None = None,
@@ -263,7 +266,7 @@ def push(
     with file_lock(lock_path(home, "push", campaign), timeout=lock_timeout):
         c = camp.ensure_campaign(client, campaign)
         if publisher is None:
-            publisher, image_dir = default_publisher(client, home, c)
+            publisher, image_dir = default_publisher(client, home, c, document_root, store)
         image_dir = Path(image_dir or Path(home).resolve() / "labeling" / "images")
         have = existing_keys(client, c.project_id)
         seen: set[str] = set()
@@ -318,19 +321,11 @@ def push(
     return report
 
 
-def load_logs_for(rows: list[dict[str, Any]], source: Path | str | None, fmt: str = "kitti-tracking") -> DriveLogs:
-    """The logs the selection names: from ``source`` in format ``fmt``, or from the store."""
-    log_ids = sorted({r["log_id"] for r in rows})
-    if not log_ids:
-        return DriveLogs.empty()
-    if source is not None:
-        from fleetloop.ingest.importers import load_logs
-
-        return load_logs(source, format=fmt, log_ids=log_ids)
+def load_logs_for(rows: list[dict[str, Any]], store: Store) -> DriveLogs:
+    """The logs the selection names, from the store."""
     from fleetloop.store.logs import get_log
-    from fleetloop.store.objects import get_store
 
-    store = get_store()
+    log_ids = sorted({r["log_id"] for r in rows})
     return DriveLogs.concat([get_log(store, log_id) for log_id in log_ids])
 
 

@@ -39,8 +39,8 @@ from pydantic import BaseModel, Field
 from fleetloop.label import campaigns as camp
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.convert import BOX_CONTROL, BadRegion, is_unusable, result_to_box
-from fleetloop.store.locks import file_lock, lock_path
 from fleetloop.schema import LABELS
+from fleetloop.store.locks import file_lock, lock_path
 
 MANIFEST_KEY = b"fleetloop_annotations"
 _SHARD = re.compile(r"sync-(\d{6})\.parquet$")
@@ -214,12 +214,15 @@ def sync(
     shard_size: int = 5000,
     lock_timeout: float = 600.0,
     on_shard_written: Callable[[str], None] | None = None,
+    validate: LabelValidator | None = None,
 ) -> SyncReport:
     """Deliver the campaign's new and updated annotations (see the module doc).
 
     ``shard_size``: annotations per shard (a crash loses at most the unwritten shard's work,
     which the rerun redoes). ``on_shard_written`` is called with each shard's key after the
-    shard is durable and before the watermark covering it is written.
+    shard is durable and before the watermark covering it is written. ``validate`` (the labels
+    suite, given by the caller) checks the converted rows before delivery: an annotation with an
+    invalid row is reported and not delivered (nor watermarked), the others are delivered.
     """
     t0 = time.perf_counter()
     with file_lock(lock_path(home, "sync", campaign), timeout=lock_timeout):
@@ -253,6 +256,7 @@ def sync(
             manifest.clear()
 
         for page in client.iter_tasks(c.project_id, annotated_only=True, page_size=page_size):
+            pending: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
             for task in page:
                 report.tasks_seen += 1
                 for ann in task.get("annotations") or []:
@@ -271,29 +275,55 @@ def sync(
                     if problems:
                         report.problems.extend(problems)
                         continue
-                    rows.extend(new_rows)
-                    manifest.append(
-                        {
-                            "annotation_id": aid,
-                            "task_id": int(task["id"]),
-                            "updated_at": updated,
-                            "revision": revision,
-                            "status": status,
-                            "boxes": len(new_rows),
-                            "annotator": annotator,
-                            "log_id": str(task["data"]["log_id"]),
-                            "frame": int(task["data"]["frame"]),
-                        }
-                    )
-                    report.delivered += 1
-                    report.revisions += prev is not None
-                    report.unusable += status == "unusable"
-                    report.empty += status == "empty"
+                    entry = {
+                        "annotation_id": aid,
+                        "task_id": int(task["id"]),
+                        "updated_at": updated,
+                        "revision": revision,
+                        "status": status,
+                        "boxes": len(new_rows),
+                        "annotator": annotator,
+                        "log_id": str(task["data"]["log_id"]),
+                        "frame": int(task["data"]["frame"]),
+                    }
+                    pending.append((entry, new_rows))
+            for entry, new_rows in _validated(pending, validate, report):
+                rows.extend(new_rows)
+                manifest.append(entry)
+                report.delivered += 1
+                report.revisions += entry["revision"] > 1
+                report.unusable += entry["status"] == "unusable"
+                report.empty += entry["status"] == "empty"
                 if len(manifest) >= shard_size:
                     flush()
         flush()
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+#: checks LABELS rows; returns one message per failure (empty: valid)
+LabelValidator = Callable[[pa.Table], list[str]]
+
+
+def _validated(
+    pending: list[tuple[dict[str, Any], list[dict[str, Any]]]], validate: LabelValidator | None, report: SyncReport
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The pending annotations whose rows pass ``validate``: the page is checked at once, and
+    only when it fails is each annotation checked alone, to find which to hold back."""
+    if validate is None or not any(r for _, r in pending):
+        return pending
+    if not validate(pa.Table.from_pylist([r for _, rows in pending for r in rows], schema=LABELS)):
+        return pending
+    good = []
+    for entry, rows in pending:
+        failures = validate(pa.Table.from_pylist(rows, schema=LABELS)) if rows else []
+        if failures:
+            report.problems.append(AnnotationProblem(
+                task_id=entry["task_id"], annotation_id=entry["annotation_id"], log_id=entry["log_id"],
+                frame=entry["frame"], message="labels suite: " + "; ".join(failures)))
+        else:
+            good.append((entry, rows))
+    return good
 
 
 def read_labels(store, campaign: str, *, latest: bool = True) -> pa.Table:

@@ -1,5 +1,6 @@
-"""The weekly cycle and the drift flow against a real Prefect API, on the real KITTI slice:
-last week's logs (0001, 0006) as the reference, this week's (0008, 0010, 0012) as current."""
+"""The weekly cycle and the drift flow against a real Prefect API, on the real KITTI slice: the
+logs of two weeks ago (0001, 0006) as the reference, last week's (0008, 0010, 0012) as the
+window the cycle of this week covers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from fleetloop.drift.steer import latest_slice_boost
 from fleetloop.ingest.ingest import ingest
 from fleetloop.mine.run import MiningSummary
+from fleetloop.cycle import iso_week, week_start
 from fleetloop.settings import get_settings
 
 pytestmark = pytest.mark.services
@@ -25,9 +27,9 @@ def two_weeks(tmp_path, monkeypatch, kitti_root):
     monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
     get_settings.cache_clear()
     store = get_store(get_settings())
-    last_week = datetime.now(timezone.utc) - timedelta(days=8)
-    ingest(store, kitti_root, "kitti-tracking", ["0001", "0006"], arrived_at=last_week)
-    ingest(store, kitti_root, "kitti-tracking", ["0008", "0010", "0012"])
+    monday = week_start(iso_week(datetime.now(timezone.utc)))
+    ingest(store, kitti_root, "kitti-tracking", ["0001", "0006"], arrived_at=monday - timedelta(days=10))
+    ingest(store, kitti_root, "kitti-tracking", ["0008", "0010", "0012"], arrived_at=monday - timedelta(days=3))
     yield store
     get_settings.cache_clear()
 
@@ -42,14 +44,17 @@ def test_weekly_cycle_runs_drift_then_steered_mining_and_is_idempotent(prefect_a
     from fleetloop.flows.weekly import weekly_cycle
 
     record = weekly_cycle(budget=30, label=False)
-    drift = record["steps"]["monitor-drift"]
-    assert drift["status"] == "compared" and drift["share_drifted"] > 0.3
-    assert drift["slice_boost"], "the drifted slices steer the next mining run"
-    mined = record["steps"]["mine"]
+    assert record.logs == ["0008", "0010", "0012"]
+    assert record.steps["drift"].status == "ran"
+    drift = record.steps["drift"].details
+    assert drift["share_drifted"] > 0.3
+    assert drift["slice_boost"], "the drifted slices steer the mining run of the same cycle (in memory)"
+    assert record.steps["sync"].status == "skipped" and record.steps["push"].status == "skipped"
+    mined = record.steps["mine"].details
     assert mined["frames"] == 1479 and mined["selected"] == 30
     summary = MiningSummary.model_validate_json(two_weeks.get_bytes(f"mining/{mined['run_key']}/summary.json"))
     assert summary.slice_boost == drift["slice_boost"]
-    assert latest_slice_boost(two_weeks) == drift["slice_boost"]
+    assert latest_slice_boost(two_weeks) == {}, "the cycle passes its boost in memory, not through the store"
 
     # the report and summary went to the store; the artifact says where
     reports = two_weeks.list("drift/reports/")
@@ -67,7 +72,7 @@ def test_weekly_cycle_runs_drift_then_steered_mining_and_is_idempotent(prefect_a
 
     # a second fire of the same week with the same inputs does nothing
     again = weekly_cycle(budget=30, label=False)
-    assert again["noop"] and again["steps"]["mine"]["run_key"] == mined["run_key"]
+    assert again.noop and again.steps["mine"].details["run_key"] == mined["run_key"]
     assert len([k for k in two_weeks.list("cycles/") if k.endswith(".json")]) == 1
 
 
@@ -77,7 +82,8 @@ def test_drift_flow_skips_clearly_without_a_reference(prefect_api, tmp_path, mon
 
     monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home2"))
     get_settings.cache_clear()
-    ingest(get_store(get_settings()), kitti_root, "kitti-tracking", ["0012"])
+    monday = week_start(iso_week(datetime.now(timezone.utc)))
+    ingest(get_store(get_settings()), kitti_root, "kitti-tracking", ["0012"], arrived_at=monday - timedelta(days=2))
     run = monitor_drift()
     assert run.status == "skipped" and "0 reference logs" in run.reason
     get_settings.cache_clear()
