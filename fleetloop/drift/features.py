@@ -281,7 +281,7 @@ def _lidar_camera_agreement(logs, params, n, lid_fi, lid_score, rng, proj, cam_f
     )
     # the camera side: camera detections for logs that have them, camera tracks for the others
     det_logs = _logs_with(cam)
-    use_trk = (trk_fi >= 0) & pc.equal(trk["sensor"], "camera").to_numpy(zero_copy_only=False) if trk.num_rows \
+    use_trk = (trk_fi >= 0) & pc.starts_with(trk["sensor"], "camera").to_numpy(zero_copy_only=False) if trk.num_rows \
         else np.zeros(0, bool)
     if trk.num_rows and len(det_logs):
         use_trk &= ~pc.is_in(trk["log_id"], value_set=det_logs).to_numpy(zero_copy_only=False)
@@ -289,7 +289,7 @@ def _lidar_camera_agreement(logs, params, n, lid_fi, lid_score, rng, proj, cam_f
     b_box = np.concatenate([_boxes(cam)[cam_fi >= 0], _boxes(trk)[use_trk]])
     # frames with no camera output at all still count (their in-view lidar boxes are unconfirmed),
     # but logs without any camera stream are not asked to agree
-    cam_logs = pa.concat_arrays([det_logs, _logs_with(trk.filter(pc.equal(trk["sensor"], "camera")))]) \
+    cam_logs = pa.concat_arrays([det_logs, _logs_with(trk.filter(pc.starts_with(trk["sensor"], "camera")))]) \
         if trk.num_rows else det_logs
     if logs.lidar_detections.num_rows:
         in_view &= pc.is_in(logs.lidar_detections["log_id"], value_set=cam_logs).to_numpy(zero_copy_only=False)

@@ -97,9 +97,13 @@ def test_kitti_counts_per_stream(kitti_root: Path, kitti_logs: DriveLogs) -> Non
     assert per_log(kitti_logs.frames) == seqmap
     lidar = {s: len(_lines(kitti_root / "lidar_det" / "pointrcnn" / f"{s}.txt")) for s in seqmap}
     assert per_log(kitti_logs.lidar_detections) == lidar
-    ciwt = {s: sum(ln.split()[2] in KITTI_CLASSES for ln in _lines(kitti_root / "camera_trk" / "ciwt" / f"{s}.txt"))
-            for s in seqmap}
-    assert per_log(kitti_logs.tracks) == ciwt
+    # every camera tracker is its own stream, named in the sensor column
+    assert sorted(pc.unique(kitti_logs.tracks["sensor"]).to_pylist()) == ["camera:ciwt", "camera:yolox_sort"]
+    for tracker in ("ciwt", "yolox_sort"):
+        want = {s: sum(ln.split()[2] in KITTI_CLASSES for ln in _lines(kitti_root / "camera_trk" / tracker / f"{s}.txt"))
+                for s in seqmap}
+        t = kitti_logs.tracks.filter(pc.equal(kitti_logs.tracks["sensor"], f"camera:{tracker}"))
+        assert per_log(t) == want, tracker
     assert kitti_logs.camera_detections.num_rows == 0  # the slice has no per-frame camera detections
     assert kitti_logs.calibration.num_rows == len(seqmap)
     for name, schema in STREAMS.items():

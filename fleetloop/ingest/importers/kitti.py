@@ -13,8 +13,9 @@ Frame indices are 0-based; 10 Hz, so ``timestamp_ns = frame * 100 ms``. Lidar bo
 converted from rectified-camera coordinates (bottom centre, KITTI ``ry``) to the lidar frame
 (centre, yaw about +z); scores are mapped to [0, 1] (see ``docs/schema.md``).
 
-Parsing is vectorised (pandas' C reader, whole-column checks); only when a check fails is the
-file re-read line by line, to raise :class:`LogFormatError` naming the first bad line and field.
+Parsing is vectorised (pyarrow's CSV reader, whole-column checks); only when the fast path or a
+check fails is the file re-read line by line, to raise :class:`LogFormatError` naming the first
+bad line and field. Frame indices are 64-bit while parsed and bounded by :data:`MAX_FRAMES`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from fleetloop.ingest.importers import LogFormatError
 from fleetloop.schema import (
@@ -67,76 +69,122 @@ class _Layout:
     are non-negative integers, and which take values from a fixed set."""
 
     columns: list[str]
-    sep: str
+    sep: str  # "," or " " (whitespace: the slow path accepts any run of blanks)
     min_cols: int
     numeric: frozenset[str] = frozenset()
     integer: frozenset[str] = frozenset()  # non-negative integers (frame indices, ...)
     whole: frozenset[str] = frozenset()  # integers, any sign (track ids: ground truth uses -1)
     allowed: dict[str, frozenset] = field(default_factory=dict)
+    bounded: frozenset[str] = frozenset({"frame"})  # integers that must stay below MAX_FRAMES
 
 
-def _read_table(path: Path, layout: _Layout) -> pd.DataFrame:
-    """Parse a delimited text file fast (pandas C parser, vectorised checks); on any problem,
-    re-read it line by line to name the first bad line and field (slow path, failures only)."""
-    columns = layout.columns
-    empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+#: A log holds at most this many frames (frame indices 0 .. MAX_FRAMES - 1): 27.8 hours at 10 Hz.
+#: Frame indices are parsed as 64-bit integers and checked against it before anything is
+#: allocated per frame, so a stray huge index is a format error naming its line, never a silent
+#: wrap-around to 32 bits or gigabytes of empty frames. ``KittiTrackingImporter(max_frames=...)``
+#: changes it (at most 2**31 - 1: the schema's ``frame`` is int32).
+MAX_FRAMES = 1_000_000
+_I32_MAX = 2**31 - 1
+
+
+def _read_table(path: Path, layout: _Layout, max_frames: int = MAX_FRAMES) -> dict[str, np.ndarray]:
+    """Parse a delimited text file: pyarrow's multithreaded CSV reader and whole-column checks.
+    Whenever the fast path fails or a check does not hold, the file is re-read line by line
+    (:func:`_read_slow`), which names the first bad line and field, or parses what the fast
+    path could not (runs of several blanks between fields). Returns column name -> array
+    (``type``: object array of strings; numbers: float64, except integer columns: int64)."""
     try:
-        if path.stat().st_size == 0:
-            return empty
-        df = pd.read_csv(path, sep=layout.sep, header=None, engine="c", skipinitialspace=True, dtype=None)
+        size = path.stat().st_size
     except FileNotFoundError:
         raise LogFormatError(path, "file is missing") from None
-    except pd.errors.EmptyDataError:  # only blank lines
-        return empty
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        _diagnose(path, layout)
-        raise LogFormatError(path, f"cannot parse: {exc}") from None
-    if df.shape[1] < layout.min_cols or not _content_ok(df, layout):
-        _diagnose(path, layout)
-        raise LogFormatError(path, "unexpected content")  # not reached: _diagnose names the line
-    df = df.iloc[:, : len(columns)]
-    df.columns = columns[: df.shape[1]]
-    return df
+    except OSError as exc:
+        raise LogFormatError(path, f"cannot read: {exc.strerror or exc}") from None
+    if path.is_dir():
+        raise LogFormatError(path, "is a directory, not a file")
+    if size == 0:
+        return _empty(layout)
+    try:
+        table = pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(delimiter=layout.sep, quote_char=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(null_values=[""], strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            return _empty(layout)
+        return _read_slow(path, layout, max_frames)
+    except OSError as exc:
+        raise LogFormatError(path, f"cannot read: {exc.strerror or exc}") from None
+    out = _fast_columns(table, layout, max_frames)
+    return out if out is not None else _read_slow(path, layout, max_frames)
 
 
-def _content_ok(df: pd.DataFrame, layout: _Layout) -> bool:
-    """Vectorised: every numeric field a finite number, integers integral, sets respected.
-    A short line shows up here as NaN in its missing fields, a long first line as a trailing
-    column that is NaN on the other lines."""
-    for i in range(len(layout.columns), df.shape[1]):  # extra fields: on every line or on none
-        if df[i].isna().any() and not df[i].isna().all():
-            return False
-    for i, name in enumerate(layout.columns[: df.shape[1]]):
-        col = df[i]
+def _empty(layout: _Layout) -> dict[str, np.ndarray]:
+    return {c: (pa.array([], pa.string()) if c not in layout.numeric else
+                np.zeros(0, np.int64 if c in layout.integer | layout.whole else np.float64)) for c in layout.columns}
+
+
+def _fast_columns(table: pa.Table, layout: _Layout, max_frames: int) -> dict[str, np.ndarray] | None:
+    """The columns of a file pyarrow parsed, or None when any check fails (the slow path then
+    names the line). Whitespace layouts: a trailing blank on every line is an empty last column."""
+    n_cols = table.num_columns
+    if layout.sep == " " and n_cols > layout.min_cols and pa.types.is_null(table.schema.field(n_cols - 1).type):
+        n_cols -= 1  # "... 1 \n": a trailing blank on every line
+    if n_cols < layout.min_cols:
+        return None
+    out: dict[str, np.ndarray] = {}
+    for i, name in enumerate(layout.columns[:n_cols]):
+        col = table.column(i)
+        if col.null_count:
+            return None
+        typ = col.type
         if name in layout.numeric:
-            if not pd.api.types.is_numeric_dtype(col):
-                return False
-            values = col.to_numpy(np.float64)
-            if not np.isfinite(values).all():
-                return False
-            if (name in layout.integer or name in layout.whole) and not (values == np.floor(values)).all():
-                return False
-            if name in layout.integer and (values < 0).any():
-                return False
-            if name in layout.allowed and not np.isin(values, list(layout.allowed[name])).all():
-                return False
-        elif name in layout.allowed:
-            if col.isna().any() or not col.astype(str).isin(layout.allowed[name]).all():
-                return False
-    return True
+            if not (pa.types.is_integer(typ) or pa.types.is_floating(typ)):
+                return None
+            if name in layout.integer or name in layout.whole:
+                if pa.types.is_floating(typ):
+                    f = col.to_numpy()
+                    if not (np.isfinite(f).all() and (f == np.floor(f)).all() and (np.abs(f) < 2**62).all()):
+                        return None
+                    values = f.astype(np.int64)
+                else:
+                    values = col.to_numpy().astype(np.int64, copy=False)
+                if name in layout.integer and values.size and values.min() < 0:
+                    return None
+                if name in layout.bounded and values.size and values.max() >= max_frames:
+                    return None
+            else:
+                values = col.to_numpy().astype(np.float64, copy=False)
+                if not np.isfinite(values).all():
+                    return None
+            if name in layout.allowed and not np.isin(values, np.array(sorted(layout.allowed[name]), np.float64)).all():
+                return None
+            out[name] = values
+        else:
+            if not pa.types.is_string(typ) and not pa.types.is_large_string(typ):
+                col = col.cast(pa.string())
+            if name in layout.allowed and not pc.all(pc.is_in(col, value_set=pa.array(sorted(layout.allowed[name])))).as_py():
+                return None
+            out[name] = col
+    return out
 
 
-def _diagnose(path: Path, layout: _Layout) -> None:
-    """Raise LogFormatError for the first bad line/field."""
+def _read_slow(path: Path, layout: _Layout, max_frames: int) -> dict[str, np.ndarray]:
+    """Line by line: raises LogFormatError for the first bad line/field, else the columns."""
     columns = layout.columns
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        rows = [
-            (lineno, [p.strip() for p in (line.strip().split(",") if layout.sep == "," else line.split())])
-            for lineno, line in enumerate(fh, 1)
-            if line.strip()
-        ]
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            rows = [
+                (lineno, [p.strip() for p in (line.strip().split(",") if layout.sep == "," else line.split())])
+                for lineno, line in enumerate(fh, 1)
+                if line.strip()
+            ]
+    except OSError as exc:
+        raise LogFormatError(path, f"cannot read: {exc.strerror or exc}") from None
     counts = Counter(len(parts) for _, parts in rows)
     width = max(counts, key=lambda k: (counts[k], -k)) if counts else 0  # the usual field count
+    parsed: dict[str, list] = {c: [] for c in columns[: min(width, len(columns))]}
     for lineno, parts in rows:
         if len(parts) < layout.min_cols:
             missing = columns[len(parts)] if len(parts) < len(columns) else None
@@ -148,7 +196,7 @@ def _diagnose(path: Path, layout: _Layout) -> None:
             raise LogFormatError(
                 path, f"expected {width} fields (as on most lines), found {len(parts)}", line=lineno, field=missing
             )
-        for name, value in zip(columns, parts):
+        for name, value in zip(columns, parts, strict=False):
             if name in layout.numeric:
                 try:
                     number = float(value)
@@ -156,22 +204,44 @@ def _diagnose(path: Path, layout: _Layout) -> None:
                     raise LogFormatError(path, f"not a number: {value!r}", line=lineno, field=name) from None
                 if not np.isfinite(number):
                     raise LogFormatError(path, f"not a finite number: {value!r}", line=lineno, field=name)
-                if (name in layout.integer or name in layout.whole) and not number.is_integer():
-                    raise LogFormatError(path, f"not an integer: {value!r}", line=lineno, field=name)
-                if name in layout.integer and number < 0:
-                    raise LogFormatError(path, f"must not be negative: {value!r}", line=lineno, field=name)
+                if name in layout.integer or name in layout.whole:
+                    if not number.is_integer():
+                        raise LogFormatError(path, f"not an integer: {value!r}", line=lineno, field=name)
+                    try:
+                        number = int(value)
+                    except ValueError:
+                        number = int(number)
+                    if name in layout.integer and number < 0:
+                        raise LogFormatError(path, f"must not be negative: {value!r}", line=lineno, field=name)
+                    if name in layout.bounded and number >= max_frames:
+                        raise LogFormatError(
+                            path, f"frame index {value} is beyond the bound of {max_frames:,} frames per log "
+                            f"(largest index {max_frames - 1:,})", line=lineno, field=name,
+                        )
+                    if abs(number) >= 2**62:
+                        raise LogFormatError(path, f"integer out of range: {value!r}", line=lineno, field=name)
                 if name in layout.allowed and number not in layout.allowed[name]:
                     raise LogFormatError(
                         path, f"unknown code {value!r}; expected one of {sorted(layout.allowed[name])}",
                         line=lineno, field=name,
                     )
-            elif name in layout.allowed and value not in layout.allowed[name]:
-                raise LogFormatError(
-                    path, f"unknown value {value!r}; expected one of {sorted(layout.allowed[name])}",
-                    line=lineno, field=name,
-                )
-
-
+                parsed[name].append(number)
+            else:
+                if name in layout.allowed and value not in layout.allowed[name]:
+                    raise LogFormatError(
+                        path, f"unknown value {value!r}; expected one of {sorted(layout.allowed[name])}",
+                        line=lineno, field=name,
+                    )
+                parsed[name].append(value)
+    out: dict[str, np.ndarray] = {}
+    for name, values in parsed.items():
+        if name in layout.integer or name in layout.whole:
+            out[name] = np.array(values, np.int64)
+        elif name in layout.numeric:
+            out[name] = np.array(values, np.float64)
+        else:
+            out[name] = pa.array(values, pa.string())
+    return out if rows else _empty(layout)
 
 
 #: Calibration key aliases: the raw KITTI tracking files use ``R_rect`` / ``Tr_velo_cam``
@@ -181,11 +251,18 @@ CALIB_ALIASES = {"R_rect": "R0_rect", "Tr_velo_cam": "Tr_velo_to_cam"}
 
 
 def read_calibration(path: Path) -> dict[str, np.ndarray]:
-    """The entries of a KITTI calibration file fleetloop needs (``CALIB_KEYS``), validated."""
+    """The entries of a KITTI calibration file fleetloop needs (``CALIB_KEYS``), validated: each
+    present once, with the right count of finite numbers, and an invertible lidar -> camera map."""
     if not path.exists():
         raise LogFormatError(path, "calibration file is missing")
+    if path.is_dir():
+        raise LogFormatError(path, "is a directory, not a calibration file")
     values: dict[str, np.ndarray] = {}
-    text = path.read_text(encoding="utf-8", errors="replace")
+    seen_at: dict[str, int] = {}
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise LogFormatError(path, f"cannot read: {exc.strerror or exc}") from None
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -197,6 +274,9 @@ def read_calibration(path: Path) -> dict[str, np.ndarray]:
         key = CALIB_ALIASES.get(key, key)
         if key not in CALIB_KEYS:
             continue
+        if key in seen_at:
+            raise LogFormatError(path, f"duplicate calibration entry (first on line {seen_at[key]})", line=lineno, field=key)
+        seen_at[key] = lineno
         try:
             arr = np.array([float(v) for v in rest], dtype=np.float64)
         except ValueError as exc:
@@ -211,6 +291,11 @@ def read_calibration(path: Path) -> dict[str, np.ndarray]:
     for key in CALIB_KEYS:
         if key not in values:
             raise LogFormatError(path, "missing calibration entry", field=key)
+    M = np.eye(4)
+    M[:3] = lidar_to_cam_matrix(values)
+    if not np.isfinite(np.linalg.cond(M)) or np.linalg.cond(M) > 1e12:
+        raise LogFormatError(path, "R0_rect @ Tr_velo_to_cam is singular (not a rigid transform)",
+                             line=seen_at["Tr_velo_to_cam"], field="Tr_velo_to_cam")
     return values
 
 
@@ -221,12 +306,12 @@ POINTRCNN_LAYOUT = _Layout(
 #: Tracker/detector outputs in the KITTI tracking format: 10 fields at least (up to the 2D box);
 #: the 18th is the score when present; extra trailing fields are ignored.
 TRACKING_LAYOUT = _Layout(
-    TRACKING_COLUMNS, sep=r"\s+", min_cols=10, numeric=frozenset(c for c in TRACKING_COLUMNS if c != "type"),
+    TRACKING_COLUMNS, sep=" ", min_cols=10, numeric=frozenset(c for c in TRACKING_COLUMNS if c != "type"),
     integer=frozenset({"frame"}), whole=frozenset({"track_id"}),
     allowed={"type": frozenset(KITTI_CLASSES) | frozenset(KITTI_OTHER_TYPES)},
 )
 LABEL_LAYOUT = _Layout(
-    TRACKING_COLUMNS[:17], sep=r"\s+", min_cols=17, numeric=frozenset(c for c in TRACKING_COLUMNS[:17] if c != "type"),
+    TRACKING_COLUMNS[:17], sep=" ", min_cols=17, numeric=frozenset(c for c in TRACKING_COLUMNS[:17] if c != "type"),
     integer=frozenset({"frame"}), whole=frozenset({"track_id", "occluded"}),
     allowed={"type": frozenset(KITTI_CLASSES) | frozenset(KITTI_OTHER_TYPES)},
 )
@@ -240,7 +325,7 @@ def image_size_for(P: np.ndarray) -> tuple[int, int]:
     best = min(IMAGE_SIZES, key=lambda f: abs(f - focal))
     if abs(best - focal) < 0.5:
         return IMAGE_SIZES[best]
-    return int(round(2 * float(P[2]))), int(round(2 * float(P[6])))
+    return max(1, round(2 * float(P[2]))), max(1, round(2 * float(P[6])))
 
 
 def lidar_to_cam_matrix(calib: dict[str, np.ndarray]) -> np.ndarray:
@@ -252,24 +337,25 @@ def lidar_to_cam_matrix(calib: dict[str, np.ndarray]) -> np.ndarray:
     return (R0 @ Tr)[:3]
 
 
-def cam_boxes_to_lidar(df: pd.DataFrame, lidar_to_cam: np.ndarray) -> dict[str, np.ndarray]:
+def cam_boxes_to_lidar(cols: dict[str, np.ndarray], lidar_to_cam: np.ndarray) -> dict[str, np.ndarray]:
     """KITTI camera-frame boxes (bottom centre, ``ry`` about the camera's +y, which points down)
     to lidar-frame boxes (centre, ``yaw`` about +z, normalised to [-pi, pi))."""
     M = np.eye(4)
     M[:3] = lidar_to_cam
     inv = np.linalg.inv(M)
-    h = df["h"].to_numpy(np.float64)
-    pts = np.stack(
-        [df["x"].to_numpy(np.float64), df["y"].to_numpy(np.float64) - h / 2, df["z"].to_numpy(np.float64), np.ones(len(df))]
-    )
-    lid = (inv @ pts)[:3]
-    yaw = -df["ry"].to_numpy(np.float64) - np.pi / 2
+    h = np.asarray(cols["h"], np.float64)
+    x, y, z = (np.asarray(cols[c], np.float64) for c in ("x", "y", "z"))
+    y = y - h / 2
+    lid = [inv[i, 0] * x + inv[i, 1] * y + inv[i, 2] * z + inv[i, 3] for i in range(3)]
+    yaw = -np.asarray(cols["ry"], np.float64) - np.pi / 2
     yaw = (yaw + np.pi) % (2 * np.pi) - np.pi
     return {"x": lid[0], "y": lid[1], "z": lid[2], "yaw": yaw}
 
 
 def pointrcnn_score(logit: np.ndarray) -> np.ndarray:
-    """PointRCNN's unbounded logit-like score -> [0, 1] (sigmoid)."""
+    """PointRCNN's unbounded logit-like score -> [0, 1] (sigmoid). Its inverse is
+    :func:`fleetloop.mine.params.logit`, so raw thresholds (e.g. AB3DMOT's per-class operating
+    points) can be written as ``sigmoid(raw)`` in MiningParams."""
     return (1.0 / (1.0 + np.exp(-np.asarray(logit, np.float64)))).astype(np.float32)
 
 
@@ -284,8 +370,18 @@ def tracker_score(score: np.ndarray) -> np.ndarray | None:
     return (c / (c + 1.0)).astype(np.float32)
 
 
+def _const(value: str, n: int) -> pa.Array:
+    """A string column holding one value n times (no Python list of n strings)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value], pa.string())).cast(pa.string())
+
+
+def _strings(codes: np.ndarray, values: list[str]) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values, pa.string())).cast(pa.string())
+
+
 def _table(columns: dict, schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
+    return pa.Table.from_arrays([pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
+                                 else columns[f.name].cast(f.type) for f in schema], schema=schema)
 
 
 def _det_ids(frame: np.ndarray) -> np.ndarray:
@@ -293,15 +389,37 @@ def _det_ids(frame: np.ndarray) -> np.ndarray:
     return (np.arange(len(frame)) - np.searchsorted(frame, frame, side="left")).astype(np.int32)
 
 
+def _sort_by_frame(cols: dict, frame_key: str = "frame") -> dict:
+    frame = cols[frame_key]
+    if frame.size < 2 or np.all(frame[1:] >= frame[:-1]):
+        return cols
+    order = np.argsort(frame, kind="stable")
+    take = pa.array(order)
+    return {k: (v.take(take) if isinstance(v, pa.Array | pa.ChunkedArray) else v[order]) for k, v in cols.items()}
+
+
+#: KITTI types in a fixed order (codes for the class mapping below).
+_TYPES = sorted(KITTI_CLASSES) + list(KITTI_OTHER_TYPES)
+_TYPE_CLASS = [KITTI_CLASSES.get(t) for t in _TYPES]
+
+
 class KittiTrackingImporter:
-    """Reads the KITTI tracking layout. ``lidar_detector`` / ``camera_tracker`` /
+    """Reads the KITTI tracking layout.
+
+    Every camera tracker under ``camera_trk/`` becomes its own stream of the ``tracks`` table,
+    named ``camera:<tracker>`` in its ``sensor`` column (e.g. ``camera:ciwt``,
+    ``camera:yolox_sort``); ``camera_tracker=`` loads only that one. ``lidar_detector`` /
     ``camera_detector`` pick a source directory when several are present (default: the only
-    one; for camera trackers ``ciwt`` first, as it carries confidences, else the first by name)."""
+    one, else the first by name). ``max_frames`` bounds the frames of a log (:data:`MAX_FRAMES`)."""
 
     name = "kitti-tracking"
 
-    def __init__(self, lidar_detector: str | None = None, camera_tracker: str | None = None, camera_detector: str | None = None):
+    def __init__(self, lidar_detector: str | None = None, camera_tracker: str | None = None,
+                 camera_detector: str | None = None, max_frames: int = MAX_FRAMES):
+        if not 1 <= max_frames <= _I32_MAX:
+            raise ValueError(f"max_frames must be in 1 .. {_I32_MAX}, got {max_frames}")
         self.lidar_detector, self.camera_tracker, self.camera_detector = lidar_detector, camera_tracker, camera_detector
+        self.max_frames = max_frames
 
     def list_logs(self, root: Path) -> list[str]:
         root = Path(root)
@@ -311,21 +429,20 @@ class KittiTrackingImporter:
         return sorted(p.stem for p in calib.glob("*.txt"))
 
     @staticmethod
-    def _source(root: Path, kind: str, chosen: str | None) -> Path | None:
+    def _sources(root: Path, kind: str, chosen: str | None, every: bool = False) -> list[Path]:
         base = root / kind
         if not base.is_dir():
             if chosen:
                 raise LogFormatError(base, f"{kind} source {chosen!r} requested but {base} does not exist")
-            return None
+            return []
         names = sorted(p.name for p in base.iterdir() if p.is_dir())
         if chosen:
             if chosen not in names:
                 raise LogFormatError(base, f"no {kind} source {chosen!r}; available: {names}")
-            return base / chosen
+            return [base / chosen]
         if not names:
-            return None
-        preferred = [n for n in names if n == "ciwt"] or names
-        return base / preferred[0]
+            return []
+        return [base / n for n in names] if every else [base / names[0]]
 
     def _seqmap(self, root: Path) -> dict[str, int]:
         path = root / "seqmap.txt"
@@ -337,7 +454,11 @@ class KittiTrackingImporter:
                     continue
                 if len(parts) != 4 or not parts[3].isdigit():
                     raise LogFormatError(path, "expected '<seq> empty <start> <n_frames>'", line=lineno, field="n_frames")
-                out[parts[0]] = int(parts[3])
+                n = int(parts[3])
+                if n > self.max_frames:
+                    raise LogFormatError(path, f"{n:,} frames is beyond the bound of {self.max_frames:,} frames per log",
+                                         line=lineno, field="n_frames")
+                out[parts[0]] = n
         return out
 
     def load(self, root: Path, log_ids: list[str] | None = None) -> DriveLogs:
@@ -347,69 +468,76 @@ class KittiTrackingImporter:
         missing = sorted(set(log_ids) - set(available))
         if missing:
             raise LogFormatError(root / "calib", f"no calibration for logs {missing}")
-        lidar_dir = self._source(root, "lidar_det", self.lidar_detector)
-        trk_dir = self._source(root, "camera_trk", self.camera_tracker)
-        det_dir = self._source(root, "camera_det", self.camera_detector)
+        lidar_dir = next(iter(self._sources(root, "lidar_det", self.lidar_detector)), None)
+        trk_dirs = self._sources(root, "camera_trk", self.camera_tracker, every=True)
+        det_dir = next(iter(self._sources(root, "camera_det", self.camera_detector)), None)
         seqmap = self._seqmap(root)
-        parts = [self._load_one(root, s, seqmap.get(s), lidar_dir, trk_dir, det_dir) for s in log_ids]
+        parts = [self._load_one(root, s, seqmap.get(s), lidar_dir, trk_dirs, det_dir) for s in log_ids]
         return DriveLogs.concat(parts)
 
-    def _load_one(self, root, seq, n_frames, lidar_dir, trk_dir, det_dir) -> DriveLogs:
+    def _load_one(self, root, seq, n_frames, lidar_dir, trk_dirs, det_dir) -> DriveLogs:
         calib = read_calibration(root / "calib" / f"{seq}.txt")
         P = calib["P2"]
         l2c = lidar_to_cam_matrix(calib)
         width, height = image_size_for(P)
         max_frame = -1
+        bound = self.max_frames
 
         lidar = LIDAR_DETECTIONS.empty_table()
         if lidar_dir is not None and (lidar_dir / f"{seq}.txt").exists():
-            df = _read_table(lidar_dir / f"{seq}.txt", POINTRCNN_LAYOUT)
-            df = df.sort_values("frame", kind="stable").reset_index(drop=True)
-            frame = df["frame"].to_numpy(np.int32)
-            box = cam_boxes_to_lidar(df, l2c)
+            d = _sort_by_frame(_read_table(lidar_dir / f"{seq}.txt", POINTRCNN_LAYOUT, bound))
+            frame = d["frame"]
+            n = frame.size
+            box = cam_boxes_to_lidar(d, l2c)
             max_frame = max(max_frame, int(frame.max(initial=-1)))
+            codes = np.searchsorted(np.array(sorted(POINTRCNN_CLASSES)), d["type"].astype(np.int64))
             lidar = _table(
                 {
-                    "log_id": [seq] * len(df), "frame": frame, "det_id": _det_ids(frame),
-                    "cls": df["type"].astype(int).map(POINTRCNN_CLASSES).to_numpy(object),
-                    "score": pointrcnn_score(df["score"].to_numpy(np.float64)),
+                    "log_id": _const(seq, n), "frame": frame.astype(np.int32), "det_id": _det_ids(frame),
+                    "cls": _strings(codes, [POINTRCNN_CLASSES[k] for k in sorted(POINTRCNN_CLASSES)]),
+                    "score": pointrcnn_score(d["score"]),
                     "x": box["x"].astype(np.float32), "y": box["y"].astype(np.float32), "z": box["z"].astype(np.float32),
-                    "l": df["l"].to_numpy(np.float32), "w": df["w"].to_numpy(np.float32), "h": df["h"].to_numpy(np.float32),
+                    "l": d["l"].astype(np.float32), "w": d["w"].astype(np.float32), "h": d["h"].astype(np.float32),
                     "yaw": box["yaw"].astype(np.float32),
                 },
                 LIDAR_DETECTIONS,
             )
 
-        tracks = TRACKS.empty_table()
-        if trk_dir is not None and (trk_dir / f"{seq}.txt").exists():
-            df = _read_tracking(trk_dir / f"{seq}.txt")
-            max_frame = max(max_frame, int(df["frame"].max()) if len(df) else -1)
-            score = tracker_score(df["score"].to_numpy(np.float64))
-            tracks = _table(
+        track_parts = []
+        for trk_dir in trk_dirs:
+            if not (trk_dir / f"{seq}.txt").exists():
+                continue
+            d = _read_tracking(trk_dir / f"{seq}.txt", bound)
+            n = d["frame"].size
+            max_frame = max(max_frame, int(d["frame"].max(initial=-1)))
+            score = tracker_score(d["score"])
+            track_parts.append(_table(
                 {
-                    "log_id": [seq] * len(df), "frame": df["frame"].to_numpy(np.int32),
-                    "track_id": df["track_id"].to_numpy(np.int64), "sensor": ["camera"] * len(df),
-                    "cls": df["cls"].to_numpy(object),
-                    "score": pa.nulls(len(df), pa.float32()) if score is None else score,
-                    "state": ["confirmed"] * len(df),
-                    **{c: df[c].to_numpy(np.float32) for c in ("x1", "y1", "x2", "y2")},
+                    "log_id": _const(seq, n), "frame": d["frame"].astype(np.int32),
+                    "track_id": d["track_id"], "sensor": _const(f"camera:{trk_dir.name}", n),
+                    "cls": d["cls"],
+                    "score": pa.nulls(n, pa.float32()) if score is None else score,
+                    "state": _const("confirmed", n),
+                    **{c: d[c].astype(np.float32) for c in ("x1", "y1", "x2", "y2")},
                 },
                 TRACKS,
-            )
+            ))
+        tracks = pa.concat_tables(track_parts) if track_parts else TRACKS.empty_table()
 
         camera = CAMERA_DETECTIONS.empty_table()
         if det_dir is not None and (det_dir / f"{seq}.txt").exists():
-            df = _read_tracking(det_dir / f"{seq}.txt")
-            frame = df["frame"].to_numpy(np.int32)
+            d = _read_tracking(det_dir / f"{seq}.txt", bound)
+            frame = d["frame"]
+            n = frame.size
             max_frame = max(max_frame, int(frame.max(initial=-1)))
-            score = tracker_score(df["score"].to_numpy(np.float64))
+            score = tracker_score(d["score"])
             camera = _table(
                 {
-                    "log_id": [seq] * len(df), "frame": frame, "det_id": _det_ids(frame),
-                    "cls": df["cls"].to_numpy(object),
+                    "log_id": _const(seq, n), "frame": frame.astype(np.int32), "det_id": _det_ids(frame),
+                    "cls": d["cls"],
                     # a detector without confidences: every detection counts as certain
-                    "score": np.ones(len(df), np.float32) if score is None else score,
-                    **{c: df[c].to_numpy(np.float32) for c in ("x1", "y1", "x2", "y2")},
+                    "score": np.ones(n, np.float32) if score is None else score,
+                    **{c: d[c].astype(np.float32) for c in ("x1", "y1", "x2", "y2")},
                 },
                 CAMERA_DETECTIONS,
             )
@@ -420,60 +548,68 @@ class KittiTrackingImporter:
         if n == 0:
             raise LogFormatError(root / "seqmap.txt", f"log {seq} has no frames (no seqmap entry and no outputs)")
         frames = np.arange(n, dtype=np.int32)
-        unknown = ["unknown"] * n
+        unknown = _const("unknown", n)
         frames_t = _table(
             {
-                "log_id": [seq] * n, "frame": frames, "timestamp_ns": frames.astype(np.int64) * FRAME_PERIOD_NS,
-                "image_uri": [None] * n, "vehicle": ["kitti"] * n, "weather": unknown, "time_of_day": unknown,
-                "place": unknown,
+                "log_id": _const(seq, n), "frame": frames, "timestamp_ns": frames.astype(np.int64) * FRAME_PERIOD_NS,
+                "image_uri": pa.nulls(n, pa.string()), "vehicle": _const("kitti", n), "weather": unknown,
+                "time_of_day": unknown, "place": unknown,
             },
             FRAMES,
         )
-        calib_t = _table(
+        calib_t = pa.Table.from_pydict(
             {"log_id": [seq], "P": [P.tolist()], "lidar_to_cam": [l2c.ravel().tolist()],
              "image_width": [width], "image_height": [height]},
-            CALIBRATION,
+            schema=CALIBRATION,
         )
         return DriveLogs(frames=frames_t, lidar_detections=lidar, camera_detections=camera, tracks=tracks, calibration=calib_t)
 
 
-def _read_tracking(path: Path) -> pd.DataFrame:
+def _read_tracking(path: Path, max_frames: int = MAX_FRAMES) -> dict:
     """A KITTI tracking-format output file, classes mapped, other types dropped, sorted by frame."""
-    df = _read_table(path, TRACKING_LAYOUT)
-    if "score" not in df:
-        df["score"] = -1.0
-    df["frame"] = df["frame"].astype(np.int64)
-    df["track_id"] = df["track_id"].astype(np.int64)
-    df["cls"] = df["type"].map(KITTI_CLASSES)
-    df = df[df["cls"].notna()].sort_values("frame", kind="stable").reset_index(drop=True)
-    return df
+    d = _read_table(path, TRACKING_LAYOUT, max_frames)
+    if "score" not in d:
+        d["score"] = np.full(d["frame"].size, -1.0)
+    types = d["type"]
+    code = pc.index_in(types, value_set=pa.array(_TYPES)).to_numpy(zero_copy_only=False).astype(np.int64)
+    keep = np.array([c is not None for c in _TYPE_CLASS])[code]
+    names = sorted(set(CLASSES_OF_KITTI))
+    cls_code = np.array([names.index(c) if c is not None else -1 for c in _TYPE_CLASS])[code]
+    idx = np.flatnonzero(keep)
+    out = {k: (v.take(pa.array(idx)) if isinstance(v, pa.Array | pa.ChunkedArray) else v[idx]) for k, v in d.items()}
+    out["cls"] = _strings(cls_code[idx], names)
+    return _sort_by_frame(out)
+
+
+CLASSES_OF_KITTI = tuple(sorted(set(KITTI_CLASSES.values())))
 
 
 def read_kitti_truth(root: Path | str, log_ids: list[str] | None = None) -> pa.Table:
     """Ground truth from ``label_02``: one row per labelled object, all KITTI types kept.
 
     Columns: log_id, frame, track_id, kitti_type, cls (taxonomy class, null for DontCare/Misc/
-    Tram), truncated, occluded, x1, y1, x2, y2 (pixels)."""
+    Tram), truncated, occluded, x1, y1, x2, y2 (pixels), and the 3D box in KITTI's rectified
+    camera frame: h, w, l (metres), x, y, z (bottom centre), ry."""
     root = Path(root)
     label_dir = root / "label_02"
     if not label_dir.is_dir():
         raise LogFormatError(root, "no label_02/ ground truth directory")
     seqs = log_ids or sorted(p.stem for p in label_dir.glob("*.txt"))
-    frames = []
+    parts = []
     for seq in seqs:
         path = label_dir / f"{seq}.txt"
         if not path.exists():
             raise LogFormatError(path, "ground-truth file is missing")
-        df = _read_table(path, LABEL_LAYOUT)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "log_id": pd.Series([seq] * len(df), dtype=object),
-                    "frame": df["frame"].astype(np.int32), "track_id": df["track_id"].astype(np.int64),
-                    "kitti_type": df["type"].astype(str), "cls": df["type"].map(KITTI_CLASSES),
-                    "truncated": df["truncated"].astype(np.float32), "occluded": df["occluded"].astype(np.int32),
-                    **{c: df[c].astype(np.float32) for c in ("x1", "y1", "x2", "y2")},
-                }
-            )
-        )
-    return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+        d = _read_table(path, LABEL_LAYOUT)
+        n = d["frame"].size
+        types = d["type"] if isinstance(d["type"], pa.Array | pa.ChunkedArray) else pa.array(d["type"], pa.string())
+        code = pc.index_in(types, value_set=pa.array(_TYPES)).to_numpy(zero_copy_only=False).astype(np.int64)
+        cls = pa.array([_TYPE_CLASS[c] for c in range(len(_TYPES))], pa.string()).take(pa.array(code))
+        parts.append(pa.table({
+            "log_id": _const(seq, n), "frame": pa.array(d["frame"].astype(np.int32)),
+            "track_id": pa.array(d["track_id"]), "kitti_type": pa.chunked_array([types]).combine_chunks()
+            if isinstance(types, pa.ChunkedArray) else types, "cls": cls,
+            "truncated": pa.array(d["truncated"].astype(np.float32)), "occluded": pa.array(d["occluded"].astype(np.int32)),
+            **{c: pa.array(d[c].astype(np.float32)) for c in ("x1", "y1", "x2", "y2", "h", "w", "l", "x", "y", "z", "ry")},
+        }))
+    return pa.concat_tables(parts) if parts else pa.table({})

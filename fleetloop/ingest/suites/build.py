@@ -38,6 +38,8 @@ from fleetloop.schema import CALIBRATION, CAMERA_DETECTIONS, CLASSES, FRAMES, LA
 WEATHER = ["clear", "rain", "fog", "snow", "unknown"]
 TIME_OF_DAY = ["day", "night", "dusk", "unknown"]
 SENSORS = ["camera", "lidar"]
+#: ``camera`` / ``lidar``, optionally ``:<stream name>`` (several trackers of one sensor, e.g. ``camera:ciwt``).
+SENSOR_PATTERN = r"^(?:camera|lidar)(?::[A-Za-z0-9._-]{1,64})?$"
 TRACK_STATES = ["confirmed", "tentative"]
 PIXEL_LIMIT = 10_000.0  # |pixel coordinate| beyond this is a broken writer, not a bad detection
 METRE_LIMIT = 1_000.0  # |x|, |y| of a lidar box
@@ -169,7 +171,8 @@ def _expectations(table: str) -> list:
                  column_list=["log_id", "frame", "sensor", "track_id"], ignore_row_if="never"),
             frame_known(),
             taxonomy(),
-            crit(gxe.ExpectColumnValuesToBeInSet, "sensor is camera or lidar", column="sensor", value_set=SENSORS),
+            crit(gxe.ExpectColumnValuesToMatchRegex, "sensor is camera or lidar, optionally :<stream>", column="sensor",
+                 regex=SENSOR_PATTERN),
             crit(gxe.ExpectColumnValuesToBeInSet, "state is confirmed or tentative", column="state", value_set=TRACK_STATES),
             *score(True),
             *pixels(strict=False),
