@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup test demo services-up services-down bench clean
+.PHONY: setup test test-unit test-integration lint demo services-up services-down bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,19 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-test: setup
-	$(BIN)/pytest
+lint: setup        ## ruff, mypy and the import-linter layer contracts
+	$(BIN)/ruff check fleetloop tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
+
+test-unit: setup   ## the fast tier: no services, no servers
+	$(BIN)/pytest tests/unit
+
+test-integration: setup   ## real Prefect, Label Studio, S3 (moto), git + DVC
+	$(BIN)/pytest tests/integration tests/e2e
+
+test: lint         ## everything (CI runs exactly this through .ci/run)
+	$(BIN)/pytest tests
 
 demo: setup
 	$(BIN)/fleetloop demo
@@ -29,5 +40,9 @@ services-up: setup
 services-down: setup
 	$(BIN)/fleetloop services down
 
+bench: setup       ## every benchmark (minutes; figures in the README)
+	for b in benchmarks/*.py; do case $$b in */common.py|*/naive_mining.py|*/kitti_truth.py) continue;; esac; \
+	  echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
 clean:
-	rm -rf $(VENV) .fleetloop .pytest_cache
+	rm -rf $(VENV) .fleetloop .pytest_cache .ruff_cache .mypy_cache

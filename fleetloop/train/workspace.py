@@ -1,0 +1,126 @@
+"""The training workspace: where ``dvc repro`` runs the pipeline on a dataset version.
+
+A git + DVC repository (default ``$FLEETLOOP_HOME/train``) that holds the project's ``dvc.yaml``
+and ``params.yaml`` (copied from the repository root on every run, so the team edits them in one
+place), the dataset imported from the dataset registry at its tag (DVC's data-registry pattern:
+``dvc import <dataset repo> data -o data/dataset --rev dataset-vN`` the first time, ``dvc update
+--rev dataset-vN`` after; the version is recorded in ``data/dataset.dvc`` and ``dvc.lock``), and
+an optional ``scenarios/`` folder of fixed evaluation sets. After a run, the workspace commits
+``dvc.lock`` so its history says which dataset and params produced which metrics. DVC runs through
+the dataset package's adapter, the one place that calls git and DVC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from fleetloop.dataset.config import DatasetConfig
+from fleetloop.dataset.dvc import Repo
+
+PIPELINE_FILES = ("dvc.yaml", "params.yaml")
+
+
+class TrainingFailed(RuntimeError):
+    """``dvc repro`` failed or produced no model / metrics (the message says which stage)."""
+
+
+class TrainOutcome(BaseModel):
+    dataset_version: int
+    workspace: Path
+    model_dir: Path
+    metrics: dict
+    seconds: float
+    training_seconds: float | None = None
+    reproduced: bool  # False: dvc found nothing changed and reused the outputs
+
+
+def _repo(workspace: Path, dataset: DatasetConfig, timeout_s: float) -> Repo:
+    return Repo(workspace, dataset.model_copy(update={"command_timeout_s": timeout_s}))
+
+
+def _ensure_workspace(repo: Repo) -> None:
+    root = repo.root
+    if (root / ".git").is_dir() and (root / ".dvc").is_dir():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / ".git").is_dir():
+        repo.git("init", "-q", "-b", "main")
+        repo.git("config", "user.name", "fleetloop")
+        repo.git("config", "user.email", "fleetloop@localhost")
+    if not (root / ".dvc").is_dir():
+        repo.dvc("init")
+        repo.dvc("config", "core.analytics", "false")
+        repo.dvc("config", "core.check_update", "false")
+        repo.dvc("config", "cache.type", "reflink,hardlink,copy")
+    (root / ".gitignore").write_text("/prepared\n/model\n")
+    repo.git("add", "-A")
+    repo.git("commit", "-q", "-m", "Training workspace (fleetloop)")
+
+
+def _dataset_source(dataset: DatasetConfig) -> str:
+    return dataset.git_remote or str(Path(dataset.repo_dir).resolve())
+
+
+def retrain(
+    workspace: Path,
+    dataset: DatasetConfig,
+    version: int,
+    *,
+    template: Path,
+    scenarios: list[Path] | None = None,
+    timeout_s: float = 3600.0,
+) -> TrainOutcome:
+    """Train and evaluate on ``dataset-v<version>``: import/update the dataset, ``dvc repro``,
+    commit the lock. Stages that did not change are not rerun (DVC's own cache). ``template``
+    is the folder holding the project's ``dvc.yaml`` and ``params.yaml``."""
+    t0 = time.perf_counter()
+    workspace = Path(workspace).resolve()
+    repo = _repo(workspace, dataset, timeout_s)
+    _ensure_workspace(repo)
+    src = Path(template)
+    missing = [n for n in PIPELINE_FILES if not (src / n).is_file()]
+    if missing:
+        raise TrainingFailed(f"{src} has no {' or '.join(missing)}: the training pipeline is defined there")
+    for name in PIPELINE_FILES:
+        shutil.copyfile(src / name, workspace / name)
+    scen = workspace / "scenarios"
+    scen.mkdir(exist_ok=True)
+    (scen / ".keep").touch()
+    for path in scenarios or []:
+        target = scen / Path(path).name
+        if not target.exists() or target.read_bytes() != Path(path).read_bytes():
+            shutil.copyfile(path, target)
+    tag = f"dataset-v{version}"
+    if (workspace / "data" / "dataset.dvc").is_file():
+        repo.dvc("update", "--rev", tag, "data/dataset.dvc")
+    else:
+        (workspace / "data").mkdir(exist_ok=True)
+        repo.dvc("import", _dataset_source(dataset), "data", "-o", "data/dataset", "--rev", tag)
+    lock_before = (workspace / "dvc.lock").read_bytes() if (workspace / "dvc.lock").is_file() else b""
+    env_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    os.environ["PATH"] = env_path  # the stages' `python -m ...` must be this interpreter's
+    try:
+        repo.dvc("repro")
+    except Exception as exc:
+        raise TrainingFailed(f"dvc repro on {tag} failed: {exc}") from exc
+    model_dir, metrics_file = workspace / "model", workspace / "metrics.json"
+    if not model_dir.is_dir() or not metrics_file.is_file():
+        raise TrainingFailed(f"dvc repro on {tag} left no model/ or metrics.json in {workspace}")
+    reproduced = lock_before != (workspace / "dvc.lock").read_bytes()
+    repo.git("add", "-A")
+    if repo.git("diff", "--cached", "--quiet", check=False).returncode != 0:
+        repo.git("commit", "-q", "-m", f"retrain on {tag}")
+    training = model_dir / "training.json"
+    return TrainOutcome(
+        dataset_version=version, workspace=workspace, model_dir=model_dir,
+        metrics=json.loads(metrics_file.read_text()), seconds=round(time.perf_counter() - t0, 2),
+        training_seconds=json.loads(training.read_text()).get("seconds") if training.is_file() else None,
+        reproduced=reproduced,
+    )
