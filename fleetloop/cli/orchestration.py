@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 import sys
 import time
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, cast
+from uuid import UUID
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun, State
 
 console = Console()
 err = Console(stderr=True)
@@ -63,8 +69,11 @@ def register(app: typer.Typer) -> None:
 
         settings, url = _prefect_env()
         if serve:
+            from fleetloop.local.process import reaping_descendants
+
             console.print(f"Serving fleetloop deployments against {url} (Ctrl-C to stop)")
-            deployments.serve(settings)
+            with reaping_descendants():  # flow runs still going when serving stops are stopped too
+                deployments.serve(settings)
             return
         ids = deployments.deploy_to_pool(settings)
         console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {url}.")
@@ -72,31 +81,46 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def worker() -> None:
-        """Start a Prefect process worker for fleetloop's work pool (no Docker needed)."""
-        settings, _ = _prefect_env()
-        cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", settings.prefect.work_pool, "--type", "process"]
-        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+        """Start a Prefect process worker for fleetloop's work pool (no Docker needed).
+
+        SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the worker and the flow runs it started within
+        10 s, and nothing it started outlives this command (nor its unexpected death)."""
+        from fleetloop.local.process import supervise
+
+        settings, url = _prefect_env()
+        pool = settings.prefect.work_pool
+        cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+        err.print(f"Prefect worker for work pool [bold]{pool}[/] at {url} (Ctrl-C to stop)", highlight=False)
+
+        def stopping(sig: signal.Signals) -> None:
+            err.print(f"{sig.name}: stopping the Prefect worker and its flow runs", highlight=False)
+
+        raise typer.Exit(supervise(cmd, env=os.environ.copy(), on_stop=stopping))
 
     @app.command()
     def run(
         flow: Annotated[str, typer.Argument(help=f"One of: {', '.join(DEPLOYMENTS)}")],
-        param: Annotated[list[str], typer.Option("--param", "-p", help="key=value (JSON values allowed)")] = [],
+        param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed)")] = None,
         wait: Annotated[bool, typer.Option("--wait", help="Wait for the run; exit non-zero if it fails.")] = False,
-        timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds.")] = 3600,
+        timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds (exit 3).")] = 3600,
+        no_worker_after: Annotated[float, typer.Option(
+            "--no-worker-after",
+            help="With --wait: after this many seconds still Scheduled/Pending, check that a worker "
+                 "polls for the run and say how to start one if none does.",
+        )] = 20,
     ) -> None:
         """Trigger a deployed flow on demand and print its URL in the Prefect UI."""
         if flow not in DEPLOYMENTS:
             raise typer.BadParameter(f"unknown flow {flow!r}; expected one of {list(DEPLOYMENTS)}", param_hint="FLOW")
-        parameters = parse_params(param)
+        parameters = parse_params(param or [])
         _, api_url = _prefect_env()
-        from prefect.client.orchestration import get_client
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
         from prefect.settings import PREFECT_UI_URL
 
         name = f"{flow}/{DEPLOYMENTS[flow]}"
         try:
-            fr = run_deployment(name=name, parameters=parameters, timeout=0, as_subflow=False)
+            fr = cast("FlowRun", run_deployment(name=name, parameters=parameters, timeout=0, as_subflow=False))
         except ObjectNotFound:
             err.print(f"[red]No deployment {name}:[/] register them with `fleetloop deploy`.")
             raise typer.Exit(2) from None
@@ -113,18 +137,83 @@ def register(app: typer.Typer) -> None:
         console.print(f"flow run {fr.name}: {ui}/runs/flow-run/{fr.id}", soft_wrap=True)
         if not wait:
             return
-        deadline = time.monotonic() + timeout
-        with get_client(sync_client=True) as client:
-            while True:
-                state = client.read_flow_run(fr.id).state
-                if state is not None and state.is_final():
-                    break
-                if time.monotonic() > deadline:
-                    err.print(f"[yellow]Still {state.name if state else 'pending'} after {timeout:.0f} s[/]")
-                    raise typer.Exit(3)
-                time.sleep(1.0)
+        state = _wait_for_run(fr, timeout, no_worker_after)
         if state.is_completed():
             console.print(f"[green]{state.name}[/]")
             return
         err.print(f"[red]{state.name}:[/] {state.message or ''}")
         raise typer.Exit(1)
+
+
+def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float) -> State:
+    """Poll the run until it is final. While it sits in Scheduled/Pending, check every
+    ``hint_after`` seconds that something polls for it and say once, on stderr, when nothing
+    does. Exit 3 after ``timeout`` seconds."""
+    from prefect.client.orchestration import get_client
+
+    started = time.monotonic()
+    next_check, hinted = hint_after, False
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run.id).state
+            if state is not None and state.is_final():
+                return state
+            elapsed = time.monotonic() - started
+            waiting = state is None or state.is_scheduled() or state.is_pending()
+            if waiting and not hinted and elapsed >= next_check and flow_run.deployment_id is not None:
+                next_check += hint_after
+                hint = no_poller_hint(client, flow_run.deployment_id)
+                if hint:
+                    hinted = True
+                    err.print(f"[yellow]{hint}[/] Still waiting for run {flow_run.name} "
+                              f"({state.name if state else 'Scheduled'}, {elapsed:.0f} s).",
+                              highlight=False, soft_wrap=True)
+            if elapsed > timeout:
+                err.print(f"[yellow]Still {state.name if state else 'Scheduled'} after {timeout:.0f} s[/]",
+                          highlight=False)
+                raise typer.Exit(3)
+            time.sleep(1.0)
+
+
+#: A worker counts as polling until it misses this many heartbeats (Prefect's foreman: 3 x 30 s).
+HEARTBEATS_MISSED = 3
+#: A served deployment counts as polled for this long after its last poll (Prefect's default).
+SERVED_POLL_TIMEOUT_S = 60.0
+
+
+def no_poller_hint(client: SyncPrefectClient, deployment_id: UUID, now: datetime | None = None) -> str | None:
+    """None when a worker (or a serving process) polls for this deployment's runs; else one
+    line saying so and how to start one. A deployment in a work pool is polled by the pool's
+    workers (their ``last_heartbeat_time``); one without (``fleetloop deploy --serve``) by the
+    process serving it (the deployment's ``last_polled``)."""
+    now = now or datetime.now(UTC)
+    deployment = client.read_deployment(deployment_id)
+    pool_name = deployment.work_pool_name
+    if pool_name:
+        pool = client.read_work_pool(pool_name)
+        if pool.is_paused:
+            return f"Work pool '{pool_name}' is paused: resume it with `prefect work-pool resume {pool_name}`."
+        workers = client.read_workers_for_work_pool(pool_name)
+        for w in workers:
+            allowed = HEARTBEATS_MISSED * (w.heartbeat_interval_seconds or 30)
+            if w.last_heartbeat_time and (now - w.last_heartbeat_time).total_seconds() <= allowed:
+                return None
+        beats = [w.last_heartbeat_time for w in workers if w.last_heartbeat_time]
+        seen = f"last heartbeat {_ago(max(beats), now)}" if beats else "no worker has polled it yet"
+        return (f"No worker is polling work pool '{pool_name}' ({seen}): start one with `fleetloop worker`, "
+                "or serve the deployments in one process with `fleetloop deploy --serve`.")
+    last = deployment.last_polled
+    if last and (now - last).total_seconds() <= SERVED_POLL_TIMEOUT_S:
+        return None
+    seen = f"last polled {_ago(last, now)}" if last else "never polled"
+    return (f"Nothing is serving deployment '{deployment.name}' ({seen}): start `fleetloop deploy --serve`, "
+            "or `fleetloop deploy` then `fleetloop worker`.")
+
+
+def _ago(when: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - when).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"

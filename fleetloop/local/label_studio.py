@@ -8,7 +8,10 @@ Everything here is idempotent:
 * :func:`start` provisions a user and a *legacy* API token non-interactively on the data dir's
   first start (the legacy-token switch is stored on the organisation when it is created, so it
   must be on from the very first start), then returns the running server when called again;
-* :func:`stop` ends the process group it started, by pid.
+* :func:`stop` ends the process group it started (and every descendant), by pid.
+
+The process itself is run by :class:`fleetloop.local.server.ServerProcess`, as the Prefect
+server is: own session, recorded pid and start time, SIGTERM → SIGINT → SIGKILL.
 
 The process runs with a whitelisted environment: Label Studio reads ``LABEL_STUDIO_X``, then
 ``HEARTEX_X``, then plain ``X`` (a stray ``USERNAME``/``PASSWORD``/``HOST`` in the caller's shell
@@ -22,14 +25,36 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from fleetloop.local.process import SERVER_STOP, Launch, StopStep, clean_env
+from fleetloop.local.server import ServerProcess, ServiceError, ServiceStatus, port_in_use_error, services_home
+from fleetloop.settings import Settings
+
+__all__ = [
+    "DEFAULT_USER",
+    "LABEL_STUDIO",
+    "LABEL_STUDIO_SPEC",
+    "LabelStudioServerError",
+    "LabelStudioService",
+    "ServerState",
+    "default_venv",
+    "health",
+    "install",
+    "read_state",
+    "server_env",
+    "service_dir",
+    "start",
+    "stop",
+    "url",
+]
 
 LABEL_STUDIO_SPEC = "label-studio>=1.23,<1.24"
 DEFAULT_USER = "admin@fleetloop.local"
@@ -37,7 +62,7 @@ _MARKER = ".fleetloop-installed.json"
 _PASSTHROUGH_ENV = ("HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
-class LabelStudioServerError(RuntimeError):
+class LabelStudioServerError(ServiceError):
     """The local Label Studio server could not be installed, started or reached."""
 
 
@@ -53,10 +78,18 @@ class ServerState:
     data_dir: str
     document_root: str  # LOCAL_FILES_DOCUMENT_ROOT: files below it are served under /data/local-files/
     pid: int | None = None
+    create_time: float | None = None  # the process's start time: a reused pid is not ours
+
+
+_STATE_FIELDS = {f.name for f in fields(ServerState)}
 
 
 def service_dir(home: Path | str) -> Path:
-    return Path(home).resolve() / "services" / "label-studio"
+    return services_home(home) / "label-studio"
+
+
+def _server(home: Path | str, steps: tuple[StopStep, ...] = SERVER_STOP) -> ServerProcess:
+    return ServerProcess("label-studio", service_dir(home), command_word="label-studio", steps=steps)
 
 
 def default_venv(home: Path | str) -> Path:
@@ -71,9 +104,8 @@ def install(home: Path | str, *, venv: Path | None = None, spec: str = LABEL_STU
     """Create the venv and install Label Studio into it, unless already done. Returns the venv."""
     venv = Path(venv or default_venv(home)).resolve()
     marker = venv / _MARKER
-    if marker.exists() and _executable(venv).exists():
-        if json.loads(marker.read_text()).get("spec") == spec:
-            return venv
+    if marker.exists() and _executable(venv).exists() and json.loads(marker.read_text()).get("spec") == spec:
+        return venv
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     if not (venv / "bin" / "python").exists():
         venv.parent.mkdir(parents=True, exist_ok=True)
@@ -96,37 +128,18 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
         raise LabelStudioServerError(f"could not {what} (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
+def _from_record(record: dict[str, Any] | None) -> ServerState | None:
+    return ServerState(**{k: v for k, v in record.items() if k in _STATE_FIELDS}) if record else None
+
+
 def read_state(home: Path | str) -> ServerState | None:
-    path = service_dir(home) / "state.json"
-    if not path.exists():
-        return None
-    return ServerState(**json.loads(path.read_text()))
+    """The local server's url, token, document root, ... (None before its first start)."""
+    return _from_record(_server(home).read_state())
 
 
 def _write_state(home: Path | str, state: ServerState) -> None:
-    path = service_dir(home) / "state.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(state), f, indent=2)
-    os.replace(tmp, path)
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as dead
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
+    server = _server(home)
+    server.write_state({**(server.read_state() or {}), **asdict(state)})
 
 
 def health(url: str, token: str | None = None, timeout: float = 2.0) -> bool:
@@ -150,39 +163,31 @@ def url(home: Path | str) -> str | None:
     return state.url if state else None
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def server_env(venv: Path, state: ServerState) -> dict[str, str]:
     """The whole environment of the Label Studio process (nothing else leaks in)."""
-    env = {k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ}
-    env.update(
-        PATH=f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        VIRTUAL_ENV=str(venv),
-        LABEL_STUDIO_USERNAME=state.username,
-        LABEL_STUDIO_PASSWORD=state.password,
-        LABEL_STUDIO_USER_TOKEN=state.token,
-        LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
-        LABEL_STUDIO_BASE_DATA_DIR=state.data_dir,
-        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
-        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=state.document_root,
-        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
-        # calls home off (STACK.md)
-        SENTRY_DSN="",
-        FRONTEND_SENTRY_DSN="",
-        LATEST_VERSION_CHECK="false",
-        COLLECT_ANALYTICS="false",
-        # loopback development server: our webhook receiver is on 127.0.0.1 too
-        SSRF_PROTECTION_ENABLED="false",
-        PYTHONUNBUFFERED="1",
+    return clean_env(
+        {
+            "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "VIRTUAL_ENV": str(venv),
+            "LABEL_STUDIO_USERNAME": state.username,
+            "LABEL_STUDIO_PASSWORD": state.password,
+            "LABEL_STUDIO_USER_TOKEN": state.token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_BASE_DATA_DIR": state.data_dir,
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": state.document_root,
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            # calls home off (STACK.md)
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+            # loopback development server: our webhook receiver is on 127.0.0.1 too
+            "SSRF_PROTECTION_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+        },
+        inherit=_PASSTHROUGH_ENV,
     )
-    return env
 
 
 def start(
@@ -200,31 +205,37 @@ def start(
     ``<home>/services/label-studio/data``. The token and the admin password are generated on
     the first call and kept in the state file; later starts reuse them.
     """
-    from fleetloop.store.locks import file_lock
-
     home = Path(home).resolve()
-    sdir = service_dir(home)
-    sdir.mkdir(parents=True, exist_ok=True)
-    with file_lock(sdir / ".start.lock", timeout=timeout + 120):  # two starts at once: one server
-        return _start_locked(home, sdir, port, venv, data_dir, timeout, install_if_missing)
+    server = _server(home)
+    server.directory.mkdir(parents=True, exist_ok=True)
+    with server.lock(timeout=timeout + 600):  # two starts at once: one server (an install takes minutes)
+        try:
+            return _start_locked(home, server, port, venv, data_dir, timeout, install_if_missing)
+        except LabelStudioServerError:
+            raise
+        except ServiceError as exc:
+            raise LabelStudioServerError(str(exc)) from None
 
 
 def _start_locked(
     home: Path,
-    sdir: Path,
+    server: ServerProcess,
     port: int,
     venv: Path | None,
     data_dir: Path | None,
     timeout: float,
     install_if_missing: bool,
 ) -> ServerState:
-    previous = read_state(home)
-    if previous and _pid_alive(previous.pid) and health(previous.url, previous.token):
-        return previous
+    record = server.read_state()
+    previous = _from_record(record)
+    if previous and server.running(record):
+        if health(previous.url, previous.token):
+            return previous
+        server.stop(record)  # ours but not answering: restart it
     venv = install(home, venv=venv) if install_if_missing else Path(venv or default_venv(home)).resolve()
     if not _executable(venv).exists():
         raise LabelStudioServerError(f"Label Studio is not installed in {venv}; run install() first")
-    data = Path(data_dir or sdir / "data").resolve()
+    data = Path(data_dir or server.directory / "data").resolve()
     first_start = not (data / "label_studio.sqlite3").exists()
     if previous and not first_start and Path(previous.data_dir) == data:
         token, password, username = previous.token, previous.password, previous.username
@@ -232,11 +243,10 @@ def _start_locked(
         token, password, username = secrets.token_hex(20), secrets.token_urlsafe(18), DEFAULT_USER
     else:
         raise LabelStudioServerError(
-            f"{data} holds a Label Studio database fleetloop did not create (no matching {sdir / 'state.json'}):"
+            f"{data} holds a Label Studio database fleetloop did not create (no matching {server.state_path}):"
             " its token is unknown; point settings.label_studio.url/token at it, or use a fresh data dir"
         )
-    if not _port_free(port):
-        raise LabelStudioServerError(f"port {port} on 127.0.0.1 is in use; set FLEETLOOP_LABEL_STUDIO__PORT")
+    port_in_use_error("label-studio", f"http://127.0.0.1:{port}")
     data.mkdir(parents=True, exist_ok=True)
     state = ServerState(
         url=f"http://127.0.0.1:{port}",
@@ -247,45 +257,16 @@ def _start_locked(
         data_dir=str(data),
         document_root=str(home),
     )
-    log = open(sdir / "server.log", "ab")
-    cmd = [
-        str(_executable(venv)),
-        "start",
-        "--no-browser",
-        "--internal-host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data),
-        "--enable-legacy-api-token",
+    argv = [
+        str(_executable(venv)), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+        "--data-dir", str(data), "--enable-legacy-api-token",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        env=server_env(venv, state),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=sdir,
-    )
-    log.close()
-    state = ServerState(**{**asdict(state), "pid": proc.pid})
-    _write_state(home, state)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise LabelStudioServerError(
-                f"Label Studio exited with code {proc.returncode} during start; see {sdir / 'server.log'}"
-            )
-        if health(state.url):
-            break
-        time.sleep(0.5)
-    else:
-        stop(home)
-        raise LabelStudioServerError(f"Label Studio not healthy after {timeout:.0f}s; see {sdir / 'server.log'}")
-    _check_token(state)
-    return state
+    record = server.start(Launch(argv=argv, env=server_env(venv, state), cwd=server.directory), asdict(state),
+                          healthy=lambda: health(state.url), timeout=timeout)
+    started = _from_record(record)
+    assert started is not None
+    _check_token(started)
+    return started
 
 
 def _check_token(state: ServerState) -> None:
@@ -304,106 +285,59 @@ def _check_token(state: ServerState) -> None:
 
 
 def stop(home: Path | str, timeout: float = 20.0) -> bool:
-    """Stop the server started by :func:`start` (its process group, by pid). True if one was running."""
-    state = read_state(home)
-    if not state or not _pid_alive(state.pid):
+    """Stop the server started by :func:`start` and everything it started; True if one was
+    running. A recorded pid that is not our server (reused by another process) is never
+    signalled, only forgotten."""
+    server = _server(home, steps=((signal.SIGTERM, timeout), (signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)))
+    if not server.state_path.exists():
         return False
-    assert state.pid is not None
-    if not _is_our_server(state.pid):  # a stale pid reused by another process: never signal it
-        _write_state(home, ServerState(**{**asdict(state), "pid": None}))
-        return False
-    os.killpg(state.pid, signal.SIGTERM)  # started with start_new_session: pgid == pid
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(state.pid):
-        _reap(state.pid)
-        time.sleep(0.2)
-    if _pid_alive(state.pid):
-        os.killpg(state.pid, signal.SIGKILL)
-        time.sleep(0.2)
-        _reap(state.pid)
-    _write_state(home, ServerState(**{**asdict(state), "pid": None}))
-    return True
-
-
-def _is_our_server(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        return b"label-studio" in cmdline and os.getpgid(pid) == pid
-    except (OSError, ProcessLookupError):
-        return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    with server.lock():
+        return server.stop()
 
 
 class LabelStudioService:
-    """The :class:`fleetloop.local.services.Service` for ``fleetloop services up|down|status``.
+    """The :class:`fleetloop.local.server.Service` for ``fleetloop services up|down|status``.
 
     With ``settings.label_studio.url`` set, the server is external (production): nothing is
     started and status reports its health."""
 
     name = "label-studio"
 
-    def url(self, settings) -> str:
+    def url(self, settings: Settings) -> str:
         return (settings.label_studio.url or f"http://127.0.0.1:{settings.label_studio.port}").rstrip("/")
 
     def health(self, url: str, timeout: float = 2.0) -> bool:
         return health(url, timeout=timeout)
 
-    def start(self, settings):
-        if settings.label_studio.url:
-            return self.status(settings)
-        from fleetloop.local.services import ServiceError
-
-        try:
+    def start(self, settings: Settings) -> ServiceStatus:
+        if not settings.label_studio.url:
             start(settings.home, port=settings.label_studio.port)
-        except LabelStudioServerError as exc:
-            raise ServiceError(f"label-studio: {exc}") from exc
         return self.status(settings)
 
-    def stop(self, settings) -> bool:
+    def stop(self, settings: Settings) -> bool:
         return False if settings.label_studio.url else stop(settings.home)
 
-    def status(self, settings):
-        from fleetloop.local.services import ServiceStatus
-
+    def status(self, settings: Settings) -> ServiceStatus:
         url = self.url(settings)
         if settings.label_studio.url:
             return ServiceStatus(
-                name=self.name,
-                url=url,
-                healthy=self.health(url),
-                running=False,
-                mode="external",
+                name=self.name, url=url, healthy=self.health(url), running=False, mode="external",
                 detail="configured in settings; not managed by fleetloop",
             )
-        state = read_state(settings.home)
-        log = str(service_dir(settings.home) / "server.log")
-        if state is None or not _pid_alive(state.pid):
+        server = _server(settings.home)
+        record = server.read_state()
+        state = _from_record(record)
+        log = str(server.log_path)
+        if state is None or not server.running(record):
             installed = _executable(default_venv(settings.home)).exists()
             return ServiceStatus(
-                name=self.name,
-                url=url,
-                healthy=False,
-                running=False,
-                mode="local",
-                log=log,
+                name=self.name, url=url, healthy=False, running=False, mode="local", log=log,
                 detail="not running: start it with `fleetloop services up`"
                 + ("" if installed else " (first start installs Label Studio, ~1 min)"),
             )
         healthy = health(state.url, state.token)
         return ServiceStatus(
-            name=self.name,
-            url=state.url,
-            healthy=healthy,
-            running=True,
-            mode="local",
-            pid=state.pid,
-            log=log,
+            name=self.name, url=state.url, healthy=healthy, running=True, mode="local", pid=state.pid, log=log,
             detail="" if healthy else "running but not healthy",
         )
 

@@ -75,8 +75,12 @@ def test_up_status_idempotent_up_and_down(cli: CLI, monkeypatch: pytest.MonkeyPa
     # the server outlived the command that started it, and its state is under <home>/services/prefect
     assert psutil.pid_exists(pid)
     assert (home / "services" / "prefect" / "prefect.db").exists()
-    state = json.loads((home / "services" / "state.json").read_text())
-    assert state["services"]["prefect"]["pid"] == pid and state["services"]["prefect"]["url"] == url
+    state_file = home / "services" / "prefect" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["pid"] == pid and state["url"] == url and state_file.stat().st_mode & 0o777 == 0o600
+    assert os.getpgid(pid) == pid  # its own process group: stopped as one
+    # a whitelisted environment: nothing of the caller's leaks into the server
+    assert "FLEETLOOP_HOME" not in psutil.Process(pid).environ()
 
     code, st = cli.status()
     assert code == 0 and st["prefect"]["healthy"] and st["prefect"]["pid"] == pid
@@ -165,3 +169,142 @@ def test_external_prefect_is_reported_not_started(cli: CLI) -> None:
     assert st["mode"] == "external" and st["url"] == f"http://127.0.0.1:{port}" and st["healthy"] is False
     assert st["pid"] is None
     assert not (Path(cli.env["FLEETLOOP_HOME"]) / "services" / "prefect").exists()
+
+
+# ------------------------------------------------------------------ the process manager itself
+
+# A process tree like a Prefect worker's: a child in the group and one in its own session (as
+# Prefect starts flow runs), every one of them ignoring SIGTERM; the root records their pids.
+TREE = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    a = subprocess.Popen([sys.executable, "-c", stubborn])
+    b = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
+    open(sys.argv[1], "w").write(f"{a.pid} {b.pid}")
+    time.sleep(600)
+    """
+)
+
+
+def _spawn_tree(tmp_path: Path) -> tuple[int, list[int]]:
+    from fleetloop.local.process import Launch, clean_env, spawn
+
+    pids = tmp_path / "pids"
+    proc = spawn(Launch([sys.executable, "-c", TREE, str(pids)], env=clean_env()), tmp_path / "tree.log")
+    deadline = time.monotonic() + 20
+    while not (pids.exists() and pids.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "tree.log").read_text()
+        time.sleep(0.05)
+    return proc.pid, [int(p) for p in pids.read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_stop_tree_reaches_every_descendant_and_escalates(tmp_path: Path) -> None:
+    import signal
+
+    from fleetloop.local.process import stop_tree
+
+    root, descendants = _spawn_tree(tmp_path)
+    assert os.getpgid(root) == root and os.getpgid(descendants[1]) != root  # one left the group
+    t0 = time.monotonic()
+    steps = ((signal.SIGTERM, 0.5), (signal.SIGINT, 1.0), (signal.SIGKILL, 2.0))
+    assert stop_tree(root, create_time=psutil.Process(root).create_time(), steps=steps) is True
+    assert time.monotonic() - t0 < 5
+    assert not any(_alive(p) for p in [root, *descendants])
+    assert stop_tree(root) is False  # already gone
+
+
+def test_stop_tree_never_signals_a_reused_pid() -> None:
+    from fleetloop.local.process import stop_tree
+
+    me = psutil.Process()
+    assert stop_tree(me.pid, create_time=me.create_time() - 3600) is False  # "our" pid, another start time
+    assert me.is_running()
+
+
+def test_supervise_returns_the_exit_code_and_stops_what_the_child_left(tmp_path: Path) -> None:
+    """A child that exits on its own leaves a grandchild in its own session: supervise stops it."""
+    pids = tmp_path / "pid"
+    code = textwrap.dedent(
+        f"""
+        import subprocess, sys
+        p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        open({str(pids)!r}, "w").write(str(p.pid))
+        sys.exit(7)
+        """
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from fleetloop.local.process import supervise
+        sys.exit(supervise([sys.executable, "-c", {code!r}]))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 7, r.stderr
+    orphan = int(pids.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(orphan) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(orphan)
+
+
+class _FakeServer:
+    """A LocalServer for ``python -m http.server``: the whole life cycle in a second."""
+
+    def __init__(self, home: Path) -> None:
+        from fleetloop.local.process import Launch, clean_env
+        from fleetloop.local.server import LocalServer
+
+        self.port = _free_port()
+        self.settings = Settings(home=home)
+        self.service = LocalServer(
+            name="web",
+            local_url=lambda s: f"http://127.0.0.1:{self.port}",
+            launch=lambda s, d: Launch([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port)],
+                                       env=clean_env(), cwd=d),
+            health_path="/",
+            command_word="http.server",
+            start_timeout_s=30,
+        )
+
+
+def test_local_server_up_is_idempotent_and_serialised(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    fake = _FakeServer(tmp_path)
+    try:
+        with ThreadPoolExecutor(4) as pool:  # four `up` at once: one server
+            statuses = list(pool.map(lambda _: fake.service.start(fake.settings), range(4)))
+        assert {s.pid for s in statuses} == {statuses[0].pid} and all(s.healthy for s in statuses)
+        pid = statuses[0].pid
+        assert pid is not None and os.getpgid(pid) == pid
+        st = fake.service.status(fake.settings)
+        assert st.running and st.healthy and st.pid == pid
+        assert fake.service.stop(fake.settings) is True
+        assert not _alive(pid)
+        assert fake.service.stop(fake.settings) is False
+        assert fake.service.status(fake.settings).running is False
+    finally:
+        fake.service.stop(fake.settings)
+
+
+def test_a_recorded_pid_that_is_not_our_server_is_never_signalled(tmp_path: Path) -> None:
+    """A stale state file whose pid now belongs to another process (here: this test)."""
+    fake = _FakeServer(tmp_path)
+    server = fake.service.process(fake.settings)
+    me = psutil.Process()
+    server.write_state({"name": "web", "url": f"http://127.0.0.1:{fake.port}", "pid": me.pid,
+                        "create_time": me.create_time()})
+    assert fake.service.status(fake.settings).running is False  # not an http.server command line
+    assert fake.service.stop(fake.settings) is False
+    assert me.is_running()
+    assert server.read_state()["pid"] is None
