@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.process_guard import (  # noqa: F401  (hooks: the suite fails when a test leaves a process running)
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+)
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
