@@ -8,10 +8,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 logs_app = typer.Typer(help="Logs in the configured store.", no_args_is_help=True)
 
 
@@ -22,31 +23,38 @@ def register(app: typer.Typer) -> None:
     def ingest(
         path: Annotated[Path, typer.Argument(exists=True, help="Directory of logs to bring in.")],
         format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
-        log: Annotated[list[str], typer.Option("--log", help="Only these log ids (repeatable).")] = [],
+        log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
     ) -> None:
         """Validate logs and store them (the function the ingest-logs flow calls). Bad logs are
-        quarantined with a report; the rest go on. Rerunning stores nothing twice."""
+        quarantined with a report; the rest go on. Rerunning stores nothing twice; a log id
+        already stored with other content is reported, never overwritten (exit 1)."""
         from fleetloop.ingest.importers import FORMATS, LogFormatError
         from fleetloop.ingest.ingest import ingest as do_ingest
         from fleetloop.settings import get_settings
+        from fleetloop.store.ids import InvalidLogIdError, check_log_id
         from fleetloop.store.objects import StorageError, get_store
 
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
         try:
+            wanted = [check_log_id(i) for i in log] if log else None
+        except InvalidLogIdError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--log") from None
+        try:
             with console.status(f"Ingesting {path} ({format})"):
-                report = do_ingest(get_store(get_settings()), path, format, log or None)
+                report = do_ingest(get_store(get_settings()), path, format, wanted)
         except (LogFormatError, StorageError, FileNotFoundError) as exc:
-            err.print(f"[red]ingest failed:[/] {exc}")
+            err.print(f"[red]ingest failed:[/] {escape(str(exc))}")
             raise typer.Exit(1) from None
         console.print(
             f"[green]{len(report.registered)} new[/], {len(report.unchanged)} unchanged, "
-            f"[red]{len(report.quarantined)} quarantined[/]; {report.frames:,} frames in {report.seconds:.1f} s"
+            f"[red]{len(report.quarantined)} quarantined[/], {len(report.conflicts)} conflicts; "
+            f"{report.frames:,} frames in {report.seconds:.1f} s"
         )
         for log_id, key in report.quarantined.items():
-            console.print(f"  quarantined {log_id}: {key}")
+            console.print(f"  quarantined {escape(repr(log_id) if not log_id.isprintable() else log_id)}: {escape(key)}")
         for log_id, why in report.conflicts.items():
-            console.print(f"  [yellow]not stored {log_id}:[/] {why}")
+            console.print(f"  [yellow]not stored {escape(log_id)}:[/] {escape(why)}")
         if report.conflicts:
             raise typer.Exit(1)
 
@@ -56,16 +64,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The logs in the store, oldest arrival first."""
         from fleetloop.settings import get_settings
-        from fleetloop.store.logs import list_logs
+        from fleetloop.store.logs import LogIntegrityError, list_logs
         from fleetloop.store.objects import StorageError, get_store
 
         try:
             manifests = list_logs(get_store(get_settings()), since=since)
-        except StorageError as exc:
-            err.print(f"[red]{exc}[/]")
+        except (StorageError, LogIntegrityError) as exc:
+            err.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(1) from None
         table = Table("log_id", "frames", "arrived_at", "source")
         for m in manifests:
-            table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), m.source)
+            table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), escape(m.source))
         console.print(table)
         console.print(f"{len(manifests)} logs")

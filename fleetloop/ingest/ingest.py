@@ -1,16 +1,31 @@
 """Ingest: import logs from a source, validate them, store the good ones and quarantine the bad
-ones with a report. A log is registered once per content hash (the store's manifest-last write),
-so a rerun is safe."""
+ones with a report.
+
+Every log is on its own: a log that fails in any way (a file that does not parse, an invalid
+log id, a missing anchor file, an unexpected exception while loading, validating or storing it)
+is quarantined with a report naming the file and the reason, and the rest of the batch goes
+on, whatever the order of the logs. Only a store that cannot be reached stops the batch.
+
+A log is registered once per content hash with conditional writes (see
+:mod:`fleetloop.store.logs`), so a rerun is safe and two ingests of the same log ids may run at
+once, on one machine or several: one of them stores each log; the other reports the same
+content as unchanged, or other content as a conflict, never overwriting it.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from fleetloop.store.objects import Store
+from fleetloop.store.objects import StorageError, Store
+
+if TYPE_CHECKING:
+    from fleetloop.ingest.validation import ValidationResult
+    from fleetloop.schema import DriveLogs
 
 
 class IngestReport(BaseModel):
@@ -25,38 +40,82 @@ class IngestReport(BaseModel):
 
 
 def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None = None, *,
-           arrived_at: datetime | None = None, **importer_options) -> IngestReport:
+           arrived_at: datetime | None = None, **importer_options: Any) -> IngestReport:
     """Import logs from ``source``, validate them, store the good ones and quarantine the bad
     ones with a report. A bad log never stops the batch. ``arrived_at`` (default now) backdates
     the arrival of a backfill."""
     from fleetloop.ingest.importers import load_logs_isolated
-    from fleetloop.store.logs import LogConflictError
-    from fleetloop.store.logs import list_logs, put_log
-    from fleetloop.ingest.validation import LogReport, quarantine, validate_logs
+    from fleetloop.ingest.validation import LogReport, quarantine
 
     t0 = time.perf_counter()
     report = IngestReport(source=str(source), format=fmt)
     loaded = load_logs_isolated(source, fmt, log_ids, **importer_options)
-    for log_id, error in loaded.errors.items():  # files that do not parse: quarantined, the rest goes on
+    for log_id, error in loaded.errors.items():  # logs that do not load: quarantined, the rest goes on
         report.quarantined[log_id] = quarantine(store, LogReport.from_format_error(log_id, error))
-    result = validate_logs(loaded.logs)
-    known = {m.log_id: m for m in list_logs(store)}
+    result = _validate(loaded.logs)
     for log_id in result.good.log_ids:
-        one = result.good.select([log_id])
-        before = known.get(log_id)
-        try:
-            manifest = put_log(store, one, source=f"{fmt}:{source}", arrived_at=arrived_at)
-        except LogConflictError as exc:  # never overwrite a stored log silently; the rest goes on
-            report.conflicts[log_id] = str(exc)
-            continue
-        if before is not None and before.sha256 == manifest.sha256:
-            report.unchanged.append(log_id)
-        else:
-            report.registered.append(log_id)
-        report.frames += one.num_frames
+        _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
     for log_id, log_report in result.quarantined.items():
         report.quarantined[log_id] = quarantine(store, log_report)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
 
+def _store_one(store: Store, one: DriveLogs, source: str, arrived_at: datetime | None, report: IngestReport) -> None:
+    """Store one validated log and record what happened in ``report``."""
+    from fleetloop.ingest.validation import LogReport, quarantine
+    from fleetloop.store.logs import LogConflictError, commit_log
+
+    log_id = one.log_ids[0]
+    try:
+        result = commit_log(store, one, source=source, arrived_at=arrived_at)
+    except LogConflictError as exc:  # never overwrite a stored log silently; the rest goes on
+        report.conflicts[log_id] = str(exc)
+        return
+    except StorageError:  # the store itself is unreachable: nothing else can be stored either
+        raise
+    except Exception as exc:  # anything else is this log's problem
+        failure = _Failure(source, f"the log cannot be stored: {type(exc).__name__}: {exc}")
+        report.quarantined[log_id] = quarantine(store, LogReport.from_format_error(log_id, failure))
+        return
+    (report.registered if result.created else report.unchanged).append(log_id)
+    report.frames += one.num_frames
+
+
+class _Failure(ValueError):
+    """Why a log failed after loading (shaped like a LogFormatError for the report)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _validate(logs: DriveLogs) -> ValidationResult:
+    """Validate the batch in one pass; if that pass fails unexpectedly, validate log by log so
+    the log that breaks it is quarantined and the others go on."""
+    from fleetloop.ingest.validation import ValidationResult, validate_logs
+    from fleetloop.schema import DriveLogs
+
+    try:
+        return validate_logs(logs)
+    except Exception:  # one log broke the batch pass: find it
+        pass
+    parts = [_validate_one(logs.select([log_id])) for log_id in logs.log_ids]
+    return ValidationResult(
+        good=DriveLogs.concat([p.good for p in parts if p.good.num_frames]),
+        quarantined={k: v for p in parts for k, v in p.quarantined.items()},
+        warnings={k: v for p in parts for k, v in p.warnings.items()},
+    )
+
+
+def _validate_one(one: DriveLogs) -> ValidationResult:
+    """Validate one log; an exception quarantines it with the exception as the reason."""
+    from fleetloop.ingest.validation import LogReport, ValidationResult, validate_logs
+    from fleetloop.schema import DriveLogs
+
+    try:
+        return validate_logs(one)
+    except Exception as exc:
+        failure = _Failure("validation", f"validation could not run on this log: {type(exc).__name__}: {exc}")
+        reports = {log_id: LogReport.from_format_error(log_id, failure) for log_id in one.log_ids}
+        return ValidationResult(good=DriveLogs.empty(), quarantined=reports, warnings={})

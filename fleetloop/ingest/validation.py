@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -556,20 +556,19 @@ def _counts(t: pa.Table) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- quarantine
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
 def quarantine_key(log_id: str) -> str:
-    safe = _SAFE.sub("_", log_id) or "_"
-    if safe in (".", ".."):
-        safe = safe.replace(".", "_")
-    return f"quarantine/{safe}"
+    """``quarantine/<name>``: a valid log id is its own name; any other id gets an escaped name
+    with a hash (:func:`fleetloop.store.ids.report_name`), so distinct ids never share a report."""
+    from fleetloop.store.ids import report_name
+
+    return f"quarantine/{report_name(log_id)}"
 
 
 def quarantine(dest, report: LogReport) -> str:
-    """Write ``quarantine/<log_id>/report.md`` and ``report.json`` under ``dest``: a directory
-    (``Path``/``str``) or a store with ``put_bytes(key, data)`` (``fleetloop.store.objects.Store``).
-    Returns where the markdown report is (a path for a directory, a key for a store)."""
+    """Write ``quarantine/<name>/report.md`` and ``report.json`` under ``dest`` (``<name>``: see
+    :func:`quarantine_key`): a directory (``Path``/``str``) or a store with ``put_bytes(key,
+    data)`` (``fleetloop.store.objects.Store``). Returns where the markdown report is (a path for
+    a directory, a key for a store)."""
     base = quarantine_key(report.log_id)
     md = report.to_markdown().encode()
     js = (report.model_dump_json(indent=2) + "\n").encode()
@@ -580,9 +579,14 @@ def quarantine(dest, report: LogReport) -> str:
     d = Path(dest) / base
     d.mkdir(parents=True, exist_ok=True)
     for fname, data in (("report.json", js), ("report.md", md)):
-        tmp = d / f".{fname}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(d / fname)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{fname}.", suffix=".tmp")  # unique: writers never share it
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, d / fname)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return str(d / "report.md")
 
 
@@ -655,3 +659,10 @@ def _cell(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_cell(x) for x in v) + "]"
     return str(v).replace("|", "\\|")
+
+
+def label_failures(labels: pa.Table) -> list[str]:
+    """The labels suite as a plain check for the labeling sync (``LabelValidator``): one message
+    per failing expectation, empty when every row is valid."""
+    return [f"log {log_id}: {f.description} ({f.unexpected_count} rows, frames {f.frames[:5]})"
+            for log_id, report in validate_labels(labels).items() for f in report.critical]

@@ -8,10 +8,13 @@ ranked (or selected under a budget) and written as CSV or Parquet.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -50,22 +53,43 @@ def _out_kind(out: Path) -> str:
 
 
 def write_frames(table: pa.Table, out: Path) -> None:
+    """Write ``table`` to ``out`` (CSV or Parquet by suffix) atomically: into a temporary file of
+    a unique name in the same directory, then renamed over ``out``. Concurrent writers never
+    share a temporary file (the last rename wins, whole); on any failure (a full disk
+    included) the temporary file is removed, ``out`` is left as it was, and the error is a
+    :class:`MiningOutputError` naming ``out``."""
     kind = _out_kind(out)
     cols = FIRST_COLUMNS + [c for c in table.column_names if c not in FIRST_COLUMNS]
     table = table.select([c for c in cols if c in table.column_names])
-    tmp = out.with_name(f".{out.name}.tmp")
-    if kind == "csv":
-        with open(tmp, "wb") as fh:
-            fh.write((",".join(table.column_names) + "\n").encode())
-            try:  # plain cells when no value needs quoting (the usual case), quoted strings otherwise
-                pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
-            except pa.ArrowInvalid:
-                fh.seek(0)
-                fh.truncate()
-                pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(quoting_style="needed"))
-    else:
-        pq.write_table(table, tmp)
-    tmp.replace(out)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise MiningOutputError(f"--out {out}: cannot create a file in {out.parent}: {exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if kind == "csv":
+                _write_csv(table, fh)
+            else:
+                pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the output from other users
+        os.replace(tmp, out)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, pa.ArrowException)):
+            raise MiningOutputError(f"--out {out}: cannot write: {exc}") from None
+        raise
+
+
+def _write_csv(table: pa.Table, fh: BinaryIO) -> None:
+    fh.write((",".join(table.column_names) + "\n").encode())
+    try:  # plain cells when no value needs quoting (the usual case), quoted strings otherwise
+        pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"))
+    except pa.ArrowInvalid:
+        fh.seek(0)
+        fh.truncate()
+        pacsv.write_csv(table, fh, write_options=pacsv.WriteOptions(quoting_style="needed"))
 
 
 def _load_shard(importer, root: Path, ids: list[str], report: MineFilesReport) -> DriveLogs | None:

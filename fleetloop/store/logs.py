@@ -2,36 +2,55 @@
 
 Layout::
 
-    logs/<log_id>/<stream>.parquet      one table per stream of :data:`fleetloop.schema.STREAMS`
-    logs/<log_id>/manifest.json         written LAST: a log without a manifest does not exist
-    index/arrivals/<arrived_at>_<log_id>.json   append-only arrival index (a copy of the manifest)
+    logs/<log_id>/<sha256>/<stream>.parquet     one table per stream of :data:`fleetloop.schema.STREAMS`,
+                                                under the log's content hash
+    index/arrivals/<arrived_at>_<log_id>.json   arrival index entry (a copy of the manifest)
+    logs/<log_id>/manifest.json                 written LAST, create-only: the commit point
 
-Logs are immutable. :func:`put_log` of the same content again is a no-op that returns the
-existing manifest; different content under an existing ``log_id`` is a :class:`LogConflictError`
-unless ``replace=True``. "Logs that arrived since T" is one listing of ``index/arrivals/`` starting
-after T's key (keys sort chronologically), reading only the entries after T.
+Logs are immutable, and every state change is one conditional write, never a check followed by
+a write, so any number of writers (processes, machines sharing an S3 bucket) may store the same
+log ids at once:
+
+- streams go under the content hash, so a writer of other content never touches the files a
+  manifest refers to (a writer of the same content rewrites the same logical tables);
+- the manifest is created with ``put_if_absent``: exactly one writer per log id wins. A loser
+  with the same content gets the winner's manifest; a loser with other content gets
+  :class:`LogConflictError` and removes its own stream files. ``replace=True`` swaps the
+  manifest with ``put_if_match`` (compare-and-swap);
+- the arrival index entry is written before the manifest, and an entry counts only when the
+  manifest names the same arrival, so a kill at any point leaves a log either fully visible
+  (listed and readable) or not stored at all; never stored but unlisted.
+
+:func:`get_log` verifies the content hash of what it reads against the manifest and raises
+:class:`LogIntegrityError` naming the log on a mismatch. "Logs that arrived since T" is one
+listing of ``index/arrivals/`` starting after T's key (keys sort chronologically).
+Manifests of layout version 1 (streams directly under ``logs/<log_id>/``) are still read.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fleetloop.schema import STREAMS, DriveLogs
+from fleetloop.store.ids import InvalidLogIdError, check_log_id
 from fleetloop.store.objects import ObjectNotFound, Store
 
 __all__ = [
     "ARRIVALS_PREFIX",
     "LOGS_PREFIX",
     "LogConflictError",
+    "LogIntegrityError",
     "LogManifest",
     "LogNotFoundError",
+    "PutLogResult",
+    "commit_log",
     "content_sha256",
     "get_log",
     "get_manifest",
@@ -42,9 +61,10 @@ __all__ = [
 
 LOGS_PREFIX = "logs/"
 ARRIVALS_PREFIX = "index/arrivals/"
-LAYOUT_VERSION = 1
-_LOG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+LAYOUT_VERSION = 2
 _TIME_KEY = "%Y%m%dT%H%M%S.%fZ"  # fixed width: lexicographic order is chronological
+_TIME_KEY_LEN = len("20240101T000000.000000Z")
+_CAS_ATTEMPTS = 20
 
 
 class LogNotFoundError(KeyError):
@@ -56,6 +76,10 @@ class LogNotFoundError(KeyError):
 
 class LogConflictError(ValueError):
     """A log with that id already exists with different content."""
+
+
+class LogIntegrityError(RuntimeError):
+    """A stored log's streams do not match its manifest (corrupted or tampered storage)."""
 
 
 class LogManifest(BaseModel):
@@ -77,32 +101,52 @@ class LogManifest(BaseModel):
         return _as_utc(v)
 
 
+@dataclass(frozen=True)
+class PutLogResult:
+    """What :func:`commit_log` did: the stored manifest, and whether this call created it."""
+
+    manifest: LogManifest
+    created: bool
+
+
 def log_prefix(log_id: str) -> str:
-    """``logs/<log_id>/``: where a log's objects live."""
-    if not _LOG_ID.match(log_id):
-        raise ValueError(f"invalid log_id {log_id!r}: letters, digits, '.', '_' and '-' only")
-    return f"{LOGS_PREFIX}{log_id}/"
+    """``logs/<log_id>/``: where a log's objects live. :class:`InvalidLogIdError` (a
+    ``ValueError``) for an id that breaks the rule of :mod:`fleetloop.store.ids`."""
+    return f"{LOGS_PREFIX}{check_log_id(log_id)}/"
 
 
 def _manifest_key(log_id: str) -> str:
     return log_prefix(log_id) + "manifest.json"
 
 
-def _stream_key(log_id: str, stream: str) -> str:
-    return log_prefix(log_id) + f"{stream}.parquet"
+def _content_prefix(log_id: str, sha: str) -> str:
+    return f"{log_prefix(log_id)}{sha}/"
+
+
+def _stream_key(m: LogManifest, stream: str) -> str:
+    if m.layout_version < 2:  # version 1: streams directly under the log's prefix
+        return log_prefix(m.log_id) + f"{stream}.parquet"
+    return _content_prefix(m.log_id, m.sha256) + f"{stream}.parquet"
 
 
 def _arrival_key(m: LogManifest) -> str:
     return f"{ARRIVALS_PREFIX}{m.arrived_at.strftime(_TIME_KEY)}_{m.log_id}.json"
 
 
+def _log_id_of_arrival(key: str) -> str | None:
+    """The log id an arrival key names (None for a key that is not an arrival entry)."""
+    name = key[len(ARRIVALS_PREFIX):]
+    if len(name) <= _TIME_KEY_LEN + 1 or name[_TIME_KEY_LEN] != "_" or not name.endswith(".json"):
+        return None
+    return name[_TIME_KEY_LEN + 1 : -len(".json")]
+
+
 def _as_utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def _normalized(logs: DriveLogs) -> dict[str, pa.Table]:
+def _normalized_tables(tables: dict[str, pa.Table]) -> dict[str, pa.Table]:
     """Each stream with exactly its schema's columns and types, in one chunk."""
-    tables = logs.tables()
     out = {}
     for name, schema in STREAMS.items():
         t = tables[name]
@@ -113,10 +157,13 @@ def _normalized(logs: DriveLogs) -> dict[str, pa.Table]:
     return out
 
 
-def content_sha256(logs: DriveLogs) -> str:
-    """A hash of the logical content (independent of chunking and parquet writer version)."""
+def _normalized(logs: DriveLogs) -> dict[str, pa.Table]:
+    return _normalized_tables(logs.tables())
+
+
+def _sha_of_tables(tables: dict[str, pa.Table]) -> str:
     h = hashlib.sha256()
-    for name, table in _normalized(logs).items():
+    for name, table in _normalized_tables(tables).items():
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as writer:
             for batch in table.to_batches():
@@ -125,6 +172,11 @@ def content_sha256(logs: DriveLogs) -> str:
         h.update(name.encode() + b"\0")
         h.update(sink.getvalue().to_pybytes())
     return h.hexdigest()
+
+
+def content_sha256(logs: DriveLogs) -> str:
+    """A hash of the logical content (independent of chunking and parquet writer version)."""
+    return _sha_of_tables(logs.tables())
 
 
 def _single_log_id(logs: DriveLogs) -> str:
@@ -145,13 +197,128 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _parse_manifest(data: bytes, key: str, store: Store) -> LogManifest:
+    try:
+        return LogManifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise LogIntegrityError(f"{store.location}: manifest {key} is not a valid log manifest: {exc}") from None
+
+
 def get_manifest(store: Store, log_id: str) -> LogManifest | None:
     """The log's manifest, or None when the log does not exist (or is half-written)."""
+    key = _manifest_key(log_id)
     try:
-        data = store.get_bytes(_manifest_key(log_id))
+        data = store.get_bytes(key)
     except ObjectNotFound:
         return None
-    return LogManifest.model_validate_json(data)
+    return _parse_manifest(data, key, store)
+
+
+def _get_versioned_manifest(store: Store, log_id: str) -> tuple[LogManifest, str] | None:
+    key = _manifest_key(log_id)
+    try:
+        data, etag = store.get_versioned(key)
+    except ObjectNotFound:
+        return None
+    return _parse_manifest(data, key, store), etag
+
+
+def _conflict(store: Store, existing: LogManifest, sha: str) -> LogConflictError:
+    return LogConflictError(
+        f"log {existing.log_id!r} already exists in {store.location} with different content "
+        f"(stored sha256 {existing.sha256[:12]} from {existing.source}, new {sha[:12]}); logs are immutable: "
+        "use a new log id or replace=True"
+    )
+
+
+def _ensure_arrival(store: Store, m: LogManifest) -> None:
+    """Repair a missing index entry (a log stored by a writer of layout version 1 that died
+    between its manifest and its entry)."""
+    key = _arrival_key(m)
+    if not store.exists(key):
+        store.put_if_absent(key, m.model_dump_json(indent=1).encode())
+
+
+def _remove_content(store: Store, m: LogManifest) -> None:
+    """Delete the stream files of ``m`` (never those of another content hash)."""
+    for name in STREAMS:
+        store.delete(_stream_key(m, name))
+
+
+def commit_log(
+    store: Store,
+    logs: DriveLogs,
+    source: str,
+    *,
+    replace: bool = False,
+    arrived_at: datetime | None = None,
+) -> PutLogResult:
+    """Store one log (see the module docstring for how concurrent writers are kept apart).
+
+    The same content again returns the existing manifest with ``created=False``. Different
+    content under an existing id raises :class:`LogConflictError`, or replaces the log when
+    ``replace`` is true. ``arrived_at`` defaults to now (UTC). Raises
+    :class:`~fleetloop.store.objects.StorageError` when the store fails; a failure before the
+    manifest is written leaves no visible log, and a rerun completes it.
+    """
+    log_id = check_log_id(_single_log_id(logs))
+    tables = _normalized(logs)
+    sha = content_sha256(logs)
+    current = _get_versioned_manifest(store, log_id)
+    if current is not None:
+        existing, _etag = current
+        if existing.sha256 == sha:
+            _ensure_arrival(store, existing)
+            return PutLogResult(existing, created=False)
+        if not replace:
+            raise _conflict(store, existing, sha)
+
+    manifest = LogManifest(
+        log_id=log_id,
+        n_frames=tables["frames"].num_rows,
+        streams={name: t.num_rows for name, t in tables.items()},
+        arrived_at=arrived_at or datetime.now(UTC),
+        source=source,
+        sha256=sha,
+    )
+    for name, table in tables.items():
+        store.put_bytes(_stream_key(manifest, name), _parquet_bytes(table))
+    body = manifest.model_dump_json(indent=1).encode()
+    store.put_bytes(_arrival_key(manifest), body)  # before the manifest: the index never lags it
+    if current is None and store.put_if_absent(_manifest_key(log_id), body):  # the commit point
+        return PutLogResult(manifest, created=True)
+    return _settle(store, manifest, body, replace)
+
+
+def _settle(store: Store, manifest: LogManifest, body: bytes, replace: bool) -> PutLogResult:
+    """Another manifest is (or was) there: give way, or compare-and-swap when replacing."""
+    for _ in range(_CAS_ATTEMPTS):
+        current = _get_versioned_manifest(store, manifest.log_id)
+        if current is None:  # removed meanwhile: create it
+            if store.put_if_absent(_manifest_key(manifest.log_id), body):
+                return PutLogResult(manifest, created=True)
+            continue
+        existing, etag = current
+        if existing.sha256 == manifest.sha256:  # another writer stored the same content first
+            _drop_arrival(store, manifest, existing)
+            _ensure_arrival(store, existing)
+            return PutLogResult(existing, created=False)
+        if not replace:
+            _drop_arrival(store, manifest, existing)
+            _remove_content(store, manifest)
+            raise _conflict(store, existing, manifest.sha256)
+        if store.put_if_match(_manifest_key(manifest.log_id), body, etag):
+            _drop_arrival(store, existing, manifest)
+            _remove_content(store, existing)
+            return PutLogResult(manifest, created=True)
+    raise LogConflictError(f"log {manifest.log_id!r} in {store.location}: the manifest kept changing under "
+                           f"{_CAS_ATTEMPTS} compare-and-swap attempts; try again")
+
+
+def _drop_arrival(store: Store, stale: LogManifest, kept: LogManifest) -> None:
+    """Delete ``stale``'s index entry unless it is also ``kept``'s (same arrival time)."""
+    if _arrival_key(stale) != _arrival_key(kept):
+        store.delete(_arrival_key(stale))
 
 
 def put_log(
@@ -162,79 +329,72 @@ def put_log(
     replace: bool = False,
     arrived_at: datetime | None = None,
 ) -> LogManifest:
-    """Store one log: its stream tables, then its manifest, then its arrival index entry.
-
-    Idempotent: the same content again returns the existing manifest (and repairs a missing
-    index entry). Different content under an existing id raises :class:`LogConflictError`, or
-    replaces the log when ``replace`` is true. ``arrived_at`` defaults to now (UTC).
-    Raises :class:`~fleetloop.store.objects.StorageError` when the store fails; a failure before the
-    manifest is written leaves no visible log, and a rerun completes it.
-    """
-    log_id = _single_log_id(logs)
-    tables = _normalized(logs)
-    sha = content_sha256(logs)
-
-    existing = get_manifest(store, log_id)
-    if existing is not None:
-        if existing.sha256 == sha:
-            if not store.exists(_arrival_key(existing)):
-                store.put_bytes(_arrival_key(existing), existing.model_dump_json().encode())
-            return existing
-        if not replace:
-            raise LogConflictError(
-                f"log {log_id!r} already exists in {store.location} with different content "
-                f"(stored sha256 {existing.sha256[:12]}, new {sha[:12]}); logs are immutable: "
-                "use a new log id or replace=True"
-            )
-        store.delete(_arrival_key(existing))
-        store.delete(_manifest_key(log_id))  # invisible while it is rewritten
-
-    for name, table in tables.items():
-        store.put_bytes(_stream_key(log_id, name), _parquet_bytes(table))
-    manifest = LogManifest(
-        log_id=log_id,
-        n_frames=tables["frames"].num_rows,
-        streams={name: t.num_rows for name, t in tables.items()},
-        arrived_at=arrived_at or datetime.now(UTC),
-        source=source,
-        sha256=sha,
-    )
-    body = manifest.model_dump_json(indent=1).encode()
-    store.put_bytes(_manifest_key(log_id), body)  # the commit point
-    store.put_bytes(_arrival_key(manifest), body)
-    return manifest
+    """Store one log and return its manifest (see :func:`commit_log`)."""
+    return commit_log(store, logs, source, replace=replace, arrived_at=arrived_at).manifest
 
 
-def get_log(store: Store, log_id: str) -> DriveLogs:
-    """The log's tables; :class:`LogNotFoundError` when it has no manifest."""
-    manifest = get_manifest(store, log_id)
-    if manifest is None:
-        raise LogNotFoundError(f"no log {log_id!r} in {store.location}")
+def _read_streams(store: Store, m: LogManifest) -> dict[str, pa.Table]:
     tables = {}
     for name, schema in STREAMS.items():
-        if name not in manifest.streams:  # a stream added to the schema after this log was stored
+        if name not in m.streams:  # a stream added to the schema after this log was stored
             tables[name] = schema.empty_table()
             continue
-        data = store.get_bytes(_stream_key(log_id, name))
-        tables[name] = pq.read_table(pa.BufferReader(data)).select(schema.names).cast(schema)
-    return DriveLogs(**tables)
+        key = _stream_key(m, name)
+        data = store.get_bytes(key)
+        try:
+            tables[name] = pq.read_table(pa.BufferReader(data)).select(schema.names).cast(schema)
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            raise LogIntegrityError(f"log {m.log_id!r} in {store.location}: stream {key} is unreadable: {exc}") from None
+    return tables
+
+
+def get_log(store: Store, log_id: str, *, verify: bool = True) -> DriveLogs:
+    """The log's tables; :class:`LogNotFoundError` when it has no manifest,
+    :class:`LogIntegrityError` when what is stored does not hash to the manifest's sha256."""
+    for attempt in range(3):
+        manifest = get_manifest(store, log_id)
+        if manifest is None:
+            raise LogNotFoundError(f"no log {log_id!r} in {store.location}")
+        try:
+            tables = _read_streams(store, manifest)
+        except ObjectNotFound as exc:
+            if attempt < 2 and get_manifest(store, log_id) != manifest:  # replaced while we read
+                continue
+            raise LogIntegrityError(f"log {log_id!r} in {store.location}: a stream of its manifest is missing: {exc}") from None
+        if verify:
+            found = _sha_of_tables(tables)
+            if found != manifest.sha256:
+                raise LogIntegrityError(
+                    f"log {log_id!r} in {store.location} is corrupt: its streams hash to sha256 {found[:12]}, "
+                    f"its manifest says {manifest.sha256[:12]} (stored from {manifest.source} at {manifest.arrived_at})"
+                )
+        return DriveLogs(**tables)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def list_logs(store: Store, since: datetime | None = None) -> list[LogManifest]:
     """Manifests of the logs that arrived strictly after ``since`` (all when None), oldest first.
 
-    Reads only the arrival-index entries after ``since``. Naive datetimes are taken as UTC.
+    Reads the arrival-index entries after ``since`` and the manifest of each log they name; an
+    entry counts only when the manifest names the same arrival (entries of writers that lost a
+    race, died before their manifest or were replaced are skipped). Naive datetimes are UTC.
     """
     start_after = None
     if since is not None:
         # "~" sorts after every character a log id may contain: keys at exactly `since` are skipped.
         start_after = f"{ARRIVALS_PREFIX}{_as_utc(since).strftime(_TIME_KEY)}_~"
-    latest: dict[str, LogManifest] = {}
+    manifests: dict[str, LogManifest | None] = {}
+    found: dict[str, LogManifest] = {}
     for key in store.list(ARRIVALS_PREFIX, start_after=start_after):
-        try:
-            m = LogManifest.model_validate_json(store.get_bytes(key))
-        except ObjectNotFound:  # removed between list and get (a replace)
+        log_id = _log_id_of_arrival(key)
+        if log_id is None:
             continue
-        if m.log_id not in latest or m.arrived_at > latest[m.log_id].arrived_at:
-            latest[m.log_id] = m
-    return sorted(latest.values(), key=lambda m: (m.arrived_at, m.log_id))
+        if log_id not in manifests:
+            try:
+                manifests[log_id] = get_manifest(store, log_id)
+            except InvalidLogIdError:  # not an entry this code wrote
+                manifests[log_id] = None
+        m = manifests[log_id]
+        if m is not None and _arrival_key(m) == key:
+            found[log_id] = m
+    return sorted(found.values(), key=lambda m: (m.arrived_at, m.log_id))

@@ -310,8 +310,8 @@ def test_put_and_get_log_roundtrip(store) -> None:
     assert (m.log_id, m.n_frames, m.source) == ("drive-0001", 6, "unit-test")
     assert m.streams == {name: t.num_rows for name, t in logs.tables().items()}
     assert m.arrived_at.tzinfo is not None
-    assert sorted(store.list("logs/drive-0001/")) == sorted(
-        [f"logs/drive-0001/{s}.parquet" for s in STREAMS] + ["logs/drive-0001/manifest.json"]
+    assert sorted(store.list("logs/drive-0001/")) == sorted(  # streams under the content hash
+        [f"logs/drive-0001/{m.sha256}/{s}.parquet" for s in STREAMS] + ["logs/drive-0001/manifest.json"]
     )
     back = get_log(store, "drive-0001")
     _assert_same_logs(back, logs)

@@ -1,13 +1,18 @@
 """fleetloop's own columnar layout: ``<root>/<log_id>/<stream>.parquet``, one file per stream
 (see :mod:`fleetloop.schema` and ``docs/schema.md``). A missing stream file means the log does
-not carry that stream; ``frames`` and ``calibration`` are required. ``<root>`` may also be a
-single log directory. Extra columns are ignored; missing columns, types that do not cast
-safely, null keys and rows of another log are :class:`LogFormatError`. Values (NaN, ranges,
-box sizes, ...) are the validation's job (``fleetloop.ingest.validation``), not the importer's.
+not carry that stream; ``frames`` (at least one row) and ``calibration`` are required. ``<root>``
+may also be a single log directory. Every directory under ``<root>`` holding a ``*.parquet``
+entry is a log, so a log missing its ``frames.parquet`` is reported, never skipped. A stream
+entry that is not a readable regular file (a directory, a broken or looping link, an
+unreadable file), extra columns aside, missing columns, types that do not cast safely, null
+keys and rows of another log are :class:`LogFormatError`. Values (NaN, ranges, box sizes, ...)
+are the validation's job (``fleetloop.ingest.validation``), not the importer's.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,11 +35,21 @@ def write_parquet_log(logs: DriveLogs, root: Path | str) -> list[Path]:
         d = root / log_id
         d.mkdir(parents=True, exist_ok=True)
         for name, table in one.tables().items():
-            tmp = d / f".{name}.parquet.tmp"
-            pq.write_table(table, tmp)
-            tmp.replace(d / f"{name}.parquet")
+            _write_atomically(table, d / f"{name}.parquet")
         out.append(d)
     return out
+
+
+def _write_atomically(table: pa.Table, path: Path) -> None:
+    """Write to a unique temporary name beside ``path``, then rename (removed on any failure)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class ParquetImporter:
@@ -44,16 +59,21 @@ class ParquetImporter:
         root = Path(root)
         if not root.is_dir():
             raise LogFormatError(root, "not a directory of parquet logs")
-        if (root / "frames.parquet").exists():  # a single log directory
+        if _is_single(root):
             return [root.name]
-        return sorted(p.name for p in root.iterdir() if (p / "frames.parquet").exists())
+        return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and _holds_streams(p))
+
+    def log_location(self, root: Path, log_id: str) -> Path:
+        """The log's directory."""
+        root = Path(root)
+        return root if _is_single(root) else root / log_id
 
     def load(self, root: Path, log_ids: list[str] | None = None) -> DriveLogs:
         root = Path(root)
         available = self.list_logs(root)
         if not available:
             raise LogFormatError(root, "no logs found (expected <log_id>/frames.parquet)")
-        single = (root / "frames.parquet").exists()
+        single = _is_single(root)
         log_ids = available if log_ids is None else list(dict.fromkeys(log_ids))
         missing = sorted(set(log_ids) - set(available))
         if missing:
@@ -69,12 +89,14 @@ class ParquetImporter:
         for name in ("frames", *(n for n in STREAMS if n != "frames")):  # frames first: it names the log
             schema = STREAMS[name]
             path = d / f"{name}.parquet"
-            if not path.exists():
+            if not os.path.lexists(path):  # an entry that exists in any form is read, or reported
                 if name in REQUIRED:
                     raise LogFormatError(path, f"required stream {name!r} is missing")
                 tables[name] = schema.empty_table()
                 continue
             t = _read_stream(path, name, schema)
+            if name == "frames" and t.num_rows == 0:
+                raise LogFormatError(path, "no frames: a log needs at least one frame", field="frame")
             if log_id is None:
                 ids = pc.unique(t["log_id"]).to_pylist()
                 if len(ids) != 1:
@@ -91,7 +113,25 @@ class ParquetImporter:
         return DriveLogs(**tables)
 
 
+def _is_single(root: Path) -> bool:
+    """``root`` is itself one log's directory."""
+    return os.path.lexists(root / "frames.parquet")
+
+
+def _holds_streams(d: Path) -> bool:
+    """A directory with at least one ``*.parquet`` entry (of any kind): a log, good or bad."""
+    try:
+        if not d.is_dir():
+            return False
+        with os.scandir(d) as entries:
+            return any(e.name.endswith(".parquet") and not e.name.startswith(".") for e in entries)
+    except OSError:  # an unreadable directory: list it, so loading reports it
+        return True
+
+
 def _read_stream(path: Path, name: str, schema: pa.Schema) -> pa.Table:
+    if not path.is_file():  # pq.read_table would read a directory as a dataset
+        raise LogFormatError(path, "not a readable regular file (a directory, a broken or looping link?)")
     try:
         t = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
