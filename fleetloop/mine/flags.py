@@ -1,8 +1,13 @@
 """Flags as columns: every check appends whole arrays; strings are built once, at the end.
 
 A flag is (frame, check, reason, severity, objects). ``obj`` is the key of the object
-*hypothesis* the flag is about (a lidar detection and the camera box associated with it share
+*hypothesis* the flag is about (a lidar detection and the camera boxes associated with it share
 one key), so several flags on one object combine by noisy-OR instead of adding up.
+
+Checks add a severity *factor* (1 = the reason's full severity; less for objects too small or
+too far to be labelled, or an uncertainty band's edge) and the class of the object; the
+severity is the reason's severity for that class (``MiningParams.severity_table``: defaults,
+per-class overrides, calibration) times the factor.
 """
 
 from __future__ import annotations
@@ -16,12 +21,29 @@ import pyarrow.compute as pc
 #: check name -> the reasons it emits (reason names are unique across checks).
 CHECKS: dict[str, tuple[str, ...]] = {
     "lidar_camera": ("lidar_only", "camera_only", "lidar_weak", "class_mismatch", "geometry"),
-    "temporal": ("flicker", "isolated", "short_track", "track_gap", "id_switch", "implausible_motion"),
+    "streams": ("camera_miss", "lidar_miss", "stream_only"),
+    "temporal": ("flicker", "isolated", "short_track", "track_gap", "id_switch", "implausible_motion", "weak_persistent"),
+    "crowd": ("crowd",),
     "tracker_detector": ("track_unsupported", "detection_unexplained"),
     "uncertainty": ("uncertain",),
     "integrity": ("invalid_box",),
 }
 REASONS: tuple[str, ...] = tuple(r for rs in CHECKS.values() for r in rs)
+
+#: Which judged sensor a flag says is wrong about its object. A frame's expected errors sum over
+#: objects *and* sensors: an object both the lidar and the judged camera missed is two errors.
+#: Flags of one kind on one object combine by noisy-OR. ``KIND_BOTH`` flags (an object only an
+#: evidence stream sees) are a hypothesis for each sensor.
+KIND_LIDAR, KIND_CAMERA, KIND_BOTH = 1, 2, 3
+REASON_KIND: dict[str, int] = {
+    "lidar_only": KIND_LIDAR, "camera_miss": KIND_CAMERA, "camera_only": KIND_CAMERA, "lidar_miss": KIND_LIDAR,
+    "lidar_weak": KIND_LIDAR, "class_mismatch": KIND_LIDAR, "geometry": KIND_CAMERA, "stream_only": KIND_BOTH,
+    "flicker": KIND_LIDAR, "isolated": KIND_LIDAR, "weak_persistent": KIND_LIDAR, "crowd": KIND_LIDAR,
+    "short_track": KIND_CAMERA, "track_gap": KIND_CAMERA, "id_switch": KIND_CAMERA, "implausible_motion": KIND_CAMERA,
+    "track_unsupported": KIND_CAMERA, "detection_unexplained": KIND_CAMERA, "uncertain": KIND_LIDAR,
+    "invalid_box": KIND_LIDAR,
+}
+_KIND_SHIFT = 46
 REASON_CHECK: dict[str, str] = {r: c for c, rs in CHECKS.items() for r in rs}
 REASON_CODE: dict[str, int] = {r: i for i, r in enumerate(REASONS)}
 CHECK_NAMES: tuple[str, ...] = tuple(CHECKS)
@@ -36,6 +58,17 @@ KEY_LIDAR, KEY_CAMERA, KEY_TRACK, KEY_VIRTUAL = 1, 2, 3, 4
 _KEY_SHIFT = 40
 
 
+def split_kinds(g: np.ndarray, obj: np.ndarray, severity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expand KIND_BOTH flags into one lidar and one camera hypothesis (see REASON_KIND)."""
+    both = (obj >> _KIND_SHIFT) == KIND_BOTH
+    if not both.any():
+        return g, obj, severity
+    base = obj[both] & ~(np.int64(3) << _KIND_SHIFT)
+    return (np.r_[g[~both], g[both], g[both]],
+            np.r_[obj[~both], base | (np.int64(KIND_LIDAR) << _KIND_SHIFT), base | (np.int64(KIND_CAMERA) << _KIND_SHIFT)],
+            np.r_[severity[~both], severity[both], severity[both]])
+
+
 def object_key(space: int, index: np.ndarray) -> np.ndarray:
     return (np.int64(space) << _KEY_SHIFT) | np.asarray(index, np.int64)
 
@@ -46,13 +79,16 @@ class Flags:
 
     parts: list[dict[str, np.ndarray]] = field(default_factory=list)
 
-    def add(self, reason: str, g: np.ndarray, severity: np.ndarray | float, obj: np.ndarray,
-            ref1: tuple[int, np.ndarray], ref2: tuple[int, np.ndarray] | None = None) -> None:
+    def add(self, reason: str, g: np.ndarray, factor: np.ndarray | float, obj: np.ndarray,
+            ref1: tuple[int, np.ndarray], ref2: tuple[int, np.ndarray] | None = None,
+            cls: np.ndarray | int = -1, kind: int | None = None) -> None:
         g = np.asarray(g, np.int64)
         n = g.shape[0]
         if n == 0:
             return
-        sev = np.broadcast_to(np.asarray(severity, np.float32), (n,))
+        kind = REASON_KIND[reason] if kind is None else kind
+        obj = np.asarray(obj, np.int64) | (np.int64(kind) << _KIND_SHIFT)
+        sev = np.broadcast_to(np.asarray(factor, np.float32), (n,))
         k1, id1 = ref1
         if ref2 is None:
             k2, id2 = np.full(n, -1, np.int8), np.full(n, -1, np.int64)
@@ -64,17 +100,25 @@ class Flags:
             "g": g, "reason": np.full(n, REASON_CODE[reason], np.int16), "severity": sev.astype(np.float32),
             "obj": np.asarray(obj, np.int64), "k1": np.broadcast_to(np.asarray(k1, np.int8), (n,)).astype(np.int8),
             "id1": np.asarray(id1, np.int64), "k2": k2, "id2": id2,
+            "cls": np.broadcast_to(np.asarray(cls, np.int16), (n,)).astype(np.int16),
         })
 
-    def columns(self) -> dict[str, np.ndarray]:
-        keys = ("g", "reason", "severity", "obj", "k1", "id1", "k2", "id2")
+    def columns(self, severity: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The flags as arrays. ``severity`` (n_reasons, n_classes + 1): the severity of each
+        reason per class code (last column: unknown class); the stored factors are multiplied
+        by it (without it, ``severity`` holds the factors)."""
+        keys = ("g", "reason", "severity", "obj", "k1", "id1", "k2", "id2", "cls")
         if not self.parts:
             dt = {"g": np.int64, "reason": np.int16, "severity": np.float32, "obj": np.int64, "k1": np.int8,
-                  "id1": np.int64, "k2": np.int8, "id2": np.int64}
+                  "id1": np.int64, "k2": np.int8, "id2": np.int64, "cls": np.int16}
             return {k: np.zeros(0, dt[k]) for k in keys}
         out = {k: np.concatenate([p[k] for p in self.parts]) for k in keys}
         order = np.lexsort((out["id1"], out["reason"], out["g"]))  # deterministic order
-        return {k: v[order] for k, v in out.items()}
+        out = {k: v[order] for k, v in out.items()}
+        if severity is not None:
+            c = np.where(out["cls"] < 0, severity.shape[1] - 1, np.minimum(out["cls"], severity.shape[1] - 1))
+            out["severity"] = (severity[out["reason"], c] * out["severity"]).astype(np.float32)
+        return out
 
 
 def _refs(kind: np.ndarray, ids: np.ndarray) -> pa.Array:

@@ -1,15 +1,26 @@
-"""lidar <-> camera: do the two sensors see the same objects?
+"""lidar <-> camera, and camera <-> camera: do the sensors see the same objects?
 
 Every lidar box is projected into the image with the log's calibration and associated with the
-camera boxes of its frame (IoU, optimal assignment, one kernel call for the whole batch). The
-camera side is the camera detector when the log has one, else the camera tracker's boxes.
+boxes of every camera stream of its frame (IoU, optimal assignment, one kernel call per stream
+for the whole batch); the judged camera stream is associated with every evidence stream too
+(see :mod:`fleetloop.mine.streams`). Operating points are per class
+(``MiningParams.lidar_class_thresholds``).
 
-Flags (a one-sided object at the operating point means exactly one of the sensors is wrong):
-  lidar_only      confident lidar object inside the camera's field of view and range, no camera box
-  camera_only     camera box inside the lidar's range, no lidar detection at all
-  lidar_weak      camera box whose lidar partner scores below the lidar operating point
+Flags (a one-sided object at the operating point means one of the sensors is wrong):
+  lidar_only      confident lidar object inside the camera's view and range that no camera stream
+                  reporting its class sees (lidar false alarm, or a miss of every camera)
+  camera_miss     confident lidar object that an evidence camera stream sees and the judged one
+                  does not: two independent sensors against one
+  camera_only     judged camera box inside the lidar's range, no lidar detection at all, no other
+                  camera stream agreeing (lidar miss or camera false alarm)
+  lidar_miss      judged camera box that an evidence stream confirms, no lidar detection at all
+  lidar_weak      camera box (any stream) whose lidar partner scores below the operating point
+  stream_only     evidence-stream box that neither the judged camera nor a confident lidar
+                  detection explains (both judged sensors may have missed it)
   class_mismatch  associated objects of different classes (both sensors report both classes)
-  geometry        associated, but the boxes overlap less than ``geometry_iou``
+  geometry        associated, but the boxes overlap less than ``geometry_iou`` (lidar vs judged
+                  camera, or judged camera vs an evidence stream)
+Flags on objects too small or too far to be labelled count ``small_object_factor``.
 """
 
 from __future__ import annotations
@@ -18,58 +29,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetloop.perception.batch import Batch, Stream
-from fleetloop.mine.flags import KEY_CAMERA, KEY_LIDAR, KEY_TRACK, REF_CAMERA, REF_LIDAR, REF_TRACK, Flags, object_key
-from fleetloop.perception.geometry import MODE_IOU, associate_slots, project_columns
+from fleetloop.mine.flags import KEY_LIDAR, REF_LIDAR, Flags, object_key
 from fleetloop.mine.params import MiningParams
+from fleetloop.mine.streams import Association, Side, associate_boxes, substream
+from fleetloop.perception.batch import Batch
+from fleetloop.perception.geometry import occlusion_slots, project_columns
 from fleetloop.schema import CLASSES
 
 
-@dataclass
-class Side:
-    """A subset of a stream's rows (still ordered by frame) with its own CSR offsets."""
-
-    start: np.ndarray  # (F + 1,)
-    idx: np.ndarray  # rows of the parent stream
-    ref_kind: int
-    ref_id: np.ndarray  # det_id / track_id of each row
-    key_space: int
+def lidar_thresholds(batch: Batch, params: MiningParams) -> np.ndarray:
+    """The operating point of every lidar detection (per class)."""
+    per_class = np.array([params.lidar_threshold(c) for c in CLASSES] + [params.lidar_score_threshold])
+    return per_class[batch.lidar.cls]
 
 
-def substream(stream: Stream, mask: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR offsets and parent rows of the rows of ``stream`` where ``mask``."""
-    idx = np.flatnonzero(mask)
-    start = np.zeros(n_frames + 1, np.int64)
-    if idx.size:
-        np.cumsum(np.bincount(stream.g[idx], minlength=n_frames), out=start[1:])
-    return start, idx
+def closeness(score: np.ndarray, threshold: np.ndarray, floor: float) -> np.ndarray:
+    """How close a sub-threshold score is to the operating point: 1 at it, 0 at ``floor``."""
+    return np.clip((score - floor) / np.maximum(threshold - floor, 1e-9), 0.0, 1.0)
 
 
-def camera_side(batch: Batch, params: MiningParams) -> tuple[Side | None, np.ndarray, np.ndarray]:
-    """The camera boxes to compare with lidar: camera detections if any, else camera tracks.
-
-    Returns (side, boxes (n, 4) float64, classes)."""
-    F = batch.n_frames
-    if len(batch.camera):
-        s = batch.camera
-        mask = ~(s.score < params.camera_score_threshold)  # NaN scores count as present
-        start, idx = substream(s, mask, F)
-        side = Side(start, idx, REF_CAMERA, s.cols["det_id"][idx], KEY_CAMERA)
-    elif len(batch.tracks) and (batch.tracks.cols["sensor"] == 0).any():
-        s = batch.tracks
-        start, idx = substream(s, s.cols["sensor"] == 0, F)
-        side = Side(start, idx, REF_TRACK, s.cols["track_id"][idx], KEY_TRACK)
-    else:
-        return None, np.zeros((0, 4)), np.zeros(0, np.int64)
-    boxes = np.stack([s.cols[c][idx] for c in ("x1", "y1", "x2", "y2")], axis=1).astype(np.float64)
-    return side, boxes, s.cls[idx]
-
-
-def size_factor(box_height: np.ndarray, params: MiningParams) -> np.ndarray:
-    """Severity factor for a possible miss: objects too small to be labelled count less
-    (NaN height, e.g. a log without calibration: size unknown, no discount)."""
+def size_factor(box_height: np.ndarray, params: MiningParams, range_m: np.ndarray | None = None) -> np.ndarray:
+    """Severity factor for a possible error: objects too small (or too far) to be labelled
+    count less (NaN height or range, e.g. a log without calibration: unknown, no discount)."""
     h = np.asarray(box_height, np.float64)
-    return np.where(np.isnan(h) | (h >= params.label_min_height_px), 1.0, params.small_object_factor)
+    ok = np.isnan(h) | (h >= params.label_min_height_px)
+    if range_m is not None:
+        r = np.asarray(range_m, np.float64)
+        ok &= np.isnan(r) | (r <= params.label_range_m)
+    return np.where(ok, 1.0, params.small_object_factor)
 
 
 @dataclass
@@ -95,38 +82,48 @@ def lidar_geometry(batch: Batch) -> LidarGeometry:
 
 
 @dataclass
-class Association:
-    lidar_match: np.ndarray  # (N_lidar,) index into the camera side, -1 none
-    lidar_iou: np.ndarray
-    cam_match: np.ndarray  # (N_cam,) index into batch.lidar, -1 none
+class Evidence:
+    """What the camera streams say about each lidar detection and each judged camera box."""
+
+    sides: list[Side]
+    lidar_assoc: list[Association]  # per side: a = lidar rows (all), b = side rows
+    stream_assoc: list[Association | None]  # per evidence side: a = judged rows, b = evidence rows
+    seen_by_camera: np.ndarray  # (N_lidar,) bool: some camera stream reporting its class sees it
+    lidar_key_of: list[np.ndarray]  # per side: hypothesis key of every row
+
+    @property
+    def judged(self) -> Side | None:
+        return self.sides[0] if self.sides else None
 
 
-def coverage(batch: Batch, params: MiningParams) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks over class codes: which classes the camera / the lidar report."""
-    n = len(CLASSES) + 1
-
-    def mask(names: list[str] | None, seen: np.ndarray) -> np.ndarray:
-        m = np.zeros(n, bool)
-        if names is not None:
-            m[[CLASSES.index(c) for c in names]] = True
-        else:
-            m[np.unique(seen)] = True
-            m[-1] = False
-        return m
-
-    cam_seen = batch.camera.cls if len(batch.camera) else batch.tracks.cls[batch.tracks.cols["sensor"] == 0]
-    return mask(params.camera_classes, cam_seen), mask(params.lidar_classes, batch.lidar.cls)
-
-
-def check_lidar_camera(batch: Batch, geo: LidarGeometry, params: MiningParams, flags: Flags,
-                       skipped: list[str]) -> Association | None:
+def _associate_lidar(batch: Batch, geo: LidarGeometry, side: Side, lid_ok: np.ndarray, params: MiningParams) -> Association:
     L = batch.lidar
-    F = batch.n_frames
-    side, cam_box, cam_cls = camera_side(batch, params)
-    if side is None:
+    l_start, l_idx = substream(L, lid_ok, batch.n_frames)
+    a = associate_boxes(l_start, geo.box[l_idx], L.cls[l_idx], side.start, side.boxes, side.cls, params.association_iou)
+    lidar_match = np.full(len(L), -1, np.int64)
+    lidar_iou = np.full(len(L), np.nan)
+    lidar_match[l_idx] = a.a_match
+    lidar_iou[l_idx] = a.a_q
+    cam_match = np.where(a.b_match >= 0, l_idx[np.maximum(a.b_match, 0)], -1)
+    return Association(lidar_match, lidar_iou, cam_match)
+
+
+def occlusion(batch: Batch, geo: LidarGeometry, rows_mask: np.ndarray) -> np.ndarray:
+    """Per lidar detection: the largest share of its image box covered by a closer detection."""
+    L = batch.lidar
+    out = np.zeros(len(L))
+    valid = rows_mask & np.isfinite(geo.box).all(axis=1)
+    occlusion_slots(L.start[:-1], L.start[1:], np.nan_to_num(geo.box), geo.depth, valid, 1.0, out)
+    return out
+
+
+def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningParams, flags: Flags,
+                       skipped: list[str], sides: list[Side]) -> Evidence | None:
+    L = batch.lidar
+    if not sides:
         skipped.append("lidar<->camera: no camera detections or camera tracks")
         return None
-    if len(L) == 0:
+    if len(L) == 0 or geo is None:
         skipped.append("lidar<->camera: no lidar detections")
         return None
     if not batch.has_calib.any():
@@ -136,60 +133,118 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry, params: MiningParams, f
     if missing:
         skipped.append(f"lidar<->camera: no usable calibration for logs {missing[:5]}{'...' if len(missing) > 5 else ''}")
 
-    sev = params.severities
+    J, E = sides[0], sides[1:]
+    thr = lidar_thresholds(batch, params)
+    confident = L.score >= thr
     lid_ok = (L.score >= params.lidar_min_score) & (geo.visible > 0)
-    l_start, l_idx = substream(L, lid_ok, F)
-    n_cam = cam_box.shape[0]
-    a_match = np.full(l_idx.size, -1, np.int64)
-    a_iou = np.full(l_idx.size, np.nan)
-    b_match = np.full(n_cam, -1, np.int64)
-    associate_slots(l_start[:-1], l_start[1:], side.start[:-1], side.start[1:],
-                    np.ascontiguousarray(geo.box[l_idx]), cam_box, L.cls[l_idx], cam_cls,
-                    MODE_IOU, params.association_iou, 0.05, a_match, b_match, a_iou)
-    lidar_match = np.full(len(L), -1, np.int64)
-    lidar_iou = np.full(len(L), np.nan)
-    lidar_match[l_idx] = a_match
-    lidar_iou[l_idx] = a_iou
-    cam_match = np.where(b_match >= 0, l_idx[np.maximum(b_match, 0)], -1)
-
-    cam_cov, lid_cov = coverage(batch, params)
+    lassoc = [_associate_lidar(batch, geo, s, lid_ok, params) for s in sides]
+    sassoc: list[Association | None] = [associate_boxes(J.start, J.boxes, J.cls, s.start, s.boxes, s.cls,
+                                                        params.association_iou) for s in E]
+    lid_cov = _lidar_cover(batch, params)
     lid_key = object_key(KEY_LIDAR, np.arange(len(L)))
-    lid_ref = (REF_LIDAR, L.cols["det_id"])
-    confident = L.score >= params.lidar_score_threshold
+    det_id = L.cols["det_id"]
     box_h = geo.box[:, 3] - geo.box[:, 1]
+    lid_factor = size_factor(box_h, params, geo.range_m)
     log_of = batch.frame_log
 
-    # lidar_only: a confident lidar object the camera should have seen
-    m = (confident & (lidar_match < 0) & cam_cov[L.cls] & (geo.visible >= params.min_visible)
-         & (geo.depth <= params.camera_range_m) & (box_h >= params.min_box_height_px))
-    i = np.flatnonzero(m)
-    flags.add("lidar_only", L.g[i], sev.lidar_only, lid_key[i], (REF_LIDAR, lid_ref[1][i]))
+    # which camera streams see each lidar detection, and which could (they report its class)
+    seen_any = np.zeros(len(L), bool)
+    seen_ev = np.zeros(len(L), bool)
+    cover_any = np.zeros(len(L), bool)
+    for k, (s, a) in enumerate(zip(sides, lassoc, strict=True)):
+        seen = (a.a_match >= 0) & s.cover[L.cls]
+        seen_any |= seen
+        cover_any |= s.cover[L.cls]
+        if k:
+            seen_ev |= seen
 
-    # camera side
-    cam_g = batch.camera.g[side.idx] if side.ref_kind == REF_CAMERA else batch.tracks.g[side.idx]
-    cam_key = object_key(side.key_space, side.idx)
-    cam_h = cam_box[:, 3] - cam_box[:, 1]
+    # confident lidar objects the cameras should have seen
+    occ = occlusion(batch, geo, lid_ok)
+    in_view = ((geo.visible >= params.min_visible) & (geo.depth <= params.camera_range_m)
+               & (box_h >= params.min_box_height_px) & (occ < params.occluded_ioa))
+    j_seen = lassoc[0].a_match >= 0
+    base = confident & in_view
+    i = np.flatnonzero(base & J.cover[L.cls] & ~j_seen & seen_ev)
+    flags.add("camera_miss", L.g[i], lid_factor[i], lid_key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
+    i = np.flatnonzero(base & cover_any & ~seen_any)
+    flags.add("lidar_only", L.g[i], lid_factor[i], lid_key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
+
+    # hypothesis keys of every side's rows: the lidar partner's, else the judged box's, else its own
+    keys = []
+    j_key = np.where(lassoc[0].b_match >= 0, lid_key[np.maximum(lassoc[0].b_match, 0)], object_key(J.key_space, J.idx))
+    keys.append(j_key)
+    for s, la, sa in zip(E, lassoc[1:], sassoc, strict=True):
+        own = object_key(s.key_space, s.idx)
+        k = np.where(la.b_match >= 0, lid_key[np.maximum(la.b_match, 0)], own)
+        k = np.where(sa.b_match >= 0, j_key[np.maximum(sa.b_match, 0)], k)
+        keys.append(k)
+
+    # the judged camera's boxes
+    a = lassoc[0]
     heights = np.array([params.class_heights_m.get(c, 1.6) for c in CLASSES] + [1.6])
-    cam_range = batch.focal[log_of[cam_g]] * heights[cam_cls] / np.maximum(cam_h, 1.0)
-    in_lidar = lid_cov[cam_cls] & (cam_range <= params.lidar_range_m) & (cam_h >= params.min_box_height_px)
-    in_lidar &= batch.has_calib[log_of[cam_g]]
-    matched = cam_match >= 0
-    partner = np.maximum(cam_match, 0)
-    small = size_factor(cam_h, params)
-    j = np.flatnonzero(in_lidar & ~matched)
-    flags.add("camera_only", cam_g[j], sev.camera_only * small[j], cam_key[j], (side.ref_kind, side.ref_id[j]))
-    weak = matched & (L.score[partner] < params.lidar_score_threshold)
-    j = np.flatnonzero(weak & lid_cov[cam_cls])
-    flags.add("lidar_weak", cam_g[j], sev.lidar_weak * small[j], lid_key[partner[j]], (side.ref_kind, side.ref_id[j]),
-              (REF_LIDAR, L.cols["det_id"][partner[j]]))
 
-    # associated pairs: class and geometry
-    pl = partner
-    both_cover = cam_cov[L.cls[pl]] & lid_cov[cam_cls]
-    j = np.flatnonzero(matched & both_cover & (L.cls[pl] != cam_cls) & confident[pl])
-    flags.add("class_mismatch", cam_g[j], sev.class_mismatch, lid_key[pl[j]], (REF_LIDAR, L.cols["det_id"][pl[j]]),
-              (side.ref_kind, side.ref_id[j]))
-    j = np.flatnonzero(matched & confident[pl] & (lidar_iou[pl] < params.geometry_iou))
-    flags.add("geometry", cam_g[j], sev.geometry, lid_key[pl[j]], (REF_LIDAR, L.cols["det_id"][pl[j]]),
-              (side.ref_kind, side.ref_id[j]))
-    return Association(lidar_match, lidar_iou, cam_match)
+    def camera_range(s: Side) -> np.ndarray:
+        h = s.boxes[:, 3] - s.boxes[:, 1]
+        return batch.focal[log_of[s.g]] * heights[s.cls] / np.maximum(h, 1.0)
+
+    def in_lidar(s: Side) -> np.ndarray:
+        h = s.boxes[:, 3] - s.boxes[:, 1]
+        return (lid_cov[s.cls] & (camera_range(s) <= params.lidar_range_m) & (h >= params.min_box_height_px)
+                & batch.has_calib[log_of[s.g]])
+
+    def cam_factor(s: Side) -> np.ndarray:
+        return size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, camera_range(s))
+
+    j_fac = cam_factor(J)
+    confirmed = np.zeros(len(J), bool)  # an evidence stream has the same box
+    for sa in sassoc:
+        confirmed |= sa.a_match >= 0
+    matched = a.b_match >= 0
+    partner = np.maximum(a.b_match, 0)
+    jl = in_lidar(J)
+    j = np.flatnonzero(jl & ~matched & confirmed)
+    flags.add("lidar_miss", J.g[j], j_fac[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
+    j = np.flatnonzero(jl & ~matched & ~confirmed)
+    flags.add("camera_only", J.g[j], j_fac[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
+    weak = matched & (L.score[partner] < thr[partner]) & lid_cov[J.cls]
+    near = closeness(L.score, thr, params.lidar_min_score)
+    j = np.flatnonzero(weak)
+    flags.add("lidar_weak", J.g[j], j_fac[j] * near[partner[j]], j_key[j], (J.ref_kind, J.ref_id[j]), (REF_LIDAR, det_id[partner[j]]), cls=J.cls[j])
+    both_cover = J.cover[L.cls[partner]] & lid_cov[J.cls]
+    j = np.flatnonzero(matched & both_cover & (L.cls[partner] != J.cls) & confident[partner])
+    flags.add("class_mismatch", J.g[j], 1.0, j_key[j], (REF_LIDAR, det_id[partner[j]]), (J.ref_kind, J.ref_id[j]),
+              cls=L.cls[partner[j]])
+    j = np.flatnonzero(matched & confident[partner] & (a.a_q[partner] < params.geometry_iou))
+    flags.add("geometry", J.g[j], j_fac[j], j_key[j], (REF_LIDAR, det_id[partner[j]]), (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
+
+    # evidence streams' boxes
+    for s, la, sa, k in zip(E, lassoc[1:], sassoc, keys[1:], strict=True):
+        fac = cam_factor(s) * np.where(np.isfinite(s.score), s.score, 1.0)
+        lm = la.b_match >= 0
+        lp = np.maximum(la.b_match, 0)
+        weak_l = lm & (L.score[lp] < thr[lp]) & lid_cov[s.cls]
+        with_j = sa.b_match >= 0
+        # judged camera misaligned with the evidence stream's box of the same object
+        jj = np.flatnonzero(sa.a_match >= 0)
+        bad = jj[sa.a_q[jj] < params.geometry_iou]
+        flags.add("geometry", J.g[bad], j_fac[bad], j_key[bad], (J.ref_kind, J.ref_id[bad]),
+                  (s.ref_kind, s.ref_id[sa.a_match[bad]]), cls=J.cls[bad])
+        # sub-threshold lidar partner of a box the judged camera does not explain
+        e = np.flatnonzero(weak_l & ~with_j)
+        flags.add("lidar_weak", s.g[e], fac[e] * near[lp[e]], k[e], (s.ref_kind, s.ref_id[e]), (REF_LIDAR, det_id[lp[e]]), cls=s.cls[e])
+        # a box that neither judged sensor explains (no judged box, no confident lidar partner)
+        expl = with_j | (lm & confident[lp])
+        e = np.flatnonzero(~expl & (in_lidar(s) | J.cover[s.cls]))
+        flags.add("stream_only", s.g[e], fac[e], k[e], (s.ref_kind, s.ref_id[e]), cls=s.cls[e])
+
+    return Evidence(sides, lassoc, sassoc, seen_any, keys)
+
+
+def _lidar_cover(batch: Batch, params: MiningParams) -> np.ndarray:
+    m = np.zeros(len(CLASSES) + 1, bool)
+    if params.lidar_classes is not None:
+        m[[CLASSES.index(c) for c in params.lidar_classes]] = True
+    else:
+        m[np.unique(batch.lidar.cls)] = True
+        m[-1] = False
+    return m

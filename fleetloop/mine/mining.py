@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetloop.perception.batch import Batch, build_batch
+from fleetloop.mine.crowd import check_crowds
 from fleetloop.mine.flags import (
     KEY_CAMERA,
     KEY_LIDAR,
@@ -34,15 +34,17 @@ from fleetloop.mine.flags import (
     object_key,
     objects_column,
 )
-from fleetloop.mine.lidar_camera import camera_side, check_lidar_camera, lidar_geometry, size_factor
+from fleetloop.mine.lidar_camera import Evidence, check_lidar_camera, lidar_geometry, lidar_thresholds, size_factor
 from fleetloop.mine.params import MiningParams
-from fleetloop.mine.ranking import expected_errors, priority, rank, select, smooth
+from fleetloop.mine.ranking import expected_errors, priority, rank, select, select_cost, smooth
+from fleetloop.mine.streams import camera_sides
 from fleetloop.mine.temporal import check_lidar_temporal, check_tracker_detector, check_tracks
 from fleetloop.mine.uncertainty import check_uncertainty
+from fleetloop.perception.batch import Batch, build_batch
 from fleetloop.schema import CLASSES, DriveLogs
 
 __all__ = ["FLAGS_SCHEMA", "FRAMES_SCHEMA", "MiningResult", "compact_frames", "expand_frames", "mine", "mine_shards",
-           "rank", "select"]
+           "rank", "select", "select_cost"]
 
 TAGS = ("vehicle", "weather", "time_of_day", "place")
 
@@ -75,34 +77,26 @@ class MiningResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def _hypothesis_keys(batch: Batch, params: MiningParams, cam_match: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Object keys of camera detections and of tracks: shared with the associated lidar detection."""
-    cam_keys = object_key(KEY_CAMERA, np.arange(len(batch.camera)))
-    track_keys = object_key(KEY_TRACK, np.arange(len(batch.tracks)))
-    side, _, _ = camera_side(batch, params)
-    if side is not None and cam_match is not None:
-        keys = np.where(cam_match >= 0, object_key(KEY_LIDAR, np.maximum(cam_match, 0)), object_key(side.key_space, side.idx))
-        if side.key_space == KEY_CAMERA:
-            cam_keys[side.idx] = keys
-        else:
-            track_keys[side.idx] = keys
-    return cam_keys, track_keys
-
-
-def _estimated_objects(batch: Batch, params: MiningParams, cam_match: np.ndarray | None) -> np.ndarray:
-    """Objects a labeler will draw in each frame: confident lidar objects plus camera boxes no
-    confident lidar detection explains."""
+def _estimated_objects(batch: Batch, params: MiningParams, ev: Evidence | None, thr: np.ndarray) -> np.ndarray:
+    """Objects a labeler will draw in each frame: confident lidar objects plus camera boxes (of
+    any stream) that no confident lidar detection and no earlier stream's box explains."""
     F = batch.n_frames
     L = batch.lidar
-    n = np.bincount(L.g[L.score >= params.lidar_score_threshold], minlength=F)
-    side, _, _ = camera_side(batch, params)
-    if side is not None:
-        g = (batch.camera if side.key_space == KEY_CAMERA else batch.tracks).g[side.idx]
-        if cam_match is None:
-            extra = np.ones(side.idx.size, bool)
-        else:
-            extra = (cam_match < 0) | (L.score[np.maximum(cam_match, 0)] < params.lidar_score_threshold)
-        n = n + np.bincount(g[extra], minlength=F)
+    if len(L):
+        rng = np.hypot(L.cols["x"], L.cols["y"])
+        n = np.bincount(L.g[(L.score >= thr) & (rng <= params.label_range_m)], minlength=F)
+    else:
+        n = np.zeros(F, np.int64)
+    sides = ev.sides if ev is not None else camera_sides(batch, params)
+    for k, side in enumerate(sides):
+        extra = (side.boxes[:, 3] - side.boxes[:, 1]) >= params.label_min_height_px
+        if ev is not None:
+            cm = ev.lidar_assoc[k].b_match
+            extra &= (cm < 0) | (L.score[np.maximum(cm, 0)] < thr[np.maximum(cm, 0)])
+            if k:
+                sa = ev.stream_assoc[k - 1]
+                extra &= sa.b_match < 0  # the judged stream's box already counts
+        n = n + np.bincount(side.g[extra], minlength=F)
     return n
 
 
@@ -111,7 +105,7 @@ def _classes_tag(batch: Batch, params: MiningParams) -> pa.Array:
     F = batch.n_frames
     bits = np.zeros(F, np.int64)
     L = batch.lidar
-    conf = L.score >= params.lidar_score_threshold
+    conf = L.score >= lidar_thresholds(batch, params) if len(L) else np.zeros(0, bool)
     for stream, mask in ((L, conf), (batch.camera, None), (batch.tracks, None)):
         if len(stream) == 0:
             continue
@@ -160,93 +154,104 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
     flags = Flags()
     skipped: list[str] = []
     L = batch.lidar
-    sev = params.severities
-    has_lidar_tracks = bool(len(batch.tracks)) and bool((batch.tracks.cols["sensor"] == 1).any())
-    has_cam_tracks = bool(len(batch.tracks)) and bool((batch.tracks.cols["sensor"] == 0).any())
+    T = batch.tracks
+    lidar_track_rows = np.flatnonzero(T.cols["sensor"] == 1) if len(T) else np.zeros(0, np.int64)
+    sides = camera_sides(batch, params, skipped)
+    judged = sides[0] if sides else None
 
-    # lidar <-> camera
+    # lidar <-> camera streams
     geo = lidar_geometry(batch) if len(L) else None
-    assoc = check_lidar_camera(batch, geo, params, flags, skipped) if geo is not None else None
+    ev = check_lidar_camera(batch, geo, params, flags, skipped, sides) if geo is not None else None
     if geo is None:
         skipped.append("lidar<->camera: no lidar detections")
-    cam_match = assoc.cam_match if assoc is not None else None
-    cam_keys, track_keys = _hypothesis_keys(batch, params, cam_match)
+    thr = lidar_thresholds(batch, params) if len(L) else np.zeros(0)
     lidar_keys = object_key(KEY_LIDAR, np.arange(len(L)))
+    cam_keys = object_key(KEY_CAMERA, np.arange(len(batch.camera)))
+    track_keys = object_key(KEY_TRACK, np.arange(len(T)))
+    if ev is not None:
+        for side, keys in zip(ev.sides, ev.lidar_key_of, strict=True):
+            (cam_keys if side.key_space == KEY_CAMERA else track_keys)[side.idx] = keys
 
     # temporal
-    if len(L) and not has_lidar_tracks:
-        check_lidar_temporal(batch, params, flags, geo)
-    if has_lidar_tracks:
-        check_tracks(batch, params, flags, track_keys, sensor=1)
-    if has_cam_tracks:
-        check_tracks(batch, params, flags, track_keys, sensor=0)
-    if not len(batch.tracks) and not len(L):
+    if len(L) and not lidar_track_rows.size:
+        check_lidar_temporal(batch, params, flags, geo, ev.seen_by_camera if ev is not None else None)
+    if lidar_track_rows.size:
+        check_tracks(batch, params, flags, track_keys, lidar_track_rows)
+    judged_tracks = judged is not None and judged.key_space == KEY_TRACK
+    if judged_tracks:
+        check_tracks(batch, params, flags, track_keys, judged.idx)
+    if not len(T) and not len(L):
         skipped.append("temporal: no tracks and no lidar detections")
-    elif not has_cam_tracks and len(batch.camera):
+    elif not judged_tracks and len(batch.camera):
         skipped.append("temporal (camera): no camera tracks")  # camera detections are not self-associated
 
     # tracker <-> detector
-    if has_cam_tracks and len(batch.camera):
+    cam_track_rows = np.flatnonzero(T.cols["sensor"] == 0) if len(T) else np.zeros(0, np.int64)
+    if cam_track_rows.size and len(batch.camera):
         C = batch.camera
         box = np.stack([C.cols[c] for c in ("x1", "y1", "x2", "y2")], axis=1).astype(np.float64)
         keep = ~(C.score < params.camera_score_threshold)
         i = np.flatnonzero(keep)
-        check_tracker_detector(batch, params, flags, 0, box[i], i, C.g[i], (REF_CAMERA, C.cols["det_id"][i]),
+        rows = sides[1].idx if len(sides) > 1 and sides[1].key_space == KEY_TRACK else cam_track_rows
+        check_tracker_detector(batch, params, flags, rows, box[i], i, C.g[i], (REF_CAMERA, C.cols["det_id"][i]),
                                cam_keys[i], track_keys)
     else:
-        skipped.append("tracker<->detector (camera): " + ("no camera detections" if has_cam_tracks else
+        skipped.append("tracker<->detector (camera): " + ("no camera detections" if cam_track_rows.size else
                                                           "no camera tracks" if len(batch.camera) else
                                                           "no camera detections and no camera tracks"))
-    if has_lidar_tracks and len(L):
-        i = np.flatnonzero((L.score >= params.lidar_score_threshold) & (geo.visible > 0))
-        check_tracker_detector(batch, params, flags, 1, geo.box[i], i, L.g[i], (REF_LIDAR, L.cols["det_id"][i]),
-                               lidar_keys[i], track_keys)
+    if lidar_track_rows.size and len(L):
+        i = np.flatnonzero((L.score >= thr) & (geo.visible > 0))
+        check_tracker_detector(batch, params, flags, lidar_track_rows, geo.box[i], i, L.g[i],
+                               (REF_LIDAR, L.cols["det_id"][i]), lidar_keys[i], track_keys)
     else:
         skipped.append("tracker<->detector (lidar): " + ("no lidar tracks (lidar detections are self-associated "
                                                          "across frames instead)" if len(L) else "no lidar detections"))
 
     # uncertainty
     if len(L):
-        check_uncertainty(L.g, L.score, params.uncertainty_band, params.lidar_score_threshold,
-                          sev.uncertain * size_factor(geo.box[:, 3] - geo.box[:, 1], params),
-                          flags, lidar_keys, (REF_LIDAR, L.cols["det_id"]))
-    side, _, _ = camera_side(batch, params)
-    if side is not None:
-        stream = batch.camera if side.key_space == KEY_CAMERA else batch.tracks
-        score = stream.score[side.idx]
-        if np.isfinite(score).any():
-            keys = cam_keys[side.idx] if side.key_space == KEY_CAMERA else track_keys[side.idx]
+        box_h = geo.box[:, 3] - geo.box[:, 1]
+        check_uncertainty(L.g, L.score, params.uncertainty_band, thr, size_factor(box_h, params, geo.range_m),
+                          flags, lidar_keys, (REF_LIDAR, L.cols["det_id"]), L.cls)
+        check_crowds(batch, params, flags, box_h)
+    if judged is not None:
+        if judged.has_scores:
+            keys = (cam_keys if judged.key_space == KEY_CAMERA else track_keys)[judged.idx]
             center = max(params.camera_score_threshold, params.camera_uncertainty_band[0])
-            h = (stream.cols["y2"][side.idx] - stream.cols["y1"][side.idx]).astype(np.float64)
-            check_uncertainty(stream.g[side.idx], np.nan_to_num(score, nan=1.0), params.camera_uncertainty_band,
-                              center, sev.uncertain * size_factor(h, params), flags, keys, (side.ref_kind, side.ref_id))
+            h = judged.boxes[:, 3] - judged.boxes[:, 1]
+            check_uncertainty(judged.g, np.nan_to_num(judged.score, nan=1.0), params.camera_uncertainty_band,
+                              center, size_factor(h, params), flags, keys, (judged.ref_kind, judged.ref_id), judged.cls)
         else:
             skipped.append("uncertainty (camera): the camera source reports no confidence")
 
     # integrity: boxes without a positive size (validation keeps such logs, with a warning)
     check_invalid_boxes(batch, params, flags, lidar_keys, cam_keys, track_keys)
 
-    return _assemble(batch, logs, flags, skipped, params, cam_match)
+    return _assemble(batch, logs, flags, skipped, params, _estimated_objects(batch, params, ev, thr))
 
 
 def check_invalid_boxes(batch: Batch, params: MiningParams, flags: Flags, lidar_keys: np.ndarray,
                         cam_keys: np.ndarray, track_keys: np.ndarray) -> None:
-    sev = params.severities.invalid_box
     L = batch.lidar
     if len(L):
         i = np.flatnonzero((L.cols["l"] <= 0) | (L.cols["w"] <= 0) | (L.cols["h"] <= 0))
-        flags.add("invalid_box", L.g[i], sev, lidar_keys[i], (REF_LIDAR, L.cols["det_id"][i]))
+        flags.add("invalid_box", L.g[i], 1.0, lidar_keys[i], (REF_LIDAR, L.cols["det_id"][i]), cls=L.cls[i])
     for stream, keys, kind, ids in ((batch.camera, cam_keys, REF_CAMERA, "det_id"), (batch.tracks, track_keys, REF_TRACK, "track_id")):
         if len(stream):
             c = stream.cols
             i = np.flatnonzero((c["x2"] <= c["x1"]) | (c["y2"] <= c["y1"]))
-            flags.add("invalid_box", stream.g[i], sev, keys[i], (kind, c[ids][i]))
+            flags.add("invalid_box", stream.g[i], 1.0, keys[i], (kind, c[ids][i]), cls=stream.cls[i])
+
+
+def severity_matrix(params: MiningParams) -> np.ndarray:
+    """(n_reasons, n_classes + 1) severity of every reason per class code."""
+    table = params.severity_table()
+    return np.array([table[r] for r in REASONS], np.float64)
 
 
 def _assemble(batch: Batch, logs: DriveLogs, flags: Flags, skipped: list[str], params: MiningParams,
-              cam_match: np.ndarray | None) -> MiningResult:
+              est: np.ndarray) -> MiningResult:
     F = batch.n_frames
-    cols = flags.columns()
+    cols = flags.columns(severity_matrix(params))
     g = cols["g"]
     log_ids = pa.array(batch.log_ids, pa.string())
     log_col = pa.DictionaryArray.from_arrays(pa.array(batch.frame_log[g].astype(np.int32)), log_ids).cast(pa.string())
@@ -262,7 +267,6 @@ def _assemble(batch: Batch, logs: DriveLogs, flags: Flags, skipped: list[str], p
     )
 
     expected = expected_errors(F, g, cols["obj"], cols["severity"])
-    est = _estimated_objects(batch, params, cam_match)
     tags = _frame_tags(batch, logs)
     classes = _classes_tag(batch, params)
     boost = _boost(tags, classes, params, F)

@@ -8,6 +8,8 @@ a detection is used downstream) and the sensors' useful ranges.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetloop.schema import CLASSES
@@ -15,25 +17,43 @@ from fleetloop.schema import CLASSES
 SLICE_KEYS = ("weather", "time_of_day", "vehicle", "place", "class")
 
 
-class Severities(BaseModel):
-    """Probability that a flagged object is a real perception error (one labeling fix).
+def sigmoid(raw: float) -> float:
+    """A raw logit-like score (e.g. PointRCNN's) -> fleetloop's [0, 1] score (the importer's mapping)."""
+    return 1.0 / (1.0 + math.exp(-raw))
 
-    Flags on the same object are combined by noisy-OR; a frame's expected number of errors is
-    the sum over its objects. These are priors from the structure of each check: a one-sided
-    object at the operating point means one of the two sensors is wrong, so its severity is
-    high; weak evidence (one uncertain score) is low."""
+
+def logit(score: float) -> float:
+    """Inverse of :func:`sigmoid`: a fleetloop score back to the raw scale."""
+    return math.log(score / (1.0 - score))
+
+
+#: PointRCNN's per-class operating points on KITTI (raw scores; AB3DMOT's thresholds, the ones the
+#: KITTI yardstick uses), in fleetloop's score scale. The lidar stack fleetloop ships defaults for.
+POINTRCNN_OPERATING_POINTS = {"car": sigmoid(3.240738), "pedestrian": sigmoid(2.683133), "cyclist": sigmoid(3.645319)}
+
+
+class Severities(BaseModel):
+    """Probability that a flag marks a real perception error (one labeling fix).
+
+    Flags on the same object and sensor combine by noisy-OR; a frame's expected number of errors
+    is the sum over its objects and sensors. These are priors from the structure of each check,
+    in three tiers: evidence of two independent sources against one (a confident object one
+    sensor lacks, an isolated confident detection) is high (0.4-0.7); one weak hint on its own
+    (a score just under the operating point, a box only an evidence stream reports, a crowd) is
+    low (0.05-0.3), because such hints are many and mostly benign. ``fleetloop mine calibrate``
+    fits them per class from labels (``MiningParams.class_severities``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     # lidar <-> camera
     lidar_only: float = 0.7  # confident lidar object, no camera box (camera miss or lidar false alarm)
-    camera_only: float = 0.5  # camera box, no lidar detection at all (lidar miss or camera false alarm)
-    lidar_weak: float = 0.75  # camera box whose lidar partner is below the lidar operating point
+    camera_only: float = 0.3  # camera box, no lidar detection at all (lidar miss or camera false alarm)
+    lidar_weak: float = 0.25  # camera box whose lidar partner is below the lidar operating point
     class_mismatch: float = 0.5
-    geometry: float = 0.6  # associated, but the boxes disagree (IoU below geometry_iou)
+    geometry: float = 0.5  # associated, but the boxes disagree (IoU below geometry_iou)
     # temporal (self-association or tracker)
-    flicker: float = 0.6  # object seen before and after, missing in this frame
-    isolated: float = 0.35  # detection with no counterpart in the neighbouring frames
+    flicker: float = 0.4  # object seen before and after, missing in this frame
+    isolated: float = 0.6  # detection with no counterpart in the neighbouring frames
     short_track: float = 0.35
     track_gap: float = 0.6
     id_switch: float = 0.3
@@ -42,15 +62,56 @@ class Severities(BaseModel):
     track_unsupported: float = 0.5
     detection_unexplained: float = 0.4
     # uncertainty band
-    uncertain: float = 0.35
+    uncertain: float = 0.3
     # integrity
     invalid_box: float = 0.9  # a box with no positive size (validation keeps such logs with a warning)
+    # several perception streams (every camera detector/tracker a log carries is evidence)
+    camera_miss: float = 0.6  # a confident lidar object another camera stream sees too; the judged camera lacks it
+    lidar_miss: float = 0.4  # two camera streams agree on a box, no lidar detection at all
+    stream_only: float = 0.1  # only an evidence camera stream sees it: both judged sensors may have missed it
+    weak_persistent: float = 0.05  # lidar detection below the operating point, consistent in both neighbouring frames
+    crowd: float = 0.05  # a pedestrian/cyclist among others: misses hide in crowds
 
     @field_validator("*")
     @classmethod
     def _prob(cls, v: float) -> float:
         if not 0.0 <= v < 1.0:
             raise ValueError("a severity is a probability in [0, 1)")
+        return v
+
+
+class FittedSeverity(BaseModel):
+    """One calibrated value and the counts behind it (written by ``fleetloop mine calibrate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    severity: float = Field(ge=0, lt=1)
+    flagged: int = Field(ge=0, description="flags of this reason and class on labelled frames")
+    errors: int = Field(ge=0, description="of those, flags that marked a real error under the matching rules")
+    prior: float = Field(ge=0, lt=1, description="the default severity the fit was shrunk towards")
+
+
+class Calibration(BaseModel):
+    """Per-class severities fitted from labels: ``fitted[reason][class]``. Values with too few
+    flags behind them stay at the default (and are not listed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fitted: dict[str, dict[str, FittedSeverity]] = Field(default_factory=dict)
+    source: str = ""  # which labels (dataset version, campaigns, log ids)
+    fitted_at: str = ""  # UTC ISO time
+    labelled_frames: int = 0
+    rules: str = ""  # the matching rules used (see fleetloop.mine.calibrate)
+
+    @field_validator("fitted")
+    @classmethod
+    def _known(cls, v: dict[str, dict[str, FittedSeverity]]) -> dict[str, dict[str, FittedSeverity]]:
+        for reason, per_class in v.items():
+            if reason not in Severities.model_fields:
+                raise ValueError(f"unknown flag reason {reason!r}")
+            unknown = sorted(set(per_class) - set(CLASSES))
+            if unknown:
+                raise ValueError(f"{reason}: unknown classes {unknown}")
         return v
 
 
@@ -63,6 +124,13 @@ class MiningParams(BaseModel):
     lidar_score_threshold: float = Field(0.95, ge=0, le=1, description="lidar detections at/above this are used downstream")
     camera_score_threshold: float = Field(0.0, ge=0, le=1, description="camera detections at/above this are used downstream")
     lidar_min_score: float = Field(0.3, ge=0, le=1, description="lidar detections below this are ignored as noise")
+    lidar_class_thresholds: dict[str, float] = Field(
+        default_factory=lambda: dict(POINTRCNN_OPERATING_POINTS),
+        description="per-class lidar operating points (override lidar_score_threshold for those classes); "
+                    "defaults: PointRCNN's on KITTI (raw Car 3.24, Pedestrian 2.68, Cyclist 3.65)")
+    camera_stream: str | None = Field(None, description="the camera stream whose errors count (e.g. 'yolox_sort' or "
+                                      "'camera:yolox_sort'); the others are evidence. None: camera detections if the "
+                                      "log has them, else the first camera tracker by name")
     uncertainty_band: tuple[float, float] = (0.9, 0.99)  # lidar scores inside it are "uncertain"
     camera_uncertainty_band: tuple[float, float] = (0.0, 0.5)  # camera scores inside it are "uncertain"
 
@@ -76,6 +144,13 @@ class MiningParams(BaseModel):
     label_min_height_px: float = Field(25.0, ge=0, description="objects lower than this in the image are usually not labelled "
                                        "(KITTI's evaluation ignores them)")
     small_object_factor: float = Field(0.5, ge=0, le=1, description="severity factor for a possible miss of such a small object")
+    label_range_m: float = Field(50.0, gt=0, description="objects farther than this (bird's-eye view) are usually not "
+                                 "labelled (KITTI's evaluation ignores them); flags on them count small_object_factor")
+    stream_iou: float = Field(0.5, gt=0, le=1, description="min IoU of two camera streams' boxes to be one object")
+    occluded_ioa: float = Field(0.7, gt=0, le=1, description="a lidar object whose image box is this much covered by a "
+                                "closer one is not expected on camera")
+    crowd_radius_m: float = Field(3.0, gt=0, description="pedestrians/cyclists closer than this are a crowd")
+    crowd_min: int = Field(2, ge=1, description="neighbours within crowd_radius_m that make a crowd")
     class_heights_m: dict[str, float] = Field(
         default_factory=lambda: {"car": 1.55, "pedestrian": 1.75, "cyclist": 1.75, "traffic_cone": 0.7},
         description="typical object heights, to range a camera box from its pixel height",
@@ -86,6 +161,9 @@ class MiningParams(BaseModel):
     # temporal checks
     temporal_gate_m: float = Field(2.5, gt=0, description="max bird's-eye-view distance between frames for the same object")
     temporal_gate_per_m: float = Field(0.04, ge=0, description="gate grows by this many metres per metre of range")
+    class_temporal_gate_m: dict[str, float] = Field(
+        default_factory=lambda: {"pedestrian": 1.5, "cyclist": 2.0},
+        description="per-class temporal gates (override temporal_gate_m: people move less than cars between frames)")
     temporal_iou: float = Field(0.3, gt=0, le=1, description="min IoU of a track's boxes in consecutive frames (id switch)")
     short_track_frames: int = Field(3, ge=1, description="tracks living at most this many frames are flagged")
     max_gap_frames: int = Field(5, ge=1, description="track gaps up to this length are flicker (longer: re-identification)")
@@ -96,11 +174,14 @@ class MiningParams(BaseModel):
     track_detection_iou: float = Field(0.5, gt=0, le=1)
 
     severities: Severities = Field(default_factory=Severities)
+    class_severities: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description='per-class overrides {reason: {class: severity}}, e.g. from calibration')
+    calibration: Calibration | None = Field(None, description="what fitted class_severities, with the counts")
 
     # ranking and selection
-    temporal_smoothing: float = Field(0.5, ge=0, le=1, description="share of a frame's expected errors spread to its two "
+    temporal_smoothing: float = Field(0.25, ge=0, le=1, description="share of a frame's expected errors spread to its two "
                                       "neighbours (errors persist from frame to frame; 0: off)")
-    cost_exponent: float = Field(0.0, ge=0, le=1, description="score = expected errors / (1 + estimated objects) ** this")
+    cost_exponent: float = Field(0.25, ge=0, le=1, description="score = expected errors / (1 + estimated objects) ** this")
     diversity_window: int = Field(2, ge=0, description="frames of one log within this distance are near-duplicates")
     diversity_similarity: float = Field(0.3, ge=0, le=1, description="how much a selected neighbour discounts a frame")
     budget: int = Field(200, ge=1, description="default labeling budget (frames)")
@@ -113,6 +194,35 @@ class MiningParams(BaseModel):
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"an uncertainty band is (low, high) with 0 <= low <= high <= 1, got {v}")
         return v
+
+    @field_validator("lidar_class_thresholds", "class_temporal_gate_m")
+    @classmethod
+    def _per_class(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"unknown classes {unknown}; the taxonomy is {list(CLASSES)}")
+        return v
+
+    @field_validator("class_severities")
+    @classmethod
+    def _class_sev(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for reason, per_class in v.items():
+            if reason not in Severities.model_fields:
+                raise ValueError(f"unknown flag reason {reason!r}; expected one of {sorted(Severities.model_fields)}")
+            for c, x in per_class.items():
+                if c not in CLASSES:
+                    raise ValueError(f"class_severities.{reason}: unknown class {c!r}")
+                if not 0.0 <= x < 1.0:
+                    raise ValueError(f"class_severities.{reason}.{c}: a severity is a probability in [0, 1)")
+        return v
+
+    def lidar_threshold(self, cls: str) -> float:
+        return self.lidar_class_thresholds.get(cls, self.lidar_score_threshold)
+
+    def severity_table(self) -> dict[str, list[float]]:
+        """reason -> severity per class code (CLASSES order, then 'other')."""
+        base = self.severities.model_dump()
+        return {r: [self.class_severities.get(r, {}).get(c, s) for c in CLASSES] + [s] for r, s in base.items()}
 
     @field_validator("camera_classes", "lidar_classes")
     @classmethod
@@ -138,6 +248,6 @@ class MiningParams(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> MiningParams:
-        if self.lidar_min_score > self.lidar_score_threshold:
-            raise ValueError("lidar_min_score must not exceed lidar_score_threshold")
+        if self.lidar_min_score > min([self.lidar_score_threshold, *self.lidar_class_thresholds.values()]):
+            raise ValueError("lidar_min_score must not exceed lidar_score_threshold or a class threshold")
         return self

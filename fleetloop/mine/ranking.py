@@ -3,17 +3,20 @@
 Priority of a frame = expected number of real perception errors in it, per unit of labeling
 cost:
 
-* each flag says "this object is wrong with probability ``severity``"; flags on one object
-  combine by noisy-OR (``1 - prod(1 - p)``), so three weak hints on one object do not count
-  as three errors;
-* the frame's expected errors are the sum over its objects;
+* each flag says "this sensor is wrong about this object with probability ``severity``";
+  flags on one object and sensor combine by noisy-OR (``1 - prod(1 - p)``), so three weak
+  hints on one object do not count as three errors;
+* the frame's expected errors are the sum over its objects and the judged sensors (an object
+  that both the lidar and the judged camera missed is two errors);
 * labeling a frame costs about 1 + its number of objects, so the expected errors are divided by
   ``(1 + estimated objects) ** cost_exponent`` (0: ignore cost, 1: errors per unit cost);
 * ``slice_boost`` multiplies frames of drifted slices (set by the drift monitor).
 
 Selection under a budget is greedy on that priority with diversity: once a frame is taken,
 frames of the same log within ``diversity_window`` are discounted by ``diversity_similarity``
-each time, so a run of near-identical consecutive frames cannot eat the budget.
+each time, so a run of near-identical consecutive frames cannot eat the budget. The budget is
+a number of frames (:func:`select`) or a labelling cost (:func:`select_cost`: frames are taken
+by expected errors per unit of estimated cost, 1 + estimated objects, until the cost is spent).
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ def object_probabilities(g: np.ndarray, obj: np.ndarray, severity: np.ndarray) -
 
 
 def expected_errors(n_frames: int, g: np.ndarray, obj: np.ndarray, severity: np.ndarray) -> np.ndarray:
+    """Per frame: the sum over objects and judged sensors of P(that sensor is wrong about it)."""
+    from fleetloop.mine.flags import split_kinds
+
+    g, obj, severity = split_kinds(g, obj, severity)
     og, p = object_probabilities(g, obj, severity)
     return np.bincount(og, weights=p, minlength=n_frames)
 
@@ -72,13 +79,42 @@ def rank(frames: pa.Table) -> pa.Table:
     return frames.sort_by([("score", "descending"), ("log_id", "ascending"), ("frame", "ascending")])
 
 
-def select(frames: pa.Table, budget: int | None = None, params: MiningParams | None = None) -> pa.Table:
+def frame_cost(frames: pa.Table) -> np.ndarray:
+    """Estimated labelling cost of each frame: 1 + its estimated objects."""
+    if "est_objects" not in frames.column_names:
+        return np.ones(frames.num_rows)
+    return 1.0 + frames.column("est_objects").to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def select_cost(frames: pa.Table, budget_cost: float, params: MiningParams | None = None) -> pa.Table:
+    """Pick frames by expected errors per unit of estimated labelling cost (1 + estimated
+    objects), with diversity, until their summed cost would exceed ``budget_cost``.
+
+    Same output as :func:`select`, plus a ``cost`` column."""
+    params = params or MiningParams()
+    if not budget_cost > 0:
+        raise ValueError(f"budget_cost must be > 0, got {budget_cost}")
+    cost = frame_cost(frames)
+    # score = errors / cost ** a (times boosts): per unit of cost = score / cost ** (1 - a)
+    per_cost = frames.column("score").to_numpy(zero_copy_only=False).astype(np.float64) / cost ** (1.0 - params.cost_exponent)
+    t = frames.append_column("_cost", pa.array(cost)).set_column(
+        frames.column_names.index("score"), "score", pa.array(per_cost))
+    out = select(t, None, params, cost_budget=budget_cost)
+    i = out.column_names.index("_cost")
+    return out.set_column(i, "cost", out.column(i))
+
+
+def select(frames: pa.Table, budget: int | None = None, params: MiningParams | None = None, *,
+           cost_budget: float | None = None) -> pa.Table:
     """Pick ``budget`` frames greedily by score with temporal diversity (see module doc).
 
     Returns the picked rows in pick order, with a ``rank`` column (1 = label first) and
-    ``selected_score`` (the score after the diversity discount at the time of the pick)."""
+    ``selected_score`` (the score after the diversity discount at the time of the pick).
+    With ``cost_budget`` (and a ``_cost`` column) picks stop before the summed cost exceeds it."""
     params = params or MiningParams()
     budget = params.budget if budget is None else budget
+    if cost_budget is not None:
+        budget = frames.num_rows
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
     n = frames.num_rows
@@ -87,6 +123,8 @@ def select(frames: pa.Table, budget: int | None = None, params: MiningParams | N
         return empty.append_column("rank", pa.array([], pa.int64())).append_column("selected_score", pa.array([], pa.float64()))
     ranked = rank(frames)
     score = ranked.column("score").to_numpy().astype(np.float64)
+    cost = ranked.column("_cost").to_numpy() if cost_budget is not None else None
+    spent = 0.0
     log_codes = pc.dictionary_encode(ranked.column("log_id")).combine_chunks()
     log = log_codes.indices.to_numpy().astype(np.int64)
     frame = ranked.column("frame").to_numpy().astype(np.int64)
@@ -113,6 +151,10 @@ def select(frames: pa.Table, budget: int | None = None, params: MiningParams | N
             value = -neg
         else:
             i, value = ptr, score[ptr]
+        if cost is not None:
+            if spent + cost[i] > cost_budget:
+                break
+            spent += cost[i]
         taken[i] = True
         picks.append(i)
         picked_scores.append(value)

@@ -6,7 +6,10 @@ Two sources of time:
 * a sensor without a tracker stream (here: lidar detections): the check associates that
   sensor's detections itself between neighbouring frames (bird's-eye view, optimal assignment
   with a range-dependent gate) and flags flicker (seen at t-1 and t+1, missing or below the
-  operating point at t) and isolated detections (no counterpart before or after).
+  operating point at t), isolated confident detections (no counterpart before or after and no
+  camera stream seeing them: likely false alarms) and detections below the operating point that
+  persist in both neighbouring frames (likely real objects the operating point misses).
+Gates are per class (people move less than cars between frames).
 
 All of it is whole-array work: sorting, diffs and one association kernel call per relation.
 """
@@ -17,12 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetloop.perception.batch import Batch
-from fleetloop.mine.flags import (KEY_LIDAR, KEY_VIRTUAL, REF_LIDAR, REF_LIDAR_PREV, REF_TRACK, Flags,
-                                    object_key)
-from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots
-from fleetloop.mine.lidar_camera import LidarGeometry, size_factor, substream
+from fleetloop.mine.flags import KEY_LIDAR, KEY_VIRTUAL, REF_LIDAR, REF_LIDAR_PREV, REF_TRACK, Flags, object_key
+from fleetloop.mine.lidar_camera import LidarGeometry, closeness, lidar_thresholds, size_factor
 from fleetloop.mine.params import MiningParams
+from fleetloop.mine.streams import substream
+from fleetloop.perception.batch import Batch
+from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots
+from fleetloop.schema import CLASSES
 
 
 @dataclass
@@ -63,15 +67,18 @@ def _link(batch: Batch, rows_a: np.ndarray, rows_b: np.ndarray, step: int, gate:
     return np.where(fwd >= 0, rows_b[np.maximum(fwd, 0)], -1)
 
 
-def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: LidarGeometry) -> LidarLinks:
+def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: LidarGeometry,
+                         seen_by_camera: np.ndarray | None = None) -> LidarLinks:
     """Self-association of lidar detections across neighbouring frames."""
     L = batch.lidar
     F = batch.n_frames
     n = len(L)
-    sev = params.severities
     keep = np.flatnonzero(L.score >= params.lidar_min_score)
     x, y = L.cols["x"].astype(np.float64), L.cols["y"].astype(np.float64)
-    scale = params.temporal_gate_m + params.temporal_gate_per_m * np.hypot(x, y)
+    rng = np.hypot(x, y)
+    gate = np.array([params.class_temporal_gate_m.get(c, params.temporal_gate_m) for c in CLASSES]
+                    + [params.temporal_gate_m])[L.cls]
+    scale = gate + params.temporal_gate_per_m * rng
     pts = np.stack([x, y, scale], axis=1)
     nxt = np.full(n, -1, np.int64)
     prev = np.full(n, -1, np.int64)
@@ -79,19 +86,30 @@ def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: 
     m = nxt >= 0
     prev[nxt[m]] = np.flatnonzero(m)
 
-    op = L.score >= params.lidar_score_threshold
+    thr = lidar_thresholds(batch, params)
+    op = L.score >= thr
     g = L.g
     nf = batch.next_frame()
     has_next = nf[g] >= 0
     pf = np.full(F, -1, np.int64)
     pf[nf[nf >= 0]] = np.flatnonzero(nf >= 0)
     has_prev = pf[g] >= 0
-
-    # isolated: a confident detection that nothing explains before or after
-    iso = op & has_prev & has_next & (prev < 0) & (nxt < 0)
-    i = np.flatnonzero(iso)
     key = object_key(KEY_LIDAR, np.arange(n))
-    flags.add("isolated", g[i], sev.isolated, key[i], (REF_LIDAR, L.cols["det_id"][i]))
+    det_id = L.cols["det_id"]
+    factor = size_factor(geo.box[:, 3] - geo.box[:, 1], params, rng)
+
+    # isolated: a confident detection that nothing explains before or after, nor any camera
+    iso = op & has_prev & has_next & (prev < 0) & (nxt < 0)
+    if seen_by_camera is not None:
+        iso &= ~seen_by_camera
+    i = np.flatnonzero(iso)
+    flags.add("isolated", g[i], factor[i], key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
+
+    # below the operating point, yet the same object in both neighbouring frames
+    wp = ~op & (L.score >= params.lidar_min_score) & (prev >= 0) & (nxt >= 0)
+    i = np.flatnonzero(wp)
+    near = closeness(L.score[i], thr[i], params.lidar_min_score)
+    flags.add("weak_persistent", g[i], factor[i] * near, key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
 
     # flicker: a at t-1 and c at t+1 are one confident object, but at t it is missing or weak.
     # Only confident detections whose next (resp. previous) link is missing or weak can take part.
@@ -106,21 +124,18 @@ def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: 
     t = nf[g[a]]
     mid = np.where(mid_a >= 0, mid_a, mid_c)
     obj = np.where(mid >= 0, key[np.maximum(mid, 0)], object_key(KEY_VIRTUAL, a))
-    det_id = L.cols["det_id"]
     ref = (np.where(mid >= 0, REF_LIDAR, REF_LIDAR_PREV).astype(np.int8),
            np.where(mid >= 0, det_id[np.maximum(mid, 0)], det_id[a]))
-    small = size_factor(geo.box[a, 3] - geo.box[a, 1], params)
-    flags.add("flicker", t, sev.flicker * small, obj, ref)
+    flags.add("flicker", t, factor[a], obj, ref, cls=L.cls[a])
     return LidarLinks(prev, nxt)
 
 
-def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.ndarray, sensor: int) -> int:
-    """Track-level checks on the tracks of one sensor (0 camera, 1 lidar). ``hyp_key`` gives the
-    object key of every track row (shared with an associated detection). Returns the number of
-    track rows checked."""
+def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.ndarray, rows: np.ndarray) -> int:
+    """Track-level checks on the track rows ``rows`` of one stream (one tracker). ``hyp_key``
+    gives the object key of every track row (shared with an associated detection). Returns the
+    number of track rows checked."""
     T = batch.tracks
-    sev = params.severities
-    rows = np.flatnonzero(T.cols["sensor"] == sensor)
+    rows = np.asarray(rows, np.int64)
     if rows.size == 0:
         return 0
     tid = T.cols["track_id"][rows]
@@ -148,7 +163,7 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
     # very short tracks (born and dead within a few frames, away from the log's ends)
     short = inner & (span <= params.short_track_frames)
     i = np.flatnonzero(short[track_no])
-    flags.add("short_track", g[i], sev.short_track, hyp_key[r[i]], (REF_TRACK, ref_id[r[i]]))
+    flags.add("short_track", g[i], 1.0, hyp_key[r[i]], (REF_TRACK, ref_id[r[i]]), cls=T.cls[r[i]])
 
     # gaps: the track is missing for 1..max_gap frames (flicker); one flag per missing frame
     step = np.zeros(r.size, np.int64)
@@ -164,7 +179,7 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
     vkey = object_key(KEY_VIRTUAL, (np.int64(1) << 36) | (r[before] * 8 + np.minimum(offs, 7)))
     tb = r[before]
     small = size_factor((T.cols["y2"][tb] - T.cols["y1"][tb]).astype(np.float64), params)
-    flags.add("track_gap", miss_g, sev.track_gap * small, vkey, (REF_TRACK, ref_id[tb]))
+    flags.add("track_gap", miss_g, small, vkey, (REF_TRACK, ref_id[tb]), cls=T.cls[tb])
 
     # implausible motion between consecutive frames of a track
     box = np.stack([T.cols[c][r] for c in ("x1", "y1", "x2", "y2")], axis=1).astype(np.float64)
@@ -176,7 +191,7 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
     shift = np.hypot(cx[cons] - cx[cons - 1], cy[cons] - cy[cons - 1]) / np.maximum(np.minimum(diag[cons], diag[cons - 1]), 1.0)
     ratio = np.maximum(area[cons] / area[cons - 1], area[cons - 1] / area[cons])
     bad = cons[(shift > params.max_speed_px) | (ratio > params.max_size_ratio)]
-    flags.add("implausible_motion", g[bad], sev.implausible_motion, hyp_key[r[bad]], (REF_TRACK, ref_id[r[bad]]))
+    flags.add("implausible_motion", g[bad], 1.0, hyp_key[r[bad]], (REF_TRACK, ref_id[r[bad]]), cls=T.cls[r[bad]])
 
     # identity switches: a track ends at t, another starts at t+1 on the same spot
     ends = t_last[(ends_f < log_last[tlog])]
@@ -202,12 +217,12 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
                     cls[ends], cls[begins], MODE_IOU, params.temporal_iou, 0.0, em, bm, q)
     k = np.flatnonzero(em >= 0)
     newer = begins[em[k]]
-    flags.add("id_switch", g[newer], sev.id_switch, hyp_key[r[newer]], (REF_TRACK, ref_id[r[newer]]),
-              (REF_TRACK, ref_id[r[ends[k]]]))
+    flags.add("id_switch", g[newer], 1.0, hyp_key[r[newer]], (REF_TRACK, ref_id[r[newer]]),
+              (REF_TRACK, ref_id[r[ends[k]]]), cls=T.cls[r[newer]])
     return int(rows.size)
 
 
-def check_tracker_detector(batch: Batch, params: MiningParams, flags: Flags, sensor: int, det_box: np.ndarray,
+def check_tracker_detector(batch: Batch, params: MiningParams, flags: Flags, track_rows: np.ndarray, det_box: np.ndarray,
                            det_rows: np.ndarray, det_g: np.ndarray, det_ref: tuple[int, np.ndarray],
                            det_key: np.ndarray, track_key: np.ndarray) -> None:
     """Tracks of one sensor against that sensor's detections, frame by frame (image IoU).
@@ -217,8 +232,9 @@ def check_tracker_detector(batch: Batch, params: MiningParams, flags: Flags, sen
     track explains are unexplained."""
     T = batch.tracks
     F = batch.n_frames
-    sev = params.severities
-    t_start, t_idx = substream(T, (T.cols["sensor"] == sensor), F)
+    mask = np.zeros(len(T), bool)
+    mask[track_rows] = True
+    t_start, t_idx = substream(T, mask, F)
     d_start = np.zeros(F + 1, np.int64)
     np.cumsum(np.bincount(det_g, minlength=F), out=d_start[1:])
     tbox = np.stack([T.cols[c][t_idx] for c in ("x1", "y1", "x2", "y2")], axis=1).astype(np.float64)
@@ -229,7 +245,7 @@ def check_tracker_detector(batch: Batch, params: MiningParams, flags: Flags, sen
                     T.cls[t_idx], np.full(det_g.size, -1, np.int64),
                     MODE_IOU, params.track_detection_iou, 0.0, tm, dm, q)
     i = np.flatnonzero((tm < 0) & (T.cols["confirmed"][t_idx] == 1))
-    flags.add("track_unsupported", T.g[t_idx[i]], sev.track_unsupported, track_key[t_idx[i]],
-              (REF_TRACK, T.cols["track_id"][t_idx[i]]))
+    flags.add("track_unsupported", T.g[t_idx[i]], 1.0, track_key[t_idx[i]],
+              (REF_TRACK, T.cols["track_id"][t_idx[i]]), cls=T.cls[t_idx[i]])
     j = np.flatnonzero(dm < 0)
-    flags.add("detection_unexplained", det_g[j], sev.detection_unexplained, det_key[j], (det_ref[0], det_ref[1][j]))
+    flags.add("detection_unexplained", det_g[j], 1.0, det_key[j], (det_ref[0], det_ref[1][j]))

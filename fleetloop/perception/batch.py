@@ -8,7 +8,7 @@ numpy calls (no per-frame Python).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +58,9 @@ class Batch:
     has_calib: np.ndarray  # bool (K,)
     lidar: Stream
     camera: Stream  # camera detections
-    tracks: Stream  # tracks (all sensors); ``cols['track_id']``, ``cols['sensor']`` (0 camera, 1 lidar)
+    tracks: Stream  # tracks (all sensors); ``cols['track_id']``, ``cols['sensor']`` (0 camera, 1 lidar),
+    # ``cols['stream']`` (index into ``track_streams``)
+    track_streams: list[str] = field(default_factory=list)  # distinct ``sensor`` values of the tracks table, sorted (e.g. camera:ciwt)
 
     @property
     def n_frames(self) -> int:
@@ -194,12 +196,17 @@ def build_batch(logs: DriveLogs) -> Batch:
                      {"det_id": logs.camera_detections.column("det_id").to_numpy().astype(np.int64)}
                      if logs.camera_detections.num_rows else {"det_id": np.zeros(0, np.int64)})
     tr = logs.tracks
+    streams: list[str] = []
     if tr.num_rows:
+        streams = pc.unique(tr.column("sensor")).sort().to_pylist()
+        stream = pc.index_in(tr.column("sensor"), value_set=pa.array(streams)).to_numpy(zero_copy_only=False)
         extra = {"track_id": tr.column("track_id").to_numpy().astype(np.int64),
-                 "sensor": pc.equal(tr.column("sensor"), "lidar").to_numpy(zero_copy_only=False).astype(np.int64),
+                 "sensor": pc.starts_with(tr.column("sensor"), "lidar").to_numpy(zero_copy_only=False).astype(np.int64),
+                 "stream": stream.astype(np.int64),
                  "confirmed": pc.equal(tr.column("state"), "confirmed").to_numpy(zero_copy_only=False).astype(np.int64)}
     else:
-        extra = {"track_id": np.zeros(0, np.int64), "sensor": np.zeros(0, np.int64), "confirmed": np.zeros(0, np.int64)}
+        extra = {"track_id": np.zeros(0, np.int64), "sensor": np.zeros(0, np.int64), "stream": np.zeros(0, np.int64),
+                 "confirmed": np.zeros(0, np.int64)}
     tracks = _stream("tracks", tr, keys, log_values, F, box2, extra)
     return Batch(log_values.to_pylist(), frame_log, frame_no, log_start, M, width, height, focal, has_calib,
-                 lidar, camera, tracks)
+                 lidar, camera, tracks, streams)

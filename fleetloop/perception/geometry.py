@@ -370,3 +370,60 @@ def associate_slots(
                 a_match[a0 + i] = b0 + j
                 b_match[b0 + j] = a0 + i
                 a_q[a0 + i] = quant[i, j]
+
+
+@njit(cache=True, nogil=True)
+def occlusion_slots(start, end, box, depth, valid, margin, out):
+    """Per slot (frame) ``start[s]:end[s]``: for every valid row, the largest share of its image
+    box covered by the box of a valid row closer to the camera by more than ``margin`` metres
+    (0 when none). Rows outside ``valid`` get 0."""
+    for s in range(start.shape[0]):
+        for i in range(start[s], end[s]):
+            out[i] = 0.0
+            if not valid[i]:
+                continue
+            area = (box[i, 2] - box[i, 0]) * (box[i, 3] - box[i, 1])
+            if area <= 0:
+                continue
+            for j in range(start[s], end[s]):
+                if j == i or not valid[j] or depth[j] >= depth[i] - margin:
+                    continue
+                iw = min(box[i, 2], box[j, 2]) - max(box[i, 0], box[j, 0])
+                ih = min(box[i, 3], box[j, 3]) - max(box[i, 1], box[j, 1])
+                if iw > 0 and ih > 0:
+                    out[i] = max(out[i], iw * ih / area)
+
+
+@njit(cache=True, nogil=True)
+def neighbour_slots(start, end, x, y, member, radius, out):
+    """Per slot (frame): for every member row, how many other member rows lie within ``radius``
+    (bird's-eye view); 0 for the other rows."""
+    r2 = radius * radius
+    for s in range(start.shape[0]):
+        for i in range(start[s], end[s]):
+            out[i] = 0
+            if not member[i]:
+                continue
+            for j in range(start[s], end[s]):
+                if j != i and member[j]:
+                    dx = x[i] - x[j]
+                    dy = y[i] - y[j]
+                    if dx * dx + dy * dy <= r2:
+                        out[i] += 1
+
+
+@njit(cache=True, nogil=True)
+def ioa_slots(a_start, a_end, b_start, b_end, a, b, out):
+    """Per slot (frame): for every box of ``a``, the largest share of its area inside a box of
+    ``b`` of the same slot (intersection over the ``a`` box's area; 0 when none)."""
+    for s in range(a_start.shape[0]):
+        for i in range(a_start[s], a_end[s]):
+            out[i] = 0.0
+            area = (a[i, 2] - a[i, 0]) * (a[i, 3] - a[i, 1])
+            if area <= 0:
+                continue
+            for j in range(b_start[s], b_end[s]):
+                iw = min(a[i, 2], b[j, 2]) - max(a[i, 0], b[j, 0])
+                ih = min(a[i, 3], b[j, 3]) - max(a[i, 1], b[j, 1])
+                if iw > 0 and ih > 0:
+                    out[i] = max(out[i], iw * ih / area)

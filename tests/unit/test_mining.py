@@ -127,8 +127,12 @@ def test_objects_outside_the_other_sensors_view_are_not_one_sided():
 
 
 def test_isolated_confident_lidar_detection():
-    res = mine(make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)]))
+    """An isolated confident detection that no neighbouring frame and no camera stream supports
+    is a likely false alarm; one that a camera sees is not isolated."""
+    res = mine(make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, image_box(15.0, 6.0))]))
     assert [(f, o) for f, o, _ in flags_of(res, "isolated")] == [(1, ["lidar:0"])]
+    res = mine(make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)]))
+    assert not flags_of(res, "isolated")
 
 
 def _track_rows(track_id, frames, box=BOX, cls="car"):
@@ -161,9 +165,9 @@ def test_tracker_detector():
 
 
 def test_uncertainty_band_peaks_at_the_operating_point():
-    p = MiningParams()
+    p = MiningParams(lidar_class_thresholds={})  # one operating point for every class: 0.95
     res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.95, 15.0, 0.0), (0, "car", 0.999, 15.0, 5.0),
-                                            (0, "car", 0.91, 30.0, -5.0)]))
+                                            (0, "car", 0.91, 30.0, -5.0)]), p)
     sev = {o[0]: s for _, o, s in flags_of(res, "uncertain")}
     assert sev["lidar:0"] == pytest.approx(p.severities.uncertain)
     assert "lidar:1" not in sev  # outside the band
@@ -253,8 +257,9 @@ def test_rank_and_select_with_diversity():
 
 
 def test_slice_boost_prefers_drifted_slices():
-    a = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)], log_id="dry", weather="clear")
-    b = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, BOX)], log_id="wet", weather="rain")
+    other = image_box(15.0, 6.0)  # the camera sees something else: the lidar object is isolated and one-sided
+    a = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, other)], log_id="dry", weather="clear")
+    b = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, other)], log_id="wet", weather="rain")
     logs = DriveLogs.concat([a, b])
     top = rank(mine(logs, MiningParams(slice_boost={"weather=rain": 2.0})).frames).to_pydict()
     assert top["log_id"][0] == "wet"
