@@ -1,54 +1,97 @@
-"""``fleetloop mine PATH`` (rank or select frames for labeling) and ``fleetloop sample OUT``."""
+"""``fleetloop mine PATH`` (rank or select frames for labeling), ``fleetloop mine --from-store``
+(a log query over the store), ``fleetloop mine calibrate`` (fit severities from labels) and
+``fleetloop sample OUT``."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 console = Console(stderr=True, soft_wrap=True)
 
 
+class _MineGroup(TyperGroup):
+    """``fleetloop mine ARGS`` runs ``fleetloop mine rank ARGS`` unless ARGS start with a sub-command."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["rank", *args]
+        return super().parse_args(ctx, args)
+
+
+mine_app = typer.Typer(cls=_MineGroup, no_args_is_help=True,
+                       help="Rank frames for labeling (`fleetloop mine PATH` = `fleetloop mine rank PATH`), "
+                            "or fit the miner from labels (`fleetloop mine calibrate`).")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command()
+    app.add_typer(mine_app, name="mine")
+
+    @mine_app.command("rank")
     def mine(
-        path: Annotated[Path, typer.Argument(help="Directory of logs (KITTI tracking layout or fleetloop parquet layout).")],
+        path: Annotated[Optional[Path], typer.Argument(help="Directory of logs (KITTI tracking layout or fleetloop "
+                                                             "parquet layout); omit with --from-store.")] = None,
         format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
         out: Annotated[Path, typer.Option("--out", "-o", help="ranked.csv or ranked.parquet")] = Path("ranked.csv"),
         budget: Annotated[Optional[int], typer.Option("--budget", "-b", min=1,
                           help="Write only this many frames, selected with diversity; without it every frame, ranked.")] = None,
-        camera_tracker: Annotated[Optional[str], typer.Option(help="KITTI layout: camera tracker to read (e.g. ciwt, yolox_sort).")] = None,
+        budget_cost: Annotated[Optional[float], typer.Option("--budget-cost", min=1,
+                               help="Select by expected errors per unit of labelling cost (1 + estimated objects) "
+                                    "until this much cost is spent.")] = None,
+        camera_tracker: Annotated[Optional[str], typer.Option(help="The camera stream whose errors count (e.g. "
+                                  "yolox_sort, ciwt); every other camera stream is evidence.")] = None,
         lidar_detector: Annotated[Optional[str], typer.Option(help="KITTI layout: lidar detector to read (e.g. pointrcnn).")] = None,
         params: Annotated[Optional[Path], typer.Option("--params", help="MiningParams as JSON (thresholds, severities, ...).")] = None,
         log: Annotated[list[str], typer.Option("--log", help="Only these log ids (repeatable).")] = [],
         validate: Annotated[bool, typer.Option(help="Validate every table with Great Expectations first.")] = True,
         shard_logs: Annotated[int, typer.Option(min=1, help="Logs per shard (memory holds one shard).")] = 64,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+        from_store: Annotated[bool, typer.Option("--from-store", help="Mine logs in the configured store (with the "
+                              "query options below) instead of PATH.")] = False,
+        since: Annotated[Optional[datetime], typer.Option(help="--from-store: arrived at or after (UTC).")] = None,
+        until: Annotated[Optional[datetime], typer.Option(help="--from-store: arrived before (UTC).")] = None,
+        drive_since: Annotated[Optional[datetime], typer.Option(help="--from-store: driven at or after (UTC).")] = None,
+        drive_until: Annotated[Optional[datetime], typer.Option(help="--from-store: driven before (UTC).")] = None,
+        vehicle: Annotated[Optional[str], typer.Option(help="--from-store: only this vehicle's logs.")] = None,
+        tag: Annotated[list[str], typer.Option("--tag", help="--from-store: name=value, e.g. weather=rain (repeatable).")] = [],
     ) -> None:
         """Run the sanity checks over every frame and write the frames ranked by priority
         (columns log_id, frame, score, reasons, ...; higher score = label first)."""
         from pydantic import ValidationError
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from fleetloop.perception.batch import MiningInputError
+        from fleetloop.ingest.importers import FORMATS, LogFormatError
         from fleetloop.mine.files import MiningOutputError, mine_files
         from fleetloop.mine.params import MiningParams
-        from fleetloop.ingest.importers import FORMATS, LogFormatError
+        from fleetloop.perception.batch import MiningInputError
 
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
+        if budget is not None and budget_cost is not None:
+            raise typer.BadParameter("give --budget or --budget-cost, not both", param_hint="--budget-cost")
         try:
             mp = MiningParams.model_validate_json(params.read_text()) if params else MiningParams()
+            if camera_tracker:
+                mp = MiningParams.model_validate({**mp.model_dump(), "camera_stream": camera_tracker})
         except (OSError, ValidationError) as exc:
             console.print(f"[red]bad --params {params}:[/] {exc}")
             raise typer.Exit(2) from None
+        if from_store:
+            _mine_store(mp, out, budget, budget_cost, quiet, since=since, until=until, drive_since=drive_since,
+                        drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
+            return
+        if path is None:
+            raise typer.BadParameter("give a directory of logs, or --from-store", param_hint="PATH")
         options = {}
         if format == "kitti-tracking":
-            options = {k: v for k, v in {"camera_tracker": camera_tracker, "lidar_detector": lidar_detector}.items() if v}
-        elif camera_tracker or lidar_detector:
-            raise typer.BadParameter("only for --format kitti-tracking", param_hint="--camera-tracker/--lidar-detector")
+            options = {k: v for k, v in {"lidar_detector": lidar_detector}.items() if v}
+        elif lidar_detector:
+            raise typer.BadParameter("only for --format kitti-tracking", param_hint="--lidar-detector")
 
         with Progress(TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TextColumn("logs"),
                       TimeElapsedColumn(), console=console, disable=quiet, transient=True) as bar:
@@ -58,7 +101,7 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, description=stage, completed=done, total=total)
 
             try:
-                table, report = mine_files(path, format, out, budget=budget, params=mp, validate=validate,
+                table, report = mine_files(path, format, out, budget=budget, budget_cost=budget_cost, params=mp, validate=validate,
                                            shard_logs=shard_logs, log_ids=log or None, importer_options=options,
                                            progress=progress)
             except (LogFormatError, MiningInputError, MiningOutputError, FileNotFoundError) as exc:
@@ -67,13 +110,55 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(1) from None
         if quiet:
             return
-        what = f"top {report.written:,} frames (budget {budget})" if budget else f"all {report.written:,} frames, ranked"
+        what = (f"top {report.written:,} frames (budget {budget})" if budget else
+                f"{report.written:,} frames (cost budget {budget_cost:g})" if budget_cost else f"all {report.written:,} frames, ranked")
         console.print(f"[green]wrote {out}[/]: {what} from {report.logs} logs, {report.flags:,} flags "
                       f"(validation: {report.validation}; seconds: {report.seconds})")
         for log_id, why in report.quarantined.items():
             console.print(f"  [red]quarantined {log_id}[/]: {why}")
         for s in report.skipped:
             console.print(f"  skipped {s}")
+
+    @mine_app.command("calibrate")
+    def calibrate_cmd(
+        path: Annotated[Path, typer.Argument(help="Directory of labelled logs (KITTI tracking layout with label_02/).")],
+        params_file: Annotated[Path, typer.Option("--params-file", help="params.yaml whose mine: section gets the "
+                                                  "fitted severities (created if missing).")] = Path("params.yaml"),
+        camera_tracker: Annotated[Optional[str], typer.Option(help="The camera stream whose errors count.")] = None,
+        log: Annotated[list[str], typer.Option("--log", help="Fit on these log ids only (repeatable).")] = [],
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table, write nothing.")] = False,
+    ) -> None:
+        """Fit each flag's severity per class from labelled frames (how often it marked a real
+        error, with the counts) and write them into the mine: section of params.yaml."""
+        from rich.table import Table
+
+        from fleetloop.ingest.importers import LogFormatError, load_logs
+        from fleetloop.ingest.importers.kitti import read_kitti_truth
+        from fleetloop.mine.calibrate import calibrate, kitti_labels
+        from fleetloop.params import LoopParams, ParamsError, dump_params, load_params
+
+        try:
+            loop = load_params(params_file) if params_file.exists() else LoopParams()
+            mp = loop.mine
+            if camera_tracker:
+                mp = mp.model_copy(update={"camera_stream": camera_tracker})
+            logs = load_logs(path, "kitti-tracking", log or None)
+            labels = kitti_labels(read_kitti_truth(path, log or None))
+        except (ParamsError, LogFormatError, FileNotFoundError) as exc:
+            console.print(f"[red]calibrate failed:[/] {exc}")
+            raise typer.Exit(1) from None
+        result = calibrate(logs, labels, mp, source=f"{path} logs {sorted(logs.log_ids)}")
+        table = Table("reason", "class", "flagged", "errors", "precision", "default", "severity")
+        for r in result.table.to_pylist():
+            table.add_row(r["reason"], r["class"], str(r["flagged"]), str(r["errors"]), f"{r['precision']:.2f}",
+                          f"{r['prior']:.2f}", f"{r['severity']:.3f}" + ("" if r["fitted"] else " (too few)"))
+        Console().print(table)
+        if dry_run:
+            return
+        loop = loop.model_copy(update={"mine": result.params})
+        params_file.write_text(dump_params(loop))
+        console.print(f"[green]wrote {params_file}[/]: mine.class_severities for "
+                      f"{sum(len(v) for v in result.params.class_severities.values())} reason/class pairs")
 
     @app.command()
     def sample(
@@ -89,3 +174,49 @@ def register(app: typer.Typer) -> None:
 
         dirs = write_sample(out, n_logs=logs, n_frames=frames, seed=seed)
         console.print(f"[green]wrote {len(dirs)} logs of {frames} frames to {out}[/] (injected errors: {out / 'injected_errors.csv'})")
+
+
+def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, **query) -> None:
+    """``fleetloop mine --from-store``: the mining step over the store's logs that match a query."""
+    from pydantic import ValidationError
+
+    from fleetloop.mine import run as mining
+    from fleetloop.mine.files import write_frames
+    from fleetloop.settings import get_settings
+    from fleetloop.store.logs import list_logs
+    from fleetloop.store.objects import StorageError, get_store
+    from fleetloop.store.query import LogQuery, LogQueryError, select_logs
+
+    try:
+        q = LogQuery.model_validate(query)
+    except ValidationError as exc:
+        console.print(f"[red]bad query:[/] {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
+        raise typer.Exit(2) from None
+    try:
+        store = get_store(get_settings())
+        ids = select_logs(list_logs(store, since=None), q, store)
+        if not ids:
+            console.print(f"[yellow]no stored logs match[/] ({q.describe()})")
+            raise typer.Exit(1)
+        run = mining.plan_mining(store, mp, budget, log_ids=ids)
+        shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
+        summary = mining.finish_mining(store, run, shards, mp)
+    except (LogQueryError, LookupError, StorageError) as exc:
+        console.print(f"[red]mine failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    import pyarrow as pa
+
+    from fleetloop.mine.ranking import select, select_cost
+    from fleetloop.store.objects import table_from_bytes
+
+    ranked = table_from_bytes(store.get_bytes(summary.ranked_key))
+    if budget_cost is not None:
+        table = select_cost(ranked, budget_cost, mp).drop_columns(["selected_score"])
+    elif budget is not None:
+        table = select(ranked, budget, mp).drop_columns(["selected_score"])
+    else:
+        table = ranked.append_column("rank", pa.array(range(1, ranked.num_rows + 1), pa.int64()))
+    write_frames(table, out)
+    if not quiet:
+        console.print(f"[green]wrote {out}[/]: {table.num_rows:,} frames from {len(ids)} logs matching "
+                      f"({q.describe()}); run {summary.run_key}")

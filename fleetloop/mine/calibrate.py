@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fleetloop.mine.flags import KIND_BOTH, KIND_CAMERA, KIND_LIDAR, REASON_KIND, REASONS
+from fleetloop.mine.flags import KIND_CAMERA, KIND_LIDAR, REASON_KIND, REASONS
 from fleetloop.mine.lidar_camera import lidar_geometry, lidar_thresholds
 from fleetloop.mine.params import Calibration, FittedSeverity, MiningParams
 from fleetloop.mine.streams import associate_boxes, camera_sides

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fleetloop.mine.mining import FRAMES_SCHEMA, compact_frames, expand_frames, mine, rank, select
+from fleetloop.mine.mining import FRAMES_SCHEMA, compact_frames, expand_frames, mine, rank, select, select_cost
 from fleetloop.mine.params import MiningParams
 from fleetloop.schema import DriveLogs
 
@@ -116,6 +116,7 @@ def mine_files(
     out: Path | str | None = None,
     *,
     budget: int | None = None,
+    budget_cost: float | None = None,
     params: MiningParams | None = None,
     validate: bool = True,
     shard_logs: int = 64,
@@ -123,7 +124,8 @@ def mine_files(
     importer_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[pa.Table, MineFilesReport]:
-    """Load, validate, mine, rank (or select ``budget`` frames) and write to ``out``.
+    """Load, validate, mine, rank (or select ``budget`` frames, or frames worth ``budget_cost``
+    of labelling cost) and write to ``out``.
 
     Returns the written table (ranked frames, or the selection) and a report. ``progress`` is
     called as ``progress(stage, logs_done, logs_total)``."""
@@ -191,7 +193,9 @@ def mine_files(
     t0 = time.perf_counter()
     all_frames = pa.concat_tables(frames) if frames else FRAMES_SCHEMA.empty_table()
     report.frames = all_frames.num_rows
-    if budget is None:
+    if budget_cost is not None:
+        table = select_cost(all_frames, budget_cost, params).drop_columns(["selected_score"])
+    elif budget is None:
         table = rank(all_frames)
         table = table.append_column("rank", pa.array(range(1, table.num_rows + 1), pa.int64()))
     else:
