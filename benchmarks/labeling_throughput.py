@@ -91,7 +91,7 @@ def main() -> None:
         with LabelStudioClient(url, token) as client:
             # 1. push, batched
             rows = _rows(logs, args.frames)
-            r = push(rows, logs, f"bench-push-{tag}", client=client, home=home, batch_size=250)
+            r = push(rows, logs, f"bench-push-{tag}", client=client, home=home, document_root=home, batch_size=250)
             assert r.created == len(rows) and not r.problems, r
             out["push_tasks"] = r.created
             out["push_requests"] = r.requests
@@ -100,11 +100,11 @@ def main() -> None:
             out["push_build_seconds"] = r.build_seconds
             out["push_import_seconds"] = r.import_seconds
             out["import_tasks_per_s"] = round(r.created / r.import_seconds, 1)
-            r2 = push(rows, logs, f"bench-push-{tag}", client=client, home=home)
+            r2 = push(rows, logs, f"bench-push-{tag}", client=client, home=home, document_root=home)
             out["repush_noop_seconds"] = r2.seconds
             # 2. push, one request per task (what batching avoids)
             single = rows[: args.single]
-            r = push(single, logs, f"bench-single-{tag}", client=client, home=home, batch_size=1)
+            r = push(single, logs, f"bench-single-{tag}", client=client, home=home, document_root=home, batch_size=1)
             out["single_request_tasks_per_s"] = round(r.created / r.seconds, 1)
             out["single_request_import_tasks_per_s"] = round(r.created / r.import_seconds, 1)
             # 3. the simulated team (one API call per annotation)

@@ -234,7 +234,8 @@ def default_publisher(
     server), else the object store with presigned URLs."""
     home = Path(home).resolve()
     image_dir = home / "labeling" / "images"
-    if document_root is not None:
+    if document_root is not None:  # served files must live under the document root
+        image_dir = Path(document_root).resolve() / "labeling" / "images"
         camp.ensure_local_files_storage(client, campaign, image_dir / campaign.name)
         return LocalFilesPublisher(Path(document_root), image_dir), image_dir
     if store is None:

@@ -28,7 +28,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -297,6 +297,58 @@ def sync(
                 if len(manifest) >= shard_size:
                     flush()
         flush()
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def import_labels(
+    store,
+    campaign: str,
+    boxes: pa.Table,
+    frames: list[tuple[str, int]],
+    *,
+    home: Path,
+    annotator: str,
+    validate: LabelValidator | None = None,
+) -> SyncReport:
+    """Deliver labels made outside Label Studio (a seed set, a vendor's delivery) exactly as a
+    sync would: one shard under ``labels/<campaign>/`` with every frame listed (frames without
+    boxes are verified-empty frames), then the watermark. ``boxes``: ``log_id, frame, cls, x1,
+    y1, x2, y2`` in image pixels. Importing the same campaign again delivers nothing."""
+    t0 = time.perf_counter()
+    report = SyncReport(campaign=camp.check_name(campaign), project_id=0)
+    with file_lock(lock_path(home, "sync", campaign)):
+        wm, _ = load_watermark(store, campaign)
+        if wm.delivered:
+            report.already_delivered = len(wm.delivered)
+            return report
+        now = datetime.now(UTC)
+        by_frame: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        cols = boxes.select(["log_id", "frame", "cls", "x1", "y1", "x2", "y2"]).to_pylist()
+        for r in cols:
+            by_frame.setdefault((str(r["log_id"]), int(r["frame"])), []).append(r)
+        pending = []
+        for i, (log_id, frame) in enumerate(sorted(set(frames))):
+            rows = [{**r, "log_id": log_id, "frame": frame, "campaign": campaign, "task_id": i + 1,
+                     "annotation_id": i + 1, "annotator": annotator, "updated_at": now, "revision": 1}
+                    for r in by_frame.get((log_id, frame), [])]
+            entry = {"annotation_id": i + 1, "task_id": i + 1, "updated_at": now.isoformat(), "revision": 1,
+                     "status": "labeled" if rows else "empty", "boxes": len(rows), "annotator": annotator,
+                     "log_id": log_id, "frame": frame}
+            pending.append((entry, rows))
+        good = _validated(pending, validate, report)
+        if good:
+            key = _shard_key(campaign, 1)
+            store.put_bytes(key, _shard_bytes([r for _, rows in good for r in rows], [e for e, _ in good]))
+            for e, rows in good:
+                wm.delivered[e["annotation_id"]] = Delivered(updated_at=e["updated_at"], revision=1,
+                                                             task_id=e["task_id"])
+                report.labels += len(rows)
+                report.empty += not rows
+            wm.last_shard = 1
+            store.put_bytes(_watermark_key(campaign), wm.model_dump_json().encode())
+            report.shards.append(key)
+        report.delivered = len(good)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 

@@ -118,7 +118,7 @@ def test_personal_access_token_uses_bearer(ls_server, client):
 def pushed(tmp_path_factory, client, ls_home, kitti_logs):
     tmp = tmp_path_factory.mktemp("push")
     sel = _selection(tmp, kitti_logs, 50)
-    report = push(read_selection(sel), kitti_logs, "kitti-50", client=client, home=ls_home, batch_size=20)
+    report = push(read_selection(sel), kitti_logs, "kitti-50", client=client, home=ls_home, document_root=ls_home, batch_size=20)
     return sel, report
 
 
@@ -225,7 +225,7 @@ def test_concurrent_pushes_do_not_race(tmp_path, client, ls_home, ls_server, kit
                     kitti_logs,
                     "kitti-race",
                     client=LabelStudioClient(ls_server.url, ls_server.token),
-                    home=ls_home,
+                    home=ls_home, document_root=ls_home,
                 )
             )
         )
@@ -320,7 +320,7 @@ def test_updated_annotation_is_delivered_again_as_a_revision(tmp_path, client, l
         kitti_logs,
         "kitti-rev",
         client=client,
-        home=ls_home,
+        home=ls_home, document_root=ls_home,
     )
     sim = simulate("kitti-rev", truth, client=client)
     store = LocalStore(tmp_path / "store")
@@ -362,7 +362,7 @@ def test_sync_killed_midway_loses_nothing_and_repeats_nothing(tmp_path, client, 
         kitti_logs,
         "kitti-crash",
         client=client,
-        home=ls_home,
+        home=ls_home, document_root=ls_home,
     )
     sim = simulate("kitti-crash", truth, client=client, team=TeamConfig(noise_px=1.0, seed=5))
     store_dir = tmp_path / "store"
@@ -407,7 +407,7 @@ def test_bad_input_is_reported_and_the_rest_proceeds(tmp_path, client, ls_home, 
     frames = frames.set_column(frames.schema.get_field_index("image_uri"), "image_uri", pa.array(new_uri, pa.string()))
     logs = DriveLogs(**{**kitti_logs.tables(), "frames": frames})
     rows.append({"log_id": "0001", "frame": 99999, "score": 0.1, "reasons": ""})
-    report = push(rows, logs, "kitti-bad", client=client, home=ls_home)
+    report = push(rows, logs, "kitti-bad", client=client, home=ls_home, document_root=ls_home)
     problems = {(p.log_id, p.frame): p for p in report.problems}
     assert report.created == 4 and len(problems) == 3
     assert "cannot be loaded" in problems[(rows[0]["log_id"], rows[0]["frame"])].message
@@ -452,7 +452,7 @@ def test_webhook_triggers_the_sync(tmp_path, client, ls_home, ls_server, kitti_l
         kitti_logs,
         "kitti-hook",
         client=client,
-        home=ls_home,
+        home=ls_home, document_root=ls_home,
     )
     store = LocalStore(tmp_path / "store")
     rx = WebhookReceiver(
@@ -511,7 +511,7 @@ def test_production_path_presigned_s3_images_and_label_shards_in_s3(
         logs,
         "kitti-s3",
         client=client,
-        home=ls_home,
+        home=ls_home, document_root=ls_home,
         publisher=StorePublisher(store, "labeling/images"),
         image_dir=tmp_path / "renders",
         s3_client=s3,

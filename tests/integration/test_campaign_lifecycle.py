@@ -1,0 +1,74 @@
+"""Campaign lifecycle against a real Label Studio and a real Prefect API: labels finished on last
+week's campaign after the week turned over are delivered by the scheduled poll (``label-sync``
+with no campaign syncs every open campaign), and the poll never fails on a campaign that does not
+exist yet."""
+
+from __future__ import annotations
+
+import csv
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from fleetloop.cycle import campaign_name, iso_week
+from fleetloop.label import index
+from fleetloop.settings import get_settings
+from fleetloop.sim.labeling_team import simulate
+from fleetloop.store.objects import get_store
+
+pytestmark = [pytest.mark.services, pytest.mark.kitti, pytest.mark.timeout(600)]
+pytest_plugins = ["tests.fixtures_ls"]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, ls_server, ls_home):
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", ls_server.url)
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", ls_server.token)
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__DOCUMENT_ROOT", str(ls_home))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_last_weeks_campaign_is_delivered_by_the_scheduled_poll(prefect_api, env, tmp_path, kitti_root, ls_server):
+    from fleetloop.flows.label import label_sync
+    from fleetloop.ingest.importers import load_logs
+    from fleetloop.ingest.importers.kitti import read_kitti_truth
+    from fleetloop.label import api
+    from fleetloop.label.client import LabelStudioClient
+
+    store = get_store(env)
+    # the poll before anything was pushed (e.g. Monday 00:05, before the weekly run): nothing to do, no failure
+    assert label_sync().delivered == 0
+
+    last_week = iso_week(datetime.now(UTC) - timedelta(days=7))
+    campaign = campaign_name(last_week)  # pushed by last week's cycle
+    logs = load_logs(kitti_root, format="kitti-tracking", log_ids=["0012"])
+    sel = tmp_path / "selected.csv"
+    with sel.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["log_id", "frame", "score", "reasons"])
+        w.writerows(["0012", fr, 1.0 - fr / 100, "lidar_only:car"] for fr in range(0, 40, 4))
+    pushed = api.push_selection(sel, campaign, env, logs=logs)
+    assert pushed.created == 10
+    assert [r.name for r in index.campaigns(store, "open")] == [campaign]
+
+    # the poll runs while nobody has labeled yet: the campaign stays open, nothing is delivered
+    assert label_sync().delivered == 0
+    assert index.get(store, campaign).state == "open"
+
+    # the week turns over (this week's campaign does not exist yet); the team finishes last week's tasks
+    assert iso_week(datetime.now(UTC)) != last_week
+    with LabelStudioClient(ls_server.url, ls_server.token) as client:
+        done = simulate(campaign, read_kitti_truth(kitti_root), client=client)
+    assert done.answered == 10
+
+    out = label_sync()  # the scheduled poll, with no campaign
+    assert out.campaigns == [campaign] and out.delivered == 10 and out.completed == [campaign]
+    assert index.get(store, campaign).state == "complete"
+    assert len(store.list(f"labels/{campaign}/sync-")) == 1
+
+    again = label_sync()  # complete campaigns are not polled any more
+    assert again.campaigns == [] and again.delivered == 0
