@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+if TYPE_CHECKING:
+    from fleetloop.local.server import ServiceStatus
+
 app = typer.Typer(
-    help="Start, stop and inspect the local services (Prefect server + UI, ...) on 127.0.0.1.",
+    help="Start, stop and inspect the local services (Prefect server + UI, Label Studio) on 127.0.0.1.",
     no_args_is_help=True,
 )
 
@@ -19,7 +22,7 @@ ServiceOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
-def _print(statuses: list, as_json: bool) -> None:
+def _print(statuses: list[ServiceStatus], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({s.name: s.model_dump(exclude={"name"}) for s in statuses}, indent=2))
         return
@@ -38,7 +41,7 @@ def _print(statuses: list, as_json: bool) -> None:
     Console().print(table)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     from rich.console import Console
 
     Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
@@ -65,7 +68,7 @@ def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def down(service: ServiceOpt = None) -> None:
-    """Stop the local services (SIGTERM, then SIGINT/SIGKILL after a timeout)."""
+    """Stop the local services and everything they started (SIGTERM, then SIGINT, then SIGKILL)."""
     from rich.console import Console
 
     from fleetloop.local.services import ServiceError
