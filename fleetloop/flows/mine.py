@@ -44,20 +44,36 @@ def mine(
     log_ids: list[str] | None = None,
     params: MiningParams | None = None,
     frames_per_shard: int = 50_000,
+    until: datetime | None = None,
+    drive_since: datetime | None = None,
+    drive_until: datetime | None = None,
+    vehicle: str | None = None,
+    tags: list[str] | None = None,
 ) -> mining.MiningSummary:
     """Run the sanity checks over stored logs by shard, rank frames, select under ``budget``.
 
-    The run is keyed on its inputs: a rerun with the same logs and parameters reuses the
-    finished outputs; a crashed run resumes from the shards it already wrote."""
+    Which logs: a query (arrival window ``since``/``until``, drive-time window
+    ``drive_since``/``drive_until``, ``vehicle``, ``tags`` such as ``weather=rain``, ``log_ids``),
+    validated before any work (:class:`fleetloop.store.query.LogQuery`) and echoed in the run's
+    artifact. The run is keyed on its inputs: a rerun with the same logs and parameters reuses
+    the finished outputs; a crashed run resumes from the shards it already wrote."""
+    from fleetloop.store.logs import list_logs
+    from fleetloop.store.query import LogQuery, select_logs
+
+    query = LogQuery(since=since, until=until, drive_since=drive_since, drive_until=drive_until, vehicle=vehicle,
+                     tags=tags or [], log_ids=log_ids)
     logger = get_run_logger()
     params = params or pipeline_params()
     st = store()
-    run = mining.plan_mining(st, params, budget, since=since, log_ids=log_ids, frames_per_shard=frames_per_shard)
-    logger.info("mining run %s: %d logs in %d shards", run.key, len(run.log_ids), len(run.shards))
+    plain = not (query.until or query.needs_content)
+    ids = log_ids if plain else select_logs(list_logs(st, since=None), query, st)
+    run = mining.plan_mining(st, params, budget, since=since if plain else None, log_ids=ids,
+                             frames_per_shard=frames_per_shard)
+    logger.info("mining run %s (%s): %d logs in %d shards", run.key, query.describe(), len(run.log_ids), len(run.shards))
     futures = [mine_shard_task.submit(run.key, i, logs, params) for i, logs in enumerate(run.shards)]
     shards = [f.result() for f in futures]
     summary = mining.finish_mining(st, run, shards, params)
-    publish_mining_artifacts(summary)
+    publish_mining_artifacts(summary, query.describe())
     return summary
 
 
@@ -69,12 +85,13 @@ def pipeline_params() -> MiningParams:
     return mp.model_copy(update={"slice_boost": boost}) if boost else mp
 
 
-def publish_mining_artifacts(summary: mining.MiningSummary) -> None:
+def publish_mining_artifacts(summary: mining.MiningSummary, query: str = "all logs") -> None:
     reasons = "\n".join(f"| {r} | {n:,} |" for r, n in list(summary.reasons.items())[:15]) or "| (none) | 0 |"
     skipped = "\n".join(f"- {s}" for s in summary.skipped) or "- none"
     boosts = ", ".join(f"{k} ×{v:g}" for k, v in summary.slice_boost.items()) or "none"
     md = f"""# Mining run `{summary.run_key}`{' (reused: same inputs as an earlier run)' if summary.reused else ''}
 
+**Query:** {query}
 **In:** {summary.logs} logs, {summary.frames:,} frames.
 **Flagged:** {summary.flags:,} flags on {summary.flagged_frames:,} frames.
 **Selected:** {summary.selected:,} frames (budget {summary.budget if summary.budget else 'none: every frame ranked'}).

@@ -9,20 +9,20 @@ a crashed run resumes; the final outputs are written once per key.
 from __future__ import annotations
 
 import csv
-import io
 import hashlib
+import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from fleetloop.schema import DriveLogs
-from fleetloop.store.objects import Store, table_from_bytes, table_to_bytes
+from fleetloop.store.objects import table_from_bytes, table_to_bytes
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 
@@ -144,11 +144,20 @@ def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_
         flagged_frames=int((scores > 0).sum()), selected=selected.num_rows, budget=run.budget,
         reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])), skipped=skipped,
         slice_boost=dict(getattr(params, "slice_boost", {}) or {}), ranked_key=ranked_key, selected_key=selected_key,
-        top=selected.select(["log_id", "frame", "score", "reasons"]).slice(0, top_n).to_pylist(),
+        top=_top(selected, top_n),
     )
     store.put_bytes(summary_key, summary.model_dump_json(indent=2).encode())  # last: marks the run done
     store.put_bytes("mining/latest.json", json.dumps({"run_key": run.key, "created_at": summary.created_at}).encode())
     return summary
+
+
+def _top(selected: pa.Table, n: int) -> list[dict]:
+    """The first picks with their score at the time of the pick (after the diversity discount,
+    so the list reads in decreasing order)."""
+    t = selected.slice(0, n)
+    if "selected_score" in t.column_names:
+        t = t.set_column(t.column_names.index("score"), "score", t.column("selected_score"))
+    return t.select(["log_id", "frame", "score", "reasons"]).to_pylist()
 
 
 def frames_to_csv(frames: pa.Table) -> bytes:
