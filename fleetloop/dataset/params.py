@@ -12,6 +12,8 @@ class GrowParams(BaseModel):
                                      description="share of logs per split (a stable function of the log id)")
     shard_rows: int = Field(5000, ge=1, description="frames per Parquet shard inside a growth batch")
     with_images: bool = Field(True, description="pack the labeled frames' camera images into the batch")
+    rare_share: float = Field(0.05, ge=0, le=1, description="a class with less than this share of a version's "
+                              "objects counts as rare (the manifest's `rare` slice)")
 
     @field_validator("splits")
     @classmethod
