@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import KITTI, require_kitti  # noqa: E402
+from common import KITTI, require_kitti
 
 YARDSTICK = ROOT.parent / "shared" / "tools" / "kitti_eval"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import KITTI, require_kitti  # noqa: E402
+from common import KITTI, require_kitti
 
 REFERENCE = ROOT.parent / "shared" / "tools" / "kitti_eval" / "reference_miner.py"
 SOURCES = ["calib", "lidar_det/pointrcnn", "camera_trk/ciwt", "camera_trk/yolox_sort"]
