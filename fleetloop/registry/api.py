@@ -1,0 +1,334 @@
+"""The registry's API: :class:`Registry` over any :class:`~fleetloop.store.objects.Store`.
+
+```python
+reg = Registry(get_store(), model="camera")
+v = reg.register(Path("model/"), Path("metrics.json"), dataset_version=7, params={...})
+decision = reg.promote(v.version, load_params().promote, who="ci", why="weekly retrain")
+decision.promoted, decision.reasons
+reg.rollback(who="alice", why="bad night performance")
+```
+
+Every state change is one create-only or compare-and-swap write (``keys.py`` has the layout,
+``versions.py`` the version claim and index, ``aliases.py`` the alias/history protocol,
+``gate.py`` the decision rule).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import getpass
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fleetloop.registry import aliases as _aliases
+from fleetloop.registry import versions as _versions
+from fleetloop.registry.blobs import download_files, scan_model_dir, upload_files
+from fleetloop.registry.errors import (
+    MetricsError,
+    NoPreviousProduction,
+    RegistryConflict,
+    VersionNotFound,
+)
+from fleetloop.registry.gate import decide
+from fleetloop.registry.keys import ALIASES, Layout
+from fleetloop.registry.models import (
+    AliasMove,
+    AliasState,
+    Decision,
+    Lineage,
+    Metrics,
+    ModelVersion,
+    utcnow,
+)
+from fleetloop.registry.params import PromoteParams
+from fleetloop.store.objects import ObjectNotFound, Store
+from fleetloop.verdict import Verdict
+
+DEFAULT_MODEL = "camera"
+#: how many times promote/rollback re-read and retry after losing the alias compare-and-swap
+MOVE_ATTEMPTS = 50
+
+VersionRef = int | str
+
+
+def default_actor() -> str:
+    """Who is acting: ``$FLEETLOOP_ACTOR``, else ``user@host``."""
+    env = os.environ.get("FLEETLOOP_ACTOR")
+    if env:
+        return env
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def git_revision(cwd: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``cwd`` (default: the working directory), or ``None``."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rev = out.stdout.strip()
+    return rev if out.returncode == 0 and rev else None
+
+
+def load_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> Metrics:
+    """Parse ``metrics.json`` (a path or its parsed content)."""
+    if isinstance(metrics, Metrics):
+        return metrics
+    source = "metrics"
+    try:
+        if isinstance(metrics, dict):
+            data = metrics
+        else:
+            source = str(metrics)
+            data = json.loads(Path(metrics).read_text())
+        return Metrics.model_validate(data)
+    except OSError as exc:
+        raise MetricsError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise MetricsError(f"{source} is not JSON: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise MetricsError(f"{source}: {where}: {first['msg']} (expected the evaluate stage's metrics.json)") from exc
+
+
+class Registry:
+    """One model's registry in a store (``registry/<model>/``)."""
+
+    def __init__(self, store: Store, model: str = DEFAULT_MODEL) -> None:
+        self.store = store
+        self.layout = Layout(model)
+        self.model = self.layout.model
+
+    def __repr__(self) -> str:
+        return f"Registry({self.model!r} in {self.store!r})"
+
+    # ------------------------------------------------------------------ versions
+
+    def register(
+        self,
+        model_dir: Path,
+        metrics: Path | str | dict[str, Any] | Metrics,
+        *,
+        dataset_version: int | None = None,
+        params: dict[str, Any] | None = None,
+        trainer: str | None = None,
+        latency_ms: float | None = None,
+        training_seconds: float | None = None,
+        code_revision: str | None = None,
+    ) -> ModelVersion:
+        """A new immutable version of the model in ``model_dir`` (every file under it) with its
+        metrics and lineage. ``code_revision`` defaults to the git HEAD of the working directory."""
+        parsed = load_metrics(metrics)
+        files = scan_model_dir(Path(model_dir))
+        hashes, size, _written = upload_files(self.store, self.layout, files)
+        lineage = Lineage(
+            dataset_version=dataset_version,
+            code_revision=code_revision if code_revision is not None else git_revision(),
+            params=dict(params or {}),
+            training_seconds=training_seconds,
+            trainer=trainer,
+        )
+        created = utcnow()
+
+        def build(version: int) -> ModelVersion:
+            return ModelVersion(
+                model=self.model, version=version, created_at=created, files=hashes, size_bytes=size,
+                lineage=lineage, metrics=parsed, latency_ms=latency_ms,
+            )
+
+        start = _versions.highest_indexed(self.store, self.layout)
+        card, taken = _versions.claim_version(self.store, self.layout, build, start)
+        found = []
+        for v in taken:  # versions the index lagged behind: index them too
+            with contextlib.suppress(ObjectNotFound):
+                found.append(_versions.read_card(self.store, self.layout, v))
+        # if the index keeps losing races, the version still exists: list() finds it until the
+        # next writer indexes it
+        with contextlib.suppress(RegistryConflict):
+            _versions.index_cards(self.store, self.layout, [*found, card])
+        return card
+
+    def _resolve(self, ref: VersionRef) -> int:
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            return ref
+        text = str(ref).strip()
+        if text in ALIASES:
+            state, _ = _aliases.read_alias(self.store, self.layout, text)
+            if state is None:
+                raise VersionNotFound(f"model {self.model!r} has no {text} version yet")
+            return state.version
+        if text.lower().startswith("v"):
+            text = text[1:]
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        raise VersionNotFound(f"{ref!r} is not a version number, 'production' or 'candidate'")
+
+    def get(self, ref: VersionRef) -> ModelVersion:
+        """A version by number, or the version an alias (``production``, ``candidate``) points to."""
+        version = self._resolve(ref)
+        try:
+            return _versions.read_card(self.store, self.layout, version)
+        except ObjectNotFound:
+            raise VersionNotFound(f"model {self.model!r} has no version {version}") from None
+
+    def list(self, *, limit: int | None = None) -> list[ModelVersion]:
+        """Every version, oldest first (the newest ``limit`` when given): read from the index,
+        one object per hundred versions, plus the versions it lags behind."""
+        return _versions.list_cards(self.store, self.layout, limit=limit)
+
+    def download(self, ref: VersionRef, to_dir: Path) -> Path:
+        """Write the version's files under ``to_dir``, each checked against its sha256."""
+        card = self.get(ref)
+        return download_files(self.store, self.layout, card.files, Path(to_dir))
+
+    # ------------------------------------------------------------------ aliases
+
+    def aliases(self) -> dict[str, AliasState]:
+        """The aliases that are set."""
+        out = {}
+        for name in ALIASES:
+            state, _ = _aliases.read_alias(self.store, self.layout, name)
+            if state is not None:
+                out[name] = state
+        return out
+
+    def history(self, alias: str | None = None, *, limit: int | None = None) -> builtins.list[AliasMove]:
+        """Alias moves, oldest first: each move of an alias starts where its previous one ended."""
+        return _aliases.history(self.store, self.layout, alias, limit=limit)
+
+    def set_candidate(self, ref: VersionRef, *, who: str | None = None, why: str = "") -> AliasMove | None:
+        """Point ``candidate`` at a version; ``None`` when it already does."""
+        card = self.get(ref)
+        who = who or default_actor()
+        for _ in range(MOVE_ATTEMPTS):
+            state, etag = _aliases.read_alias(self.store, self.layout, "candidate")
+            if state is not None and state.version == card.version:
+                return None
+            move = _aliases.try_move(
+                self.store, self.layout, "candidate", state, etag, to=card.version, kind="set", who=who, why=why,
+            )
+            if move is not None:
+                return move
+        raise RegistryConflict(f"candidate of {self.model!r} kept changing: {MOVE_ATTEMPTS} attempts lost")
+
+    def promote(
+        self,
+        ref: VersionRef,
+        params: PromoteParams | None = None,
+        *,
+        who: str | None = None,
+        why: str = "",
+    ) -> Decision:
+        """Run the gate against the current production and, if it passes, move production to the
+        version (compare-and-swap; if production moved meanwhile, gate again against the new one).
+        Every pass or rejection is recorded on the version; a version that already is production
+        is a no-op (not recorded)."""
+        params = params or PromoteParams()
+        card = self.get(ref)
+        who = who or default_actor()
+        for _ in range(MOVE_ATTEMPTS):
+            state, etag = _aliases.read_alias(self.store, self.layout, "production")
+            before = state.version if state is not None else None
+            if before == card.version:
+                verdict = Verdict(
+                    name="promotion-gate", passed=True,
+                    reasons=[f"version {card.version} is already production: nothing to do"],
+                )
+                return Decision(
+                    model=self.model, version=card.version, action="noop", promoted=False, verdict=verdict,
+                    who=who, when=utcnow(), why=why, production_before=before, production_after=before,
+                )
+            production = _versions.read_card(self.store, self.layout, before) if before is not None else None
+            verdict = decide(
+                card.metrics, production.metrics if production else None, params, latency_ms=card.latency_ms,
+            )
+            verdict.details["production_version"] = before
+            verdict.details["candidate_version"] = card.version
+            if not verdict.passed:
+                return self._record(Decision(
+                    model=self.model, version=card.version, action="reject", promoted=False, verdict=verdict,
+                    who=who, when=utcnow(), why=why, production_before=before, production_after=before,
+                ))
+            stack = [*state.stack, state.version] if state is not None else []
+            move = _aliases.try_move(
+                self.store, self.layout, "production", state, etag,
+                to=card.version, kind="promote", who=who, why=why or "; ".join(verdict.reasons), stack=stack,
+            )
+            if move is not None:
+                return self._record(Decision(
+                    model=self.model, version=card.version, action="promote", promoted=True, verdict=verdict,
+                    who=who, when=move.when, why=why, production_before=before, production_after=card.version,
+                    history_seq=move.seq,
+                ))
+        raise RegistryConflict(f"production of {self.model!r} kept changing: {MOVE_ATTEMPTS} attempts lost")
+
+    def rollback(self, *, who: str | None = None, why: str = "") -> Decision:
+        """Move production back to the production version before it (the last one promoted over
+        and not already rolled back to). :class:`NoPreviousProduction` when there is none."""
+        who = who or default_actor()
+        for _ in range(MOVE_ATTEMPTS):
+            state, etag = _aliases.read_alias(self.store, self.layout, "production")
+            if state is None:
+                raise NoPreviousProduction(f"model {self.model!r} has no production version: nothing to roll back")
+            if not state.stack:
+                raise NoPreviousProduction(
+                    f"production of {self.model!r} is version {state.version} and there is no earlier "
+                    "production version to roll back to"
+                )
+            target = state.stack[-1]
+            move = _aliases.try_move(
+                self.store, self.layout, "production", state, etag,
+                to=target, kind="rollback", who=who, why=why or "rollback", stack=state.stack[:-1],
+            )
+            if move is not None:
+                verdict = Verdict(
+                    name="rollback", passed=True,
+                    reasons=[f"production {state.version} → {target}" + (f": {why}" if why else "")],
+                    details={"from": state.version, "to": target, "history_seq": move.seq},
+                )
+                return self._record(Decision(
+                    model=self.model, version=target, action="rollback", promoted=True, verdict=verdict,
+                    who=who, when=move.when, why=why, production_before=state.version, production_after=target,
+                    history_seq=move.seq,
+                ))
+        raise RegistryConflict(f"production of {self.model!r} kept changing: {MOVE_ATTEMPTS} attempts lost")
+
+    # ------------------------------------------------------------------ decisions
+
+    def decisions(self, ref: VersionRef) -> builtins.list[Decision]:
+        """The decisions recorded on a version, oldest first."""
+        version = self._resolve(ref)
+        out = []
+        for key in self.store.list(self.layout.decisions_prefix(version)):
+            if self.layout.decision_number(key) is None:
+                continue
+            try:
+                out.append(Decision.model_validate_json(self.store.get_bytes(key)))
+            except ObjectNotFound:
+                continue
+        return out
+
+    def _record(self, decision: Decision) -> Decision:
+        """Write the decision as ``versions/<V>/decision-<n>.json`` at the first free ``n``."""
+        taken = [n for k in self.store.list(self.layout.decisions_prefix(decision.version))
+                 if (n := self.layout.decision_number(k)) is not None]
+        n = max(taken, default=0) + 1
+        while True:
+            recorded = decision.model_copy(update={"number": n})
+            if self.store.put_if_absent(self.layout.decision(decision.version, n),
+                                        recorded.model_dump_json().encode()):
+                return recorded
+            n += 1
