@@ -1,0 +1,110 @@
+"""Several camera streams, per-class operating points, calibration and the KITTI frame bound,
+on hand-built cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from fleetloop.ingest.importers import LogFormatError, load_logs
+from fleetloop.mine.calibrate import calibrate
+from fleetloop.mine.mining import mine
+from fleetloop.mine.params import MiningParams
+from fleetloop.schema import DriveLogs
+from tests.unit.test_mining import BOX, flags_of, image_box, make_logs
+
+
+def two_streams(judged_boxes, evidence_boxes, lidar, n_frames=3) -> DriveLogs:
+    """Tracks of two camera streams: 'camera:a' (judged) and 'camera:b' (evidence)."""
+    a = make_logs(n_frames=n_frames, lidar=lidar, tracks=[(f, 1, "car", b) for f, b in judged_boxes])
+    b = make_logs(n_frames=n_frames, lidar=lidar, tracks=[(f, 1, "car", bx) for f, bx in evidence_boxes])
+    ta = a.tracks.set_column(3, a.tracks.schema.field("sensor"), pa.array(["camera:a"] * a.tracks.num_rows, pa.string()))
+    tb = b.tracks.set_column(3, b.tracks.schema.field("sensor"), pa.array(["camera:b"] * b.tracks.num_rows, pa.string()))
+    return DriveLogs(**{**a.tables(), "tracks": pa.concat_tables([ta, tb])})
+
+
+def test_camera_miss_when_lidar_and_the_evidence_stream_agree():
+    logs = two_streams([(0, image_box(30.0, 8.0))], [(1, BOX)], [(1, "car", 0.99, 15.0, 0.0)])
+    res = mine(logs, MiningParams(camera_stream="a"))
+    assert [(f, o) for f, o, _ in flags_of(res, "camera_miss")] == [(1, ["lidar:0"])]
+    assert not flags_of(res, "lidar_only")
+    # judged the other way round, the same object is seen by the judged stream: no camera miss
+    res = mine(logs, MiningParams(camera_stream="b"))
+    assert not flags_of(res, "camera_miss")
+
+
+def test_lidar_miss_when_two_cameras_agree_and_the_lidar_has_nothing():
+    logs = two_streams([(1, BOX)], [(1, BOX)], [(f, "car", 0.99, 30.0, -8.0) for f in range(3)])
+    res = mine(logs, MiningParams(camera_stream="a", lidar_classes=["car"]))
+    assert [(f, o) for f, o, _ in flags_of(res, "lidar_miss")] == [(1, ["track:1"])]
+    assert not flags_of(res, "camera_only")
+
+
+def test_stream_only_counts_for_both_judged_sensors():
+    logs = two_streams([(0, image_box(30.0, 8.0))], [(1, BOX)], [(0, "car", 0.5, 60.0, -20.0)], n_frames=3)
+    p = MiningParams(camera_stream="a", lidar_classes=["car"], temporal_smoothing=0.0)
+    res = mine(logs, p)
+    assert [f for f, _, _ in flags_of(res, "stream_only")] == [1]
+    expected = res.frames.column("expected_errors").to_pylist()[1]
+    assert expected == pytest.approx(2 * p.severities.stream_only, rel=1e-5)  # a lidar and a camera hypothesis
+
+
+def test_per_class_operating_points():
+    lidar = [(1, "car", 0.955, 15.0, 0.0)]
+    other = image_box(15.0, 6.0)
+    logs = make_logs(lidar=lidar, camera=[(1, "car", 0.9, other)])
+    assert not flags_of(mine(logs, MiningParams(lidar_class_thresholds={"car": 0.96})), "lidar_only")
+    assert flags_of(mine(logs, MiningParams(lidar_class_thresholds={"car": 0.95})), "lidar_only")
+    with pytest.raises(ValueError, match="unknown classes"):
+        MiningParams(lidar_class_thresholds={"truck": 0.5})
+
+
+def test_calibration_recovers_known_flag_precision():
+    """10 logs with one confident lidar car the camera lacks; labels confirm it in 3 of them
+    (the lidar_only flag is right in 3 of 10: a false alarm there, the camera saw nothing)."""
+    parts, labels = [], []
+    other = image_box(15.0, 6.0)
+    for k in range(10):
+        lg = make_logs(n_frames=1, lidar=[(0, "car", 0.99, 15.0, 0.0)], camera=[(0, "car", 0.9, other)], log_id=f"L{k}")
+        parts.append(lg)
+        labels.append({"log_id": f"L{k}", "frame": 0, "cls": "car", "x1": other[0], "y1": other[1], "x2": other[2],
+                       "y2": other[3]})
+        if k < 7:  # the lidar car is real in 7 logs: a label there, so lidar_only (a lidar error) was wrong
+            labels.append({"log_id": f"L{k}", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), BOX, strict=True))})
+    logs = DriveLogs.concat(parts)
+    res = calibrate(logs, pa.Table.from_pylist(labels), MiningParams())
+    row = [r for r in res.table.to_pylist() if r["reason"] == "lidar_only"][0]
+    assert (row["flagged"], row["class"], row["errors"]) == (10, "car", 3)
+    fitted = res.params.calibration.fitted["lidar_only"]["car"]
+    assert (fitted.flagged, fitted.errors) == (10, 3)
+    assert res.params.class_severities["lidar_only"]["car"] == pytest.approx((3 + 10 * 0.7) / 20, abs=1e-4)
+
+
+CALIB = ("P2: 721.5377 0 609.5593 44.85728 0 721.5377 172.854 0.2163791 0 0 1 0.002745884\n"
+         "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 -0.08 1 0 0 -0.27\n")
+
+
+def _kitti(tmp_path: Path, line: str) -> Path:
+    root = tmp_path / "k"
+    (root / "calib").mkdir(parents=True)
+    (root / "calib" / "0000.txt").write_text(CALIB)
+    (root / "camera_trk" / "t").mkdir(parents=True)
+    (root / "camera_trk" / "t" / "0000.txt").write_text("0 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n" + line)
+    return root
+
+
+@pytest.mark.parametrize("frame", [2**32 + 5, 10**12, 10_000_000])
+def test_kitti_frame_index_bound(tmp_path: Path, frame: int):
+    root = _kitti(tmp_path, f"{frame} 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
+    with pytest.raises(LogFormatError) as info:
+        load_logs(root, "kitti-tracking")
+    assert (info.value.line, info.value.field) == (2, "frame") and "beyond the bound" in str(info.value)
+
+
+def test_kitti_multiple_blanks_parse_on_the_slow_path(tmp_path: Path):
+    root = _kitti(tmp_path, "1  1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
+    logs = load_logs(root, "kitti-tracking")
+    assert logs.tracks.num_rows == 2 and pc.unique(logs.tracks["sensor"]).to_pylist() == ["camera:t"]
