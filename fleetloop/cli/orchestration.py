@@ -29,6 +29,8 @@ DEPLOYMENTS = {
     "monitor-drift": "daily",
     "label-push": "on-demand",
     "label-sync": "poll",
+    "grow-dataset": "on-demand",
+    "retrain": "on-demand",
 }
 
 

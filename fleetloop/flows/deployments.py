@@ -28,6 +28,8 @@ def flow_specs(settings: Settings) -> list[dict]:
         {"entrypoint": "fleetloop/flows/drift.py:monitor_drift", "name": "daily",
          "schedules": [Cron(settings.prefect.drift_cron, timezone=settings.prefect.timezone)]},
         {"entrypoint": "fleetloop/flows/label.py:label_push", "name": "on-demand"},
+        {"entrypoint": "fleetloop/flows/dataset.py:grow_dataset", "name": "on-demand"},
+        {"entrypoint": "fleetloop/flows/train.py:retrain_flow", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/label.py:label_sync", "name": "poll",
          "schedules": [Cron(settings.prefect.label_sync_cron, timezone=settings.prefect.timezone)]},
     ]

@@ -22,9 +22,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from fleetloop.cycle import CycleRecord, StepRecord, campaign_name, iso_week, load_record, plan_cycle, save_record
 from fleetloop.flows.common import params, settings, store
+from fleetloop.flows.dataset import grow_dataset
 from fleetloop.flows.drift import load_logs, publish_drift
 from fleetloop.flows.label import label_push, label_sync
 from fleetloop.flows.mine import mine
+from fleetloop.flows.train import retrain_flow
 
 
 def labeling_configured() -> bool:
@@ -58,9 +60,12 @@ class _Steps:
 
 
 @flow(name="weekly-cycle", log_prints=True)
-def weekly_cycle(week: str | None = None, budget: int = 200, label: bool = True) -> CycleRecord:
+def weekly_cycle(
+    week: str | None = None, budget: int = 200, label: bool = True, retrain_unchanged: bool = False
+) -> CycleRecord:
     """One cycle of the loop for ISO ``week`` (``YYYY-Www``; default: the week of the run's
-    scheduled time), over the logs that arrived in the week before it."""
+    scheduled time), over the logs that arrived in the week before it. ``retrain_unchanged``
+    retrains even when the dataset did not grow (e.g. after a change of the training params)."""
     from prefect.runtime import flow_run
 
     if budget < 1:
@@ -110,7 +115,37 @@ def weekly_cycle(week: str | None = None, budget: int = 200, label: bool = True)
                      "failed": out.failed})
         steps.run("sync", sync_step)
 
-    # 3. mine this window, steered toward the slices that drifted
+    # 3. grow the dataset with every label delivered since the last version
+    grown = None
+
+    def grow_step() -> tuple[str, dict[str, Any]]:
+        nonlocal grown
+        grown = grow_dataset()
+        if grown.nothing_new:
+            return (f"nothing new: dataset-v{grown.version} stays", {"version": grown.version, "created": False})
+        return (f"{grown.tag}: +{grown.frames_added} frames ({grown.frames} in all)",
+                {"version": grown.version, "tag": grown.tag, "created": True, "frames": grown.frames,
+                 "frames_added": grown.frames_added, "campaigns": grown.campaigns})
+    steps.run("grow", grow_step)
+
+    # 4. retrain on the new version, register, gate, promote or reject
+    if grown is None or grown.version < 1:
+        steps.skip("retrain", "no dataset version to train on")
+    elif grown.nothing_new and not retrain_unchanged:
+        steps.skip("retrain", f"dataset-v{grown.version} is unchanged since the last cycle")
+    else:
+        version = grown.version
+
+        def retrain_step() -> tuple[str, dict[str, Any]]:
+            out = retrain_flow(dataset_version=version, why=f"weekly cycle {week}")
+            verdict = "promoted" if out.promoted else f"{out.action}: {'; '.join(out.reasons[:3])}"
+            return (f"model v{out.model_version} on dataset-v{version}: {verdict}",
+                    {"model_version": out.model_version, "promoted": out.promoted, "action": out.action,
+                     "reasons": out.reasons, "metrics": out.metrics, "dataset_version": version,
+                     "production_after": out.production_after})
+        steps.run("retrain", retrain_step)
+
+    # 5. mine this window, steered toward the slices that drifted
     summary = None
     if not plan.logs:
         steps.skip("mine", f"no logs arrived between {plan.window.start:%Y-%m-%d} and {plan.window.end:%Y-%m-%d}")
@@ -124,7 +159,7 @@ def weekly_cycle(week: str | None = None, budget: int = 200, label: bool = True)
                      "slice_boost": boost})
         steps.run("mine", mine_step)
 
-    # 4. push the selection to this week's campaign
+    # 6. push the selection to this week's campaign
     if summary is None:
         steps.skip("push", "no mining run in this cycle")
     elif not labeling:

@@ -1,0 +1,66 @@
+"""``retrain``: dvc repro on a dataset version → register → promotion gate → promote or reject."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from fleetloop.dataset.config import dataset_config
+from fleetloop.dataset.versions import status as dataset_status
+from fleetloop.flows.common import params, settings, store
+from fleetloop.params import find_params_file
+from fleetloop.retrain import RetrainOutcome, retrain
+
+
+def scenario_sets(home: Path) -> list[Path]:
+    """Fixed evaluation sets (prepared layout) kept in ``$FLEETLOOP_HOME/scenarios/``."""
+    return sorted((Path(home) / "scenarios").glob("*.parquet"))
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(dataset_version: int | None = None, why: str = "") -> RetrainOutcome:
+    """Train on ``dataset-v<dataset_version>`` (default: the latest version), register the
+    model, and promote it if it passes the gate against production."""
+    if dataset_version is not None and dataset_version < 1:
+        raise ValueError(f"dataset_version must be >= 1, got {dataset_version}")
+    s, loop = settings(), params()
+    cfg = dataset_config(s)
+    version = dataset_version or dataset_status(cfg).version
+    if version < 1:
+        raise LookupError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
+    found = find_params_file()
+    if found is None:
+        raise LookupError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
+    out = retrain(store(), cfg, loop, version, workspace=Path(s.home).resolve() / "train", template=found.parent,
+                  scenarios=scenario_sets(s.home), who="fleetloop retrain", why=why)
+    publish_retrain(out)
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def publish_retrain(out: RetrainOutcome) -> None:
+    verdict = "**promoted to production**" if out.promoted else f"**not promoted** ({out.action})"
+    reasons = "\n".join(f"- {r}" for r in out.reasons) or "- none"
+    overall = out.metrics.get("overall", {})
+    create_markdown_artifact(key="promotion-decision", markdown=f"""# Model v{out.model_version}: {verdict}
+
+Trained on `dataset-v{out.dataset_version}`{' (reused: trained before with the same params)' if out.reused else ''}
+in {out.train_seconds:.0f} s; {out.metrics.get('primary', 'map50')} overall **{_fmt(overall.get('map50'))}**
+on {overall.get('support', 0)} objects; CPU latency {_fmt(out.latency_ms)} ms per image.
+Production: v{out.production_before} → v{out.production_after}.
+
+Reasons:
+{reasons}
+""", description="The promotion gate's decision")
+    rows = [{"slice": name, "candidate": _fmt(row.get("candidate")), "production": _fmt(row.get("production")),
+             "delta": _fmt(row.get("delta")), "support": row.get("support"), "gated": row.get("gated"),
+             "ok": row.get("ok")} for name, row in sorted(out.slices.items())]
+    if rows:
+        create_table_artifact(key="candidate-vs-production", table=rows,
+                              description=f"v{out.model_version} against production, per slice")
+    get_run_logger().info("model v%d: %s", out.model_version, "promoted" if out.promoted else out.action)
