@@ -23,9 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from fleetloop.schema import CLASSES
-from fleetloop.train.reference.runner import OUTPUT_STRIDE, STRIDE_MULTIPLE, decode, to_input
+from fleetloop.train.reference.runner import (
+    DEFAULT_SCORE_THRESHOLD,
+    DEFAULT_TOP_K,
+    OUTPUT_STRIDE,
+    STRIDE_MULTIPLE,
+    decode,
+    to_input,
+)
 
-__all__ = ["ARCH", "CenterNet", "ExportHeads", "ModelConfig", "OUTPUT_STRIDE", "STRIDE_MULTIPLE", "TorchDetector"]
+__all__ = ["ARCH", "OUTPUT_STRIDE", "STRIDE_MULTIPLE", "CenterNet", "ExportHeads", "ModelConfig", "TorchDetector"]
 
 ARCH = "centernet-tiny-v1"
 _PRIOR = 0.05  # initial heatmap probability (focal-loss bias init)
@@ -45,24 +52,31 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> ModelConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
-        return cls(**kwargs)
+        default = cls()
+        w = [int(v) for v in data.get("widths", default.widths)]
+        return cls(classes=tuple(data.get("classes", default.classes)), widths=(w[0], w[1], w[2], w[3]),
+                   head=int(data.get("head", default.head)), arch=str(data.get("arch", default.arch)))
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _head(cin: int, mid: int, cout: int, bias: float) -> nn.Sequential:
-    out = nn.Conv2d(mid, cout, 1)
+def _head(cin: int, mid: int, bias: list[float]) -> nn.Sequential:
+    """3x3 conv, ReLU, 1x1 conv to ``len(bias)`` channels with small weights and the given biases."""
+    out = nn.Conv2d(mid, len(bias), 1)
     nn.init.normal_(out.weight, std=0.01)
-    nn.init.constant_(out.bias, bias)
+    assert out.bias is not None
+    with torch.no_grad():
+        out.bias.copy_(torch.tensor(bias, dtype=torch.float32))
     return nn.Sequential(nn.Conv2d(cin, mid, 3, 1, 1), nn.ReLU(inplace=True), out)
 
 
 class CenterNet(nn.Module):
     """Backbone + top-down fusion + heads; ``forward`` returns (heat logits, log size, offset)."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
@@ -77,10 +91,8 @@ class CenterNet(nn.Module):
         self.lat8 = nn.Conv2d(w2, w1, 1)
         self.fuse4 = _conv_bn(w1, self.config.head)
         h = self.config.head
-        self.heat = _head(h, h, len(self.config.classes), float(np.log(_PRIOR / (1 - _PRIOR))))
-        self.box = _head(h, h, 4, 0.0)  # log w, log h, offset x, offset y
-        with torch.no_grad():
-            self.box[-1].bias.copy_(torch.tensor([np.log(16.0), np.log(16.0), 0.5, 0.5]))
+        self.heat = _head(h, h, [float(np.log(_PRIOR / (1 - _PRIOR)))] * len(self.config.classes))
+        self.box = _head(h, h, [float(np.log(16.0)), float(np.log(16.0)), 0.5, 0.5])  # log w, log h, offset x, y
         self.register_buffer("mean", torch.tensor([110.0, 115.0, 120.0]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([1 / 60.0] * 3).view(1, 3, 1, 1), persistent=False)
 
@@ -137,18 +149,29 @@ class TorchDetector:
     ``self.classes``.
     """
 
-    def __init__(self, model_dir: str | Path, score_threshold: float = 0.05, top_k: int = 100) -> None:
-        loaded = load_model(model_dir)
-        self.heads = ExportHeads(loaded.net).eval()
-        self.classes: tuple[str, ...] = tuple(loaded.config["model"]["classes"])
+    def __init__(self, model_dir: str | Path | None = None, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+                 top_k: int = DEFAULT_TOP_K, *, net: CenterNet | None = None) -> None:
+        if net is None:
+            if model_dir is None:
+                raise ValueError("TorchDetector needs a model directory or a network")
+            net = load_model(model_dir).net
+        self.net = net.eval()
+        self.heads = ExportHeads(net).eval()
+        self.classes: tuple[str, ...] = tuple(net.config.classes)
         self.score_threshold = score_threshold
         self.top_k = top_k
+
+    @classmethod
+    def from_net(cls, net: CenterNet, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> TorchDetector:
+        """A detector over an in-memory network (switched to eval mode)."""
+        return cls(None, score_threshold, net=net)
 
     def raw(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The heads' outputs for uint8 (N, H, W, 3) images (padded to the stride multiple)."""
         x = torch.from_numpy(to_input(images))
         with torch.inference_mode():
-            return tuple(t.numpy() for t in self.heads(x))  # type: ignore[return-value]
+            heat, size, offset = self.heads(x)
+        return heat.numpy(), size.numpy(), offset.numpy()
 
     def detect(self, images: np.ndarray) -> list[np.ndarray]:
         heat, size, offset = self.raw(images)

@@ -67,8 +67,8 @@ def _disc(img: np.ndarray, cx: float, cy: float, r: float, colour: np.ndarray) -
 
 def _rect(img: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour: np.ndarray) -> None:
     h, w = img.shape[:2]
-    a, b = max(int(round(x0)), 0), min(int(round(x1)), w)
-    c, d = max(int(round(y0)), 0), min(int(round(y1)), h)
+    a, b = max(round(x0), 0), min(round(x1), w)
+    c, d = max(round(y0), 0), min(round(y1), h)
     if a < b and c < d:
         img[c:d, a:b] = colour
 
@@ -108,7 +108,7 @@ def _draw_cyclist(img: np.ndarray, rng: np.random.Generator, x0: float, y0: floa
 def _draw_cone(img: np.ndarray, green: bool, x0: float, y0: float, x1: float, y1: float) -> None:
     colour = np.array([30, 200, 70]) if green else np.array([255, 120, 10])
     h = y1 - y0
-    rows = max(int(round(h)), 1)
+    rows = max(round(h), 1)
     for k in range(rows):
         frac = (k + 0.5) / rows
         half = (x1 - x0) / 2 * max(frac, 0.15)
