@@ -12,9 +12,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-from fleetloop.cli import dataset, demo, drift, label, logs, mine, orchestration, registry, services  # noqa: E402
+from fleetloop.cli import dataset, demo, drift, label, logs, mine, orchestration, registry, services, train  # noqa: E402
 
-for _module in (mine, drift, logs, orchestration, demo):  # top-level commands
+for _module in (mine, drift, logs, orchestration, train, demo):  # top-level commands
     _module.register(app)
 app.add_typer(services.app, name="services")
 app.add_typer(label.app, name="label")

@@ -1,0 +1,67 @@
+"""``fleetloop retrain``: train on a dataset version here, register, gate, promote or reject.
+The same step runs in Prefect as the ``retrain`` flow (``fleetloop run retrain --wait``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def retrain(
+        dataset: Annotated[int | None, typer.Option("--dataset", min=1, help="Dataset version (default: the latest).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+    ) -> None:
+        """dvc repro on a dataset version, register the model, run the promotion gate against
+        production: exit 0 when promoted (or already production), 1 when rejected, 2 on errors."""
+        from fleetloop.dataset.config import DatasetError, dataset_config
+        from fleetloop.dataset.versions import status
+        from fleetloop.params import ParamsError, find_params_file, load_params
+        from fleetloop.registry.errors import RegistryError
+        from fleetloop.retrain import retrain as do_retrain
+        from fleetloop.settings import get_settings
+        from fleetloop.store.objects import StorageError, get_store
+        from fleetloop.train.workspace import TrainingFailed
+
+        try:
+            settings, loop = get_settings(), load_params()
+            cfg = dataset_config(settings)
+            version = dataset or status(cfg).version
+            if version < 1:
+                raise DatasetError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
+            found = find_params_file()
+            if found is None:
+                raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
+            home = Path(settings.home).resolve()
+            if not as_json:
+                err.print(f"training on dataset-v{version} in {home / 'train'} (dvc repro; minutes) ...")
+            out = do_retrain(get_store(settings), cfg, loop, version, workspace=home / "train",
+                             template=found.parent, scenarios=sorted((home / "scenarios").glob("*.parquet")),
+                             who="fleetloop retrain (cli)")
+        except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        if as_json:
+            typer.echo(json.dumps(out.model_dump(mode="json"), indent=2))
+        else:
+            head = "[green]promoted to production[/]" if out.promoted else f"[red]not promoted[/] ({out.action})"
+            console.print(f"model v{out.model_version} on dataset-v{out.dataset_version}: {head}")
+            for r in out.reasons:
+                console.print(f"  - {r}")
+            table = Table("slice", "candidate", "production", "delta", "support", "ok")
+            for name, row in sorted(out.slices.items()):
+                f = (lambda x: "" if x is None else f"{x:.3f}")
+                table.add_row(name, f(row.get("candidate")), f(row.get("production")), f(row.get("delta")),
+                              str(row.get("support")), "✓" if row.get("ok", True) else "✗")
+            if out.slices:
+                console.print(table)
+        raise typer.Exit(0 if out.promoted or out.action == "noop" else 1)
