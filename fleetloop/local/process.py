@@ -170,12 +170,13 @@ def stop_tree(
         members = _collect(tracked, group)
         if not members:
             return True
-        if group is not None:  # one signal per process: the group at once, then those outside it
+        in_group = [p for p in members if _pgid(p) == group]
+        if group is not None and in_group:  # one signal each: the group at once (it exists, so its id is ours), then the rest
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, sig)
         for p in members:
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if group is None or os.getpgid(p.pid) != group:
+            if p not in in_group:
+                with contextlib.suppress(psutil.Error):
                     p.send_signal(sig)
         _wait_gone(tracked, group, wait)
     left = _collect(tracked, group)
@@ -189,12 +190,20 @@ def _collect(tracked: dict[int, psutil.Process], group: int | None) -> list[psut
     for p in list(tracked.values()):
         for child in descendants(p):
             tracked.setdefault(child.pid, child)
-    if group is not None:
+    live = [p for p in tracked.values() if not _gone(p)]
+    if group is not None and any(_pgid(p) == group for p in live):  # while a member lives, the id is the group's
         for p in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if p.pid not in tracked and os.getpgid(p.pid) == group:
-                    tracked[p.pid] = p
-    return [p for p in tracked.values() if not _gone(p)]
+            if p.pid not in tracked and _pgid(p) == group:
+                tracked[p.pid] = p
+                live.append(p)
+    return live
+
+
+def _pgid(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except OSError:
+        return None
 
 
 def _gone(p: psutil.Process) -> bool:
