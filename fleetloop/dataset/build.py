@@ -20,7 +20,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,10 +58,12 @@ _SHARD_KEY = re.compile(r"^labels/([^/]+)/sync-(\d{6})\.parquet$")
 _PNG = b"\x89PNG\r\n\x1a\n"
 _IMAGE_THREADS = 8
 
-#: validates a LABELS table: log_id -> report with ``critical``/``warnings`` failures that carry
-#: ``rows`` (positions among the log's rows), ``unexpected_count`` and ``description``
-#: (``fleetloop.ingest.validation.validate_labels``)
-LabelValidator = Callable[[pa.Table], Mapping[str, Any]]
+#: validates a LABELS table, returning either per-log reports (``log_id -> report`` whose
+#: ``critical``/``warnings`` failures carry ``rows``, positions among the log's rows,
+#: ``unexpected_count`` and ``description``: ``fleetloop.ingest.validation.validate_labels``) or a
+#: list of messages, empty when valid (``label_failures``; the failing annotations are then found
+#: by bisection, a few more calls and only when something fails)
+LabelValidator = Callable[[pa.Table], Mapping[str, Any] | Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,40 @@ def _invalid_rows(rows: pa.Table, reports: Mapping[str, Any]) -> tuple[np.ndarra
     return bad, why
 
 
+def _validate(rows: pa.Table, validate: LabelValidator) -> tuple[np.ndarray, dict[int, list[str]]]:
+    """Rows failing the labels suite, with the reasons; ``rows`` carries ``_shard``."""
+    table = rows.drop_columns(["_shard"])
+    out = validate(table)
+    if isinstance(out, Mapping):
+        return _invalid_rows(table, out)
+    bad = np.zeros(rows.num_rows, bool)
+    why: dict[int, list[str]] = {}
+    if not out:
+        return bad, why
+    # Messages only: bisect over the deliveries (annotation revisions) to find the failing ones.
+    idents = list(zip(rows["campaign"].to_pylist(), rows["annotation_id"].to_pylist(), rows["revision"].to_pylist(),
+                      strict=True))
+    groups: dict[tuple[str, int, int], list[int]] = {}
+    for i, ident in enumerate(idents):
+        groups.setdefault(ident, []).append(i)
+    members = list(groups.values())
+
+    def search(part: list[list[int]], messages: Sequence[str]) -> None:
+        if len(part) == 1:
+            bad[part[0]] = True
+            for i in part[0]:
+                why[i] = [str(m) for m in messages]
+            return
+        for half in (part[: len(part) // 2], part[len(part) // 2:]):
+            pos = [i for g in half for i in g]
+            found = validate(table.take(pa.array(pos, pa.int64())))
+            if found:
+                search(half, list(found) if not isinstance(found, Mapping) else [str(k) for k in found])
+
+    search(members, list(out))
+    return bad, why
+
+
 def _read_image(uri: str | None, store: Store) -> tuple[bytes | None, str | None]:
     """The image bytes an ``image_uri`` names (an absolute path, ``file://``, ``s3://`` through
     the store's client, or a key in the store), or ``(None, why not)``."""
@@ -244,7 +280,7 @@ def build_batch(
     # 1. validate the rows; an annotation revision with any bad row is left out whole
     invalid: set[tuple[str, int, int]] = set()
     if rows.num_rows:
-        bad, why = _invalid_rows(rows, validate(rows.drop_columns(["_shard"])))
+        bad, why = _validate(rows, validate)
         if bad.any():
             camps = rows["campaign"].to_pylist()
             ids = rows["annotation_id"].to_pylist()

@@ -22,7 +22,8 @@ there), and pushes tags the git remote lacks. Label shards count as consumed onl
 commit, so no labeled row is lost or taken twice.
 
 Test hook: ``FLEETLOOP_DATASET_CRASH_AT=<step>`` makes grow SIGKILL itself right after that step
-(one of :data:`STEPS`); the crash tests use it.
+(a step name above; the crash tests kill at each of :data:`STEPS`, the points between two steps
+that change state). Never set it outside tests.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ class GrowResult(BaseModel):
     missing_images: int = 0
     problems: list[Problem] = Field(default_factory=list)  # the first MAX_PROBLEMS
     recovered: list[str] = Field(default_factory=list)  # what this call finished or undid first
+    step_seconds: dict[str, float] = Field(default_factory=dict)  # time of each step (recover, collect, written, …)
     warnings: list[str] = Field(default_factory=list)
     seconds: float = 0.0
 
@@ -296,8 +298,18 @@ def grow(
     """
     t0 = time.perf_counter()
     recovered: list[str] = []
+    timings: dict[str, float] = {}
+    last = [t0]
+
+    def mark(step: str) -> None:
+        now_ = time.perf_counter()
+        timings[step] = round(now_ - last[0], 3)
+        last[0] = now_
+        _checkpoint(step)
+
     with repo_lock(config):
         repo = open_repo(config, recovered)
+        mark("recover")
         head = repo.head()
         manifest = read_manifest(repo)
         version = manifest.version if manifest else 0
@@ -307,7 +319,7 @@ def grow(
         consumed = manifest.consumed_shards() if manifest else set()
         new_keys = [k for k in list_label_shards(store) if k not in consumed]
         if not new_keys:
-            result.seconds = round(time.perf_counter() - t0, 3)
+            result.seconds, result.step_seconds = round(time.perf_counter() - t0, 3), dict(timings)
             return result
         ratios = dict(manifest.split_ratios) if manifest else dict(params.splits)
         if manifest and ratios != dict(params.splits):
@@ -317,18 +329,19 @@ def grow(
         n = version + 1
         built = build_batch(store, new_keys, index, batch=n, ratios=ratios, with_images=params.with_images,
                             validate=validate)
+        mark("collect")
         _report(result, built, new_keys)
         if built.frames.num_rows == 0:
-            result.seconds = round(time.perf_counter() - t0, 3)
+            result.seconds, result.step_seconds = round(time.perf_counter() - t0, 3), dict(timings)
             return result
 
         rel = f"{BATCHES_DIR}/{batch_name(n)}"
         files = write_batch(repo.root / rel, built, params.shard_rows)
-        _checkpoint("written")
+        mark("written")
         repo.add(rel)
-        _checkpoint("added")
+        mark("added")
         repo.push([rel + ".dvc"])
-        _checkpoint("pushed")
+        mark("pushed")
 
         created_at = (now or datetime.now(UTC)).astimezone(UTC)
         new_index = fold(pa.concat_tables([index, built.index]))
@@ -353,21 +366,22 @@ def grow(
         (repo.root / LINEAGE_DIR).mkdir(exist_ok=True)
         (repo.root / lineage_rel).write_text(lineage.model_dump_json(indent=1) + "\n")
         repo.stage([rel + ".dvc", f"{BATCHES_DIR}/.gitignore", MANIFEST_FILE, lineage_rel])
-        _checkpoint("staged")
+        mark("staged")
         commit = repo.commit(f"{tag_of(n)}: +{info.frames} frames from {', '.join(built.campaigns)}")
-        _checkpoint("committed")
+        mark("committed")
         _save_index(repo, new_index, n, commit)
-        _checkpoint("indexed")
+        mark("indexed")
         repo.tag(tag_of(n), _tag_message(new))
-        _checkpoint("tagged")
+        mark("tagged")
         if config.git_remote:
             repo.publish([f"refs/heads/{BRANCH}", f"refs/tags/{tag_of(n)}"])
+        mark("published")
 
         result.version, result.tag, result.created, result.nothing_new, result.batch = n, tag_of(n), True, False, n
         result.frames, result.objects = new.frames, new.objects
         result.frames_added, result.objects_added = info.frames, info.objects
         result.negatives, result.removed, result.superseded = info.negatives, info.removed, info.superseded
-    result.seconds = round(time.perf_counter() - t0, 3)
+    result.seconds, result.step_seconds = round(time.perf_counter() - t0, 3), dict(timings)
     return result
 
 

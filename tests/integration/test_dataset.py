@@ -380,3 +380,16 @@ def test_cli_grow_status_history_checkout(tmp_path: Path, monkeypatch: pytest.Mo
         assert out.exit_code == 2 and "not an empty directory" in out.output and "Traceback" not in out.output
     finally:
         get_settings.cache_clear()
+
+
+def test_concurrent_grows_are_serialised(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = _config(tmp_path, str(tmp_path / "dvc-remote"))
+    fleet = Fleet(tmp_path)
+    fleet.add_log("log-a", 4)
+    fleet.deliver("week-1", [Ann("log-a", i, i + 1, 1, T0, [_box(i)]) for i in range(4)])
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: _grow(fleet, config), range(3)))
+    assert sorted(r.created for r in results) == [False, False, True]  # one version, the others see it
+    assert {r.version for r in results} == {1} and status(config).frames == 4

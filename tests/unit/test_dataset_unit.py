@@ -237,3 +237,21 @@ def test_build_batch_takes_the_newest_word_per_frame(tmp_path: Path) -> None:
     assert (built.negatives, built.removed, built.superseded, built.deliveries) == (1, 0, 0, 6)
     assert built.shard_deliveries == dict(zip(keys, [3, 1, 2], strict=True))
     assert built.campaigns == ["w1", "w2"]
+
+
+def test_a_validator_that_only_returns_messages_is_bisected_to_the_failing_annotations(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    anns = [("a", i, i + 1, 1, T0, ["car", "truck" if i in (3, 11) else "car"], "labeled") for i in range(16)]
+    keys = [_shard(store, "w1", 1, anns)]
+    calls = []
+
+    def messages(rows: pa.Table) -> list[str]:  # like fleetloop.ingest.validation.label_failures
+        calls.append(rows.num_rows)
+        bad = [c for c in rows["cls"].to_pylist() if c not in ("car", "pedestrian", "cyclist", "traffic_cone")]
+        return [f"class is in fleetloop's taxonomy ({len(bad)} rows)"] if bad else []
+
+    built = build_batch(store, keys, INDEX_SCHEMA.empty_table(), batch=1, ratios=RATIOS, with_images=False,
+                        validate=messages)
+    invalid = sorted(p.frame for p in built.problems if p.kind == "invalid_labels")
+    assert invalid == [3, 11] and built.frames.num_rows == 14 and built.labels.num_rows == 28
+    assert len(calls) < 16  # bisection, not one call per annotation
