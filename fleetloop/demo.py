@@ -1,112 +1,484 @@
-"""The main job on the embedded default: the loop end to end on one machine.
+"""The main job on the embedded default: the loop shown making a camera model better.
 
-Local services (Prefect server + UI, Label Studio) → two weeks of a generated fleet, the second
-with a weather and class shift → ingest + validate → ``weekly-cycle`` (drift → steered mining →
-label push → sync) → a simulated labeling team answers the tasks through Label Studio's API →
-``label-sync`` delivers the labels. Safe to rerun: every step is idempotent.
+``fleetloop demo`` brings up the local services (Prefect server + UI, Label Studio), then:
+
+- **week 0** (once): the simulated fleet drives a week of mostly clear days; the clear-weather
+  frames of some logs form a small labeled seed set (imported as campaign ``seed-w00``); the
+  dataset grows to ``dataset-v1``; the reference camera model trains on it (``dvc repro``), is
+  registered and promoted because it passes the absolute floor. A fixed evaluation scenario set
+  (every weather, time of day and green cones, with exact ground truth) is written once to
+  ``$FLEETLOOP_HOME/scenarios/`` and scores every model the same way.
+- **each week k** (``--weeks N``, default 3): the fleet drives with the *production* model (its
+  ONNX export, through onnxruntime, as a car runs it) → the logs arrive in the store (validated)
+  → the ``weekly-cycle`` flow: drift → sync last week's labels → grow → retrain → gate → promote
+  → mine this week (lidar ↔ camera disagreement first) → push to Label Studio with the model's
+  boxes as pre-annotations → the simulated labeling team answers the tasks through the API.
+
+It ends with one row per week: labels spent, dataset version, mAP overall / rain / night /
+green cones of the production model, and whether the week's candidate was promoted and why; a
+PNG plot of mAP per slice against labels spent; ``--json`` prints the same table. State lives
+in ``$FLEETLOOP_HOME/demo/state.json``: a rerun continues with the next week; ``--reset``
+starts over (the demo's data, dataset, registry and Label Studio projects are removed).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fleetloop.settings import Settings
 
+Say = Callable[[str], None]
+
+#: the slices the demo reports (the evaluation scenario set covers each)
+SLICES = {"rain": "weather=rain", "night": "time_of_day=night", "green cones": "attr=green"}
+
+
+class DemoConfig(BaseModel):
+    """The simulated world's size. The defaults fit one weekly cycle in a few minutes on 2 cores."""
+
+    seed: int = 0
+    logs_per_week: int = Field(12, ge=2, description="drive logs per simulated week")
+    frames_per_log: int = Field(40, ge=8)
+    seed_logs: int = Field(24, ge=2, description="week-0 logs whose clear-weather frames are the labeled seed set")
+    budget: int = Field(120, ge=1, description="frames sent to labeling per week")
+    eval_frames: int = Field(480, ge=16, description="frames of the fixed evaluation scenario set")
+    epochs: int | None = Field(None, ge=1, description="training epochs (default: params.yaml train.epochs)")
+    noise_px: float = Field(1.0, ge=0, description="the simulated labelers' box jitter")
+
+
+class WeekRow(BaseModel):
+    week: int
+    iso_week: str
+    labels_spent: int  # frames labeled so far (seed set included)
+    dataset_version: int
+    model_version: int | None = None  # the week's candidate
+    promoted: bool = False
+    why: str = ""
+    production: int | None = None
+    map_overall: float | None = None  # of the production model after the week
+    map_rain: float | None = None
+    map_night: float | None = None
+    map_green: float | None = None
+    mined: int = 0
+    labeled: int = 0  # frames the team labeled this week
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class DemoState(BaseModel):
+    config: DemoConfig
+    base_week: str  # the ISO week of simulated week 0
+    rows: list[WeekRow] = Field(default_factory=list)
+    labels_spent: int = 0
+
+    @property
+    def next_week(self) -> int:
+        return len(self.rows)
+
 
 class DemoResult(BaseModel):
+    rows: list[WeekRow]
     prefect_ui: str
     label_studio: str
-    logs: int
-    frames: int
-    quarantined: int
-    drift_share: float
-    slice_boost: dict[str, float]
-    mined_frames: int
-    selected: int
-    campaign: str
-    tasks: int
-    annotated: int
-    labels_delivered: int
-    label_boxes: int
-    cycle_was_noop: bool
+    label_studio_login: str
+    plot: str | None
+    state: str
 
 
-def write_fleet(out: Path, logs_per_week: int, frames: int) -> tuple[Path, Path, Path]:
-    """Last week (clear days, mostly cars) and this week (rain and night, more pedestrians and
-    cyclists) in the parquet layout, plus their ground truth for the simulated labelers."""
-    import pyarrow as pa
+# --------------------------------------------------------------------------- paths and state
 
+
+def demo_dir(settings: Settings) -> Path:
+    return Path(settings.home).resolve() / "demo"
+
+
+def _state_path(settings: Settings) -> Path:
+    return demo_dir(settings) / "state.json"
+
+
+def load_state(settings: Settings) -> DemoState | None:
+    path = _state_path(settings)
+    return DemoState.model_validate_json(path.read_text()) if path.is_file() else None
+
+
+def _save_state(settings: Settings, state: DemoState) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.model_dump_json(indent=2))
+    os.replace(tmp, path)
+
+
+def _week_of(state: DemoState, k: int) -> str:
+    from fleetloop.cycle import iso_week, week_start
+
+    return iso_week(week_start(state.base_week) + timedelta(days=7 * k))
+
+
+def reset(settings: Settings, say: Say) -> None:
+    """Remove what the demo made: its Label Studio projects, the store, the dataset and its
+    remote, the training workspace, the scenario sets, the demo's files. Services stay up."""
+    from fleetloop.label import index
+
+    home = Path(settings.home).resolve()
+    from fleetloop.store.objects import get_store
+
+    store = get_store(settings)
+    names = [r.name for r in index.campaigns(store)]
+    if names and settings.label_studio.url and settings.label_studio.token:
+        from fleetloop.label.api import client_for
+        from fleetloop.label.campaigns import find_campaign
+
+        with client_for(settings) as client:
+            for name in names:
+                c = find_campaign(client, name)
+                if c is not None:
+                    client.request("DELETE", f"/api/projects/{c.project_id}", ok=(204, 404))
+    for sub in ("store", "dataset", "dvc-remote", "train", "scenarios", "demo", "labeling", "locks"):
+        shutil.rmtree(home / sub, ignore_errors=True)
+    for lock in home.glob(".dataset*.lock"):
+        lock.unlink(missing_ok=True)
+    say(f"reset: removed the demo's state under {home} and {len(names)} Label Studio projects")
+
+
+# --------------------------------------------------------------------------- the simulated world
+
+
+def _no_model(images: np.ndarray) -> list[np.ndarray]:
+    """Before the first model exists, the fleet's camera reports nothing."""
+    return [np.zeros((0, 6), np.float32) for _ in range(len(images))]
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_scenarios(path: Path, seed: int, n_frames: int) -> Path:
+    """The fixed evaluation set in the prepared layout (docs/training.md), ground truth with
+    attributes (``attr="green"`` for green cones)."""
+    from fleetloop.sim.fleet import render_scenario_set
+    from fleetloop.train.metrics import PREPARED_SCHEMA
+
+    images, truth, frames = render_scenario_set(seed, n_frames)
+    boxes: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in truth.select(["log_id", "frame", "cls", "x1", "y1", "x2", "y2", "attr"]).to_pylist():
+        boxes.setdefault((r["log_id"], int(r["frame"])), []).append(
+            {k: r[k] for k in ("cls", "x1", "y1", "x2", "y2", "attr")})
+    meta = frames.to_pylist()
+    table = pa.table({
+        "log_id": [m["log_id"] for m in meta],
+        "frame": pa.array([int(m["frame"]) for m in meta], pa.int64()),
+        "image_png": [_png(images[m["image"]]) for m in meta],
+        "width": pa.array([images.shape[2]] * len(meta), pa.int32()),
+        "height": pa.array([images.shape[1]] * len(meta), pa.int32()),
+        "weather": [m["weather"] for m in meta],
+        "time_of_day": [m["time_of_day"] for m in meta],
+        "boxes": pa.array([boxes.get((m["log_id"], int(m["frame"])), []) for m in meta],
+                          PREPARED_SCHEMA.field("boxes").type),
+    }, schema=PREPARED_SCHEMA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def _drive(settings: Settings, state: DemoState, k: int, detector: Callable[[np.ndarray], list[np.ndarray]],
+           n_logs: int) -> tuple[Any, Path]:
+    """Simulated week ``k``: logs (parquet layout) and ground truth under the demo folder."""
+    from fleetloop.cycle import cycle_window
     from fleetloop.ingest.importers.parquet import write_parquet_log
-    from fleetloop.sim.sample import generate_fleet
+    from fleetloop.sim.fleet import drive_week, write_truth
 
-    last, _, truth_a = generate_fleet(logs_per_week, frames, seed=1, weathers=[("clear", "day")],
-                                      class_mix=(0.8, 0.15, 0.05), prefix="week-a")
-    this, _, truth_b = generate_fleet(logs_per_week, frames, seed=2,
-                                      weathers=[("rain", "day"), ("clear", "night"), ("rain", "night")],
-                                      class_mix=(0.5, 0.3, 0.2), prefix="week-b")
-    write_parquet_log(last, out / "last-week")
-    write_parquet_log(this, out / "this-week")
-    pq.write_table(pa.concat_tables([truth_a, truth_b]), out / "truth.parquet")
-    return out / "last-week", out / "this-week", out / "truth.parquet"
+    out = demo_dir(settings) / "fleet" / f"w{k:02d}"
+    shutil.rmtree(out, ignore_errors=True)
+    window = cycle_window(_week_of(state, k))
+    week = drive_week(k, seed=state.config.seed, detector=detector, n_logs=n_logs,
+                      frames_per_log=state.config.frames_per_log, out_dir=out, start=window.start)
+    write_parquet_log(week.logs, out / "logs")
+    write_truth(week.truth, out / "truth.parquet")
+    return week, out
 
 
-def run_demo(settings: Settings, *, logs_per_week: int = 4, frames: int = 200, budget: int = 40, say=print) -> DemoResult:
+def _arrival(state: DemoState, k: int) -> datetime:
+    """Logs of simulated week k arrive in the window the cycle of week k covers."""
+    from fleetloop.cycle import cycle_window
+
+    w = cycle_window(_week_of(state, k))
+    return w.start + (w.end - w.start) / 2
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _pipeline_params(settings: Settings, config: DemoConfig) -> None:
+    """With ``--epochs``, the demo trains with its own copy of params.yaml + dvc.yaml."""
+    if config.epochs is None:
+        return
+    import yaml
+
+    from fleetloop.params import find_params_file
+
+    found = find_params_file()
+    if found is None:
+        raise RuntimeError("no params.yaml found: run the demo from the fleetloop repository")
+    target = demo_dir(settings) / "pipeline"
+    target.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(found.read_text()) or {}
+    data.setdefault("train", {})["epochs"] = config.epochs
+    (target / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    shutil.copyfile(found.parent / "dvc.yaml", target / "dvc.yaml")
+    os.environ["FLEETLOOP_PARAMS"] = str(target / "params.yaml")
+
+
+def _production_metrics(settings: Settings) -> tuple[int | None, dict[str, Any]]:
+    from fleetloop.registry.api import Registry
+    from fleetloop.registry.errors import VersionNotFound
+    from fleetloop.store.objects import get_store
+
+    try:
+        v = Registry(get_store(settings)).get("production")
+    except VersionNotFound:
+        return None, {}
+    return v.version, v.metrics.model_dump()
+
+
+def _fill_metrics(row: WeekRow, production: int | None, metrics: dict[str, Any]) -> None:
+    row.production = production
+    row.map_overall = (metrics.get("overall") or {}).get("map50")
+    slices = metrics.get("slices") or {}
+    row.map_rain = (slices.get(SLICES["rain"]) or {}).get("map50")
+    row.map_night = (slices.get(SLICES["night"]) or {}).get("map50")
+    row.map_green = (slices.get(SLICES["green cones"]) or {}).get("map50")
+
+
+def _detector(settings: Settings) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """The production model as the cars run it: its ONNX export through onnxruntime."""
+    from fleetloop.registry.api import Registry
+    from fleetloop.store.objects import get_store
+    from fleetloop.train.reference.runner import OnnxDetector
+
+    reg = Registry(get_store(settings))
+    v = reg.get("production")
+    target = demo_dir(settings) / "models" / f"v{v.version}"
+    if not (target / "model.onnx").is_file():
+        reg.download(v.version, target)
+    det = OnnxDetector(target)
+    return det.detect
+
+
+def bootstrap(settings: Settings, state: DemoState, say: Say) -> WeekRow:
+    """Week 0: seed labels, dataset-v1, the first model trained, registered and promoted."""
+    from fleetloop.flows.dataset import grow_dataset
+    from fleetloop.flows.train import retrain_flow
     from fleetloop.ingest.ingest import ingest
+    from fleetloop.ingest.validation import label_failures
+    from fleetloop.label.sync import import_labels
+    from fleetloop.store.objects import get_store
+
+    c = state.config
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    scen = Path(settings.home).resolve() / "scenarios" / "eval.parquet"
+    if not scen.is_file():
+        write_scenarios(scen, c.seed + 1000, c.eval_frames)
+        say(f"week 0: fixed evaluation scenario set, {c.eval_frames} frames (clear/rain x day/night, green cones)")
+    week, out = _drive(settings, state, 0, _no_model, c.seed_logs)
+    store = get_store(settings)
+    rep = ingest(store, out / "logs", "parquet", arrived_at=_arrival(state, 0))
+    t["drive+ingest"] = time.perf_counter() - t0
+    f = week.logs.frames
+    clear = f.filter(pc.and_(pc.equal(f["weather"], "clear"), pc.equal(f["time_of_day"], "day")))
+    frames = list(zip(clear["log_id"].to_pylist(), clear["frame"].to_pylist(), strict=True))
+    seed = import_labels(store, "seed-w00", week.truth, frames, home=Path(settings.home), annotator="seed set",
+                         validate=label_failures)
+    say(f"week 0: {len(rep.registered)} logs ingested; seed set of {len(frames)} clear-weather frames "
+        f"({seed.labels} boxes) imported as campaign seed-w00")
+    t1 = time.perf_counter()
+    grown = grow_dataset()
+    t["grow"] = time.perf_counter() - t1
+    say(f"week 0: {grown.tag or f'dataset-v{grown.version}'} with {grown.frames} frames; training the first model")
+    t2 = time.perf_counter()
+    out_r = retrain_flow(dataset_version=grown.version, why="week 0: the first model")
+    t["retrain"] = time.perf_counter() - t2
+    state.labels_spent += len(frames)
+    row = WeekRow(week=0, iso_week=state.base_week, labels_spent=state.labels_spent, dataset_version=grown.version,
+                  model_version=out_r.model_version, promoted=out_r.promoted,
+                  why="; ".join(out_r.reasons[:2]), labeled=len(frames), seconds={k: round(v, 1) for k, v in t.items()})
+    _fill_metrics(row, *_production_metrics(settings))
+    if row.production is None:
+        raise RuntimeError(f"the first model was not promoted: {row.why} (train longer: --epochs)")
+    return row
+
+
+def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
+    """One simulated week: drive with the production model, ingest, the weekly cycle, labeling."""
+    from fleetloop.cycle import campaign_name
+    from fleetloop.flows.mine import ingest_logs
+    from fleetloop.flows.weekly import weekly_cycle
+    from fleetloop.label.api import client_for
+    from fleetloop.sim.labeling_team import TeamConfig, simulate
+
+    c = state.config
+    iso = _week_of(state, k)
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    week, out = _drive(settings, state, k, _detector(settings), c.logs_per_week)
+    t["drive"] = time.perf_counter() - t0
+    say(f"week {k} ({iso}): the fleet drove {week.logs.num_frames} frames ({week.mix.theme}: "
+        f"rain {week.mix.rain:.0%}, night {week.mix.night:.0%}, green cones {week.mix.green_cones:.0%})")
+    t1 = time.perf_counter()
+    ingested = ingest_logs(str(out / "logs"), "parquet", arrived_at=_arrival(state, k))
+    t["ingest"] = time.perf_counter() - t1
+    say(f"week {k}: {len(ingested.registered)} logs ingested, {len(ingested.quarantined)} quarantined; "
+        "weekly cycle: drift -> sync -> grow -> retrain -> promote -> mine -> push")
+    t2 = time.perf_counter()
+    record = weekly_cycle(week=iso, budget=c.budget)
+    t["cycle"] = time.perf_counter() - t2
+    for name, step in record.steps.items():
+        say(f"  {name}: {step.status} - {step.reason}")
+        t[f"cycle.{name}"] = step.seconds
+    campaign = campaign_name(iso)
+    t3 = time.perf_counter()
+    labeled = 0
+    if record.steps.get("push") and record.steps["push"].status == "ran":
+        with client_for(settings) as client:
+            team = simulate(campaign, week.truth, client=client,
+                            team=TeamConfig(noise_px=c.noise_px, seed=c.seed + k))
+        labeled = team.answered
+        say(f"week {k}: the labeling team answered {team.answered} tasks of {campaign} ({team.boxes} boxes)")
+    t["labeling"] = time.perf_counter() - t3
+    state.labels_spent += labeled
+    grow = record.steps.get("grow")
+    retrain = record.steps.get("retrain")
+    row = WeekRow(week=k, iso_week=iso, labels_spent=state.labels_spent,
+                  dataset_version=int((grow.details if grow else {}).get("version", 0)),
+                  mined=int((record.steps["mine"].details if "mine" in record.steps else {}).get("selected", 0)),
+                  labeled=labeled, seconds={k2: round(v, 1) for k2, v in t.items()})
+    if retrain is not None and retrain.status == "ran":
+        row.model_version = retrain.details.get("model_version")
+        row.promoted = bool(retrain.details.get("promoted"))
+        row.why = "promoted" if row.promoted else "; ".join(retrain.details.get("reasons", [])[:2])
+    elif retrain is not None:
+        row.why = retrain.reason
+    _fill_metrics(row, *_production_metrics(settings))
+    return row
+
+
+def plot(rows: list[WeekRow], path: Path) -> Path:
+    """mAP per slice of the production model against labels spent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    x = [r.labels_spent for r in rows]
+    for label, attr, style in (("overall", "map_overall", "-o"), ("rain", "map_rain", "-s"),
+                               ("night", "map_night", "-^"), ("green cones", "map_green", "-d")):
+        y = [getattr(r, attr) if getattr(r, attr) is not None else np.nan for r in rows]
+        ax.plot(x, y, style, label=label)
+    for r in rows:
+        ax.annotate(f"w{r.week}", (r.labels_spent, r.map_overall or 0), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
+    ax.set_xlabel("frames labeled (seed set included)")
+    ax.set_ylabel("mAP@0.5 of the production model")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("fleetloop demo: the production model, week by week")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _publish(rows: list[WeekRow], png: Path) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.3f}"
+
+    table = "\n".join(f"| {r.week} | {r.iso_week} | {r.labels_spent} | v{r.dataset_version} | "
+                      f"{'v' + str(r.production) if r.production else ''} | {f(r.map_overall)} | {f(r.map_rain)} | "
+                      f"{f(r.map_night)} | {f(r.map_green)} | {'yes' if r.promoted else 'no'} | {r.why} |" for r in rows)
+    create_markdown_artifact(key="demo-progress", description="mAP per slice against labels spent", markdown=f"""# fleetloop demo
+
+| week | ISO week | labels spent | dataset | production | mAP | rain | night | green cones | promoted | why |
+|---|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+Plot of mAP per slice against labels spent: [{png.name}]({png.as_uri()}) (`{png}`)
+""")
+
+
+def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_first: bool = False,
+             say: Say = print) -> DemoResult:
+    """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks."""
+    from prefect import flow
+
+    from fleetloop.cycle import iso_week
     from fleetloop.local import services
+    from fleetloop.local.connect import resolve_settings
+    from fleetloop.local.label_studio import read_state
 
     say("Starting the local services (the first run installs Label Studio: 1-2 minutes)")
     for st in services.up(settings):
         if not st.healthy:
             raise RuntimeError(f"{st.name} is not healthy at {st.url}: {st.detail} (log: {st.log})")
         say(f"  {st.name}: {st.url}")
-    api_url = services.ensure_prefect_env(settings)
+    api_url = services.ensure_prefect_env(settings) or ""
+    settings = resolve_settings(settings)
+    if reset_first:
+        reset(settings, say)
+    state = load_state(settings)
+    if state is not None and state.config != config:
+        say("continuing the demo with the configuration it started with (use --reset to change it)")
+        config = state.config
+    if state is None:
+        base = iso_week(datetime.now(UTC) - timedelta(days=7 * 60))
+        state = DemoState(config=config, base_week=base)
+    _pipeline_params(settings, state.config)
 
-    from fleetloop.flows.label import label_sync
-    from fleetloop.flows.mine import ingest_logs
-    from fleetloop.flows.weekly import weekly_cycle
-    from fleetloop.label import api as labeling
-    from fleetloop.sim.labeling_team import TeamConfig, simulate
-    from fleetloop.store.objects import get_store
+    @flow(name="demo", log_prints=True)
+    def demo_flow() -> list[WeekRow]:
+        if state.next_week == 0:
+            state.rows.append(bootstrap(settings, state, say))
+            _save_state(settings, state)
+        target = len(state.rows) + weeks
+        while len(state.rows) < target:
+            state.rows.append(run_week(settings, state, state.next_week, say))
+            _save_state(settings, state)
+        png = plot(state.rows, demo_dir(settings) / "report" / "map_vs_labels.png")
+        _publish(state.rows, png)
+        return state.rows
 
-    demo_dir = settings.home / "demo"
-    say(f"Generating two weeks of fleet logs under {demo_dir}")
-    last_week, this_week, truth_path = write_fleet(demo_dir, logs_per_week, frames)
-    store = get_store(settings)
-    backfill = ingest(store, last_week, "parquet",
-                               arrived_at=datetime.now(timezone.utc) - timedelta(days=8))
-    current = ingest_logs(str(this_week), "parquet")
-    say(f"Ingested {backfill.frames + current.frames:,} frames "
-        f"({len(backfill.quarantined) + len(current.quarantined)} logs quarantined)")
-
-    say("Running the weekly cycle: drift -> mining -> label push -> sync")
-    record = weekly_cycle(budget=budget)
-    label_step = record["steps"].get("label", {})
-    campaign = label_step.get("campaign")
-    if not campaign:
-        raise RuntimeError(f"the weekly cycle did not push to labeling: {label_step}")
-    say(f"The simulated labeling team answers campaign {campaign}")
-    with labeling.client_for(settings) as client:
-        team = simulate(campaign, pq.read_table(truth_path), client=client,
-                        team=TeamConfig(noise_px=1.0, skip_rate=0.05, seed=0))
-    say(f"  {team.answered} tasks labeled, {team.unusable} marked unusable, {team.boxes} boxes")
-    label_sync(campaign)
-    status = labeling.status(campaign)
-    drift = record["steps"].get("monitor-drift", {})
-    mined = record["steps"].get("mine", {})
-    from fleetloop.label.sync import read_labels
-
-    labels = read_labels(store, campaign)
+    demo_flow()
+    ls = read_state(settings.home)
+    png = demo_dir(settings) / "report" / "map_vs_labels.png"
     return DemoResult(
-        prefect_ui=api_url.removesuffix("/api") if api_url else "",
-        label_studio=status["url"],
-        logs=len(record["logs"]), frames=backfill.frames + current.frames,
-        quarantined=len(backfill.quarantined) + len(current.quarantined),
-        drift_share=drift.get("share_drifted", 0.0), slice_boost=drift.get("slice_boost", {}),
-        mined_frames=mined.get("frames", 0), selected=mined.get("selected", 0), campaign=campaign,
-        tasks=status["tasks"], annotated=status["annotated"], labels_delivered=status["synced"],
-        label_boxes=labels.num_rows, cycle_was_noop=bool(record.get("noop")),
+        rows=state.rows, prefect_ui=api_url.removesuffix("/api"),
+        label_studio=(ls.url if ls else settings.label_studio.url or ""),
+        label_studio_login=(f"{ls.username} / {ls.password}" if ls else "(your Label Studio account)"),
+        plot=str(png) if png.is_file() else None, state=str(_state_path(settings)),
     )
+
+
+def rows_json(result: DemoResult) -> str:
+    return json.dumps(result.model_dump(mode="json"), indent=2)

@@ -57,6 +57,14 @@ class LabelStudioSettings(BaseModel):
     document_root: Path | None = None
 
 
+class DatasetSettings(BaseModel):
+    """Where the labeled dataset lives (fleetloop/dataset/config.py derives the defaults)."""
+
+    repo_dir: Path | None = None  # default: <home>/dataset
+    dvc_remote_url: str | None = None  # default: <home>/dvc-remote, or s3://<bucket>/<prefix>dvc on S3
+    git_remote: str | None = None  # a URL or path the versions are pushed to; None: the local repo only
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEETLOOP_",
@@ -69,6 +77,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
 
     @property
     def store_root(self) -> Path:

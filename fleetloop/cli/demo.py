@@ -1,4 +1,4 @@
-"""``fleetloop demo``: the main job on the embedded default."""
+"""``fleetloop demo``: the main job on the embedded default (see fleetloop/demo.py)."""
 
 from __future__ import annotations
 
@@ -9,33 +9,56 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+err = Console(stderr=True)
+
+
+def _f(x: float | None) -> str:
+    return "" if x is None else f"{x:.3f}"
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        logs_per_week: Annotated[int, typer.Option(min=1, max=50)] = 4,
-        frames: Annotated[int, typer.Option(min=20, max=5000, help="Frames per log.")] = 200,
-        budget: Annotated[int, typer.Option(min=1, help="Frames sent to labeling.")] = 40,
+        weeks: Annotated[int, typer.Option(min=0, max=52, help="Simulated weeks to run after week 0.")] = 3,
+        reset: Annotated[bool, typer.Option("--reset", help="Start over: remove the demo's data first.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the weekly table as JSON.")] = False,
+        seed: Annotated[int, typer.Option(help="Seed of the simulated world.")] = 0,
+        logs_per_week: Annotated[int, typer.Option(min=2, max=200, help="Drive logs per week.")] = 12,
+        frames_per_log: Annotated[int, typer.Option(min=8, max=1000, help="Frames per log (10 Hz).")] = 40,
+        seed_logs: Annotated[int, typer.Option(min=2, max=500, help="Week-0 logs forming the labeled seed set.")] = 24,
+        budget: Annotated[int, typer.Option(min=1, help="Frames sent to labeling per week.")] = 120,
+        eval_frames: Annotated[int, typer.Option(min=16, help="Frames of the fixed evaluation set.")] = 480,
+        epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs (default: params.yaml).")] = None,
     ) -> None:
-        """Run the loop end to end on a generated fleet with local Prefect and Label Studio."""
-        from fleetloop.demo import run_demo
+        """The loop making a camera model better: a simulated fleet drives with the production
+        model, mining finds its mistakes, a simulated team labels them in Label Studio, the
+        dataset grows, the model retrains and is promoted when the gate says it is better.
+        Reruns continue with the next week; --reset starts over."""
+        from fleetloop.demo import DemoConfig, rows_json, run_demo
         from fleetloop.settings import get_settings
 
+        config = DemoConfig(seed=seed, logs_per_week=logs_per_week, frames_per_log=frames_per_log,
+                            seed_logs=seed_logs, budget=budget, eval_frames=eval_frames, epochs=epochs)
+        say = (lambda msg: err.print(msg, highlight=False)) if as_json else (lambda msg: console.print(msg, highlight=False))
         try:
-            r = run_demo(get_settings(), logs_per_week=logs_per_week, frames=frames, budget=budget,
-                         say=console.print)
+            result = run_demo(get_settings(), config, weeks=weeks, reset_first=reset, say=say)
         except Exception as exc:  # the demo's boundary: say what failed, not a traceback
-            console.print(f"[red]demo failed:[/] {type(exc).__name__}: {exc}")
+            err.print(f"[red]demo failed:[/] {type(exc).__name__}: {exc}", highlight=False)
             raise typer.Exit(1) from None
-        t = Table("", "", title="fleetloop demo" + (" (rerun: the week's cycle had already run)" if r.cycle_was_noop else ""))
-        t.add_row("logs / frames", f"{r.logs} logs in the cycle, {r.frames:,} frames ingested, {r.quarantined} quarantined")
-        t.add_row("drift", f"{100 * r.drift_share:.0f}% of features drifted; boosts: "
-                  + (", ".join(f"{k} ×{v:g}" for k, v in r.slice_boost.items()) or "none"))
-        t.add_row("mining", f"{r.mined_frames:,} frames ranked, {r.selected} selected")
-        t.add_row("labeling", f"campaign {r.campaign}: {r.tasks} tasks, {r.annotated} annotated, "
-                  f"{r.labels_delivered} synced, {r.label_boxes} label boxes delivered")
-        t.add_row("Prefect UI", r.prefect_ui)
-        t.add_row("Label Studio", r.label_studio)
+        if as_json:
+            typer.echo(rows_json(result))
+            return
+        t = Table("week", "labels spent", "dataset", "candidate", "production", "mAP", "rain", "night",
+                  "green cones", "promoted", "why", title="fleetloop demo: the production model, week by week")
+        for r in result.rows:
+            t.add_row(f"{r.week} ({r.iso_week})", str(r.labels_spent), f"v{r.dataset_version}",
+                      f"v{r.model_version}" if r.model_version else "", f"v{r.production}" if r.production else "",
+                      _f(r.map_overall), _f(r.map_rain), _f(r.map_night), _f(r.map_green),
+                      "yes" if r.promoted else "no", r.why)
         console.print(t)
-        console.print("Stop the services with: fleetloop services down")
+        console.print(f"Prefect UI:   {result.prefect_ui}  (flow runs, artifacts: promotion decisions, mined frames)")
+        console.print(f"Label Studio: {result.label_studio}  (login {result.label_studio_login})")
+        if result.plot:
+            console.print(f"Plot:         {result.plot}")
+        console.print(f"State:        {result.state}  (rerun: next week; --reset: start over; "
+                      "fleetloop services down stops the services)")

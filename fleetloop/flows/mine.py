@@ -16,9 +16,12 @@ from fleetloop.mine.params import MiningParams
 
 
 @flow(name="ingest-logs", log_prints=True)
-def ingest_logs(source: str, format: str = "kitti-tracking", log_ids: list[str] | None = None) -> IngestReport:
-    """Bring logs from ``source`` into the store: validate, register, quarantine the bad ones."""
-    report = ingest(store(), source, format, log_ids)
+def ingest_logs(
+    source: str, format: str = "kitti-tracking", log_ids: list[str] | None = None, arrived_at: datetime | None = None
+) -> IngestReport:
+    """Bring logs from ``source`` into the store: validate, register, quarantine the bad ones.
+    ``arrived_at`` backdates the arrival of a backfill (default: now)."""
+    report = ingest(store(), source, format, log_ids, arrived_at=arrived_at)
     lines = [
         f"# Ingest from `{report.source}` ({report.format})",
         f"- new logs: **{len(report.registered)}** {', '.join(report.registered)}",

@@ -145,7 +145,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_deploy_to_work_pool_and_run_through_a_process_worker(prefect_api, kitti_in_s3, s3_env, tmp_path):
     env = {**os.environ, **s3_env, "PREFECT_API_URL": prefect_api}
     dep = subprocess.run(FLEETLOOP + ["deploy"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=180)
-    assert dep.returncode == 0 and "Registered 6 deployments in work pool fleetloop" in dep.stdout, dep.stdout + dep.stderr
+    assert dep.returncode == 0 and "Registered 8 deployments in work pool fleetloop" in dep.stdout, dep.stdout + dep.stderr
     deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand"], timeout=10)
     assert deps["mine/on-demand"].work_pool_name == "fleetloop"
     log = open(tmp_path / "worker.log", "w")
@@ -191,7 +191,7 @@ def test_s3_outage_mid_run_fails_clearly_and_next_run_completes(prefect_api, kit
             s3_server.stop()  # the S3 server goes away after the first shard is written
         return out
 
-    monkeypatch.setattr(pipeline, "mine_shard", shard_then_outage)
+    monkeypatch.setattr(mining, "mine_shard", shard_then_outage)
     state = mine_flow_module.mine(budget=25, frames_per_shard=300, return_state=True)
     assert state.is_failed()
     message = str(state.message) + repr(state.data) if state.data is not None else str(state.message)
@@ -202,7 +202,7 @@ def test_s3_outage_mid_run_fails_clearly_and_next_run_completes(prefect_api, kit
     assert s3_server.endpoint_url.split("//")[1] in message or "127.0.0.1" in message, message
 
     s3_server.start()
-    monkeypatch.setattr(pipeline, "mine_shard", real)
+    monkeypatch.setattr(mining, "mine_shard", real)
     summary = mine_flow_module.mine(budget=25, frames_per_shard=300)
     assert summary.frames == 1479 and summary.selected == 25
     ranked = table_from_bytes(kitti_in_s3.get_bytes(summary.ranked_key))
