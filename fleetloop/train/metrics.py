@@ -171,16 +171,13 @@ def _flatten_gt(frames: pa.Table) -> _Gt:
 def _detections(frames: pa.Table, predictions: pa.Table) -> list[dict[str, Any]]:
     """Predictions as COCO result dicts, dropping unknown frames and classes."""
     keys = _frame_keys(frames)
-    cols = {name: predictions.column(name).to_pylist() for name in PREDICTIONS_SCHEMA.names}
+    cols = [predictions.column(name).to_pylist() for name in ("log_id", "frame", "cls", "score", "x1", "y1", "x2", "y2")]
     out: list[dict[str, Any]] = []
-    for i in range(predictions.num_rows):
-        img = keys.get((str(cols["log_id"][i]), int(cols["frame"][i])))
-        cid = _CAT_ID.get(cols["cls"][i])
-        if img is None or cid is None:
-            continue
-        x1, y1, x2, y2 = (float(cols[k][i]) for k in ("x1", "y1", "x2", "y2"))
-        out.append({"image_id": img, "category_id": cid, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                    "score": float(cols["score"][i])})
+    for log, num, cls, score, x1, y1, x2, y2 in zip(*cols, strict=True):
+        img = keys.get((str(log), int(num)))
+        cid = _CAT_ID.get(cls)
+        if img is not None and cid is not None:
+            out.append({"image_id": img, "category_id": cid, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     return out
 
 
@@ -208,7 +205,7 @@ def _coco_dt(coco_gt: Any, dets: list[dict[str, Any]]) -> Any:
     from pycocotools.coco import COCO
 
     if dets:
-        return coco_gt.loadRes(copy.deepcopy(dets))
+        return coco_gt.loadRes([dict(d) for d in dets])  # loadRes adds keys to each dict, not to bbox
     empty = COCO()  # loadRes cannot take an empty list
     empty.dataset = {"images": list(coco_gt.dataset["images"]),
                      "categories": list(coco_gt.dataset["categories"]), "annotations": []}

@@ -85,7 +85,7 @@ PARAMS = TrainParams(epochs=4, batch_size=16, warmup_steps=10, lr=5e-3, seed=0, 
 @pytest.fixture(scope="module")
 def model_dir(data_dir, tmp_path_factory) -> tuple[Path, train_mod.TrainReport]:
     out = tmp_path_factory.mktemp("model")
-    report = train_mod.train(data_dir, out, params=PARAMS, max_seconds=25)
+    report = train_mod.train(data_dir, out, params=PARAMS, max_seconds=40)
     return out, report
 
 

@@ -14,8 +14,9 @@ size, training figures), ``MODEL_DIR/model.onnx`` and, with a validation split,
 
 Training: AdamW with a linear warm-up and cosine decay, CenterNet's penalty-reduced focal loss
 on the heatmap plus L1 on log box size and centre offset at object centres, random horizontal
-flips. Seeds fix the initialisation and the batch order; ``--max-seconds`` stops after the epoch
-that crosses the budget (the model is still written).
+flips. Seeds fix the initialisation and the batch order; ``--max-seconds`` stops training at the
+first batch that would start after the budget (at least one batch runs; the model is still
+written, and the learning-rate schedule is the one planned for all epochs).
 """
 
 from __future__ import annotations
@@ -174,7 +175,11 @@ def fit(split: Split, params: TrainParams, log: Callable[[str], None] | None = N
     for epoch in range(params.epochs):
         order = rng.permutation(n)
         sums = np.zeros(4)
+        steps = 0
         for b in range(steps_per_epoch):
+            if params.max_seconds is not None and step > 0 and time.perf_counter() - start >= params.max_seconds:
+                stopped = True
+                break
             x, t = _batch(split, order[b * params.batch_size:(b + 1) * params.batch_size], rng,
                           len(net.config.classes), params.flip)
             for group in opt.param_groups:
@@ -185,16 +190,17 @@ def fit(split: Split, params: TrainParams, log: Callable[[str], None] | None = N
             opt.step()
             sums += (float(loss.detach()), *parts)
             step += 1
-        mean = sums / steps_per_epoch
-        losses.append(float(mean[0]))
-        elapsed = time.perf_counter() - start
-        if log:
-            log(f"epoch {epoch + 1}/{params.epochs} loss {mean[0]:.4f} (heat {mean[1]:.4f} size {mean[2]:.4f} "
-                f"offset {mean[3]:.4f}) elapsed {elapsed:.1f}s")
-        if params.max_seconds is not None and elapsed >= params.max_seconds and epoch + 1 < params.epochs:
-            stopped = True
+            steps += 1
+        if steps:
+            mean = sums / steps
+            losses.append(float(mean[0]))
             if log:
-                log(f"stopping after epoch {epoch + 1}: time budget of {params.max_seconds:g}s used")
+                partial = f" ({steps}/{steps_per_epoch} steps)" if steps < steps_per_epoch else ""
+                log(f"epoch {epoch + 1}/{params.epochs}{partial} loss {mean[0]:.4f} (heat {mean[1]:.4f} "
+                    f"size {mean[2]:.4f} offset {mean[3]:.4f}) elapsed {time.perf_counter() - start:.1f}s")
+        if stopped:
+            if log:
+                log(f"stopped in epoch {epoch + 1}: the time budget of {params.max_seconds:g}s is used")
             break
     net.eval()
     return net, losses, time.perf_counter() - start, stopped
