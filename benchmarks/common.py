@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fleetloop.schema import DriveLogs  # noqa: E402
+from fleetloop.schema import DriveLogs
 
 KITTI = Path(os.environ.get("FLEETLOOP_KITTI_ROOT", ROOT.parent / "shared" / "data" / "kitti-tracking"))
 

@@ -32,10 +32,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.kitti_truth import kitti_truth_errors  # noqa: E402
-from fleetloop.mine.mining import mine, rank  # noqa: E402
-from fleetloop.mine.params import MiningParams  # noqa: E402
-from fleetloop.ingest.importers import load_logs  # noqa: E402
+from benchmarks.kitti_truth import kitti_truth_errors
+from fleetloop.ingest.importers import load_logs
+from fleetloop.mine.mining import mine, rank
+from fleetloop.mine.params import MiningParams
 
 PCTS = (0.01, 0.05, 0.10, 0.20)
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti-tracking"
@@ -56,7 +56,7 @@ def metrics(order: np.ndarray, errors: np.ndarray, cost: np.ndarray, pcts=PCTS) 
     per_cost = e.sum() / c.sum()
     cum_cost = np.cumsum(c)
     for p in pcts:
-        k = max(1, int(round(p * n)))
+        k = max(1, round(p * n))
         sel = e[:k]
         kc = max(1, int(np.searchsorted(cum_cost, p * cum_cost[-1], side="right")))
         tag = f"{round(p * 100):d}%"
@@ -126,7 +126,7 @@ def evaluate(root: Path, camera_tracker: str, truth: str, params: MiningParams, 
     oracle_cost = metrics(order_from_key(errors / cost), errors, cost)
     rows["oracle"] = {k: (oracle_cost[k] if k.startswith("cost-lift") else oracle[k]) for k in oracle}
     return {
-        "camera_tracker": camera_tracker, "truth": truth, "frames": int(len(tf)),
+        "camera_tracker": camera_tracker, "truth": truth, "frames": len(tf),
         "errors": {k: int(tf[k].sum()) for k in ("lidar_miss", "lidar_fa", "camera_miss", "camera_fa", "errors")},
         "cost": int(cost.sum()), "mine_seconds": round(mine_s, 3), "skipped": result.skipped, "rankers": rows,
     }

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import KITTI  # noqa: E402
+from common import KITTI
 
 
 def _rss_mb() -> float:
@@ -168,8 +168,8 @@ def _agreement(ours: Path, naive: Path) -> dict:
     b = pd.read_csv(naive, dtype={"log_id": str})
     m = a.merge(b, on=["log_id", "frame"], suffixes=("", "_naive"))
     k = max(1, len(m) // 10)
-    top_a = set(zip(a.log_id[:k], a.frame[:k]))
-    top_b = set(zip(b.log_id[:k], b.frame[:k]))
+    top_a = set(zip(a.log_id[:k], a.frame[:k], strict=False))
+    top_b = set(zip(b.log_id[:k], b.frame[:k], strict=False))
     return {"expected_errors_corr": round(float(np.corrcoef(m.expected_errors, m.expected_errors_naive)[0, 1]), 4),
             "top10pct_overlap": round(len(top_a & top_b) / k, 3)}
 

@@ -25,7 +25,7 @@ from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleetloop.mine.params import MiningParams  # noqa: E402
+from fleetloop.mine.params import MiningParams
 
 SL = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
 SW = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
@@ -36,7 +36,7 @@ def project(det: np.ndarray, M: np.ndarray, W: float, H: float):
     """det (n, 7) -> boxes (n, 4), depth (n,), visible (n,)."""
     if len(det) == 0:
         return np.zeros((0, 4)), np.zeros(0), np.zeros(0)
-    x, y, z, l, w, h, yaw = det.T
+    x, y, z, l, w, h, yaw = det.T  # noqa: E741
     c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
     dx, dy = l[:, None] * SL, w[:, None] * SW
     pts = np.stack([x[:, None] + c * dx - s * dy, y[:, None] + s * dx + c * dy, z[:, None] + h[:, None] * SH,
@@ -70,7 +70,7 @@ def match(sim: np.ndarray, ok: np.ndarray) -> dict[int, int]:
         return {}
     cost = np.where(ok, -(sim + 1000.0), 0.0)
     r, c = linear_sum_assignment(cost)
-    return {int(i): int(j) for i, j in zip(r, c) if ok[i, j]}
+    return {int(i): int(j) for i, j in zip(r, c, strict=False) if ok[i, j]}
 
 
 def size_factor(h: float, p: MiningParams) -> float:
@@ -118,7 +118,7 @@ def naive_mine(logs, params: MiningParams | None = None) -> pd.DataFrame:
             arr = d[["x", "y", "z", "l", "w", "h", "yaw"]].to_numpy(np.float64)
             proj[f] = (d, *project(arr, M, W, H))
 
-        def flag(f, key, s):
+        def flag(f, key, s, obj_q=obj_q):
             obj_q[(f, key)] *= 1.0 - s
 
         for f in fr.frame:
@@ -167,7 +167,7 @@ def naive_mine(logs, params: MiningParams | None = None) -> pd.DataFrame:
         nxt: dict[tuple, int] = {}
         prv: dict[tuple, int] = {}
 
-        def bev(f0, f1, rows0, rows1, gate):
+        def bev(f0, f1, rows0, rows1, gate, proj=proj):
             d0, d1 = proj[f0][0], proj[f1][0]
             a = d0[["x", "y"]].to_numpy()[rows0]
             b = d1[["x", "y"]].to_numpy()[rows1]
@@ -241,7 +241,7 @@ def naive_mine(logs, params: MiningParams | None = None) -> pd.DataFrame:
             if not bs:
                 continue
             io = iou(np.array([e[1] for e in es]), np.array([b[1] for b in bs]))
-            for i, j in match(io, io >= p.temporal_iou).items():
+            for j in match(io, io >= p.temporal_iou).values():
                 flag(f + 1, ("t", bs[j][0], f + 1), sev.id_switch)
         # frame scores
         expected = defaultdict(float)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -34,31 +34,31 @@ def register(app: typer.Typer) -> None:
 
     @mine_app.command("rank")
     def mine(
-        path: Annotated[Optional[Path], typer.Argument(help="Directory of logs (KITTI tracking layout or fleetloop "
+        path: Annotated[Path | None, typer.Argument(help="Directory of logs (KITTI tracking layout or fleetloop "
                                                              "parquet layout); omit with --from-store.")] = None,
         format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
         out: Annotated[Path, typer.Option("--out", "-o", help="ranked.csv or ranked.parquet")] = Path("ranked.csv"),
-        budget: Annotated[Optional[int], typer.Option("--budget", "-b", min=1,
+        budget: Annotated[int | None, typer.Option("--budget", "-b", min=1,
                           help="Write only this many frames, selected with diversity; without it every frame, ranked.")] = None,
-        budget_cost: Annotated[Optional[float], typer.Option("--budget-cost", min=1,
+        budget_cost: Annotated[float | None, typer.Option("--budget-cost", min=1,
                                help="Select by expected errors per unit of labelling cost (1 + estimated objects) "
                                     "until this much cost is spent.")] = None,
-        camera_tracker: Annotated[Optional[str], typer.Option(help="The camera stream whose errors count (e.g. "
+        camera_tracker: Annotated[str | None, typer.Option(help="The camera stream whose errors count (e.g. "
                                   "yolox_sort, ciwt); every other camera stream is evidence.")] = None,
-        lidar_detector: Annotated[Optional[str], typer.Option(help="KITTI layout: lidar detector to read (e.g. pointrcnn).")] = None,
-        params: Annotated[Optional[Path], typer.Option("--params", help="MiningParams as JSON (thresholds, severities, ...).")] = None,
-        log: Annotated[list[str], typer.Option("--log", help="Only these log ids (repeatable).")] = [],
+        lidar_detector: Annotated[str | None, typer.Option(help="KITTI layout: lidar detector to read (e.g. pointrcnn).")] = None,
+        params: Annotated[Path | None, typer.Option("--params", help="MiningParams as JSON (thresholds, severities, ...).")] = None,
+        log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
         validate: Annotated[bool, typer.Option(help="Validate every table with Great Expectations first.")] = True,
         shard_logs: Annotated[int, typer.Option(min=1, help="Logs per shard (memory holds one shard).")] = 64,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
         from_store: Annotated[bool, typer.Option("--from-store", help="Mine logs in the configured store (with the "
                               "query options below) instead of PATH.")] = False,
-        since: Annotated[Optional[datetime], typer.Option(help="--from-store: arrived at or after (UTC).")] = None,
-        until: Annotated[Optional[datetime], typer.Option(help="--from-store: arrived before (UTC).")] = None,
-        drive_since: Annotated[Optional[datetime], typer.Option(help="--from-store: driven at or after (UTC).")] = None,
-        drive_until: Annotated[Optional[datetime], typer.Option(help="--from-store: driven before (UTC).")] = None,
-        vehicle: Annotated[Optional[str], typer.Option(help="--from-store: only this vehicle's logs.")] = None,
-        tag: Annotated[list[str], typer.Option("--tag", help="--from-store: name=value, e.g. weather=rain (repeatable).")] = [],
+        since: Annotated[datetime | None, typer.Option(help="--from-store: arrived at or after (UTC).")] = None,
+        until: Annotated[datetime | None, typer.Option(help="--from-store: arrived before (UTC).")] = None,
+        drive_since: Annotated[datetime | None, typer.Option(help="--from-store: driven at or after (UTC).")] = None,
+        drive_until: Annotated[datetime | None, typer.Option(help="--from-store: driven before (UTC).")] = None,
+        vehicle: Annotated[str | None, typer.Option(help="--from-store: only this vehicle's logs.")] = None,
+        tag: Annotated[list[str] | None, typer.Option("--tag", help="--from-store: name=value, e.g. weather=rain (repeatable).")] = None,
     ) -> None:
         """Run the sanity checks over every frame and write the frames ranked by priority
         (columns log_id, frame, score, reasons, ...; higher score = label first)."""
@@ -70,6 +70,10 @@ def register(app: typer.Typer) -> None:
         from fleetloop.mine.params import MiningParams
         from fleetloop.perception.batch import MiningInputError
 
+        if tag is None:
+            tag = []
+        if log is None:
+            log = []
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
         if budget is not None and budget_cost is not None:
@@ -101,7 +105,7 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, description=stage, completed=done, total=total)
 
             try:
-                table, report = mine_files(path, format, out, budget=budget, budget_cost=budget_cost, params=mp, validate=validate,
+                _table, report = mine_files(path, format, out, budget=budget, budget_cost=budget_cost, params=mp, validate=validate,
                                            shard_logs=shard_logs, log_ids=log or None, importer_options=options,
                                            progress=progress)
             except (LogFormatError, MiningInputError, MiningOutputError, FileNotFoundError) as exc:
@@ -124,8 +128,8 @@ def register(app: typer.Typer) -> None:
         path: Annotated[Path, typer.Argument(help="Directory of labelled logs (KITTI tracking layout with label_02/).")],
         params_file: Annotated[Path, typer.Option("--params-file", help="params.yaml whose mine: section gets the "
                                                   "fitted severities (created if missing).")] = Path("params.yaml"),
-        camera_tracker: Annotated[Optional[str], typer.Option(help="The camera stream whose errors count.")] = None,
-        log: Annotated[list[str], typer.Option("--log", help="Fit on these log ids only (repeatable).")] = [],
+        camera_tracker: Annotated[str | None, typer.Option(help="The camera stream whose errors count.")] = None,
+        log: Annotated[list[str] | None, typer.Option("--log", help="Fit on these log ids only (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table, write nothing.")] = False,
     ) -> None:
         """Fit each flag's severity per class from labelled frames (how often it marked a real
@@ -137,6 +141,8 @@ def register(app: typer.Typer) -> None:
         from fleetloop.mine.calibrate import calibrate, kitti_labels
         from fleetloop.params import LoopParams, ParamsError, dump_params, load_params
 
+        if log is None:
+            log = []
         try:
             loop = load_params(params_file) if params_file.exists() else LoopParams()
             mp = loop.mine

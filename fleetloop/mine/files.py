@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from fleetloop.mine.mining import FRAMES_SCHEMA, compact_frames, expand_frames, mine, rank, select, select_cost
+from fleetloop.mine.mining import compact_frames, expand_frames, mine, rank, select, select_cost
 from fleetloop.mine.params import MiningParams
+from fleetloop.perception.batch import MiningInputError
 from fleetloop.schema import DriveLogs
 
 FIRST_COLUMNS = ["log_id", "frame", "score", "reasons", "rank"]
@@ -190,8 +191,13 @@ def mine_files(
         done += len(ids)
         if progress:
             progress("mined", done, len(available))
+    if not frames:  # every log quarantined: an error, never an empty ranking written over --out
+        why = "; ".join(f"{k}: {v}" for k, v in list(report.quarantined.items())[:3])
+        raise MiningInputError(f"no logs to mine: all {len(available)} logs were quarantined"
+                               + (f" ({why}{'; ...' if len(report.quarantined) > 3 else ''})" if why else ""),
+                               quarantined=dict(report.quarantined))
     t0 = time.perf_counter()
-    all_frames = pa.concat_tables(frames) if frames else FRAMES_SCHEMA.empty_table()
+    all_frames = pa.concat_tables(frames)
     report.frames = all_frames.num_rows
     if budget_cost is not None:
         table = select_cost(all_frames, budget_cost, params).drop_columns(["selected_score"])

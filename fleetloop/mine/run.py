@@ -166,7 +166,7 @@ def frames_to_csv(frames: pa.Table) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(cols)
-    w.writerows(zip(*(frames.column(c).to_pylist() for c in cols)))
+    w.writerows(zip(*(frames.column(c).to_pylist() for c in cols), strict=False))
     return buf.getvalue().encode()
 
 

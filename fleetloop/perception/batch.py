@@ -22,7 +22,12 @@ OTHER_CLASS = len(CLASSES)
 
 
 class MiningInputError(ValueError):
-    """The logs handed to the miner are inconsistent (says which table and what)."""
+    """The logs handed to the miner are inconsistent (says which table and what), or none is
+    left to mine (``quarantined``: log id -> why, when every log was quarantined)."""
+
+    def __init__(self, message: str, *, quarantined: dict[str, str] | None = None):
+        super().__init__(message)
+        self.quarantined = dict(quarantined or {})
 
 
 @dataclass

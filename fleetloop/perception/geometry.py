@@ -37,14 +37,14 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     sl = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * 0.5
     sw = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * 0.5
     sh = np.array([-1, -1, -1, -1, 1, 1, 1, 1]) * 0.5
-    x, y, z, l, w, h, yaw = (boxes[:, i : i + 1] for i in range(7))
+    x, y, z, l, w, h, yaw = (boxes[:, i : i + 1] for i in range(7))  # noqa: E741
     c, s = np.cos(yaw), np.sin(yaw)
     dx, dy = l * sl, w * sw
     return np.stack([x + c * dx - s * dy, y + s * dx + c * dy, z + h * sh], axis=-1)
 
 
 @njit(cache=True, nogil=True)
-def _project_kernel(x, y, z, l, w, h, yaw, log_idx, M, width, height, out, depth, visible):
+def _project_kernel(x, y, z, l, w, h, yaw, log_idx, M, width, height, out, depth, visible):  # noqa: E741
     sl = np.array([1.0, 1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0]) * 0.5
     sw = np.array([1.0, -1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0]) * 0.5
     sh = np.array([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]) * 0.5
@@ -126,7 +126,7 @@ def project_boxes(
     return out, depth, visible
 
 
-def project_columns(x, y, z, l, w, h, yaw, log_idx, M, width, height) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def project_columns(x, y, z, l, w, h, yaw, log_idx, M, width, height) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: E741
     """:func:`project_boxes` on separate column arrays (no (N, 7) copy); float32 in, float32 out."""
     n = x.shape[0]
     out = np.empty((n, 4), np.float32)

@@ -86,7 +86,7 @@ def test_assignment_hand_case():
 
 def test_assignment_rectangular_and_against_scipy():
     rows, cols = linear_assignment(np.array([[1.0, 5.0], [2.0, 1.0], [0.5, 3.0]]))
-    assert sorted(zip(rows.tolist(), cols.tolist())) == [(1, 1), (2, 0)]
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=False)) == [(1, 1), (2, 0)]
     rng = np.random.default_rng(7)
     for _ in range(200):
         n, m = rng.integers(1, 9, 2)
@@ -140,9 +140,9 @@ def test_projection_matches_pointrcnn_2d_boxes_on_kitti(kitti_root):
     """The PointRCNN files carry the P2 projection of each 3D box: ours must agree."""
     import pandas as pd
 
-    from fleetloop.perception.batch import build_batch
-    from fleetloop.mine.lidar_camera import lidar_geometry
     from fleetloop.ingest.importers import load_logs
+    from fleetloop.mine.lidar_camera import lidar_geometry
+    from fleetloop.perception.batch import build_batch
 
     logs = load_logs(kitti_root, "kitti-tracking", ["0006"])
     geo = lidar_geometry(build_batch(logs))

@@ -29,7 +29,7 @@ def _project_corners(box: np.ndarray, P: np.ndarray, l2c: np.ndarray) -> tuple[n
     """(N, 7) lidar boxes (x, y, z, l, w, h, yaw) -> (N, 4) unclipped pixel boxes and the
     smallest corner depth. Written here from the definitions in docs/schema.md, independently
     of the importer and of fleetloop.perception.geometry."""
-    x, y, z, l, w, h, yaw = (box[:, i : i + 1] for i in range(7))
+    x, y, z, l, w, h, yaw = (box[:, i : i + 1] for i in range(7))  # noqa: E741
     sl = np.array([1, 1, 1, 1, -1, -1, -1, -1]) / 2
     sw = np.array([1, 1, -1, -1, 1, 1, -1, -1]) / 2
     sh = np.array([1, -1, 1, -1, 1, -1, 1, -1]) / 2
@@ -39,7 +39,7 @@ def _project_corners(box: np.ndarray, P: np.ndarray, l2c: np.ndarray) -> tuple[n
     cz = z + h * sh
     pts = np.stack([cx, cy, cz, np.ones_like(cx)], axis=-1)  # (N, 8, 4)
     cam = pts @ l2c.T  # (N, 8, 3)
-    pix = np.concatenate([cam, np.ones(cam.shape[:2] + (1,))], axis=-1) @ P.T
+    pix = np.concatenate([cam, np.ones((*cam.shape[:2], 1))], axis=-1) @ P.T
     u, v = pix[..., 0] / pix[..., 2], pix[..., 1] / pix[..., 2]
     return np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], axis=1), cam[..., 2].min(1)
 
@@ -128,7 +128,7 @@ def test_kitti_frames_aligned_and_classes_mapped(kitti_root: Path, kitti_logs: D
     assert lid["cls"].to_pylist() == [POINTRCNN_CLASSES[int(r[1])] for r in raw]
     np.testing.assert_allclose(lid["score"].to_numpy(), 1 / (1 + np.exp(-np.array([float(r[6]) for r in raw]))), rtol=1e-6)
     # CIWT carries confidences (c / (c + 1)); YOLOX-SORT none
-    assert 0 < pc.min(kitti_logs.tracks["score"]).as_py() and pc.max(kitti_logs.tracks["score"]).as_py() < 1
+    assert pc.min(kitti_logs.tracks["score"]).as_py() > 0 and pc.max(kitti_logs.tracks["score"]).as_py() < 1
     yolox = load_logs(kitti_root, "kitti-tracking", camera_tracker="yolox_sort")
     assert yolox.tracks.num_rows > 0 and yolox.tracks["score"].null_count == yolox.tracks.num_rows
 
@@ -292,9 +292,55 @@ def test_corrupt_tracker_line_names_file_line_field(tiny_kitti: Path, line_no, r
 
 
 def test_missing_calibration_file(tiny_kitti: Path) -> None:
+    """Outputs without their calibration: the sequence is listed and fails naming the file."""
     (tiny_kitti / "lidar_det" / "pointrcnn" / "0002.txt").write_text(POINTRCNN_TEXT)
-    with pytest.raises(LogFormatError, match=r"no calibration for logs \['0002'\]"):
+    assert "0002" in get_importer("kitti-tracking").list_logs(tiny_kitti)
+    with pytest.raises(LogFormatError, match="calibration file is missing") as info:
         load_logs(tiny_kitti, "kitti-tracking", ["0000", "0002"])
+    assert info.value.path == str(tiny_kitti / "calib" / "0002.txt")
+
+
+def test_a_bad_seqmap_line_fails_only_the_sequence_it_names(tiny_kitti: Path) -> None:
+    (tiny_kitti / "seqmap.txt").write_text("0000 empty 000000 000005\n0001 empty 000000 four\n")
+    assert load_logs(tiny_kitti, "kitti-tracking", ["0000"]).log_ids == ["0000"]
+    with pytest.raises(LogFormatError, match="not a whole number") as info:
+        load_logs(tiny_kitti, "kitti-tracking", ["0001"])
+    assert (info.value.path, info.value.line, info.value.field) == (str(tiny_kitti / "seqmap.txt"), 2, "n_frames")
+    result = load_logs_isolated(tiny_kitti, "kitti-tracking")
+    assert result.logs.log_ids == ["0000"] and list(result.errors) == ["0001"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "message"),
+    [
+        ("0000 empty 000000 000005\n0001 empty 000000 000004\n0001 empty 000000 000009\n", 3, "second line for sequence"),
+        ("0000 empty 000000 000005\n0001 empty 000000\n", 2, "found 3 fields"),
+        ("0000 empty 000000 000005\n0001 empty 000000 000004\n0001 empty 000000 9999999999\n", 3, "beyond the bound"),
+    ],
+)
+def test_seqmap_errors_name_the_line_and_stay_with_their_sequence(tiny_kitti: Path, text: str, line: int,
+                                                                  message: str) -> None:
+    (tiny_kitti / "seqmap.txt").write_text(text)
+    result = load_logs_isolated(tiny_kitti, "kitti-tracking")
+    assert result.logs.log_ids == ["0000"] and list(result.errors) == ["0001"]
+    err = result.errors["0001"]
+    assert (err.path, err.line) == (str(tiny_kitti / "seqmap.txt"), line) and message in str(err)
+
+
+def test_a_seqmap_line_naming_no_sequence_is_an_error_for_every_sequence(tiny_kitti: Path) -> None:
+    (tiny_kitti / "seqmap.txt").write_text("0000 empty 000000 000005\n0001 empty 000000 000004\nzz9 empty 0 x\n")
+    result = load_logs_isolated(tiny_kitti, "kitti-tracking")
+    assert sorted(result.errors) == ["0000", "0001"]
+    assert all(e.line == 3 and "concerns every sequence" in str(e) for e in result.errors.values())
+
+
+def test_a_looping_link_in_place_of_a_stream_fails_the_log(tiny_kitti: Path) -> None:
+    path = tiny_kitti / "camera_trk" / "ciwt" / "0001.txt"
+    path.unlink()
+    path.symlink_to(path.name)
+    result = load_logs_isolated(tiny_kitti, "kitti-tracking")
+    assert result.logs.log_ids == ["0000"] and list(result.errors) == ["0001"]
+    assert result.errors["0001"].path == str(path)
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from fleetloop.perception.batch import MiningInputError
-from fleetloop.perception.geometry import project_boxes, projection_matrix
 from fleetloop.mine.mining import FLAGS_SCHEMA, FRAMES_SCHEMA, mine, rank, select
 from fleetloop.mine.params import MiningParams
-from fleetloop.sim.sample import HEIGHT, LIDAR_TO_CAM, P2, WIDTH, generate_sample
+from fleetloop.perception.batch import MiningInputError
+from fleetloop.perception.geometry import project_boxes, projection_matrix
 from fleetloop.schema import CALIBRATION, CAMERA_DETECTIONS, FRAMES, LIDAR_DETECTIONS, TRACKS, DriveLogs
+from fleetloop.sim.sample import HEIGHT, LIDAR_TO_CAM, P2, WIDTH, generate_sample
 
 CAR = (4.2, 1.7, 1.5)
 PED = (0.8, 0.6, 1.75)
@@ -19,7 +19,7 @@ PED = (0.8, 0.6, 1.75)
 
 def image_box(x: float, y: float, dims=CAR) -> list[float]:
     """The camera box that exactly matches a lidar box at (x, y)."""
-    l, w, h = dims
+    l, w, h = dims  # noqa: E741
     box, _, _ = project_boxes([[x, y, -1.73 + h / 2, l, w, h, 0.0]], projection_matrix(P2, LIDAR_TO_CAM)[None],
                               [WIDTH], [HEIGHT])
     return box[0].tolist()
@@ -68,7 +68,7 @@ def make_logs(n_frames: int = 3, lidar=(), camera=(), tracks=(), log_id: str = "
 
 def flags_of(result, reason: str) -> list[tuple[int, list[str], float]]:
     t = result.flags.to_pydict()
-    return [(f, o, s) for f, r, o, s in zip(t["frame"], t["reason"], t["objects"], t["severity"]) if r == reason]
+    return [(f, o, s) for f, r, o, s in zip(t["frame"], t["reason"], t["objects"], t["severity"], strict=False) if r == reason]
 
 
 BOX = image_box(15.0, 0.0)
@@ -197,7 +197,7 @@ def test_missing_calibration_of_one_log_skips_only_that_log():
                   calibrated=False)
     res = mine(DriveLogs.concat([a, b]))
     assert any("no usable calibration for logs ['B']" in s for s in res.skipped)
-    logs_flagged = {r for r, reason in zip(res.flags.column("log_id").to_pylist(), res.flags.column("reason").to_pylist())
+    logs_flagged = {r for r, reason in zip(res.flags.column("log_id").to_pylist(), res.flags.column("reason").to_pylist(), strict=False)
                     if reason == "lidar_only"}
     assert logs_flagged == {"A"}
 
@@ -208,7 +208,7 @@ def test_nan_and_unknown_frames_are_clear_errors():
     with pytest.raises(MiningInputError, match=r"lidar_detections: column 'x' is not a finite number .* row 0 \(log 'L1', frame 0\)"):
         mine(DriveLogs(**{**logs.tables(), "lidar_detections": bad}))
     ghost = logs.lidar_detections.set_column(1, "frame", pa.array([7], pa.int32()))
-    with pytest.raises(MiningInputError, match="frame 7.*not in the frames table"):
+    with pytest.raises(MiningInputError, match=r"frame 7.*not in the frames table"):
         mine(DriveLogs(**{**logs.tables(), "lidar_detections": ghost}))
     with pytest.raises(MiningInputError, match="no frames"):
         mine(DriveLogs.empty())
@@ -244,7 +244,7 @@ def test_rank_and_select_with_diversity():
     s = ranked.column("score").to_numpy()
     assert np.all(s[:-1] >= s[1:]) and ranked.num_rows == frames.num_rows
     # a run of identical consecutive frames must not eat the budget
-    run = pa.table({"log_id": ["A"] * 10 + ["B"], "frame": pa.array(list(range(10)) + [0], pa.int32()),
+    run = pa.table({"log_id": ["A"] * 10 + ["B"], "frame": pa.array([*list(range(10)), 0], pa.int32()),
                     "score": [5.0] * 10 + [4.0]})
     params = MiningParams(diversity_window=2, diversity_similarity=0.5)
     picked = select(run, 3, params).to_pydict()
@@ -270,8 +270,8 @@ def test_slice_boost_prefers_drifted_slices():
 def test_generated_sample_ranks_injected_errors_first():
     logs, injected = generate_sample(n_logs=3, n_frames=150, seed=0)
     ranked = rank(mine(logs).frames).to_pydict()
-    bad = set(zip(injected.column("log_id").to_pylist(), injected.column("frame").to_pylist()))
-    hit = [(lg, f) in bad for lg, f in zip(ranked["log_id"], ranked["frame"])]
+    bad = set(zip(injected.column("log_id").to_pylist(), injected.column("frame").to_pylist(), strict=False))
+    hit = [(lg, f) in bad for lg, f in zip(ranked["log_id"], ranked["frame"], strict=False)]
     top = hit[: len(hit) // 10]
     assert np.mean(top) >= 0.9 > np.mean(hit)
 

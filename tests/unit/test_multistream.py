@@ -76,7 +76,7 @@ def test_calibration_recovers_known_flag_precision():
             labels.append({"log_id": f"L{k}", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), BOX, strict=True))})
     logs = DriveLogs.concat(parts)
     res = calibrate(logs, pa.Table.from_pylist(labels), MiningParams())
-    row = [r for r in res.table.to_pylist() if r["reason"] == "lidar_only"][0]
+    row = next(r for r in res.table.to_pylist() if r["reason"] == "lidar_only")
     assert (row["flagged"], row["class"], row["errors"]) == (10, "car", 3)
     fitted = res.params.calibration.fitted["lidar_only"]["car"]
     assert (fitted.flagged, fitted.errors) == (10, 3)

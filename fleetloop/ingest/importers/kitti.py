@@ -20,6 +20,7 @@ bad line and field. Frame indices are 64-bit while parsed and bounded by :data:`
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,11 +423,25 @@ class KittiTrackingImporter:
         self.max_frames = max_frames
 
     def list_logs(self, root: Path) -> list[str]:
+        """Every sequence with a calibration file or an output file of any source: a sequence
+        whose outputs lack their calibration is listed (and fails to load, naming the missing
+        file), never silently left out."""
         root = Path(root)
         calib = root / "calib"
         if not calib.is_dir():
             raise LogFormatError(root, "not a KITTI tracking layout: no calib/ directory")
-        return sorted(p.stem for p in calib.glob("*.txt"))
+        names = {p.stem for p in calib.glob("*.txt")}
+        for kind in ("lidar_det", "camera_trk", "camera_det"):
+            base = root / kind
+            if base.is_dir():
+                for src in base.iterdir():
+                    if src.is_dir():
+                        names.update(p.stem for p in src.glob("*.txt"))
+        return sorted(names)
+
+    def log_location(self, root: Path, log_id: str) -> Path:
+        """The file that anchors a sequence: its calibration."""
+        return Path(root) / "calib" / f"{log_id}.txt"
 
     @staticmethod
     def _sources(root: Path, kind: str, chosen: str | None, every: bool = False) -> list[Path]:
@@ -444,22 +459,50 @@ class KittiTrackingImporter:
             return []
         return [base / n for n in names] if every else [base / names[0]]
 
-    def _seqmap(self, root: Path) -> dict[str, int]:
+    def _seqmap(self, root: Path) -> tuple[dict[str, int], dict[str, LogFormatError], LogFormatError | None]:
+        """``seqmap.txt`` line by line: (frames per sequence, the error of each sequence whose
+        line is bad, an error concerning every sequence). A bad line quarantines only the
+        sequence it names (its first field); a line that names no sequence of this layout (or
+        names none at all) cannot be attributed, and concerns every sequence (the error names
+        the file and the line). Two lines for one sequence are an error of that sequence."""
         path = root / "seqmap.txt"
         out: dict[str, int] = {}
-        if path.exists():
-            for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 4 or not parts[3].isdigit():
-                    raise LogFormatError(path, "expected '<seq> empty <start> <n_frames>'", line=lineno, field="n_frames")
-                n = int(parts[3])
-                if n > self.max_frames:
-                    raise LogFormatError(path, f"{n:,} frames is beyond the bound of {self.max_frames:,} frames per log",
-                                         line=lineno, field="n_frames")
-                out[parts[0]] = n
-        return out
+        bad: dict[str, LogFormatError] = {}
+        everyone: LogFormatError | None = None
+        if not os.path.lexists(path):
+            return out, bad, None
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return out, bad, LogFormatError(path, f"cannot read: {exc.strerror or exc}")
+        known = set(self.list_logs(root))
+        first_line: dict[str, int] = {}
+        for lineno, line in enumerate(text.splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            seq = parts[0]
+            err = None
+            if len(parts) != 4:
+                err = LogFormatError(path, f"expected '<seq> empty <start> <n_frames>', found {len(parts)} fields",
+                                     line=lineno, field="n_frames" if len(parts) < 4 else None)
+            elif not parts[3].isdigit():
+                err = LogFormatError(path, f"n_frames is not a whole number: {parts[3]!r}", line=lineno, field="n_frames")
+            elif int(parts[3]) > self.max_frames:
+                err = LogFormatError(path, f"{int(parts[3]):,} frames is beyond the bound of {self.max_frames:,} frames "
+                                     "per log", line=lineno, field="n_frames")
+            elif seq in first_line:
+                err = LogFormatError(path, f"second line for sequence {seq!r} (first on line {first_line[seq]})",
+                                     line=lineno, field="seq")
+            if err is None:
+                first_line[seq] = lineno
+                out[seq] = int(parts[3])
+            elif seq in known:
+                bad.setdefault(seq, err)
+            elif everyone is None:
+                everyone = LogFormatError(path, f"{err.reason} (the line names no sequence of this layout, so it "
+                                          "concerns every sequence)", line=lineno, field=err.field)
+        return out, bad, everyone
 
     def load(self, root: Path, log_ids: list[str] | None = None) -> DriveLogs:
         root = Path(root)
@@ -467,11 +510,16 @@ class KittiTrackingImporter:
         log_ids = available if log_ids is None else list(dict.fromkeys(log_ids))
         missing = sorted(set(log_ids) - set(available))
         if missing:
-            raise LogFormatError(root / "calib", f"no calibration for logs {missing}")
+            raise LogFormatError(root / "calib", f"no files for logs {missing}")
         lidar_dir = next(iter(self._sources(root, "lidar_det", self.lidar_detector)), None)
         trk_dirs = self._sources(root, "camera_trk", self.camera_tracker, every=True)
         det_dir = next(iter(self._sources(root, "camera_det", self.camera_detector)), None)
-        seqmap = self._seqmap(root)
+        seqmap, bad_lines, everyone = self._seqmap(root)
+        if everyone is not None:
+            raise everyone
+        for s in log_ids:
+            if s in bad_lines:
+                raise bad_lines[s]
         parts = [self._load_one(root, s, seqmap.get(s), lidar_dir, trk_dirs, det_dir) for s in log_ids]
         return DriveLogs.concat(parts)
 
@@ -484,7 +532,7 @@ class KittiTrackingImporter:
         bound = self.max_frames
 
         lidar = LIDAR_DETECTIONS.empty_table()
-        if lidar_dir is not None and (lidar_dir / f"{seq}.txt").exists():
+        if lidar_dir is not None and _present(lidar_dir / f"{seq}.txt"):
             d = _sort_by_frame(_read_table(lidar_dir / f"{seq}.txt", POINTRCNN_LAYOUT, bound))
             frame = d["frame"]
             n = frame.size
@@ -505,7 +553,7 @@ class KittiTrackingImporter:
 
         track_parts = []
         for trk_dir in trk_dirs:
-            if not (trk_dir / f"{seq}.txt").exists():
+            if not _present(trk_dir / f"{seq}.txt"):
                 continue
             d = _read_tracking(trk_dir / f"{seq}.txt", bound)
             n = d["frame"].size
@@ -525,7 +573,7 @@ class KittiTrackingImporter:
         tracks = pa.concat_tables(track_parts) if track_parts else TRACKS.empty_table()
 
         camera = CAMERA_DETECTIONS.empty_table()
-        if det_dir is not None and (det_dir / f"{seq}.txt").exists():
+        if det_dir is not None and _present(det_dir / f"{seq}.txt"):
             d = _read_tracking(det_dir / f"{seq}.txt", bound)
             frame = d["frame"]
             n = frame.size
@@ -563,6 +611,12 @@ class KittiTrackingImporter:
             schema=CALIBRATION,
         )
         return DriveLogs(frames=frames_t, lidar_detections=lidar, camera_detections=camera, tracks=tracks, calibration=calib_t)
+
+
+def _present(path: Path) -> bool:
+    """A directory entry exists (a broken or looping link too: reading it then fails and names
+    the file, instead of the stream being skipped as if the log had none)."""
+    return os.path.lexists(path)
 
 
 def _read_tracking(path: Path, max_frames: int = MAX_FRAMES) -> dict:
