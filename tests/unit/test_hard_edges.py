@@ -219,6 +219,16 @@ def test_any_exception_loading_one_log_quarantines_only_that_log(tmp_path: Path,
     assert list(mined.quarantined) == ["bad"] and type(failure).__name__ in mined.quarantined["bad"]
 
 
+def test_a_bad_log_alone_in_its_shard_is_quarantined_and_mining_goes_on(tmp_path: Path) -> None:
+    """``fleetloop mine --shard-logs 1`` (or a last shard of one log): the bad log is quarantined
+    like any other, the run is not aborted."""
+    source = _parquet_source(tmp_path / "src", ["a", "b", "c"])
+    (source / "b" / "calibration.parquet").unlink()
+    table, report = mine_files(source, "parquet", validate=False, shard_logs=1)
+    assert sorted(set(table["log_id"].to_pylist())) == ["a", "c"]
+    assert list(report.quarantined) == ["b"] and "calibration" in report.quarantined["b"]
+
+
 # A tiny KITTI tracking layout (two good sequences plus the broken one of each case).
 CALIB = (
     "P2: " + " ".join(map(str, P2)) + "\n"

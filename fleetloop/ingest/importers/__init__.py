@@ -88,6 +88,8 @@ class GuardedImporter:
         self.name = inner.name
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def __repr__(self) -> str:
