@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from fleetloop.params import LoopParams
+from fleetloop.store import keys
 from fleetloop.store.logs import LogManifest, list_logs
 from fleetloop.store.objects import Store
 
@@ -90,7 +91,7 @@ class CyclePlan(BaseModel):
 
     @property
     def record_key(self) -> str:
-        return f"cycles/{self.week}/{self.key}.json"
+        return f"{keys.CYCLES}{self.week}/{self.key}.json"
 
 
 def plan_cycle(store: Store, week: str, params: LoopParams, *, extra: str = "") -> CyclePlan:

@@ -37,6 +37,7 @@ from fleetloop.dataset.batches import FRAME_SCHEMA, LABEL_SCHEMA, frame_index
 from fleetloop.dataset.manifest import Problem
 from fleetloop.dataset.splits import split_of
 from fleetloop.schema import LABELS
+from fleetloop.store import keys
 from fleetloop.store.logs import LogNotFoundError, get_log
 from fleetloop.store.objects import ObjectNotFound, StorageError, Store
 
@@ -52,7 +53,7 @@ __all__ = [
     "write_batch",
 ]
 
-LABELS_PREFIX = "labels/"
+LABELS_PREFIX = keys.LABELS
 ANNOTATIONS_META = b"fleetloop_annotations"
 _SHARD_KEY = re.compile(r"^labels/([^/]+)/sync-(\d{6})\.parquet$")
 _PNG = b"\x89PNG\r\n\x1a\n"

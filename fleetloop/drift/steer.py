@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from fleetloop.store import keys
 from fleetloop.store.objects import Store
 
-
-SLICE_BOOST_KEY = "drift/latest_slices.json"
+SLICE_BOOST_KEY = keys.DRIFT_SLICE_BOOST
 
 
 def save_slice_boost(store: Store, boosts: dict[str, float], source: str) -> None:

@@ -17,6 +17,7 @@ from fleetloop.cycle import campaign_name, iso_week
 from fleetloop.flows.common import settings, store
 from fleetloop.ingest.validation import label_failures
 from fleetloop.label import api
+from fleetloop.store import keys
 
 
 @flow(name="label-push", log_prints=True)
@@ -26,10 +27,10 @@ def label_push(campaign: str | None = None, run_key: str | None = None, batch_si
     campaign = campaign or campaign_name(iso_week(datetime.now(UTC)))
     if run_key is None:
         st = store()
-        if not st.exists("mining/latest.json"):
+        if not st.exists(keys.MINING_LATEST):
             raise LookupError("no mining run yet: run the mine flow first")
-        run_key = json.loads(st.get_bytes("mining/latest.json"))["run_key"]
-    report = api.push_selection(f"mining/{run_key}/selected.csv", campaign, settings(), batch_size=batch_size)
+        run_key = json.loads(st.get_bytes(keys.MINING_LATEST))["run_key"]
+    report = api.push_selection(f"{keys.MINING}{run_key}/selected.csv", campaign, settings(), batch_size=batch_size)
     publish_push(campaign, run_key, report)
     return report
 

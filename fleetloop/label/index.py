@@ -14,9 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from fleetloop.store import keys
 from fleetloop.store.objects import ObjectNotFound, Store
 
-PREFIX = "labeling/campaigns/"
+PREFIX = keys.CAMPAIGNS
 
 
 class CampaignRecord(BaseModel):

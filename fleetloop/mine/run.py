@@ -18,6 +18,7 @@ import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from fleetloop.schema import DriveLogs
+from fleetloop.store import keys
 from fleetloop.store.objects import table_from_bytes, table_to_bytes
 
 
@@ -93,7 +94,7 @@ def plan_mining(store, params, budget: int | None, *, since: datetime | None = N
 
 
 def _run_prefix(run_key: str) -> str:
-    return f"mining/{run_key}"
+    return f"{keys.MINING}{run_key}"
 
 
 def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> ShardOutput:
@@ -147,7 +148,7 @@ def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_
         top=_top(selected, top_n),
     )
     store.put_bytes(summary_key, summary.model_dump_json(indent=2).encode())  # last: marks the run done
-    store.put_bytes("mining/latest.json", json.dumps({"run_key": run.key, "created_at": summary.created_at}).encode())
+    store.put_bytes(keys.MINING_LATEST, json.dumps({"run_key": run.key, "created_at": summary.created_at}).encode())
     return summary
 
 

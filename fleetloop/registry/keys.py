@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import re
 
-ROOT = "registry"
+from fleetloop.store import keys
+
+ROOT = keys.REGISTRY.rstrip("/")
 #: versions per index page (page p holds versions p*INDEX_PAGE+1 .. (p+1)*INDEX_PAGE)
 INDEX_PAGE = 100
 ALIASES = ("production", "candidate")

@@ -1,0 +1,51 @@
+"""The documented layout matches the code: store prefixes, params.yaml, the package tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from fleetloop.params import LoopParams, load_params
+from fleetloop.store.keys import LAYOUT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docs_store_lists_every_prefix() -> None:
+    doc = (ROOT / "docs" / "store.md").read_text()
+    for prefix, (writer, readers, _what) in LAYOUT.items():
+        assert f"| `{prefix}` | {writer} | {readers} |" in doc, f"docs/store.md is stale for {prefix}"
+
+
+def test_params_yaml_loads_and_spells_out_every_default() -> None:
+    assert load_params(ROOT / "params.yaml") == LoopParams(), "params.yaml differs from the code's defaults"
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(data) == {"mine", "drift", "grow", "train", "promote"}
+    for section, model in LoopParams.model_fields.items():
+        assert set(data[section]) == set(model.annotation.model_fields), f"params.yaml {section}: keys differ"
+
+
+def test_params_errors_are_one_line(tmp_path) -> None:
+    import pytest
+
+    from fleetloop.params import ParamsError
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text("promote:\n  slice_tolerance: -1\n")
+    with pytest.raises(ParamsError, match=r"promote.slice_tolerance"):
+        load_params(bad)
+    bad.write_text("grow: {splits: {train: 0.5, val: 0.1}}\n")
+    with pytest.raises(ParamsError, match="splits"):
+        load_params(bad)
+    bad.write_text(": : :\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_readme_layout_names_the_packages_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    packages = sorted(p.name for p in (ROOT / "fleetloop").iterdir() if (p / "__init__.py").is_file())
+    for name in packages:
+        assert f"{name}/" in layout, f"README's layout section does not mention fleetloop/{name}/"
