@@ -560,8 +560,9 @@ def quarantine_key(log_id: str) -> str:
     """``quarantine/<name>``: a valid log id is its own name; any other id gets an escaped name
     with a hash (:func:`fleetloop.store.ids.report_name`), so distinct ids never share a report."""
     from fleetloop.store.ids import report_name
+    from fleetloop.store.keys import QUARANTINE
 
-    return f"quarantine/{report_name(log_id)}"
+    return f"{QUARANTINE}{report_name(log_id)}"
 
 
 def quarantine(dest, report: LogReport) -> str:

@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fleetloop.schema import STREAMS, DriveLogs
+from fleetloop.store import keys
 from fleetloop.store.ids import InvalidLogIdError, check_log_id
 from fleetloop.store.objects import ObjectNotFound, Store
 
@@ -59,8 +60,8 @@ __all__ = [
     "put_log",
 ]
 
-LOGS_PREFIX = "logs/"
-ARRIVALS_PREFIX = "index/arrivals/"
+LOGS_PREFIX = keys.LOGS
+ARRIVALS_PREFIX = keys.ARRIVALS
 LAYOUT_VERSION = 2
 _TIME_KEY = "%Y%m%dT%H%M%S.%fZ"  # fixed width: lexicographic order is chronological
 _TIME_KEY_LEN = len("20240101T000000.000000Z")
