@@ -1,34 +1,44 @@
 """Mining quality on real data: do the frames the miner ranks first hold the real errors?
 
-    .venv/bin/python benchmarks/mining_quality.py [--root ../shared/data/kitti-tracking]
-        [--camera-tracker ciwt|yolox_sort] [--truth hard|all] [--ranked ranked.csv] [--json out.json]
+    .venv/bin/python benchmarks/mining_quality.py [--camera-tracker yolox_sort|ciwt] [--ranked ranked.csv]
+        [--truth yardstick|hard|all] [--json out.json]
 
-The ranking comes from the logged outputs only (``fleetloop.mine.mining.mine``, or a CSV written
-by ``fleetloop mine``); ground truth (label_02) is read only here, by ``kitti_truth``, to count the
-real errors of each frame (rules in benchmarks/README.md and kitti_truth.py).
+By default every ranking is judged by the yardstick, exactly as its README says
+(``../shared/tools/kitti_eval``: ``truth.py`` -> per-frame true errors of PointRCNN + the judged
+camera stream, ``score.py --ranking R.csv --truth T.csv``; YOLOX-SORT is the stream whose errors
+count, so it is the default judged stream). Each ranker writes a ``sequence,frame,score`` CSV and
+``score.py`` scores it; its table (precision, lift, capture, cost-lift at 1/5/10/20 %) is parsed.
 
-For the top p = 1, 5, 10, 20 % of frames it reports
-  precision  share of the selected frames holding at least one real error
-  lift       real errors per selected frame / real errors per frame overall (random = 1)
-  captured   share of all real errors inside the selection
-  cost-lift  the same ratio as lift with the budget counted in labeling cost (1 per frame +
-             1 per ground-truth object): frames are taken in rank order while the cumulative
-             cost stays within p % of the total cost; errors per unit cost selected / overall
-next to the baselines: random (mean of 200 seeded shuffles), low confidence, number of
-detections, equal-weight disagreement (flag count) and the oracle (sorted by true errors for
-lift, by true errors per unit cost for cost-lift).
+Rankers, all from the logged outputs only (never label_02):
+  fleetloop                  ``fleetloop.mine.mining.mine`` with the judged stream (or a CSV
+                             written by ``fleetloop mine``, ``--ranked``)
+  random                     a constant score: by the yardstick's tie rule, exactly random order
+  low confidence             lidar detections whose score is inside the uncertainty band (0.9-0.99)
+                             plus judged-camera boxes with confidence < 0.5 (when it reports one)
+  number of detections       lidar detections at their class's operating point + judged-camera boxes
+  equal-weight disagreement  the number of the miner's flags on the frame
+  reference                  the yardstick's ``reference_miner.py``
+  oracle                     the true errors (their lift is the ceiling), and true errors per unit
+                             of cost (the cost-lift ceiling)
+
+``--truth hard|all`` judges instead by the project's own earlier rule (``kitti_truth.py``, 2D
+matching, KITTI difficulty filters), kept for comparison with earlier figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +49,9 @@ from fleetloop.mine.params import MiningParams
 
 PCTS = (0.01, 0.05, 0.10, 0.20)
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti-tracking"
-TARGET = {"lift@10%": 2.8, "cost-lift@10%": 2.2}
+YARDSTICK = Path(__file__).resolve().parents[2] / "shared" / "tools" / "kitti_eval"
+#: Issue 11's targets, under the yardstick with YOLOX-SORT judged (the project's own rule: 2.8 / 2.2).
+TARGET = {"lift@10%": 3.0, "cost-lift@10%": 2.2}
 
 
 def order_from_key(key: np.ndarray) -> np.ndarray:
@@ -85,7 +97,8 @@ def baselines(logs, frames_idx: pd.MultiIndex, params: MiningParams) -> dict[str
     low = per_frame(lid[(lid.score >= lo) & (lid.score < hi)])
     if cam["score"].notna().any():
         low = low + per_frame(cam[cam.score < 0.5])
-    ndet = per_frame(lid[lid.score >= params.lidar_score_threshold]) + per_frame(cam)
+    thr = lid.cls.map(lambda c: params.lidar_threshold(c)).to_numpy(np.float64) if len(lid) else np.zeros(0)
+    ndet = per_frame(lid[lid.score.to_numpy(np.float64) >= thr]) + per_frame(cam)
     return {"low confidence": low, "number of detections": ndet}
 
 
@@ -132,6 +145,85 @@ def evaluate(root: Path, camera_tracker: str, truth: str, params: MiningParams, 
     }
 
 
+def write_ranking(path: Path, keys: list[tuple[str, int]], score: np.ndarray) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sequence", "frame", "score"])
+        w.writerows((s, f, repr(float(v))) for (s, f), v in zip(keys, score, strict=True))
+
+
+def yardstick_truth(root: Path, camera_tracker: str, out: Path) -> Path:
+    subprocess.run([sys.executable, str(YARDSTICK / "truth.py"), "--data", str(root), "--camera-tracker", camera_tracker,
+                    "--out", str(out)], check=True, capture_output=True, text=True)
+    return out
+
+
+def yardstick_score(ranking: Path, truth: Path) -> dict[str, float]:
+    """``score.py --ranking R --truth T``; its table parsed into {metric@K: value}."""
+    out = subprocess.run([sys.executable, str(YARDSTICK / "score.py"), "--ranking", str(ranking), "--truth", str(truth)],
+                         check=True, capture_output=True, text=True).stdout
+    m: dict[str, float] = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 7 and parts[0].endswith("%") and parts[0][:-1].isdigit():
+            k = parts[0]
+            m.update({f"precision@{k}": float(parts[2]), f"lift@{k}": float(parts[4]), f"captured@{k}": float(parts[5]),
+                      f"cost-lift@{k}": float(parts[6])})
+    if not m:
+        raise RuntimeError(f"score.py printed no table:\n{out}")
+    return m
+
+
+def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ranked_csv: Path | None = None,
+                       workdir: Path | None = None) -> dict:
+    """Every ranker scored by the yardstick (module doc). ``params.camera_stream`` is set to
+    ``camera_tracker`` (the judged stream); both camera streams are loaded as evidence."""
+    params = params.model_copy(update={"camera_stream": camera_tracker})
+    logs = load_logs(root, "kitti-tracking")
+    with tempfile.TemporaryDirectory(prefix="mining-quality-") as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        truth = yardstick_truth(root, camera_tracker, work / "truth.csv")
+        with open(truth) as fh:
+            rows = list(csv.DictReader(fh))
+        keys = [(r["sequence"], int(r["frame"])) for r in rows]
+        errors = np.array([float(r["error_count"]) for r in rows])
+        cost = 1.0 + np.array([float(r["n_gt"]) for r in rows])
+        idx = pd.MultiIndex.from_tuples(keys, names=["log_id", "frame"])
+
+        t0 = time.perf_counter()
+        result = mine(logs, params)
+        mine_s = time.perf_counter() - t0
+        fr = result.frames.select(["log_id", "frame", "score"]).to_pandas().set_index(["log_id", "frame"])["score"]
+        scores: dict[str, np.ndarray] = {"fleetloop": fr.reindex(idx).to_numpy(np.float64)}
+        if ranked_csv is not None:
+            df = pd.read_csv(ranked_csv, dtype={"log_id": str}).set_index(["log_id", "frame"])["score"]
+            scores["fleetloop"] = df.reindex(idx).fillna(-np.inf).to_numpy(np.float64)
+        scores["random"] = np.zeros(len(keys))
+        judged = logs.select(logs.log_ids)
+        tr = judged.tracks.filter(pc.equal(judged.tracks.column("sensor"), f"camera:{camera_tracker}"))
+        judged = type(logs)(**{**logs.tables(), "tracks": tr, "camera_detections": logs.camera_detections.slice(0, 0)})
+        scores.update(baselines(judged, idx, params))
+        flags = result.flags.select(["log_id", "frame"]).to_pandas()
+        scores["equal-weight disagreement"] = flags.groupby(["log_id", "frame"]).size().reindex(idx).fillna(0).to_numpy(np.float64)
+        ref = work / "reference.csv"
+        subprocess.run([sys.executable, str(YARDSTICK / "reference_miner.py"), "--data", str(root), "--camera-tracker",
+                        camera_tracker, "--out", str(ref)], check=True, capture_output=True, text=True)
+        out = {}
+        for name, sc in scores.items():
+            path = work / f"{name.replace(' ', '_')}.csv"
+            write_ranking(path, keys, sc)
+            out[name] = yardstick_score(path, truth)
+        out["reference"] = yardstick_score(ref, truth)
+        write_ranking(work / "oracle.csv", keys, errors)
+        write_ranking(work / "oracle_cost.csv", keys, errors / cost)
+        o, oc = yardstick_score(work / "oracle.csv", truth), yardstick_score(work / "oracle_cost.csv", truth)
+        out["oracle"] = {k: (oc[k] if k.startswith("cost-lift") else o[k]) for k in o}
+        tot = {k: int(sum(int(r[k]) for r in rows)) for k in ("lidar_fn", "lidar_fp", "camera_fn", "camera_fp", "error_count")}
+    return {"camera_tracker": camera_tracker, "truth": "yardstick", "frames": len(keys), "errors": tot,
+            "cost": int(cost.sum()), "mine_seconds": round(mine_s, 3), "skipped": result.skipped, "rankers": out}
+
+
 def format_report(rep: dict) -> str:
     cols = [f"{m}@{p}" for p in ("1%", "5%", "10%", "20%") for m in ("precision", "lift", "captured", "cost-lift")]
     short = {"precision": "prec", "lift": "lift", "captured": "capt", "cost-lift": "clift"}
@@ -146,17 +238,26 @@ def format_report(rep: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    ap.add_argument("--camera-tracker", default="ciwt")
-    ap.add_argument("--truth", default="hard", choices=["hard", "moderate", "easy", "all"])
+    ap.add_argument("--camera-tracker", default="yolox_sort", help="the judged camera stream")
+    ap.add_argument("--truth", default="yardstick", choices=["yardstick", "hard", "moderate", "easy", "all"],
+                    help="yardstick (default): ../shared/tools/kitti_eval; else the project's earlier own rule")
     ap.add_argument("--ranked", type=Path, default=None, help="evaluate this `fleetloop mine` CSV instead of mining here")
     ap.add_argument("--params", type=Path, default=None, help="MiningParams JSON")
+    ap.add_argument("--out-dir", type=Path, default=None, help="keep the truth and ranking CSVs here")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if not (args.root / "calib").is_dir():
         print(f"KITTI slice not found at {args.root}", file=sys.stderr)
         return 2
     params = MiningParams.model_validate_json(args.params.read_text()) if args.params else MiningParams()
-    rep = evaluate(args.root, args.camera_tracker, args.truth, params, args.ranked)
+    if args.truth == "yardstick":
+        if not (YARDSTICK / "score.py").exists():
+            print(f"the yardstick is not at {YARDSTICK}", file=sys.stderr)
+            return 2
+        rep = evaluate_yardstick(args.root, args.camera_tracker, params, args.ranked, args.out_dir)
+    else:
+        rep = evaluate(args.root, args.camera_tracker, args.truth, params.model_copy(update={"camera_stream": args.camera_tracker}),
+                       args.ranked)
     print(format_report(rep))
     m = rep["rankers"]["fleetloop"]
     verdict = all(m[k] >= v for k, v in TARGET.items())

@@ -99,9 +99,10 @@ def _load_shard(importer, root: Path, ids: list[str], report: MineFilesReport) -
 
     try:
         return importer.load(root, ids)
-    except LogFormatError:
-        if len(ids) == 1:
-            raise
+    except LogFormatError as exc:
+        if len(ids) == 1:  # a shard of one log: quarantined like any other, the run goes on
+            report.quarantined[ids[0]] = str(exc)
+            return None
     parts = []
     for log_id in ids:
         try:

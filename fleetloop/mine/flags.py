@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 #: check name -> the reasons it emits (reason names are unique across checks).
 CHECKS: dict[str, tuple[str, ...]] = {
     "lidar_camera": ("lidar_only", "camera_only", "lidar_weak", "class_mismatch", "geometry"),
-    "streams": ("camera_miss", "lidar_miss", "stream_only"),
+    "streams": ("camera_miss", "lidar_miss", "stream_only", "evidence_only"),
     "temporal": ("flicker", "isolated", "short_track", "track_gap", "id_switch", "implausible_motion", "weak_persistent"),
     "crowd": ("crowd",),
     "tracker_detector": ("track_unsupported", "detection_unexplained"),
@@ -38,6 +38,7 @@ KIND_LIDAR, KIND_CAMERA, KIND_BOTH = 1, 2, 3
 REASON_KIND: dict[str, int] = {
     "lidar_only": KIND_LIDAR, "camera_miss": KIND_CAMERA, "camera_only": KIND_CAMERA, "lidar_miss": KIND_LIDAR,
     "lidar_weak": KIND_LIDAR, "class_mismatch": KIND_LIDAR, "geometry": KIND_CAMERA, "stream_only": KIND_BOTH,
+    "evidence_only": KIND_LIDAR,
     "flicker": KIND_LIDAR, "isolated": KIND_LIDAR, "weak_persistent": KIND_LIDAR, "crowd": KIND_LIDAR,
     "short_track": KIND_CAMERA, "track_gap": KIND_CAMERA, "id_switch": KIND_CAMERA, "implausible_motion": KIND_CAMERA,
     "track_unsupported": KIND_CAMERA, "detection_unexplained": KIND_CAMERA, "uncertain": KIND_LIDAR,

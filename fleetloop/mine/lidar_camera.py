@@ -15,8 +15,11 @@ Flags (a one-sided object at the operating point means one of the sensors is wro
                   camera stream agreeing (lidar miss or camera false alarm)
   lidar_miss      judged camera box that an evidence stream confirms, no lidar detection at all
   lidar_weak      camera box (any stream) whose lidar partner scores below the operating point
-  stream_only     evidence-stream box that neither the judged camera nor a confident lidar
-                  detection explains (both judged sensors may have missed it)
+  stream_only     evidence-stream box of a class the judged camera reports that neither the
+                  judged camera nor a confident lidar detection explains (both may have missed it)
+  evidence_only   evidence-stream box of a class the judged camera does not report, inside the
+                  lidar's range, with no confident lidar detection (a lidar miss, or the evidence
+                  stream's false alarm: one source against one)
   class_mismatch  associated objects of different classes (both sensors report both classes)
   geometry        associated, but the boxes overlap less than ``geometry_iou`` (lidar vs judged
                   camera, or judged camera vs an evidence stream)
@@ -33,7 +36,7 @@ from fleetloop.mine.flags import KEY_LIDAR, REF_LIDAR, Flags, object_key
 from fleetloop.mine.params import MiningParams
 from fleetloop.mine.streams import Association, Side, associate_boxes, substream
 from fleetloop.perception.batch import Batch
-from fleetloop.perception.geometry import occlusion_slots, project_columns
+from fleetloop.perception.geometry import occlusion_slots, project_columns, visible_share
 from fleetloop.schema import CLASSES
 
 
@@ -63,7 +66,7 @@ def size_factor(box_height: np.ndarray, params: MiningParams, range_m: np.ndarra
 class LidarGeometry:
     box: np.ndarray  # (N, 4) float64 projected, clipped image box of every lidar detection
     depth: np.ndarray  # (N,) metres along the optical axis
-    visible: np.ndarray  # (N,) share of the projected box inside the image
+    visible: np.ndarray  # (N,) share of the 3D box the camera images (geometry.visible_share)
     range_m: np.ndarray  # (N,) bird's-eye-view distance from the sensor
 
 
@@ -71,9 +74,9 @@ def lidar_geometry(batch: Batch) -> LidarGeometry:
     L = batch.lidar
     c = L.cols
     log = batch.frame_log[L.g]
-    box, depth, visible = project_columns(c["x"], c["y"], c["z"], c["l"], c["w"], c["h"], c["yaw"], log,
-                                          np.nan_to_num(batch.M), np.nan_to_num(batch.width),
-                                          np.nan_to_num(batch.height))
+    M, W, H = np.nan_to_num(batch.M), np.nan_to_num(batch.width), np.nan_to_num(batch.height)
+    box, depth, _ = project_columns(c["x"], c["y"], c["z"], c["l"], c["w"], c["h"], c["yaw"], log, M, W, H)
+    visible = visible_share(c["x"], c["y"], c["z"], c["l"], c["w"], c["h"], c["yaw"], log, M, W, H)
     calibrated = batch.has_calib[log]
     visible = np.where(calibrated, visible, 0.0)
     box = np.where(calibrated[:, None], box, np.nan).astype(np.float64)
@@ -232,10 +235,15 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
         # sub-threshold lidar partner of a box the judged camera does not explain
         e = np.flatnonzero(weak_l & ~with_j)
         flags.add("lidar_weak", s.g[e], fac[e] * near[lp[e]], k[e], (s.ref_kind, s.ref_id[e]), (REF_LIDAR, det_id[lp[e]]), cls=s.cls[e])
-        # a box that neither judged sensor explains (no judged box, no confident lidar partner)
+        # a box that neither judged sensor explains (no judged box, no confident lidar partner):
+        # of a class the judged camera reports, both judged sensors may have missed it; of a
+        # class it does not report, only the lidar can be wrong about it (one source against one)
         expl = with_j | (lm & confident[lp])
-        e = np.flatnonzero(~expl & (in_lidar(s) | J.cover[s.cls]))
+        j_cov = J.cover[s.cls]
+        e = np.flatnonzero(~expl & j_cov)
         flags.add("stream_only", s.g[e], fac[e], k[e], (s.ref_kind, s.ref_id[e]), cls=s.cls[e])
+        e = np.flatnonzero(~expl & ~j_cov & in_lidar(s))
+        flags.add("evidence_only", s.g[e], fac[e], k[e], (s.ref_kind, s.ref_id[e]), cls=s.cls[e])
 
     return Evidence(sides, lassoc, sassoc, seen_any, keys)
 

@@ -69,6 +69,7 @@ class Severities(BaseModel):
     camera_miss: float = 0.6  # a confident lidar object another camera stream sees too; the judged camera lacks it
     lidar_miss: float = 0.4  # two camera streams agree on a box, no lidar detection at all
     stream_only: float = 0.1  # only an evidence camera stream sees it: both judged sensors may have missed it
+    evidence_only: float = 0.3  # only an evidence stream sees it and the judged camera does not report its class
     weak_persistent: float = 0.05  # lidar detection below the operating point, consistent in both neighbouring frames
     crowd: float = 0.05  # a pedestrian/cyclist among others: misses hide in crowds
 
@@ -137,18 +138,23 @@ class MiningParams(BaseModel):
     # lidar <-> camera association
     association_iou: float = Field(0.3, gt=0, le=1, description="min IoU of a projected lidar box and a camera box")
     geometry_iou: float = Field(0.5, gt=0, le=1, description="associated pairs below this IoU are flagged")
-    min_visible: float = Field(0.5, ge=0, le=1, description="share of a projected lidar box inside the image to expect a camera box")
+    min_visible: float = Field(0.25, ge=0, le=1, description="share of a lidar box the camera images (in front of it, inside the "
+                               "image) to expect a camera box; KITTI counts partly truncated objects, whose share is often "
+                               "0.15-0.5")
     camera_range_m: float = Field(80.0, gt=0, description="beyond this the camera is not expected to see an object")
     lidar_range_m: float = Field(70.0, gt=0, description="beyond this the lidar is not expected to see an object")
     min_box_height_px: float = Field(12.0, ge=0, description="smaller image boxes are not expected on the other sensor")
     label_min_height_px: float = Field(25.0, ge=0, description="objects lower than this in the image are usually not labelled "
                                        "(KITTI's evaluation ignores them)")
-    small_object_factor: float = Field(0.5, ge=0, le=1, description="severity factor for a possible miss of such a small object")
+    small_object_factor: float = Field(0.1, ge=0, le=1, description="severity factor for a flag on an object the labelling "
+                                       "convention ignores (too small or too far): such objects are rarely errors; not 0, "
+                                       "because size and range estimates near the limits are uncertain")
     label_range_m: float = Field(50.0, gt=0, description="objects farther than this (bird's-eye view) are usually not "
                                  "labelled (KITTI's evaluation ignores them); flags on them count small_object_factor")
     stream_iou: float = Field(0.5, gt=0, le=1, description="min IoU of two camera streams' boxes to be one object")
-    occluded_ioa: float = Field(0.7, gt=0, le=1, description="a lidar object whose image box is this much covered by a "
-                                "closer one is not expected on camera")
+    occluded_ioa: float = Field(0.5, gt=0, le=1, description="a lidar object whose image box is at least this much covered "
+                                "by a closer one is largely occluded (KITTI's level 2, which its evaluation ignores): not "
+                                "expected on camera")
     crowd_radius_m: float = Field(3.0, gt=0, description="pedestrians/cyclists closer than this are a crowd")
     crowd_min: int = Field(2, ge=1, description="neighbours within crowd_radius_m that make a crowd")
     class_heights_m: dict[str, float] = Field(

@@ -15,6 +15,7 @@ from fleetloop.perception.geometry import (
     linear_assignment,
     project_boxes,
     projection_matrix,
+    visible_share,
 )
 
 # A camera looking along lidar +x: camera x = -lidar y, camera y = -lidar z, camera z = lidar x.
@@ -58,6 +59,30 @@ def test_projection_behind_the_camera_is_invisible():
     _, depth, vis = project_boxes([[-10, 0, 0, 2, 2, 2, 0]], M, [1200], [400])
     assert depth[0] < 0
     assert vis[0] == 0.0
+
+
+def _visible(box, width=1200, height=400):
+    cols = [np.array([v], np.float64) for v in box]
+    return visible_share(*cols, np.zeros(1, np.int64), M, np.array([width], float), np.array([height], float))[0]
+
+
+def test_visible_share_counts_the_imaged_part_of_the_3d_box():
+    # the cube straight ahead is whole in view; with the image cut at u = 600 (the centre
+    # column), the grid's columns at y = +1 and y = 0 project to u <= 600, y = -1 beyond: 2 of 3
+    assert _visible([10, 0, 0, 2, 2, 2, 0]) == pytest.approx(1.0)
+    assert _visible([10, 0, 0, 2, 2, 2, 0], width=600) == pytest.approx(2 / 3)
+    assert _visible([-10, 0, 0, 2, 2, 2, 0]) == 0.0  # behind the camera
+
+
+def test_visible_share_of_a_near_object_beside_the_camera_is_its_imaged_part():
+    """A car 1-5 m ahead, 0.6-2.4 m to the side: its projected 2D box blows up far beyond the
+    image (in-image share ~0.07) while the camera images a good part of it. By hand on the 3x3x3
+    grid (x 1, 3, 5; y 0.6, 1.5, 2.4; z -0.75, 0, 0.75): u = 600 - 900 y / x is inside when
+    y / x <= 2/3, v = 200 - 900 z / x when |z| / x <= 2/9: 1 point at x = 1, 2 at x = 3, 9 at x = 5."""
+    box = [3.0, 1.5, 0.0, 4.0, 1.8, 1.5, 0.0]
+    _, _, vis2d = project_boxes([box], M, [1200], [400])
+    assert vis2d[0] == pytest.approx(492 * 400 / ((492 + 1560) * 1350), rel=1e-3)
+    assert _visible(box) == pytest.approx(12 / 27)
 
 
 def test_projection_uses_each_boxes_own_log():

@@ -219,8 +219,6 @@ def test_any_exception_loading_one_log_quarantines_only_that_log(tmp_path: Path,
     assert list(mined.quarantined) == ["bad"] and type(failure).__name__ in mined.quarantined["bad"]
 
 
-@pytest.mark.xfail(strict=True, reason="fleetloop/mine/files.py _load_shard re-raises the LogFormatError of a shard "
-                   "of one log (`if len(ids) == 1: raise`) instead of quarantining it; owned by the mining helper")
 def test_a_bad_log_alone_in_its_shard_is_quarantined_and_mining_goes_on(tmp_path: Path) -> None:
     """``fleetloop mine --shard-logs 1`` (or a last shard of one log): the bad log is quarantined
     like any other, the run is not aborted."""

@@ -280,14 +280,20 @@ def test_generated_sample_ranks_injected_errors_first():
 
 
 @pytest.mark.kitti
-def test_kitti_ranking_meets_the_quality_targets(kitti_root):
-    from benchmarks.mining_quality import evaluate
+def test_kitti_ranking_under_the_yardstick(kitti_root):
+    """Judged by ../shared/tools/kitti_eval (YOLOX-SORT the judged stream): the default beats the
+    reference ranker and the simple baselines, and holds the figures reported in
+    benchmarks/README.md (a regression guard; the issue's lift target of 3.0 is not met yet)."""
+    from benchmarks.mining_quality import YARDSTICK, evaluate_yardstick
 
-    rep = evaluate(kitti_root, "ciwt", "hard", MiningParams())
-    m = rep["rankers"]["fleetloop"]
-    assert m["lift@10%"] >= 2.8 and m["cost-lift@10%"] >= 2.2, m
-    assert m["lift@10%"] > rep["rankers"]["low confidence"]["lift@10%"]
-    assert m["cost-lift@10%"] > rep["rankers"]["number of detections"]["cost-lift@10%"]
+    if not (YARDSTICK / "score.py").exists():
+        pytest.skip("the yardstick (../shared/tools/kitti_eval) is not available")
+    rep = evaluate_yardstick(kitti_root, "yolox_sort", MiningParams())
+    r = rep["rankers"]
+    m = r["fleetloop"]
+    assert m["lift@10%"] >= 2.9 and m["cost-lift@10%"] >= 2.2, m
+    for other in ("reference", "low confidence", "number of detections", "equal-weight disagreement", "random"):
+        assert m["lift@10%"] > r[other]["lift@10%"] and m["cost-lift@10%"] > r[other]["cost-lift@10%"], other
     assert "tracker<->detector (camera): no camera detections" in rep["skipped"]
 
 

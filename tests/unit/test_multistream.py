@@ -52,6 +52,29 @@ def test_stream_only_counts_for_both_judged_sensors():
     assert expected == pytest.approx(2 * p.severities.stream_only, rel=1e-5)  # a lidar and a camera hypothesis
 
 
+def test_evidence_only_for_a_class_the_judged_camera_does_not_report():
+    """The judged camera reports cars only; the evidence stream sees a pedestrian the lidar does
+    not: a lidar miss or the evidence stream's false alarm (the judged camera cannot have
+    missed it), so one lidar hypothesis, never a camera one."""
+    ped_box = image_box(12.0, 2.0, (0.8, 0.6, 1.75))
+    a = make_logs(n_frames=3, lidar=[(f, "car", 0.99, 30.0, -8.0) for f in range(3)],
+                  tracks=[(f, 1, "car", image_box(30.0, -8.0)) for f in range(3)])
+    b = make_logs(n_frames=3, lidar=[(f, "car", 0.99, 30.0, -8.0) for f in range(3)],
+                  tracks=[(1, 7, "pedestrian", ped_box)] + [(f, 1, "car", image_box(30.0, -8.0)) for f in range(3)])
+    ta = a.tracks.set_column(3, a.tracks.schema.field("sensor"), pa.array(["camera:a"] * a.tracks.num_rows, pa.string()))
+    tb = b.tracks.set_column(3, b.tracks.schema.field("sensor"), pa.array(["camera:b"] * b.tracks.num_rows, pa.string()))
+    logs = DriveLogs(**{**a.tables(), "tracks": pa.concat_tables([ta, tb])})
+    p = MiningParams(camera_stream="a", lidar_classes=["car", "pedestrian"], temporal_smoothing=0.0)
+    res = mine(logs, p)
+    assert [(f, o) for f, o, _ in flags_of(res, "evidence_only")] == [(1, ["track:7"])]
+    assert not flags_of(res, "stream_only")
+    expected = res.frames.column("expected_errors").to_pylist()
+    assert expected[1] == pytest.approx(p.severities.evidence_only, rel=1e-5)  # one (lidar) hypothesis
+    # once the judged camera reports pedestrians too, both judged sensors may have missed it
+    res = mine(logs, p.model_copy(update={"camera_classes": ["car", "pedestrian"]}))
+    assert flags_of(res, "stream_only") and not flags_of(res, "evidence_only")
+
+
 def test_per_class_operating_points():
     lidar = [(1, "car", 0.955, 15.0, 0.0)]
     other = image_box(15.0, 6.0)
