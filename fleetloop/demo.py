@@ -57,6 +57,8 @@ class DemoConfig(BaseModel):
     budget: int = Field(120, ge=1, description="frames sent to labeling per week")
     eval_frames: int = Field(480, ge=16, description="frames of the fixed evaluation scenario set")
     epochs: int | None = Field(None, ge=1, description="training epochs (default: params.yaml train.epochs)")
+    floor: float | None = Field(None, ge=0, le=1, description="the first model's promotion floor (default: "
+                                "params.yaml promote.floor); a short test run trains for seconds and lowers it")
     noise_px: float = Field(1.0, ge=0, description="the simulated labelers' box jitter")
 
 
@@ -227,8 +229,8 @@ def _arrival(state: DemoState, k: int) -> datetime:
 
 
 def _pipeline_params(settings: Settings, config: DemoConfig) -> None:
-    """With ``--epochs``, the demo trains with its own copy of params.yaml + dvc.yaml."""
-    if config.epochs is None:
+    """With ``--epochs`` or a floor, the demo trains with its own copy of params.yaml + dvc.yaml."""
+    if config.epochs is None and config.floor is None:
         return
     import yaml
 
@@ -240,7 +242,10 @@ def _pipeline_params(settings: Settings, config: DemoConfig) -> None:
     target = demo_dir(settings) / "pipeline"
     target.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load(found.read_text()) or {}
-    data.setdefault("train", {})["epochs"] = config.epochs
+    if config.epochs is not None:
+        data.setdefault("train", {})["epochs"] = config.epochs
+    if config.floor is not None:
+        data.setdefault("promote", {})["floor"] = config.floor
     (target / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     shutil.copyfile(found.parent / "dvc.yaml", target / "dvc.yaml")
     os.environ["FLEETLOOP_PARAMS"] = str(target / "params.yaml")

@@ -1,9 +1,13 @@
-"""The main job (``fleetloop demo``) end to end: real local Prefect server and Label Studio
-started by ``fleetloop services``, the weekly cycle with drift, steered mining, label push,
-a simulated labeling team and sync; then a rerun that must change nothing."""
+"""The main job (``fleetloop demo``) end to end on a reduced world: real local Prefect server and
+Label Studio started by ``fleetloop services``, week 0 (seed set, dataset-v1, first model trained
+with dvc repro, registered, promoted), then two weekly cycles: the fleet drives with the
+production model through ONNX, logs are ingested, the weekly cycle runs drift → sync → grow →
+retrain → gate → mine → push, and a simulated team labels through Label Studio's API. A rerun
+continues with the next week."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,13 +16,13 @@ import pytest
 from fleetloop.settings import get_settings
 from tests.fixtures_ls import REPO, free_port
 
-pytestmark = [pytest.mark.services, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.services, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture
 def demo_home(tmp_path, monkeypatch):
-    from fleetloop.local import services
     from fleetloop.local import label_studio as server
+    from fleetloop.local import services
 
     home = tmp_path / "home"
     # reuse the Label Studio venv the other tests install (a symlink, not a second install)
@@ -26,8 +30,8 @@ def demo_home(tmp_path, monkeypatch):
     server.install(REPO / ".fleetloop", venv=shared)
     server.default_venv(home).parent.mkdir(parents=True)
     server.default_venv(home).symlink_to(shared, target_is_directory=True)
-    for k in ("PREFECT_API_URL", "FLEETLOOP_PREFECT__API_URL", "FLEETLOOP_LABEL_STUDIO__URL"):
-        monkeypatch.setenv(k, "")  # recorded, so teardown restores the original (run_demo sets PREFECT_API_URL)
+    for k in ("PREFECT_API_URL", "FLEETLOOP_PREFECT__API_URL", "FLEETLOOP_LABEL_STUDIO__URL", "FLEETLOOP_PARAMS"):
+        monkeypatch.setenv(k, "")  # recorded, so teardown restores the original (run_demo sets some)
         monkeypatch.delenv(k)
     monkeypatch.setenv("FLEETLOOP_HOME", str(home))
     monkeypatch.setenv("FLEETLOOP_PREFECT__PORT", str(free_port()))
@@ -38,21 +42,35 @@ def demo_home(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
 
-def test_demo_runs_the_loop_and_reruns_safely(demo_home):
+def test_demo_closes_the_loop_and_continues_on_rerun(demo_home):
     from prefect.settings import temporary_settings
 
-    from fleetloop.demo import run_demo
+    from fleetloop.demo import DemoConfig, run_demo
+    from fleetloop.registry.api import Registry
+    from fleetloop.store.objects import get_store
 
+    config = DemoConfig(logs_per_week=6, frames_per_log=16, seed_logs=10, budget=24, eval_frames=48, epochs=4,
+                        floor=0.0)
     settings = get_settings()
     with temporary_settings():  # run_demo points Prefect at the local server it starts
-        first = run_demo(settings, logs_per_week=3, frames=120, budget=25, say=lambda *_: None)
-        assert first.frames == 720 and first.quarantined == 0 and not first.cycle_was_noop
-        assert first.drift_share > 0 and "weather=rain" in first.slice_boost
-        assert first.selected == 25 and first.tasks == 25
-        assert first.annotated >= 20 and first.labels_delivered == first.annotated and first.label_boxes > 50
-        assert first.prefect_ui.startswith("http://127.0.0.1:")
+        first = run_demo(settings, config, weeks=2, say=lambda *_: None)
+        rows = first.rows
+        assert [r.week for r in rows] == [0, 1, 2]
+        w0, w1, w2 = rows
+        assert w0.dataset_version == 1 and w0.production == 1 and w0.promoted
+        assert w0.map_overall is not None and w0.map_rain is not None and w0.map_green is not None
+        # week 1: nothing labeled yet since week 0, so no new version and no retrain; mining + push + labeling ran
+        assert w1.dataset_version == 1 and w1.mined == 24 and w1.labeled >= 20
+        # week 2: last week's labels synced, grown into dataset-v2, a candidate trained and judged by the gate
+        assert w2.dataset_version == 2 and w2.model_version == 2 and w2.why
+        assert w2.labels_spent == w0.labels_spent + w1.labeled + w2.labeled
+        reg = Registry(get_store(get_settings()))
+        assert reg.get(2).lineage.dataset_version == 2 and reg.decisions(2)
+        assert first.plot and Path(first.plot).stat().st_size > 10_000
+        assert first.prefect_ui.startswith("http://127.0.0.1:") and first.label_studio.startswith("http://127.0.0.1:")
+        state = json.loads(Path(first.state).read_text())
+        assert len(state["rows"]) == 3
 
-        again = run_demo(settings, logs_per_week=3, frames=120, budget=25, say=lambda *_: None)
-    assert again.cycle_was_noop
-    assert (again.tasks, again.annotated, again.labels_delivered, again.label_boxes) == (
-        first.tasks, first.annotated, first.labels_delivered, first.label_boxes)
+        again = run_demo(settings, config, weeks=1, say=lambda *_: None)  # continues with week 3
+    assert [r.week for r in again.rows] == [0, 1, 2, 3]
+    assert again.rows[3].dataset_version == 3  # week 2's labels became dataset-v3
