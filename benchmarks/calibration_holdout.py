@@ -2,18 +2,26 @@
 
     .venv/bin/python benchmarks/calibration_holdout.py [--camera-tracker yolox_sort] [--out-dir DIR]
 
-Leave-one-sequence-out on the KITTI slice: for each sequence S, ``calibrate`` on the labels of
-the other four (``fleetloop.mine.calibrate``, its own 2D matching rules) and mine S with the
-fitted params; S is never used to fit what ranks it. The held-out rankings of the five folds are
-written as one ranking CSV (``sequence,frame,score``) next to the uncalibrated ranking, and both
-are scored by the yardstick exactly as its README says
-(``python3 ../shared/tools/kitti_eval/score.py --ranking R.csv --truth T.csv``, truth from its
-``truth.py``). Also per fold (each held-out sequence alone).
+Everything is scored by the yardstick exactly as its README says (``truth.py`` -> ``score.py
+--ranking R.csv --truth T.csv``; YOLOX-SORT is the judged stream); a sequence is never scored by
+params fitted on its own labels.
+
+1. **Leave one sequence out.** For each sequence S, ``calibrate`` on the labels of the other four
+   (``fleetloop.mine.calibrate``); the whole batch is mined with the fitted params and S's frames
+   are kept (mining the whole batch keeps everything but the severities identical to the
+   uncalibrated run, e.g. which classes each stream reports). The five held-out rankings are
+   pooled into one CSV and scored next to the uncalibrated ranking, and each sequence alone.
+   Pooling ranks frames scored by five different models against each other.
+2. **Fit on a subset, score the rest.** For every way of choosing k = 2 and k = 3 of the five
+   sequences, calibrate on those and rank the remaining ones with that one model; compare with
+   the uncalibrated ranking of the same sequences (mean change of lift and cost-lift @10 %, and
+   how often calibration is at least as good on both).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +42,7 @@ def ranking_csv(frames, path: Path) -> None:
 
 
 def score(ranking: Path, truth: Path) -> str:
-    out = subprocess.run(["python3", str(YARDSTICK / "score.py"), "--ranking", str(ranking), "--truth", str(truth)],
+    out = subprocess.run([sys.executable, str(YARDSTICK / "score.py"), "--ranking", str(ranking), "--truth", str(truth)],
                          capture_output=True, text=True, check=True).stdout
     return out.strip()
 
@@ -43,6 +51,13 @@ def at10(report: str) -> tuple[float, float]:
     row = next(line for line in report.splitlines() if line.strip().startswith("10%"))
     parts = row.split()
     return float(parts[4]), float(parts[6])
+
+
+def subset_truth(truth: Path, seqs: list[str], out: Path) -> Path:
+    rows = truth.read_text().splitlines()
+    keep = {s.zfill(4) for s in seqs}
+    out.write_text("\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[0].zfill(4) in keep]) + "\n")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,41 +73,67 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--camera-tracker", default="yolox_sort", help="the judged camera stream of the miner")
     ap.add_argument("--out-dir", type=Path, default=Path("calibration_holdout"))
+    ap.add_argument("--no-subsets", action="store_true", help="leave-one-out only")
     args = ap.parse_args(argv)
     require_kitti()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    truth = out / "truth.csv"  # the yardstick's truth: YOLOX-SORT is the stream whose errors count
-    subprocess.run(["python3", str(YARDSTICK / "truth.py"), "--data", str(KITTI), "--out", str(truth)], check=True,
-                   capture_output=True)
+    truth = out / "truth.csv"
+    subprocess.run([sys.executable, str(YARDSTICK / "truth.py"), "--data", str(KITTI), "--camera-tracker",
+                    args.camera_tracker, "--out", str(truth)], check=True, capture_output=True)
     logs = load_logs(KITTI, "kitti-tracking")
-    labels = kitti_labels(read_kitti_truth(KITTI))
+    labels = kitti_labels(read_kitti_truth(KITTI), logs)
     params = MiningParams(camera_stream=args.camera_tracker)
     seqs = sorted(logs.log_ids)
     base = mine(logs, params).frames
-    held: list[pa.Table] = []
-    lines = [f"judged camera stream {args.camera_tracker}; leave-one-sequence-out", "",
-             "| held-out | uncalibrated lift / cost-lift @10% | calibrated on the other four |", "|---|---|---|"]
-    truth_rows = truth.read_text().splitlines()
-    for s in seqs:
-        fit = [x for x in seqs if x != s]
+    ranking_csv(base, out / "uncalibrated.csv")
+
+    def fitted(fit: list[str]) -> MiningParams:
         lab = labels.filter(pc.is_in(labels.column("log_id"), value_set=pa.array(fit)))
-        res = calibrate(logs.select(fit), lab, params, source=f"KITTI {fit}")
-        cal = mine(logs.select([s]), res.params).frames
+        return calibrate(logs.select(fit), lab, params, source=f"KITTI {fit}").params
+
+    def held_out(p: MiningParams, test: list[str]) -> pa.Table:
+        fr = mine(logs, p).frames
+        return fr.filter(pc.is_in(fr.column("log_id"), value_set=pa.array(test)))
+
+    lines = [f"judged camera stream {args.camera_tracker}", "", "leave one sequence out (lift / cost-lift @10 %):", "",
+             "| held-out | uncalibrated | calibrated on the other four |", "|---|---|---|"]
+    held: list[pa.Table] = []
+    for s in seqs:
+        cal = held_out(fitted([x for x in seqs if x != s]), [s])
         held.append(cal)
-        t_s = out / f"truth_{s}.csv"
-        t_s.write_text("\n".join([truth_rows[0]] + [r for r in truth_rows[1:] if r.split(",")[0].zfill(4) == s]) + "\n")
+        t_s = subset_truth(truth, [s], out / f"truth_{s}.csv")
         ranking_csv(base.filter(pc.equal(base.column("log_id"), s)), out / f"uncal_{s}.csv")
         ranking_csv(cal, out / f"cal_{s}.csv")
         u, c = at10(score(out / f"uncal_{s}.csv", t_s)), at10(score(out / f"cal_{s}.csv", t_s))
         lines.append(f"| {s} | {u[0]:.2f} / {u[1]:.2f} | {c[0]:.2f} / {c[1]:.2f} |")
-    ranking_csv(base, out / "uncalibrated.csv")
     ranking_csv(pa.concat_tables(held), out / "calibrated_heldout.csv")
     u_rep, c_rep = score(out / "uncalibrated.csv", truth), score(out / "calibrated_heldout.csv", truth)
-    print("\n".join(lines))
-    print("\nall five sequences, each ranked by params not fitted on it:")
-    print(u_rep)
-    print(c_rep)
+    u, c = at10(u_rep), at10(c_rep)
+    lines.append(f"| all five, pooled | {u[0]:.2f} / {u[1]:.2f} | {c[0]:.2f} / {c[1]:.2f} |")
+    print("\n".join(lines), flush=True)
+
+    if not args.no_subsets:
+        print("\nfit on k sequences, one model ranks the other 5 - k (change of lift / cost-lift @10 % vs uncalibrated):")
+        for k in (2, 3):
+            deltas = []
+            for fit in itertools.combinations(seqs, k):
+                test = [x for x in seqs if x not in fit]
+                name = "_".join(test)
+                t_s = subset_truth(truth, test, out / f"truth_{name}.csv")
+                ranking_csv(base.filter(pc.is_in(base.column("log_id"), value_set=pa.array(test))), out / f"uncal_{name}.csv")
+                ranking_csv(held_out(fitted(list(fit)), test), out / f"cal_fit{k}_{name}.csv")
+                u, c = at10(score(out / f"uncal_{name}.csv", t_s)), at10(score(out / f"cal_fit{k}_{name}.csv", t_s))
+                deltas.append((c[0] - u[0], c[1] - u[1]))
+                print(f"  fit {'+'.join(fit)} -> rank {'+'.join(test)}: {u[0]:.2f} / {u[1]:.2f} -> {c[0]:.2f} / {c[1]:.2f}",
+                      flush=True)
+            dl = sum(d[0] for d in deltas) / len(deltas)
+            dc = sum(d[1] for d in deltas) / len(deltas)
+            both = sum(1 for d in deltas if d[0] >= 0 and d[1] >= 0)
+            print(f"k = {k}: {len(deltas)} splits, mean change lift {dl:+.3f}, cost-lift {dc:+.3f}; at least as good on "
+                  f"both in {both} of {len(deltas)}")
+    print("\nall five sequences, uncalibrated:\n" + u_rep + "\n\nall five, each ranked by params fitted on the other four:\n"
+          + c_rep)
     return 0
 
 

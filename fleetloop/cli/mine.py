@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
             if camera_tracker:
                 mp = mp.model_copy(update={"camera_stream": camera_tracker})
             logs = load_logs(path, "kitti-tracking", log or None)
-            labels = kitti_labels(read_kitti_truth(path, log or None))
+            labels = kitti_labels(read_kitti_truth(path, log or None), logs)
         except (ParamsError, LogFormatError, FileNotFoundError) as exc:
             console.print(f"[red]calibrate failed:[/] {exc}")
             raise typer.Exit(1) from None
@@ -159,6 +159,9 @@ def register(app: typer.Typer) -> None:
             table.add_row(r["reason"], r["class"], str(r["flagged"]), str(r["errors"]), f"{r['precision']:.2f}",
                           f"{r['prior']:.2f}", f"{r['severity']:.3f}" + ("" if r["fitted"] else " (too few)"))
         Console().print(table)
+        if result.truth:
+            console.print("errors on the labelled frames (the matching rules of fleetloop.mine.calibrate): "
+                          + ", ".join(f"{k} {v}" for k, v in result.truth.items()))
         if dry_run:
             return
         loop = loop.model_copy(update={"mine": result.params})

@@ -37,14 +37,14 @@ from fleetloop.mine.flags import (
 from fleetloop.mine.lidar_camera import Evidence, check_lidar_camera, lidar_geometry, lidar_thresholds, size_factor
 from fleetloop.mine.params import MiningParams
 from fleetloop.mine.ranking import expected_errors, priority, rank, select, select_cost, smooth
-from fleetloop.mine.streams import camera_sides
+from fleetloop.mine.streams import Side, camera_sides
 from fleetloop.mine.temporal import check_lidar_temporal, check_tracker_detector, check_tracks
 from fleetloop.mine.uncertainty import check_uncertainty
 from fleetloop.perception.batch import Batch, build_batch
 from fleetloop.schema import CLASSES, DriveLogs
 
-__all__ = ["FLAGS_SCHEMA", "FRAMES_SCHEMA", "MiningResult", "compact_frames", "expand_frames", "mine", "mine_shards",
-           "rank", "select", "select_cost"]
+__all__ = ["FLAGS_SCHEMA", "FRAMES_SCHEMA", "Checked", "MiningResult", "compact_frames", "expand_frames", "mine", "mine_shards",
+           "rank", "run_checks", "select", "select_cost"]
 
 TAGS = ("vehicle", "weather", "time_of_day", "place")
 
@@ -147,10 +147,30 @@ def _reasons_column(F: int, g: np.ndarray, reason: np.ndarray, severity: np.ndar
     return pc.binary_join(lists, ";")
 
 
+@dataclass
+class Checked:
+    """What the checks found, before scoring: the batch, the raw flags (severity factors, not yet
+    times the per-class severities), what was skipped, and each frame's estimated objects."""
+
+    batch: Batch
+    flags: Flags
+    skipped: list[str]
+    est_objects: np.ndarray
+    sides: list[Side] = field(default_factory=list)  # camera streams, the judged one first
+    evidence: Evidence | None = None  # their associations with the lidar and with each other
+
+
 def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
     """Run every applicable check over ``logs`` and score each frame (see module doc)."""
     params = params or MiningParams()
-    batch = build_batch(logs)
+    c = run_checks(logs, params)
+    return _assemble(c.batch, logs, c.flags, c.skipped, params, c.est_objects)
+
+
+def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch | None = None) -> Checked:
+    """Every applicable check over ``logs`` (``batch``: ``build_batch(logs)`` when given)."""
+    params = params or MiningParams()
+    batch = batch if batch is not None else build_batch(logs)
     flags = Flags()
     skipped: list[str] = []
     L = batch.lidar
@@ -226,7 +246,7 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
     # integrity: boxes without a positive size (validation keeps such logs, with a warning)
     check_invalid_boxes(batch, params, flags, lidar_keys, cam_keys, track_keys)
 
-    return _assemble(batch, logs, flags, skipped, params, _estimated_objects(batch, params, ev, thr))
+    return Checked(batch, flags, skipped, _estimated_objects(batch, params, ev, thr), sides, ev)
 
 
 def check_invalid_boxes(batch: Batch, params: MiningParams, flags: Flags, lidar_keys: np.ndarray,

@@ -467,3 +467,31 @@ def ioa_slots(a_start, a_end, b_start, b_end, a, b, out):
                 ih = min(a[i, 3], b[j, 3]) - max(a[i, 1], b[j, 1])
                 if iw > 0 and ih > 0:
                     out[i] = max(out[i], iw * ih / area)
+
+
+@njit(cache=True, nogil=True)
+def nearest_slots(a_start, a_end, b_start, b_end, a, b, mode, out_q, out_idx):
+    """Per slot (frame): for every row of ``a`` its best partner among the rows of ``b`` of the
+    same slot, not one-to-one. ``mode`` MODE_IOU: (N, 4) boxes, the largest IoU; MODE_BEV: the
+    first two columns are bird's-eye (x, y), the smallest distance. Writes the quantity into
+    ``out_q`` (0 IoU / +inf distance when the slot has no ``b`` row) and the global index of the
+    partner into ``out_idx`` (-1 none)."""
+    for s in range(a_start.shape[0]):
+        for i in range(a_start[s], a_end[s]):
+            best = 0.0 if mode == MODE_IOU else np.inf
+            arg = -1
+            for j in range(b_start[s], b_end[s]):
+                if mode == MODE_IOU:
+                    q = _iou(a, i, b, j)
+                    if q > best:
+                        best = q
+                        arg = j
+                else:
+                    dx = a[i, 0] - b[j, 0]
+                    dy = a[i, 1] - b[j, 1]
+                    q = np.sqrt(dx * dx + dy * dy)
+                    if q < best:
+                        best = q
+                        arg = j
+            out_q[i] = best
+            out_idx[i] = arg

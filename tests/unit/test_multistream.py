@@ -85,25 +85,60 @@ def test_per_class_operating_points():
         MiningParams(lidar_class_thresholds={"truck": 0.5})
 
 
-def test_calibration_recovers_known_flag_precision():
-    """10 logs with one confident lidar car the camera lacks; labels confirm it in 3 of them
-    (the lidar_only flag is right in 3 of 10: a false alarm there, the camera saw nothing)."""
+def _calibration_fixture(n_logs: int, n_real: int) -> tuple[DriveLogs, pa.Table]:
+    """``n_logs`` one-frame logs, each with one confident lidar car the camera lacks (a
+    lidar_only flag) and one car both sensors see, which a label confirms. In ``n_real`` logs there
+    is nothing at the lidar car (a lidar false alarm: one error); in the others it is an object
+    the labelling convention ignores (``care`` false: neither a hit nor a false alarm, no error)."""
     parts, labels = [], []
     other = image_box(15.0, 6.0)
-    for k in range(10):
-        lg = make_logs(n_frames=1, lidar=[(0, "car", 0.99, 15.0, 0.0)], camera=[(0, "car", 0.9, other)], log_id=f"L{k}")
-        parts.append(lg)
-        labels.append({"log_id": f"L{k}", "frame": 0, "cls": "car", "x1": other[0], "y1": other[1], "x2": other[2],
-                       "y2": other[3]})
-        if k < 7:  # the lidar car is real in 7 logs: a label there, so lidar_only (a lidar error) was wrong
-            labels.append({"log_id": f"L{k}", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), BOX, strict=True))})
-    logs = DriveLogs.concat(parts)
-    res = calibrate(logs, pa.Table.from_pylist(labels), MiningParams())
+    for k in range(n_logs):
+        parts.append(make_logs(n_frames=1, lidar=[(0, "car", 0.995, 15.0, 0.0), (0, "car", 0.995, 15.0, 6.0)],
+                               camera=[(0, "car", 0.9, other)],
+                               log_id=f"L{k:03d}"))
+        labels.append({"log_id": f"L{k:03d}", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), other, strict=True)),
+                       "care": True})
+        if k >= n_real:
+            labels.append({"log_id": f"L{k:03d}", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), BOX, strict=True)),
+                           "care": False})
+    return DriveLogs.concat(parts), pa.Table.from_pylist(labels)
+
+
+def test_calibration_recovers_known_flag_precision():
+    """lidar_only is right in 3 of 10 frames (and in 60 of 200): the fit moves its severity from
+    the default 0.7 towards 0.3, little with 10 flags, almost all the way with 200, and reports
+    the counts behind it."""
+    logs, labels = _calibration_fixture(10, 3)
+    res = calibrate(logs, labels, MiningParams())
+    assert res.truth == {"lidar_fn": 0, "lidar_fp": 3, "camera_fn": 0, "camera_fp": 0}
     row = next(r for r in res.table.to_pylist() if r["reason"] == "lidar_only")
-    assert (row["flagged"], row["class"], row["errors"]) == (10, "car", 3)
+    assert (row["flagged"], row["class"], row["errors"], row["fitted"]) == (10, "car", 3, True)
+    few = res.params.class_severities["lidar_only"]["car"]
     fitted = res.params.calibration.fitted["lidar_only"]["car"]
-    assert (fitted.flagged, fitted.errors) == (10, 3)
-    assert res.params.class_severities["lidar_only"]["car"] == pytest.approx((3 + 10 * 0.7) / 20, abs=1e-4)
+    assert (fitted.flagged, fitted.errors, fitted.prior, fitted.severity) == (10, 3, 0.7, few)
+    assert 0.3 < few < 0.7
+    many = calibrate(*_calibration_fixture(200, 60), MiningParams()).params.class_severities["lidar_only"]["car"]
+    assert many < few and many == pytest.approx(0.3, abs=0.06)
+    # fewer than MIN_FLAGGED flags: reported, left at the default
+    res = calibrate(*_calibration_fixture(4, 1), MiningParams())
+    row = next(r for r in res.table.to_pylist() if r["reason"] == "lidar_only")
+    assert not row["fitted"] and row["severity"] == 0.7 and "lidar_only" not in res.params.class_severities
+
+
+def test_calibration_judges_the_lidar_by_centre_distance_when_labels_have_positions():
+    """A label 1.5 m from the lidar car (inside the 2 m car gate) is a hit by KITTI's rule, even
+    where the 2D boxes overlap little; without positions the 2D rule calls it a false alarm."""
+    logs = make_logs(n_frames=1, lidar=[(0, "car", 0.995, 15.0, 0.0)], camera=[(0, "car", 0.9, image_box(15.0, 6.0))])
+    box = image_box(15.0, 1.5)
+    lab = [{"log_id": "L1", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), box, strict=True)),
+            "care": True, "x": 15.0, "y": 1.5},
+           {"log_id": "L1", "frame": 0, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), image_box(15.0, 6.0), strict=True)),
+            "care": True, "x": 15.0, "y": 6.0}]
+    with_xy = calibrate(logs, pa.Table.from_pylist(lab), MiningParams()).truth
+    assert with_xy["lidar_fp"] == 0 and with_xy["lidar_fn"] == 1  # the car at y = 6 m has no lidar detection
+    no_xy = calibrate(logs, pa.Table.from_pylist([{k: v for k, v in r.items() if k not in ("x", "y")} for r in lab]),
+                      MiningParams()).truth
+    assert no_xy["lidar_fp"] == 1 and no_xy["lidar_fn"] == 2
 
 
 CALIB = ("P2: 721.5377 0 609.5593 44.85728 0 721.5377 172.854 0.2163791 0 0 1 0.002745884\n"
