@@ -106,7 +106,7 @@ def test_model_learns(model_dir, data_dir):
 
 def test_model_dir_contents(model_dir):
     out, report = model_dir
-    assert {"model.pt", "model.onnx", "config.json", "val_metrics.json"} <= {p.name for p in out.iterdir()}
+    assert {p.name for p in out.iterdir()} == {"model.pt", "model.onnx", "config.json", "val_metrics.json"}
     config = json.loads((out / "config.json").read_text())
     assert config["classes"] == ["car", "pedestrian", "cyclist", "traffic_cone"]
     assert config["input"]["width"] == W and config["input"]["height"] == H

@@ -3,8 +3,9 @@
 The graph is :class:`~fleetloop.train.reference.model.ExportHeads`: input ``images`` float32
 (N, 3, H, W) with values 0..255, outputs ``heat`` (sigmoid probabilities), ``size`` (log width,
 log height in pixels) and ``offset``, each at a quarter of the input resolution. The batch axis
-is dynamic, and so are H and W as multiples of 16. The export's own log lines and warnings are
-silenced; :func:`check_export` compares onnxruntime with PyTorch on given inputs.
+is dynamic, and so are H and W as multiples of 16. The weights are inside the one .onnx file (no
+external data file). The export's own log lines and warnings are silenced; :func:`check_export`
+compares onnxruntime with PyTorch on given inputs.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def export_onnx(net: CenterNet, path: str | Path, height: int, width: int) -> Pa
     with _quiet_export():
         torch.onnx.export(heads, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
                           output_names=list(OUTPUT_NAMES), dynamic_shapes=shapes, opset_version=OPSET,
-                          verbose=False, report=False, optimize=True)
+                          verbose=False, report=False, optimize=True, external_data=False)
     return path
 
 
