@@ -92,14 +92,15 @@ class LogQuery(BaseModel):
         return ", ".join(parts) or "all logs"
 
 
-def _frames_summary(store, log_id: str) -> tuple[dict[str, set[str]], datetime | None, datetime | None, list[dict]]:
-    """Tag values, drive start/end and the tag rows of a stored log (read from its frames table)."""
+def _frames_summary(store, manifest) -> tuple[dict[str, set[str]], datetime | None, datetime | None, list[dict]]:
+    """Tag values, drive start/end and the tag rows of a stored log (read from its frames table,
+    wherever the manifest's layout version keeps it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fleetloop.store.logs import log_prefix
+    from fleetloop.store.logs import _stream_key  # the store's own rule for where a stream lives
 
-    t = pq.read_table(pa.BufferReader(store.get_bytes(log_prefix(log_id) + "frames.parquet")),
+    t = pq.read_table(pa.BufferReader(store.get_bytes(_stream_key(manifest, "frames"))),
                       columns=["timestamp_ns", *TAG_NAMES])
     rows = t.select(list(TAG_NAMES)).group_by(list(TAG_NAMES)).aggregate([]).to_pylist()
     tags = {n: set(pc.unique(t.column(n)).drop_null().to_pylist()) for n in TAG_NAMES}
@@ -133,7 +134,7 @@ def select_logs(manifests: list, query: LogQuery, store=None) -> list[str]:
                 if store is None:
                     raise LogQueryError(f"log {m.log_id}: its manifest records no tags/drive times; "
                                         "pass the store to read them from the log's frames")
-                _, start, end, rows = _frames_summary(store, m.log_id)
+                _, start, end, rows = _frames_summary(store, m)
             if query.tag_sets and not _tags_match(rows, query.tag_sets):
                 continue
             if query.drive_since and (end is None or _utc(end) < query.drive_since):

@@ -87,3 +87,43 @@ def test_mine_kitti_csv(kitti_root, tmp_path):
     assert len(rows) == 1479
     assert {r["log_id"] for r in rows} == {"0001", "0006", "0008", "0010", "0012"}
     assert float(rows[0]["score"]) >= float(rows[-1]["score"])
+
+
+def test_select_cost_takes_errors_per_unit_of_cost_until_the_budget():
+    """Hand-computed: per unit of cost (1 + estimated objects) A = 3/1, B = 6/4, C = 2/2, D = 5/10."""
+    import pyarrow as pa
+
+    from fleetloop.mine.params import MiningParams
+    from fleetloop.mine.ranking import select_cost
+
+    p = MiningParams(diversity_window=0)
+    errors, est = [3.0, 6.0, 2.0, 5.0], [0, 3, 1, 9]
+    frames = pa.table({"log_id": ["A", "B", "C", "D"], "frame": pa.array([0, 0, 0, 0], pa.int32()),
+                       "score": [e / (1 + n) ** p.cost_exponent for e, n in zip(errors, est, strict=True)],
+                       "est_objects": pa.array(est, pa.int32())})
+    picked = select_cost(frames, 7, p)
+    assert picked.column("log_id").to_pylist() == ["A", "B", "C"]
+    assert picked.column("cost").to_pylist() == [1.0, 4.0, 2.0] and picked.column("rank").to_pylist() == [1, 2, 3]
+    assert select_cost(frames, 6, p).column("log_id").to_pylist() == ["A", "B"]  # C would overspend: stop
+    assert select_cost(frames, 0.5, p).num_rows == 0
+    with pytest.raises(ValueError, match="budget_cost must be > 0"):
+        select_cost(frames, 0, p)
+    # by frames (select) the big frames come first instead: B (score 4.24) before A (3.0)
+    from fleetloop.mine.ranking import select
+
+    assert select(frames, 2, p).column("log_id").to_pylist() == ["B", "A"]
+
+
+def test_mine_with_budget_cost(sample_dir, tmp_path):
+    out = tmp_path / "picked.csv"
+    res = runner.invoke(app, ["mine", str(sample_dir), "-f", "parquet", "-o", str(out), "--budget-cost", "40",
+                              "--no-validate"])
+    assert res.exit_code == 0, res.output
+    assert "cost budget 40" in res.output
+    rows = read_csv(out)
+    assert rows and sum(float(r["cost"]) for r in rows) <= 40
+    assert all(float(r["cost"]) == 1 + int(r["est_objects"]) for r in rows)
+    assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
+    res = runner.invoke(app, ["mine", str(sample_dir), "-f", "parquet", "-o", str(out), "--budget-cost", "40",
+                              "--budget", "3"])
+    assert res.exit_code == 2 and "not both" in res.output
