@@ -436,8 +436,6 @@ Plot of mAP per slice against labels spent: [{png.name}]({png.as_uri()}) (`{png}
 def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_first: bool = False,
              say: Say = print) -> DemoResult:
     """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks."""
-    from prefect import flow
-
     from fleetloop.cycle import iso_week
     from fleetloop.local import services
     from fleetloop.local.connect import resolve_settings
@@ -449,6 +447,8 @@ def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_fi
             raise RuntimeError(f"{st.name} is not healthy at {st.url}: {st.detail} (log: {st.log})")
         say(f"  {st.name}: {st.url}")
     api_url = services.ensure_prefect_env(settings) or ""
+    from prefect import flow  # after ensure_prefect_env: Prefect reads its API URL when imported
+
     settings = resolve_settings(settings)
     if reset_first:
         reset(settings, say)
@@ -474,7 +474,13 @@ def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_fi
         _publish(state.rows, png)
         return state.rows
 
-    demo_flow()
+    if api_url:  # Prefect may have been imported (and its settings read) before the server was up
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            demo_flow()
+    else:
+        demo_flow()
     ls = read_state(settings.home)
     png = demo_dir(settings) / "report" / "map_vs_labels.png"
     return DemoResult(

@@ -61,6 +61,32 @@ def parse_params(pairs: list[str]) -> dict:
     return out
 
 
+def check_parameters(flow_name: str, parameters: dict) -> None:
+    """Refuse, before any work, parameters the flow would refuse: unknown names, wrong types,
+    values out of range (the flow's own signature and pydantic constraints; deployments may skip
+    this validation, so the flows check again when they run)."""
+    import inspect
+    import logging
+
+    from fleetloop.flows import deployments
+    from fleetloop.settings import get_settings
+
+    fl = deployments.flow_named(flow_name, get_settings())
+    known = set(inspect.signature(fl.fn).parameters)
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise typer.BadParameter(f"{flow_name} has no parameter {', '.join(unknown)}; it takes: "
+                                 f"{', '.join(sorted(known))}", param_hint="--param")
+    quiet = logging.getLogger("prefect.flows")
+    level, quiet.level = quiet.level, logging.CRITICAL  # the error is ours to print, once
+    try:
+        fl.validate_parameters(parameters)
+    except Exception as exc:  # prefect's ParameterTypeError: say which value and why, in one line
+        raise typer.BadParameter(" ".join(str(exc).split())[:500], param_hint="--param") from None
+    finally:
+        quiet.level = level
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def deploy(
@@ -115,6 +141,7 @@ def register(app: typer.Typer) -> None:
         if flow not in DEPLOYMENTS:
             raise typer.BadParameter(f"unknown flow {flow!r}; expected one of {list(DEPLOYMENTS)}", param_hint="FLOW")
         parameters = parse_params(param or [])
+        check_parameters(flow, parameters)
         _, api_url = _prefect_env()
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError

@@ -35,6 +35,15 @@ def flow_specs(settings: Settings) -> list[dict]:
     ]
 
 
+def flow_named(name: str, settings: Settings):
+    """The flow object of a deployment's flow, by flow name (``mine``, ``weekly-cycle``...)."""
+    for spec in flow_specs(settings):
+        fl = _load(spec["entrypoint"])
+        if fl.name == name:
+            return fl
+    raise LookupError(f"no flow named {name!r}")
+
+
 def _load(entrypoint: str):
     from prefect.flows import load_flow_from_entrypoint
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Field
 
 from fleetloop.drift.steer import latest_slice_boost
 from fleetloop.flows.common import SettingsDaskTaskRunner, store
@@ -42,11 +44,11 @@ def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: Mining
 
 @flow(name="mine", log_prints=True, task_runner=SettingsDaskTaskRunner())
 def mine(
-    budget: int | None = 200,
+    budget: Annotated[int, Field(ge=1, description="frames to select; None ranks every frame")] | None = 200,
     since: datetime | None = None,
     log_ids: list[str] | None = None,
     params: MiningParams | None = None,
-    frames_per_shard: int = 50_000,
+    frames_per_shard: Annotated[int, Field(ge=1)] = 50_000,
     until: datetime | None = None,
     drive_since: datetime | None = None,
     drive_until: datetime | None = None,

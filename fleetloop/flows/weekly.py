@@ -15,10 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
 from fleetloop.cycle import CycleRecord, StepRecord, campaign_name, iso_week, load_record, plan_cycle, save_record
 from fleetloop.flows.common import params, settings, store
@@ -61,7 +62,10 @@ class _Steps:
 
 @flow(name="weekly-cycle", log_prints=True)
 def weekly_cycle(
-    week: str | None = None, budget: int = 200, label: bool = True, retrain_unchanged: bool = False
+    week: Annotated[str, Field(pattern=r"^\d{4}-W\d{2}$")] | None = None,
+    budget: Annotated[int, Field(ge=1)] = 200,
+    label: bool = True,
+    retrain_unchanged: bool = False,
 ) -> CycleRecord:
     """One cycle of the loop for ISO ``week`` (``YYYY-Www``; default: the week of the run's
     scheduled time), over the logs that arrived in the week before it. ``retrain_unchanged``

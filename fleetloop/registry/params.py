@@ -12,5 +12,5 @@ class PromoteParams(BaseModel):
     min_improvement: float = Field(0.0, ge=0, description="the primary metric must rise by more than this")
     min_support: int = Field(20, ge=0, description="slices with fewer objects than this are not gated")
     slice_tolerance: float = Field(0.03, ge=0, description="largest allowed drop of a gated slice's metric")
-    floor: float = Field(0.2, ge=0, description="the first model is promoted only when its primary metric reaches this")
+    floor: float = Field(0.1, ge=0, description="the first model is promoted only when its primary metric reaches this")
     max_latency_ms: float | None = Field(None, gt=0, description="candidates slower than this (CPU, per image) are rejected")
