@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fleetloop.settings import get_settings
@@ -70,6 +71,16 @@ def test_demo_closes_the_loop_and_continues_on_rerun(demo_home):
         assert first.prefect_ui.startswith("http://127.0.0.1:") and first.label_studio.startswith("http://127.0.0.1:")
         state = json.loads(Path(first.state).read_text())
         assert len(state["rows"]) == 3
+        # what a person reads in the Prefect UI: the dataset version, the gate's decision and its per-slice table
+        api = first.prefect_ui + "/api"
+        keys = {"dataset-version", "promotion-decision", "candidate-vs-production", "weekly-cycle-summary",
+                "mining-summary", "label-push-summary", "label-sync-summary", "demo-progress"}
+        found = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": sorted(keys)}}}).json()
+        assert keys <= {a["key"] for a in found}
+        table = next(a for a in found if a["key"] == "candidate-vs-production")
+        assert "weather=rain" in json.dumps(table["data"])
+        decision = next(a for a in found if a["key"] == "promotion-decision" and "v2" in a["data"])
+        assert "dataset-v2" in decision["data"]
 
         again = run_demo(settings, config, weeks=1, say=lambda *_: None)  # continues with week 3
     assert [r.week for r in again.rows] == [0, 1, 2, 3]
