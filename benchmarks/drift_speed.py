@@ -30,10 +30,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleetloop.drift.features import compute_features  # noqa: E402
-from fleetloop.schema import CLASSES  # noqa: E402
+from common import KITTI, replicate_logs
 
-from common import KITTI, replicate_logs  # noqa: E402
+from fleetloop.drift.features import compute_features
+from fleetloop.schema import CLASSES
+
 REFERENCE_LOGS, CURRENT_LOGS = ["0001", "0006"], ["0008", "0010", "0012"]
 
 

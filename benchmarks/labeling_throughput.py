@@ -31,15 +31,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fleetloop.local import label_studio as server  # noqa: E402
-from fleetloop.label.client import LabelStudioClient  # noqa: E402
-from fleetloop.label.convert import box_to_result  # noqa: E402
-from fleetloop.label.push import push  # noqa: E402
-from fleetloop.sim.labeling_team import TeamConfig, _truth_index, simulate  # noqa: E402
-from fleetloop.label.sync import sync  # noqa: E402
-from fleetloop.store.objects import LocalStore  # noqa: E402
+from common import KITTI
 
-from common import KITTI  # noqa: E402
+from fleetloop.label.client import LabelStudioClient
+from fleetloop.label.convert import box_to_result
+from fleetloop.label.push import push
+from fleetloop.label.sync import sync
+from fleetloop.local import label_studio as server
+from fleetloop.sim.labeling_team import TeamConfig, _truth_index, simulate
+from fleetloop.store.objects import LocalStore
 
 
 def _free_port() -> int:

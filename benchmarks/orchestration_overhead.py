@@ -31,11 +31,11 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     args = ap.parse_args()
 
+    from fleetloop.ingest.importers import load_logs
     from fleetloop.mine import run as mining
     from fleetloop.mine.params import MiningParams
-    from fleetloop.ingest.importers import load_logs
-    from fleetloop.store.logs import put_log
     from fleetloop.settings import get_settings
+    from fleetloop.store.logs import put_log
     from fleetloop.store.objects import LocalStore
 
     base = load_logs(require_kitti(), "kitti-tracking")

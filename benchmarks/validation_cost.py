@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import KITTI, replicate_logs
 
 from fleetloop.ingest.importers import load_logs
 from fleetloop.ingest.importers.parquet import write_parquet_log
 from fleetloop.ingest.validation import validate_logs
-
-from common import KITTI, replicate_logs  # noqa: E402
 
 
 def timed(fn, repeat: int):

@@ -21,8 +21,8 @@ CLASSES: tuple[str, ...] = ("car", "pedestrian", "cyclist", "traffic_cone")
 _key = [pa.field("log_id", pa.string(), nullable=False), pa.field("frame", pa.int32(), nullable=False)]
 
 FRAMES = pa.schema(
-    _key
-    + [
+    [
+        *_key,
         pa.field("timestamp_ns", pa.int64(), nullable=False),  # UTC nanoseconds since epoch
         pa.field("image_uri", pa.string()),  # camera image reference, null when not logged
         pa.field("vehicle", pa.string()),
@@ -35,8 +35,8 @@ FRAMES = pa.schema(
 # 3D boxes in the LIDAR frame: x forward, y left, z up (metres); (x, y, z) is the box centre;
 # l along heading, w across, h up; yaw (radians) about +z, 0 = +x.
 LIDAR_DETECTIONS = pa.schema(
-    _key
-    + [
+    [
+        *_key,
         pa.field("det_id", pa.int32(), nullable=False),  # index within (log, frame)
         pa.field("cls", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),  # confidence in [0, 1]
@@ -52,8 +52,8 @@ LIDAR_DETECTIONS = pa.schema(
 
 # 2D boxes in camera image pixels: (x1, y1) top-left, (x2, y2) bottom-right, origin top-left.
 CAMERA_DETECTIONS = pa.schema(
-    _key
-    + [
+    [
+        *_key,
         pa.field("det_id", pa.int32(), nullable=False),
         pa.field("cls", pa.string(), nullable=False),
         pa.field("score", pa.float32(), nullable=False),  # confidence in [0, 1]
@@ -67,8 +67,8 @@ CAMERA_DETECTIONS = pa.schema(
 # Tracker output. ``sensor`` says which sensor's tracker produced it ("camera" or "lidar");
 # boxes are 2D image pixels as above. ``score`` is null when the tracker gives no confidence.
 TRACKS = pa.schema(
-    _key
-    + [
+    [
+        *_key,
         pa.field("track_id", pa.int64(), nullable=False),
         pa.field("sensor", pa.string(), nullable=False),
         pa.field("cls", pa.string(), nullable=False),
@@ -96,8 +96,8 @@ CALIBRATION = pa.schema(
 
 # Verified labels coming back from labeling, with lineage. Boxes in image pixels.
 LABELS = pa.schema(
-    _key
-    + [
+    [
+        *_key,
         pa.field("cls", pa.string(), nullable=False),
         pa.field("x1", pa.float32(), nullable=False),
         pa.field("y1", pa.float32(), nullable=False),

@@ -6,16 +6,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 console = Console()
 err = Console(stderr=True)
 
 
-def _split(values: list[str]) -> list[str] | None:
+def _split(values: list[str] | None) -> list[str] | None:
     """Repeatable and/or comma-separated log ids; None (all logs) when none are given."""
-    out = [v.strip() for item in values for v in item.split(",") if v.strip()]
+    out = [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
     return out or None
 
 
@@ -26,10 +26,10 @@ def register(app: typer.Typer) -> None:
         current: Annotated[Path, typer.Argument(help="Current logs (e.g. this week).")],
         format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
         out: Annotated[Path, typer.Option("--out", "-o", help="Directory for drift_report.html and summary.json.")] = Path("drift-out"),
-        reference_logs: Annotated[list[str], typer.Option("--reference-logs", "-r",
-                                  help="Only these reference log ids (repeatable or comma-separated).")] = [],
-        current_logs: Annotated[list[str], typer.Option("--current-logs", "-c",
-                                help="Only these current log ids (repeatable or comma-separated).")] = [],
+        reference_logs: Annotated[list[str] | None, typer.Option("--reference-logs", "-r",
+                                  help="Only these reference log ids (repeatable or comma-separated).")] = None,
+        current_logs: Annotated[list[str] | None, typer.Option("--current-logs", "-c",
+                                help="Only these current log ids (repeatable or comma-separated).")] = None,
         threshold: Annotated[float, typer.Option(help="Per-feature drift threshold (normed Wasserstein / Jensen-Shannon distance).")] = 0.1,
         drift_share: Annotated[float, typer.Option(help="Dataset drift when at least this share of features drifted.")] = 0.5,
         display_sample: Annotated[int, typer.Option(help="At most this many rows per window are drawn in the HTML (statistics use all).")] = 50_000,
@@ -57,8 +57,10 @@ def register(app: typer.Typer) -> None:
 
         s = result.summary
         table = Table(title=f"Drift: {s.current_rows:,} current vs {s.reference_rows:,} reference frames")
-        for col, justify in (("feature", "left"), ("method", "left"), ("score", "right"), ("drift", "center"),
-                             ("reference", "right"), ("current", "right")):
+        columns: tuple[tuple[str, JustifyMethod], ...] = (
+            ("feature", "left"), ("method", "left"), ("score", "right"), ("drift", "center"),
+            ("reference", "right"), ("current", "right"))
+        for col, justify in columns:
             table.add_column(col, justify=justify)
         for f in sorted(s.features.values(), key=lambda f: (not f.drifted, f.name)):
             if f.kind == "numerical":

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 app = typer.Typer(
     help="Labeling campaigns in Label Studio: push, sync, status, simulate, listen.", no_args_is_help=True
@@ -32,10 +35,10 @@ def _fail(exc: Exception) -> typer.Exit:
 def _boundary_errors() -> tuple[type[Exception], ...]:
     from fleetloop.ingest.importers import LogFormatError
     from fleetloop.label.client import LabelStudioError
-    from fleetloop.store.locks import LockTimeout
     from fleetloop.label.push import SelectionError
-    from fleetloop.local.label_studio import LabelStudioServerError
     from fleetloop.label.sync import SyncError
+    from fleetloop.local.label_studio import LabelStudioServerError
+    from fleetloop.store.locks import LockTimeout
     from fleetloop.store.objects import StorageError
 
     return (
@@ -248,9 +251,8 @@ def listen(
     if trigger == "sync":
 
         def action(name: str) -> None:
-            from fleetloop.label.api import sync_campaign
-
             from fleetloop.ingest.validation import label_failures
+            from fleetloop.label.api import sync_campaign
 
             r = sync_campaign(name, settings, validate=label_failures)
             console.print(f"synced {name}: {r.delivered} delivered, {len(r.problems)} rejected")
@@ -262,11 +264,13 @@ def listen(
             ensure_prefect_env(settings)
             from prefect.deployments import run_deployment
 
-            run = run_deployment(deployment, parameters={"campaign": name}, timeout=0)
+            # async_dispatch types it FlowRun | Coroutine; called from this (sync) thread it returns the FlowRun
+            run = cast("FlowRun", run_deployment(deployment, parameters={"campaign": name}, timeout=0))
             console.print(f"triggered {deployment} for {name}: flow run {run.id}")
     else:
         raise typer.BadParameter("expected sync or deployment", param_hint="--trigger")
 
+    errors: tuple[type[Exception], ...] = (OSError, *_boundary_errors())
     try:
         receiver = WebhookReceiver(action, secret=secret, host=host, port=port, campaigns=set(campaign))
         url = public_url or receiver.url
@@ -274,7 +278,7 @@ def listen(
             for name in campaign:
                 hook = register_webhook(client, name, url, secret)
                 console.print(f"webhook {hook} of campaign {name} -> {url}")
-    except (OSError, *_boundary_errors()) as exc:
+    except errors as exc:
         raise _fail(exc) from None
     console.print(f"listening on {receiver.url} (Ctrl-C to stop)")
     try:

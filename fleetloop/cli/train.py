@@ -58,8 +58,11 @@ def register(app: typer.Typer) -> None:
             for r in out.reasons:
                 console.print(f"  - {r}")
             table = Table("slice", "candidate", "production", "delta", "support", "ok")
+
+            def f(x: float | None) -> str:
+                return "" if x is None else f"{x:.3f}"
+
             for name, row in sorted(out.slices.items()):
-                f = (lambda x: "" if x is None else f"{x:.3f}")
                 table.add_row(name, f(row.get("candidate")), f(row.get("production")), f(row.get("delta")),
                               str(row.get("support")), "✓" if row.get("ok", True) else "✗")
             if out.slices:

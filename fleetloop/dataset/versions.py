@@ -94,8 +94,8 @@ def checkout(version: int, to_dir: Path, config: DatasetConfig) -> CheckoutResul
     to_dir.parent.mkdir(parents=True, exist_ok=True)
     probe = Repo(to_dir.parent, config)
     refs = probe.git("ls-remote", "--tags", source, cwd=to_dir.parent).stdout
-    known = sorted(int(m.group(1)) for line in refs.splitlines()
-                   if (m := re.search(rf"refs/tags/{TAG_PREFIX}(\d+)$", line)))
+    known = sorted(int(hit.group(1)) for line in refs.splitlines()
+                   if (hit := re.search(rf"refs/tags/{TAG_PREFIX}(\d+)$", line)))
     if version not in known:
         have = f"versions {known[0]}..{known[-1]}" if known else "no versions"
         raise DatasetError(f"no dataset version {version} ({tag}) in {source}: it has {have}")

@@ -105,8 +105,8 @@ def compute_features(
 
     lid, cam, trk = logs.lidar_detections, logs.camera_detections, logs.tracks
     lid_fi, lid_log = frame_index(lid)
-    cam_fi, cam_log = frame_index(cam)
-    trk_fi, trk_log = frame_index(trk)
+    cam_fi, _ = frame_index(cam)
+    trk_fi, _ = frame_index(trk)
     for name, t, fi in (("lidar", lid, lid_fi), ("camera", cam, cam_fi), ("track", trk, trk_fi)):
         cls = _class_codes(t["cls"])
         keep = fi >= 0
@@ -230,8 +230,8 @@ def _project_lidar(logs: DriveLogs, lid: pa.Table, lid_log: np.ndarray, log_ids:
     depth = np.full(n, np.nan, np.float32)
     visible = np.zeros(n, np.float32)
     if ok.any():
-        cols = [np.ascontiguousarray(lid[c].to_numpy()[ok].astype(np.float32)) for c in ("x", "y", "z", "l", "w", "h", "yaw")]
-        b, d, v = project_columns(*cols, lid_log[ok], M, width, height)
+        c = {col: np.ascontiguousarray(lid[col].to_numpy()[ok].astype(np.float32)) for col in ("x", "y", "z", "l", "w", "h", "yaw")}
+        b, d, v = project_columns(c["x"], c["y"], c["z"], c["l"], c["w"], c["h"], c["yaw"], lid_log[ok], M, width, height)
         box[ok], depth[ok], visible[ok] = b, d, v
     return {"box": box, "depth": depth, "visible": visible}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +173,7 @@ def compute_drift(
         )
     )
     summary = DriftSummary(
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         evidently_version=evidently.__version__,
         reference_rows=len(reference),
         current_rows=len(current),
@@ -218,7 +218,8 @@ def _comparable(reference, current, num, cat) -> tuple[list[str], list[str], lis
     """Drop columns Evidently cannot or need not compare: empty in a window, or one constant value
     in both windows (no information; it would only dilute the share of drifted features)."""
     skipped: list[SkippedFeature] = []
-    keep_num, keep_cat = [], []
+    keep_num: list[str] = []
+    keep_cat: list[str] = []
     for c in num + cat:
         r, k = reference[c], current[c]
         if c in num:
@@ -314,7 +315,7 @@ def _parse(d: dict, num: list[str], cat: list[str]) -> tuple[dict[str, FeatureDr
         score = float(value) if value is not None and np.isfinite(value) else None
         features[col] = FeatureDrift(
             name=col, kind="numerical" if col in num else "categorical", method=str(cfg.get("method")),
-            threshold=float(cfg.get("threshold")), score=score, drifted=status[col] == "FAIL",
+            threshold=float(cfg["threshold"]), score=score, drifted=status[col] == "FAIL",
         )
     absent = [c for c in num + cat if c not in features]
     if absent:

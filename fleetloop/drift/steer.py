@@ -4,7 +4,7 @@ run (within one weekly cycle the boost is passed in memory)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from fleetloop.store import keys
 from fleetloop.store.objects import Store
@@ -14,7 +14,7 @@ SLICE_BOOST_KEY = keys.DRIFT_SLICE_BOOST
 
 def save_slice_boost(store: Store, boosts: dict[str, float], source: str) -> None:
     """Persist the drifted slices for the next mining run (written by monitor-drift)."""
-    store.put_bytes(SLICE_BOOST_KEY, json.dumps({"slice_boost": boosts, "source": source, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode())
+    store.put_bytes(SLICE_BOOST_KEY, json.dumps({"slice_boost": boosts, "source": source, "at": datetime.now(UTC).isoformat(timespec="seconds")}).encode())
 
 
 def latest_slice_boost(store: Store) -> dict[str, float]:

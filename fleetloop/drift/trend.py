@@ -24,7 +24,7 @@ def _by_day(df: pd.DataFrame, feature: str) -> list[DailyMean]:
     g = df.groupby("day", observed=True, sort=True)[feature].agg(["mean", "size"])
     return [
         DailyMean(day=str(day), mean=None if pd.isna(m) else float(m), frames=int(n))
-        for day, m, n in zip(g.index, g["mean"].to_numpy(), g["size"].to_numpy())
+        for day, m, n in zip(g.index, g["mean"].to_numpy(), g["size"].to_numpy(), strict=True)
     ]
 
 

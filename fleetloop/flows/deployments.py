@@ -9,9 +9,14 @@ Two ways to run them, neither needs Docker:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from fleetloop.settings import Settings
+
+if TYPE_CHECKING:
+    from prefect import Flow
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,15 +82,14 @@ def deploy_to_pool(settings: Settings) -> list[str]:
 
     async def ensure_pool() -> None:
         async with get_client() as client:
-            try:
+            with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-            except ObjectAlreadyExists:
-                pass
 
     anyio.run(ensure_pool)
     ids = []
     for spec in flow_specs(settings):
-        fl = prefect_flow.from_source(source=str(SOURCE_ROOT), entrypoint=spec["entrypoint"])
+        # async_dispatch types it Flow | Coroutine; called from sync code it returns the Flow
+        fl = cast("Flow[..., Any]", prefect_flow.from_source(source=str(SOURCE_ROOT), entrypoint=spec["entrypoint"]))
         dep_id = fl.deploy(name=spec["name"], work_pool_name=pool, schedules=spec.get("schedules"),
                            tags=["fleetloop"], print_next_steps=False)
         ids.append(str(dep_id))

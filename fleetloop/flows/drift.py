@@ -65,6 +65,7 @@ def publish_drift(st: Store, outcome: DriftOutcome) -> None:
                      "slice_boost": outcome.slice_boost, "report": outcome.report_key},
         )
         logger.warning("drift: %.0f%% of features drifted (%s)", 100 * s.share_drifted, ", ".join(s.drifted_features))
+    report_url: str | None
     try:
         report_url = st.url_for(outcome.report_key or "", expires=7 * 24 * 3600)
     except Exception:  # a store that cannot make URLs still has the key

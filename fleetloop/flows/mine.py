@@ -42,7 +42,9 @@ def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: Mining
     return mining.mine_shard(store(), run_key, index, log_ids, params)
 
 
-@flow(name="mine", log_prints=True, task_runner=SettingsDaskTaskRunner())
+# prefect_dask's DaskTaskRunner subclasses the bare (invariant) TaskRunner, so its stub type is
+# TaskRunner[PrefectConcurrentFuture], not the TaskRunner[PrefectFuture[Any]] @flow is annotated with
+@flow(name="mine", log_prints=True, task_runner=SettingsDaskTaskRunner())  # type: ignore[arg-type]
 def mine(
     budget: Annotated[int, Field(ge=1, description="frames to select; None ranks every frame")] | None = 200,
     since: datetime | None = None,

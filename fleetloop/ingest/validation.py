@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +51,9 @@ _SOURCE_COLUMNS = {
 }
 
 
-class Failure(BaseModel):
+# the pydantic mypy plugin's synthesized __init__ ends in **kwargs, which clashes with the field
+# named ``kwargs`` (a plugin limitation; the field name is part of the persisted reports)
+class Failure(BaseModel):  # type: ignore[no-redef]
     """One expectation that failed for one log."""
 
     table: str
@@ -81,7 +83,7 @@ class LogReport(BaseModel):
     rows: dict[str, int] = Field(default_factory=dict)  # rows of this log per table
     critical: list[Failure] = Field(default_factory=list)
     warnings: list[Failure] = Field(default_factory=list)
-    created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
     def quarantined(self) -> bool:
@@ -134,12 +136,12 @@ class ValidationResult:
         n = [len(p[2]) for p in parts]
         return pa.table(
             {
-                "log_id": pa.array([p[0] for p, k in zip(parts, n) for _ in range(k)], pa.string()),
-                "table": pa.array([p[1] for p, k in zip(parts, n) for _ in range(k)], pa.string()),
+                "log_id": pa.array([p[0] for p, k in zip(parts, n, strict=True) for _ in range(k)], pa.string()),
+                "table": pa.array([p[1] for p, k in zip(parts, n, strict=True) for _ in range(k)], pa.string()),
                 "row": pa.array(np.concatenate([p[2] for p in parts]) if parts else [], pa.int64()),
                 "frame": pa.array(np.concatenate([p[3] for p in parts]) if parts else [], pa.int32()),
-                "flag": pa.array([p[4] for p, k in zip(parts, n) for _ in range(k)], pa.string()),
-                "expectation": pa.array([p[5] for p, k in zip(parts, n) for _ in range(k)], pa.string()),
+                "flag": pa.array([p[4] for p, k in zip(parts, n, strict=True) for _ in range(k)], pa.string()),
+                "expectation": pa.array([p[5] for p, k in zip(parts, n, strict=True) for _ in range(k)], pa.string()),
             }
         )
 
@@ -171,7 +173,7 @@ def _runner(table: str):
                 for e in d["expectations"]:
                     e.pop("id", None)
                 suite = ctx.suites.add(gx.ExpectationSuite(**d))
-                _EXPECTATIONS.update({e.id: e for e in suite.expectations})
+                _EXPECTATIONS.update({e.id: e for e in suite.expectations if e.id is not None})  # ids set by add()
                 _RUNNERS[name] = ctx.validation_definitions.add(
                     gx.ValidationDefinition(name=f"{name}-validation", data=batch, suite=suite)
                 )
@@ -378,29 +380,31 @@ class _Table:
 
     def __init__(self, name: str, table: pa.Table):
         self.name, self.table = name, table
-        self._codes = self._logs = self._row = None
+        self._encoded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def _encode(self):
-        if self._codes is None:
+    def _encode(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log code of each row, log id of each code, position of each row within its log)."""
+        if self._encoded is None:
             enc = pc.dictionary_encode(self.table["log_id"].fill_null("<null>")).combine_chunks()
-            self._codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            self._logs = np.asarray(enc.dictionary.to_pylist(), dtype=object)
-            self._row = _row_in_log(self._codes)
+            codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+            logs = np.asarray(enc.dictionary.to_pylist(), dtype=object)
+            self._encoded = (codes, logs, _row_in_log(codes))
+        return self._encoded
 
     def log_ids(self) -> list[str]:
         if "log_id" not in self.table.column_names:
             return []
-        self._encode()
-        return sorted(set(self._logs.tolist()))
+        _, logs, _ = self._encode()
+        return sorted(set(logs.tolist()))
 
     def by_log(self, pos: np.ndarray) -> dict[str, np.ndarray]:
-        self._encode()
-        codes = self._codes[pos]
-        return {self._logs[c]: pos[codes == c] for c in np.unique(codes)}
+        all_codes, logs, _ = self._encode()
+        codes = all_codes[pos]
+        return {logs[c]: pos[codes == c] for c in np.unique(codes)}
 
     def rows(self, pos: np.ndarray) -> np.ndarray:
-        self._encode()
-        return self._row[pos]
+        _, _, row = self._encode()
+        return row[pos]
 
     def frames(self, pos: np.ndarray) -> np.ndarray:
         if "frame" not in self.table.column_names:
@@ -499,7 +503,8 @@ def validate_logs(logs: DriveLogs) -> ValidationResult:
     all_logs = logs.log_ids
     frames_per_log = _counts(logs.frames)
     rows_per_log = {name: _counts(t) for name, t in logs.tables().items()}
-    quarantined, warnings = {}, {}
+    quarantined: dict[str, LogReport] = {}
+    warnings: dict[str, LogReport] = {}
     for log_id, s in sink.items():
         report = LogReport(
             log_id=log_id,
@@ -597,7 +602,7 @@ def _ranges(values: list[int], limit: int = 40) -> str:
         return "-"
     vs = sorted(set(values))
     out, start, prev = [], vs[0], vs[0]
-    for v in vs[1:] + [None]:
+    for v in [*vs[1:], None]:
         if v is not None and v == prev + 1:
             prev = v
             continue

@@ -69,7 +69,7 @@ def find_campaign(client: LabelStudioClient, name: str) -> Campaign | None:
             params={"page": page, "page_size": 100, "title": name, "include": "id,title,description,model_version"},
             ok=(200, 404),
         )
-        if body is None or isinstance(body, dict) and "results" not in body:
+        if body is None or (isinstance(body, dict) and "results" not in body):
             return None
         for p in body["results"]:
             if p.get("title") == name:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from fleetloop.schema import DriveLogs
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 RENDER_BANNER = "RENDERED FROM SENSOR BOXES - NOT A CAMERA IMAGE"
 SENSOR_COLOURS = {"lidar": (0, 200, 255), "camera": (255, 220, 0), "track": (255, 80, 220)}
@@ -39,7 +43,7 @@ def project_lidar_boxes(logs: DriveLogs, min_depth: float = 0.1) -> pa.Table:
     camera whose projection overlaps the image, with ``x1..y2`` (pixels, clipped to the image),
     plus ``det_id``, ``cls`` and ``score``. Vectorised per log."""
     det = logs.lidar_detections
-    out = {k: [] for k in ("log_id", "frame", "det_id", "cls", "score", "x1", "y1", "x2", "y2")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("log_id", "frame", "det_id", "cls", "score", "x1", "y1", "x2", "y2")}
     if det.num_rows == 0:
         return _box_table(out, with_det_id=True)
     cal = {r["log_id"]: r for r in logs.calibration.to_pylist()}
@@ -51,10 +55,10 @@ def project_lidar_boxes(logs: DriveLogs, min_depth: float = 0.1) -> pa.Table:
         P = np.asarray(c["P"], np.float64).reshape(3, 4)
         l2c = np.asarray(c["lidar_to_cam"], np.float64).reshape(3, 4)
         corners = _corners(*(g[k].to_numpy(np.float64) for k in ("x", "y", "z", "l", "w", "h", "yaw")))
-        hom = np.concatenate([corners, np.ones(corners.shape[:2] + (1,))], axis=-1)  # (n, 8, 4)
+        hom = np.concatenate([corners, np.ones((*corners.shape[:2], 1))], axis=-1)  # (n, 8, 4)
         cam = hom @ l2c.T  # (n, 8, 3) rectified camera frame
         front = cam[..., 2] > min_depth
-        pix = np.concatenate([cam, np.ones(cam.shape[:2] + (1,))], axis=-1) @ P.T
+        pix = np.concatenate([cam, np.ones((*cam.shape[:2], 1))], axis=-1) @ P.T
         with np.errstate(divide="ignore", invalid="ignore"):
             u, v = pix[..., 0] / pix[..., 2], pix[..., 1] / pix[..., 2]
         u = np.where(front, u, np.nan)
@@ -127,7 +131,7 @@ def group_boxes(boxes: dict[str, pa.Table], keys: set[tuple[str, int]]) -> dict[
     return out
 
 
-def render_frame(by_sensor: dict[str, list[dict]], width: int, height: int, caption: str = "") -> Image.Image:  # noqa: F821
+def render_frame(by_sensor: dict[str, list[dict]], width: int, height: int, caption: str = "") -> Image.Image:
     """A camera-sized picture of the sensors' boxes, clearly marked as a rendering."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -381,7 +381,8 @@ def _validated(
 def read_labels(store, campaign: str, *, latest: bool = True) -> pa.Table:
     """All delivered label rows of a campaign; with ``latest``, only each annotation's newest
     revision (an annotation whose newest revision has no boxes contributes no rows)."""
-    tables, newest = [], {}
+    tables: list[pa.Table] = []
+    newest: dict[int, int] = {}  # annotation id -> its newest revision
     for key in store.list(f"{labels_prefix(campaign)}sync-"):
         if not _SHARD.search(key):
             continue
@@ -394,7 +395,7 @@ def read_labels(store, campaign: str, *, latest: bool = True) -> pa.Table:
     out = pa.concat_tables([t.cast(LABELS) for t in tables])
     if latest and out.num_rows:
         ids, revs = out["annotation_id"].to_pylist(), out["revision"].to_pylist()
-        out = out.filter(pa.array([newest.get(a) == r for a, r in zip(ids, revs)]))
+        out = out.filter(pa.array([newest.get(a) == r for a, r in zip(ids, revs, strict=True)]))
     return out
 
 

@@ -119,7 +119,7 @@ class WebhookReceiver:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("webhook: " + fmt, *args)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
+            def do_POST(self) -> None:
                 status, message = receiver.handle(
                     self.headers.get(SECRET_HEADER) or "", self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 )
@@ -131,7 +131,9 @@ class WebhookReceiver:
                 self.wfile.write(body)
 
         self.server = ThreadingHTTPServer((host, port), Handler)
-        self.host, self.port = self.server.server_address[:2]
+        bound, self.port = self.server.server_address[:2]
+        # typeshed allows a bytes host; an AF_INET server's bound address (getsockname) is a str
+        self.host: str = bound if isinstance(bound, str) else bytes(bound).decode()
         self._thread: threading.Thread | None = None
 
     @property

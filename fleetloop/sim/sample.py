@@ -62,7 +62,7 @@ def _one_log(log_id: str, n_frames: int, rng: np.random.Generator, tags: dict[st
     yaw = np.where(obj["vx"][oi] < 0, np.pi, 0.0)
     boxes = np.column_stack([X[fi, oi], Y[fi, oi], np.full(fi.size, -1.73) + lwh[:, 2] / 2, lwh, yaw])
     M = projection_matrix(P2, LIDAR_TO_CAM)
-    box2d, _, visible = project_boxes(boxes, M[None], [WIDTH], [HEIGHT])
+    box2d, _, visible = project_boxes(boxes, M[None], np.array([WIDTH], np.float64), np.array([HEIGHT], np.float64))
     keep = (visible > 0.6) & ((box2d[:, 3] - box2d[:, 1]) > 18)
     fi, oi, cls, boxes, box2d = fi[keep], oi[keep], cls[keep], boxes[keep], box2d[keep]
     n = fi.size
@@ -111,7 +111,7 @@ def _one_log(log_id: str, n_frames: int, rng: np.random.Generator, tags: dict[st
                                     np.vstack([boxes[lidar_ok], fa_lidar]), "lidar")
     lidar = pa.Table.from_pydict({
         "log_id": [log_id] * lf.size, "frame": lf.astype(np.int32), "det_id": lid.astype(np.int32), "cls": lcls,
-        "score": lsc.astype(np.float32), **{k: lbox[:, j].astype(np.float32) for j, k in enumerate("x y z l w h yaw".split())},
+        "score": lsc.astype(np.float32), **{k: lbox[:, j].astype(np.float32) for j, k in enumerate(["x", "y", "z", "l", "w", "h", "yaw"])},
     }, schema=LIDAR_DETECTIONS)
     cf, cid, ccls, csc, cbox = rows(np.r_[fi[cam_ok], cfa_f], np.r_[cls[cam_ok], np.full(n_fa, "car")],
                                     np.r_[cam_score[cam_ok], np.full(n_fa, 0.4)],

@@ -33,8 +33,8 @@ __all__ = [
     "LocalStore",
     "ObjectNotFound",
     "S3Store",
-    "Store",
     "StorageError",
+    "Store",
     "get_store",
     "make_s3_client",
     "table_from_bytes",
@@ -318,19 +318,17 @@ def make_s3_client(s3: S3Settings) -> Any:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-    credentials: dict[str, str] = {}
+    key_id = secret = None  # None: boto3's default credential chain
     if s3.access_key_id is not None and s3.secret_access_key is not None:
-        credentials = dict(
-            aws_access_key_id=s3.access_key_id.get_secret_value(),
-            aws_secret_access_key=s3.secret_access_key.get_secret_value(),
-        )
+        key_id, secret = s3.access_key_id.get_secret_value(), s3.secret_access_key.get_secret_value()
     session = boto3.session.Session()
     return session.client(
         "s3",
         endpoint_url=s3.endpoint_url,
         region_name=s3.region,
         config=Config(**options),
-        **credentials,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import sys
 from math import pi
+from typing import Any
 
 from fleetloop.ingest.suites import SUITES_DIR, TABLES, suite_path
 from fleetloop.schema import CALIBRATION, CAMERA_DETECTIONS, CLASSES, FRAMES, LABELS, LIDAR_DETECTIONS, TRACKS
@@ -212,7 +213,7 @@ def build_suite_dict(table: str) -> dict:
     import great_expectations as gx
 
     suite = gx.ExpectationSuite(name=table, expectations=_expectations(table))
-    d = suite.to_json_dict()
+    d: dict[str, Any] = suite.to_json_dict()  # its expectations: a list of JSON objects
     d.pop("id", None)
     for e in d["expectations"]:
         e.pop("id", None)
