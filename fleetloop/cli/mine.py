@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
         params: Annotated[Path | None, typer.Option("--params", help="MiningParams as JSON (thresholds, severities, ...).")] = None,
         log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
         validate: Annotated[bool, typer.Option(help="Validate every table with Great Expectations first.")] = True,
-        shard_logs: Annotated[int, typer.Option(min=1, help="Logs per shard (memory holds one shard).")] = 64,
+        shard_logs: Annotated[int, typer.Option(min=1, help="Logs per shard (memory holds one shard; validation has a "
+                                                "fixed cost per shard).")] = 128,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
         from_store: Annotated[bool, typer.Option("--from-store", help="Mine logs in the configured store (with the "
                               "query options below) instead of PATH.")] = False,
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
         what = (f"top {report.written:,} frames (budget {budget})" if budget else
                 f"{report.written:,} frames (cost budget {budget_cost:g})" if budget_cost else f"all {report.written:,} frames, ranked")
         console.print(f"[green]wrote {out}[/]: {what} from {report.logs} logs, {report.flags:,} flags "
-                      f"(validation: {report.validation}; seconds: {report.seconds})")
+                      f"(validation: {report.validation}; seconds: {report.seconds}; cpu seconds: {report.cpu_seconds})")
         for log_id, why in report.quarantined.items():
             console.print(f"  [red]quarantined {log_id}[/]: {why}")
         for s in report.skipped:

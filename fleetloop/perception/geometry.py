@@ -104,6 +104,25 @@ def _visible_kernel(x, y, z, l, w, h, yaw, log_idx, M, width, height, n_side, ou
         s = np.sin(yaw[i])
         W = width[log_idx[i]]
         H = height[log_idx[i]]
+        # the frustum (in front, inside the image) is convex: all 8 corners in it -> all of the box
+        corners_in = 0
+        for a in range(2):
+            fa = (a - 0.5) * l[i]
+            for b in range(2):
+                fb = (b - 0.5) * w[i]
+                px = x[i] + c * fa - s * fb
+                py = y[i] + s * fa + c * fb
+                for e in range(2):
+                    pz = z[i] + (e - 0.5) * h[i]
+                    hw = m[2, 0] * px + m[2, 1] * py + m[2, 2] * pz + m[2, 3]
+                    if hw > MIN_DEPTH:
+                        u = (m[0, 0] * px + m[0, 1] * py + m[0, 2] * pz + m[0, 3]) / hw
+                        v = (m[1, 0] * px + m[1, 1] * py + m[1, 2] * pz + m[1, 3]) / hw
+                        if 0.0 <= u <= W and 0.0 <= v <= H:
+                            corners_in += 1
+        if corners_in == 8:
+            out[i] = 1.0
+            continue
         inside = 0
         for a in range(g):
             fa = (a / (g - 1) - 0.5) * l[i]

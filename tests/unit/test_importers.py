@@ -458,3 +458,42 @@ def test_parquet_not_a_log_directory(tmp_path: Path) -> None:
     f = _write(tmp_path / "file.txt", "x")
     with pytest.raises(LogFormatError, match="not a directory"):
         load_logs(f, "parquet")
+
+
+def _log_by_log(root: Path, ids: list[str]) -> DriveLogs:
+    from fleetloop.ingest.importers.kitti import KittiTrackingImporter
+
+    imp = KittiTrackingImporter()
+    seqmap, _, _ = imp._seqmap(root)
+    lidar = next(iter(imp._sources(root, "lidar_det", None)), None)
+    trackers = imp._sources(root, "camera_trk", None, every=True)
+    camera = next(iter(imp._sources(root, "camera_det", None)), None)
+    return DriveLogs.concat([imp._load_one(root, s, seqmap.get(s), lidar, trackers, camera) for s in ids])
+
+
+def _assert_same(a: DriveLogs, b: DriveLogs) -> None:
+    for name, t in a.tables().items():
+        assert t.schema.equals(getattr(b, name).schema), name
+        assert t.equals(getattr(b, name)), name
+
+
+def test_batched_load_equals_log_by_log(tiny_kitti: Path) -> None:
+    """Several logs are parsed kind by kind in one call each; the result is exactly the log-by-log
+    one, also when a file forces the careful path (a blank line) or a log lacks a stream."""
+    (tiny_kitti / "camera_det" / "det").mkdir(parents=True)
+    _write(tiny_kitti / "camera_det" / "det" / "0000.txt", CIWT_TEXT)
+    _write(tiny_kitti / "calib" / "0002.txt", CALIB_TEXT)  # a third log: no seqmap line, lidar only
+    _write(tiny_kitti / "lidar_det" / "pointrcnn" / "0002.txt", POINTRCNN_TEXT)
+    ids = ["0000", "0001", "0002"]
+    batched = load_logs(tiny_kitti, "kitti-tracking", ids)
+    _assert_same(batched, _log_by_log(tiny_kitti, ids))
+    assert batched.camera_detections.num_rows and batched.lidar_detections.num_rows
+    path = tiny_kitti / "camera_trk" / "ciwt" / "0001.txt"
+    path.write_text(CIWT_TEXT.replace("\n", "\n\n", 1))  # a blank line: read file by file
+    _assert_same(load_logs(tiny_kitti, "kitti-tracking", ids), _log_by_log(tiny_kitti, ids))
+
+
+@pytest.mark.kitti
+def test_batched_load_equals_log_by_log_on_kitti(kitti_root: Path) -> None:
+    ids = ["0001", "0006", "0008", "0010", "0012"]
+    _assert_same(load_logs(kitti_root, "kitti-tracking", ids), _log_by_log(kitti_root, ids))

@@ -13,9 +13,11 @@ Frame indices are 0-based; 10 Hz, so ``timestamp_ns = frame * 100 ms``. Lidar bo
 converted from rectified-camera coordinates (bottom centre, KITTI ``ry``) to the lidar frame
 (centre, yaw about +z); scores are mapped to [0, 1] (see ``docs/schema.md``).
 
-Parsing is vectorised (pyarrow's CSV reader, whole-column checks); only when the fast path or a
-check fails is the file re-read line by line, to raise :class:`LogFormatError` naming the first
-bad line and field. Frame indices are 64-bit while parsed and bounded by :data:`MAX_FRAMES`.
+Parsing is vectorised (pyarrow's CSV reader, whole-column checks). Several logs load in one
+pass per kind of file (every PointRCNN file of the batch parsed in one call, then each tracker's,
+with the layout's column types declared, and every conversion on whole columns); whenever that
+pass is in doubt the logs load one by one, and when a file's fast path or a check fails the file
+is re-read line by line, to raise :class:`LogFormatError` naming the first bad line and field. Frame indices are 64-bit while parsed and bounded by :data:`MAX_FRAMES`.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def _read_table(path: Path, layout: _Layout, max_frames: int = MAX_FRAMES) -> di
     try:
         table = pacsv.read_csv(
             path,
-            read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 22),
+            read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 22, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=layout.sep, quote_char=False, ignore_empty_lines=True),
             convert_options=pacsv.ConvertOptions(null_values=[""], strings_can_be_null=False),
         )
@@ -119,6 +121,46 @@ def _read_table(path: Path, layout: _Layout, max_frames: int = MAX_FRAMES) -> di
         raise LogFormatError(path, f"cannot read: {exc.strerror or exc}") from None
     out = _fast_columns(table, layout, max_frames)
     return out if out is not None else _read_slow(path, layout, max_frames)
+
+
+def _read_batch(paths: list[Path], layout: _Layout, max_frames: int = MAX_FRAMES
+                ) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+    """The fast path of :func:`_read_table` over several files at once: their bytes are parsed
+    in one pyarrow call. Returns (columns, rows of each file), or None when anything is in doubt
+    (a file that cannot be read, blank lines or carriage returns, which would blur where one
+    file's rows end, a parse error, a failed check): the caller then reads file by file."""
+    blobs = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if data and (b"\r" in data or b"\n\n" in data or data.startswith(b"\n")):
+            return None
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        blobs.append(data)
+    counts = np.array([b.count(b"\n") for b in blobs], np.int64)
+    if not counts.sum():
+        return _empty(layout), counts
+    # the layout's types, declared (inference costs a third of the parse): integer columns int64
+    # (a value like "1.0" fails here and is read file by file), other numbers float64, the rest strings
+    ints = layout.integer | layout.whole
+    types = {f"f{i}": (pa.int64() if name in ints else pa.float64() if name in layout.numeric else pa.string())
+             for i, name in enumerate(layout.columns)}
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(b"".join(blobs)),
+            read_options=pacsv.ReadOptions(autogenerate_column_names=True, block_size=1 << 24, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter=layout.sep, quote_char=False, ignore_empty_lines=True),
+            convert_options=pacsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, OSError):
+        return None
+    if table.num_rows != counts.sum():
+        return None
+    out = _fast_columns(table.combine_chunks(), layout, max_frames)
+    return (out, counts) if out is not None else None
 
 
 def _empty(layout: _Layout) -> dict[str, np.ndarray]:
@@ -459,7 +501,8 @@ class KittiTrackingImporter:
             return []
         return [base / n for n in names] if every else [base / names[0]]
 
-    def _seqmap(self, root: Path) -> tuple[dict[str, int], dict[str, LogFormatError], LogFormatError | None]:
+    def _seqmap(self, root: Path, known: list[str] | None = None
+                ) -> tuple[dict[str, int], dict[str, LogFormatError], LogFormatError | None]:
         """``seqmap.txt`` line by line: (frames per sequence, the error of each sequence whose
         line is bad, an error concerning every sequence). A bad line quarantines only the
         sequence it names (its first field); a line that names no sequence of this layout (or
@@ -475,7 +518,7 @@ class KittiTrackingImporter:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             return out, bad, LogFormatError(path, f"cannot read: {exc.strerror or exc}")
-        known = set(self.list_logs(root))
+        known = set(self.list_logs(root) if known is None else known)
         first_line: dict[str, int] = {}
         for lineno, line in enumerate(text.splitlines(), 1):
             parts = line.split()
@@ -514,14 +557,179 @@ class KittiTrackingImporter:
         lidar_dir = next(iter(self._sources(root, "lidar_det", self.lidar_detector)), None)
         trk_dirs = self._sources(root, "camera_trk", self.camera_tracker, every=True)
         det_dir = next(iter(self._sources(root, "camera_det", self.camera_detector)), None)
-        seqmap, bad_lines, everyone = self._seqmap(root)
+        seqmap, bad_lines, everyone = self._seqmap(root, available)
         if everyone is not None:
             raise everyone
         for s in log_ids:
             if s in bad_lines:
                 raise bad_lines[s]
+        if len(log_ids) > 1:  # every file of a kind in one parse; any doubt: log by log (which names the line)
+            batch = self._load_batch(root, log_ids, seqmap, lidar_dir, trk_dirs, det_dir)
+            if batch is not None:
+                return batch
         parts = [self._load_one(root, s, seqmap.get(s), lidar_dir, trk_dirs, det_dir) for s in log_ids]
         return DriveLogs.concat(parts)
+
+    def _load_batch(self, root, log_ids, seqmap, lidar_dir, trk_dirs, det_dir) -> DriveLogs | None:
+        """:meth:`_load_one` for many logs at once, with the same result: the files of one kind
+        (lidar, each tracker, camera detections) are parsed in one pyarrow call and every
+        conversion runs on whole columns. Returns None whenever the fast path is in doubt (a file
+        it cannot parse, a blank line, a failed check); the caller then loads log by log, which
+        names the file, line and field of the problem."""
+        K = len(log_ids)
+        bound = self.max_frames
+        calib = [read_calibration(root / "calib" / f"{seq}.txt") for seq in log_ids]
+        P = [c["P2"] for c in calib]
+        l2c = [lidar_to_cam_matrix(c) for c in calib]
+        sizes = [image_size_for(p) for p in P]
+        log_values = pa.array(log_ids, pa.string())
+        max_frame = np.full(K, -1, np.int64)
+
+        def log_column(idx: np.ndarray) -> pa.Array:
+            return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), log_values).cast(pa.string())
+
+        def read(directory: Path | None, layout: _Layout) -> tuple[dict, np.ndarray] | None:
+            if directory is None:
+                return _empty(layout), np.zeros(0, np.int64)
+            have = [k for k, seq in enumerate(log_ids) if _present(directory / f"{seq}.txt")]
+            got = _read_batch([directory / f"{log_ids[k]}.txt" for k in have], layout, bound)
+            if got is None:
+                return None
+            cols, counts = got
+            return cols, np.repeat(np.asarray(have, np.int64), counts)
+
+        # lidar
+        got = read(lidar_dir, POINTRCNN_LAYOUT)
+        if got is None:
+            return None
+        d, log_idx = got
+        order = np.lexsort((d["frame"], log_idx))  # by log, then frame; stable like _sort_by_frame
+        d = {k: v[order] for k, v in d.items()}
+        log_idx = log_idx[order]
+        frame = d["frame"]
+        np.maximum.at(max_frame, log_idx, frame)
+        starts = np.searchsorted(log_idx, np.arange(K + 1))
+        box = {k: np.empty(frame.size) for k in ("x", "y", "z", "yaw")}
+        for k in range(K):
+            lo, hi = starts[k], starts[k + 1]
+            if hi > lo:
+                part = cam_boxes_to_lidar({c: d[c][lo:hi] for c in ("h", "x", "y", "z", "ry")}, l2c[k])
+                for c in box:
+                    box[c][lo:hi] = part[c]
+        key = (log_idx << 32) | frame
+        det_id = (np.arange(frame.size) - np.searchsorted(key, key, side="left")).astype(np.int32)
+        codes = np.searchsorted(np.array(sorted(POINTRCNN_CLASSES)), d["type"].astype(np.int64))
+        lidar = _table(
+            {
+                "log_id": log_column(log_idx), "frame": frame.astype(np.int32), "det_id": det_id,
+                "cls": _strings(codes, [POINTRCNN_CLASSES[k] for k in sorted(POINTRCNN_CLASSES)]),
+                "score": pointrcnn_score(d["score"]),
+                "x": box["x"].astype(np.float32), "y": box["y"].astype(np.float32), "z": box["z"].astype(np.float32),
+                "l": d["l"].astype(np.float32), "w": d["w"].astype(np.float32), "h": d["h"].astype(np.float32),
+                "yaw": box["yaw"].astype(np.float32),
+            },
+            LIDAR_DETECTIONS,
+        ) if frame.size else LIDAR_DETECTIONS.empty_table()
+
+        def tracking(directory: Path) -> tuple[dict, np.ndarray, np.ndarray] | None:
+            """Classes mapped, other types dropped, score per file (None: all -1 -> null)."""
+            got = read(directory, TRACKING_LAYOUT)
+            if got is None:
+                return None
+            d, log_idx = got
+            n = log_idx.size
+            raw = d["score"] if "score" in d else np.full(n, -1.0)
+            code = pc.index_in(d["type"], value_set=pa.array(_TYPES)).to_numpy(zero_copy_only=False).astype(np.int64)
+            keep = np.flatnonzero(np.array([c is not None for c in _TYPE_CLASS])[code])
+            # tracker_score per file, on the rows kept: a file whose scores are all -1 has none
+            none = np.bincount(log_idx[keep], weights=(raw[keep] != -1.0), minlength=K) == 0
+            c = np.clip(raw, 0.0, None)
+            score = np.where(none[log_idx], np.nan, (c / (c + 1.0)).astype(np.float32))
+            names = sorted(set(CLASSES_OF_KITTI))
+            cls_code = np.array([names.index(c) if c is not None else -1 for c in _TYPE_CLASS])[code][keep]
+            cols = {c: d[c][keep] for c in ("frame", "track_id", "x1", "y1", "x2", "y2")}
+            cols["score"] = score[keep]
+            return cols, log_idx[keep], cls_code
+
+        names = sorted(set(CLASSES_OF_KITTI))
+        parts, tracker_of = [], []
+        for t, trk_dir in enumerate(trk_dirs):
+            got = tracking(trk_dir)
+            if got is None:
+                return None
+            parts.append(got)
+            tracker_of.append(np.full(got[1].size, t, np.int64))
+        if parts and sum(p[1].size for p in parts):
+            cols = {c: np.concatenate([p[0][c] for p in parts]) for c in parts[0][0]}
+            t_log = np.concatenate([p[1] for p in parts])
+            t_cls = np.concatenate([p[2] for p in parts])
+            t_trk = np.concatenate(tracker_of)
+            order = np.lexsort((cols["frame"], t_trk, t_log))
+            cols = {c: v[order] for c, v in cols.items()}
+            t_log, t_cls, t_trk = t_log[order], t_cls[order], t_trk[order]
+            np.maximum.at(max_frame, t_log, cols["frame"])
+            sensors = pa.array([f"camera:{d.name}" for d in trk_dirs], pa.string())
+            n = t_log.size
+            tracks = _table(
+                {
+                    "log_id": log_column(t_log), "frame": cols["frame"].astype(np.int32), "track_id": cols["track_id"],
+                    "sensor": pa.DictionaryArray.from_arrays(pa.array(t_trk.astype(np.int32)), sensors).cast(pa.string()),
+                    "cls": _strings(t_cls, names),
+                    "score": pa.array(cols["score"].astype(np.float32), mask=np.isnan(cols["score"])),
+                    "state": _const("confirmed", n), **{c: cols[c].astype(np.float32) for c in ("x1", "y1", "x2", "y2")},
+                },
+                TRACKS,
+            )
+        else:
+            tracks = TRACKS.empty_table()
+
+        camera = CAMERA_DETECTIONS.empty_table()
+        if det_dir is not None:
+            got = tracking(det_dir)
+            if got is None:
+                return None
+            cols, c_log, c_cls = got
+            if c_log.size:
+                order = np.lexsort((cols["frame"], c_log))
+                cols = {c: v[order] for c, v in cols.items()}
+                c_log, c_cls = c_log[order], c_cls[order]
+                np.maximum.at(max_frame, c_log, cols["frame"])
+                key = (c_log << 32) | cols["frame"]
+                det = (np.arange(c_log.size) - np.searchsorted(key, key, side="left")).astype(np.int32)
+                camera = _table(
+                    {
+                        "log_id": log_column(c_log), "frame": cols["frame"].astype(np.int32), "det_id": det,
+                        "cls": _strings(c_cls, names),
+                        "score": np.where(np.isnan(cols["score"]), 1.0, cols["score"]).astype(np.float32),
+                        **{c: cols[c].astype(np.float32) for c in ("x1", "y1", "x2", "y2")},
+                    },
+                    CAMERA_DETECTIONS,
+                )
+
+        n_frames = np.array([seqmap.get(seq, int(max_frame[k]) + 1) for k, seq in enumerate(log_ids)], np.int64)
+        bad = np.flatnonzero((max_frame >= n_frames) | (n_frames == 0))
+        if bad.size:  # log by log names the problem
+            return None
+        f_log = np.repeat(np.arange(K), n_frames)
+        f_start = np.repeat(np.cumsum(n_frames) - n_frames, n_frames)
+        frames = (np.arange(f_log.size) - f_start).astype(np.int32)
+        total = int(f_log.size)
+        unknown = _const("unknown", total)
+        frames_t = _table(
+            {
+                "log_id": log_column(f_log), "frame": frames, "timestamp_ns": frames.astype(np.int64) * FRAME_PERIOD_NS,
+                "image_uri": pa.nulls(total, pa.string()), "vehicle": _const("kitti", total), "weather": unknown,
+                "time_of_day": unknown, "place": unknown,
+            },
+            FRAMES,
+        )
+        calib_t = pa.Table.from_pydict(
+            {"log_id": list(log_ids), "P": [p.tolist() for p in P], "lidar_to_cam": [m.ravel().tolist() for m in l2c],
+             "image_width": [w for w, _ in sizes], "image_height": [h for _, h in sizes]},
+            schema=CALIBRATION,
+        )
+        return DriveLogs(frames=frames_t, lidar_detections=lidar, camera_detections=camera, tracks=tracks,
+                         calibration=calib_t)
 
     def _load_one(self, root, seq, n_frames, lidar_dir, trk_dirs, det_dir) -> DriveLogs:
         calib = read_calibration(root / "calib" / f"{seq}.txt")
