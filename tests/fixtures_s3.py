@@ -73,7 +73,7 @@ class S3Server:
         finally:
             self.start()
 
-    def client(self):  # noqa: ANN201 - a boto3 S3 client
+    def client(self):
         import boto3
 
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")

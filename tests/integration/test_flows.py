@@ -3,6 +3,7 @@ loopback) and a real S3-compatible server (moto over HTTP), on the real KITTI sl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,8 +17,8 @@ import pytest
 
 from fleetloop.ingest.ingest import ingest
 from fleetloop.mine import run as mining
-from fleetloop.store.objects import table_from_bytes
 from fleetloop.settings import get_settings
+from fleetloop.store.objects import table_from_bytes
 
 pytest_plugins = ["tests.fixtures_s3"]
 pytestmark = pytest.mark.services
@@ -73,10 +74,8 @@ def _wait_for_deployments(names: list[str], timeout: float = 90) -> dict:
         while time.monotonic() < deadline:
             for name in names:
                 if name not in found:
-                    try:
+                    with contextlib.suppress(Exception):  # not registered yet
                         found[name] = client.read_deployment_by_name(name)
-                    except Exception:
-                        pass
             if len(found) == len(names):
                 return found
             time.sleep(1)
@@ -85,50 +84,49 @@ def _wait_for_deployments(names: list[str], timeout: float = 90) -> dict:
 
 def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, tmp_path):
     env = {**os.environ, **s3_env, "PREFECT_API_URL": prefect_api}
-    log = open(tmp_path / "serve.log", "w")
-    server = subprocess.Popen(FLEETLOOP + ["deploy", "--serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand", "ingest-logs/on-demand",
-                                      "monitor-drift/daily", "label-push/on-demand", "label-sync/poll"])
-        weekly = deps["weekly-cycle/weekly"]
-        crons = [(s.schedule.cron, s.schedule.timezone) for s in weekly.schedules]
-        assert crons == [("0 3 * * 1", "UTC")]
-
-        # on demand, with validated parameters, waiting for the result
-        run = subprocess.run(FLEETLOOP + ["run", "mine", "--param", "budget=40", "--wait", "--timeout", "240"],
-                             env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "serve.log").read_text()[-3000:]
-        assert "/runs/flow-run/" in run.stdout
-
-        summary = _artifacts("mining-summary")[0]
-        assert "1,479 frames" in summary["data"] and "40 frames" in summary["data"]
-        table = _artifacts("top-mined-frames")[0]
-        rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
-        assert len(rows) == 20 and {r["log_id"] for r in rows} <= {"0001", "0006", "0008", "0010", "0012"}
-        assert all(r["reasons"] for r in rows)
-        scores = [r["score"] for r in rows]
-        assert scores == sorted(scores, reverse=True)
-
-        latest = json.loads(kitti_in_s3.get_bytes("mining/latest.json"))
-        selected = kitti_in_s3.get_bytes(f"mining/{latest['run_key']}/selected.csv").decode().splitlines()
-        assert selected[0].startswith("log_id,frame,score,reasons") and len(selected) == 41
-
-        # a parameter of the wrong type is refused before anything runs
-        bad = subprocess.run(FLEETLOOP + ["run", "mine", "--param", "budget=lots"], env=env,
-                             capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert bad.returncode == 2, bad.stdout + bad.stderr
-        # a run that fails makes `run --wait` exit non-zero
-        failing = subprocess.run(FLEETLOOP + ["run", "mine", "--param", 'log_ids=["9999"]', "--wait", "--timeout", "240"],
-                                 env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
-        assert failing.returncode == 1, failing.stdout + failing.stderr
-    finally:
-        server.terminate()
+    with open(tmp_path / "serve.log", "w") as log:
+        server = subprocess.Popen([*FLEETLOOP, "deploy", "--serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.send_signal(2)
-            server.wait(10)
-        log.close()
+            deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand", "ingest-logs/on-demand",
+                                          "monitor-drift/daily", "label-push/on-demand", "label-sync/poll"])
+            weekly = deps["weekly-cycle/weekly"]
+            crons = [(s.schedule.cron, s.schedule.timezone) for s in weekly.schedules]
+            assert crons == [("0 3 * * 1", "UTC")]
+
+            # on demand, with validated parameters, waiting for the result
+            run = subprocess.run([*FLEETLOOP, "run", "mine", "--param", "budget=40", "--wait", "--timeout", "240"],
+                                 env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+            assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "serve.log").read_text()[-3000:]
+            assert "/runs/flow-run/" in run.stdout
+
+            summary = _artifacts("mining-summary")[0]
+            assert "1,479 frames" in summary["data"] and "40 frames" in summary["data"]
+            table = _artifacts("top-mined-frames")[0]
+            rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+            assert len(rows) == 20 and {r["log_id"] for r in rows} <= {"0001", "0006", "0008", "0010", "0012"}
+            assert all(r["reasons"] for r in rows)
+            scores = [r["score"] for r in rows]
+            assert scores == sorted(scores, reverse=True)
+
+            latest = json.loads(kitti_in_s3.get_bytes("mining/latest.json"))
+            selected = kitti_in_s3.get_bytes(f"mining/{latest['run_key']}/selected.csv").decode().splitlines()
+            assert selected[0].startswith("log_id,frame,score,reasons") and len(selected) == 41
+
+            # a parameter of the wrong type is refused before anything runs
+            bad = subprocess.run([*FLEETLOOP, "run", "mine", "--param", "budget=lots"], env=env,
+                                 capture_output=True, text=True, cwd=ROOT, timeout=120)
+            assert bad.returncode == 2, bad.stdout + bad.stderr
+            # a run that fails makes `run --wait` exit non-zero
+            failing = subprocess.run([*FLEETLOOP, "run", "mine", "--param", 'log_ids=["9999"]', "--wait", "--timeout", "240"],
+                                     env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+            assert failing.returncode == 1, failing.stdout + failing.stderr
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.send_signal(2)
+                server.wait(10)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -144,23 +142,22 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def test_deploy_to_work_pool_and_run_through_a_process_worker(prefect_api, kitti_in_s3, s3_env, tmp_path):
     env = {**os.environ, **s3_env, "PREFECT_API_URL": prefect_api}
-    dep = subprocess.run(FLEETLOOP + ["deploy"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=180)
+    dep = subprocess.run([*FLEETLOOP, "deploy"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert dep.returncode == 0 and "Registered 8 deployments in work pool fleetloop" in dep.stdout, dep.stdout + dep.stderr
     deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand"], timeout=10)
     assert deps["mine/on-demand"].work_pool_name == "fleetloop"
-    log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen(FLEETLOOP + ["worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-                              start_new_session=True)
-    try:
-        run = subprocess.run(FLEETLOOP + ["run", "mine", "--param", "budget=7", "--wait", "--timeout", "240"],
-                             env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-        assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()[-3000:]
-        latest = json.loads(kitti_in_s3.get_bytes("mining/latest.json"))
-        summary = json.loads(kitti_in_s3.get_bytes(f"mining/{latest['run_key']}/summary.json"))
-        assert summary["selected"] == 7 and summary["frames"] == 1479
-    finally:
-        _stop(worker)
-        log.close()
+    with open(tmp_path / "worker.log", "w") as log:
+        worker = subprocess.Popen([*FLEETLOOP, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                  start_new_session=True)
+        try:
+            run = subprocess.run([*FLEETLOOP, "run", "mine", "--param", "budget=7", "--wait", "--timeout", "240"],
+                                 env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+            assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()[-3000:]
+            latest = json.loads(kitti_in_s3.get_bytes("mining/latest.json"))
+            summary = json.loads(kitti_in_s3.get_bytes(f"mining/{latest['run_key']}/summary.json"))
+            assert summary["selected"] == 7 and summary["frames"] == 1479
+        finally:
+            _stop(worker)
 
 
 def _objects(store, prefix: str) -> list[str]:

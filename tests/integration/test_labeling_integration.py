@@ -21,13 +21,13 @@ import httpx
 import numpy as np
 import pytest
 
-from fleetloop.local import label_studio as server
 from fleetloop.label.campaigns import find_campaign
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.convert import box_to_result, result_to_box
 from fleetloop.label.push import existing_keys, push, read_selection
-from fleetloop.sim.labeling_team import TeamConfig, relabel, simulate
 from fleetloop.label.sync import campaign_status, delivered_manifest, read_labels, sync
+from fleetloop.local import label_studio as server
+from fleetloop.sim.labeling_team import TeamConfig, relabel, simulate
 from fleetloop.store.objects import LocalStore
 
 pytestmark = [pytest.mark.services, pytest.mark.kitti, pytest.mark.timeout(900)]
@@ -83,7 +83,7 @@ def _same_boxes(got, want, atol: float = 1e-3) -> bool:
     got = sorted((r[0], *map(float, r[1:])) for r in got)
     want = sorted((r[0], *map(float, r[1:])) for r in want)
     return len(got) == len(want) and all(
-        g[0] == w[0] and np.allclose(g[1:], w[1:], rtol=0, atol=atol) for g, w in zip(got, want)
+        g[0] == w[0] and np.allclose(g[1:], w[1:], rtol=0, atol=atol) for g, w in zip(got, want, strict=True)
     )
 
 
@@ -403,7 +403,7 @@ def test_bad_input_is_reported_and_the_rest_proceeds(tmp_path, client, ls_home, 
         (rows[2]["log_id"], rows[2]["frame"]): (tmp_path / "camera.png").as_uri(),
     }
     frames = kitti_logs.frames
-    new_uri = [uris.get((l, f)) for l, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist())]
+    new_uri = [uris.get((log_id, f)) for log_id, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist(), strict=True)]
     frames = frames.set_column(frames.schema.get_field_index("image_uri"), "image_uri", pa.array(new_uri, pa.string()))
     logs = DriveLogs(**{**kitti_logs.tables(), "frames": frames})
     rows.append({"log_id": "0001", "frame": 99999, "score": 0.1, "reasons": ""})
@@ -503,7 +503,7 @@ def test_production_path_presigned_s3_images_and_label_shards_in_s3(
         (rows[1]["log_id"], rows[1]["frame"]): f"s3://{s3_settings.bucket}/cam/bad.png",
     }
     frames = kitti_logs.frames
-    new_uri = [uris.get((l, f)) for l, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist())]
+    new_uri = [uris.get((log_id, f)) for log_id, f in zip(frames["log_id"].to_pylist(), frames["frame"].to_pylist(), strict=True)]
     frames = frames.set_column(frames.schema.get_field_index("image_uri"), "image_uri", pa.array(new_uri, pa.string()))
     logs = DriveLogs(**{**kitti_logs.tables(), "frames": frames})
     report = push(

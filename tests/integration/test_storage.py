@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from fleetloop.schema import STREAMS, DriveLogs
+from fleetloop.settings import S3Settings, Settings, StorageSettings
 from fleetloop.store.logs import (
     ARRIVALS_PREFIX,
     LogConflictError,
@@ -23,8 +25,6 @@ from fleetloop.store.logs import (
     list_logs,
     put_log,
 )
-from fleetloop.schema import STREAMS, DriveLogs
-from fleetloop.settings import S3Settings, Settings, StorageSettings
 from fleetloop.store.objects import LocalStore, ObjectNotFound, S3Store, StorageError, get_store, make_s3_client
 
 pytest_plugins = ["tests.fixtures_s3"]
@@ -141,7 +141,7 @@ def test_bytes_roundtrip_overwrite_and_missing(store) -> None:
     assert store.get_bytes("a/b/c.bin") == b"two"
     assert store.exists("a/b/c.bin")
     assert not store.exists("a/b/nope.bin")
-    with pytest.raises(ObjectNotFound, match="nope.bin"):
+    with pytest.raises(ObjectNotFound, match=r"nope\.bin"):
         store.get_bytes("a/b/nope.bin")
     with pytest.raises(ObjectNotFound):
         store.get_file("a/b/nope.bin", Path("/tmp/never-written"))
@@ -246,7 +246,7 @@ def test_get_store_from_settings(tmp_path: Path, s3_settings: S3Settings) -> Non
 def test_missing_bucket_is_a_clear_error(s3_server) -> None:
     s3 = S3Settings(bucket="no-such-bucket-here", endpoint_url=s3_server.endpoint_url)
     store = S3Store(s3.bucket, "", make_s3_client(s3))
-    with pytest.raises(StorageError, match="no-such-bucket-here.*does not exist"):
+    with pytest.raises(StorageError, match=r"no-such-bucket-here.*does not exist"):
         store.put_bytes("k", b"x")
     store.ensure_bucket()
     store.put_bytes("k", b"x")

@@ -5,15 +5,15 @@ window the cycle of this week covers."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from fleetloop.cycle import iso_week, week_start
 from fleetloop.drift.steer import latest_slice_boost
 from fleetloop.ingest.ingest import ingest
 from fleetloop.mine.run import MiningSummary
-from fleetloop.cycle import iso_week, week_start
 from fleetloop.settings import get_settings
 from fleetloop.store.logs import list_logs
 
@@ -28,7 +28,7 @@ def two_weeks(tmp_path, monkeypatch, kitti_root):
     monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
     get_settings.cache_clear()
     store = get_store(get_settings())
-    monday = week_start(iso_week(datetime.now(timezone.utc)))
+    monday = week_start(iso_week(datetime.now(UTC)))
     ingest(store, kitti_root, "kitti-tracking", ["0001", "0006"], arrived_at=monday - timedelta(days=10))
     ingest(store, kitti_root, "kitti-tracking", ["0008", "0010", "0012"], arrived_at=monday - timedelta(days=3))
     yield store
@@ -84,7 +84,7 @@ def test_drift_flow_skips_clearly_without_a_reference(prefect_api, tmp_path, mon
 
     monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home2"))
     get_settings.cache_clear()
-    monday = week_start(iso_week(datetime.now(timezone.utc)))
+    monday = week_start(iso_week(datetime.now(UTC)))
     ingest(get_store(get_settings()), kitti_root, "kitti-tracking", ["0012"], arrived_at=monday - timedelta(days=2))
     run = monitor_drift()
     assert run.status == "skipped" and "0 reference logs" in run.reason

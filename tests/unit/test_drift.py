@@ -14,7 +14,6 @@ from PIL import Image
 from scipy.spatial import distance
 from typer.testing import CliRunner
 
-from fleetloop.perception.geometry import project_boxes, projection_matrix
 from fleetloop.drift import (
     DriftInputError,
     DriftSummary,
@@ -25,6 +24,7 @@ from fleetloop.drift import (
 )
 from fleetloop.drift.features import NUMERICAL_FEATURES, TAG_FEATURES
 from fleetloop.ingest.importers import load_logs
+from fleetloop.perception.geometry import project_boxes, projection_matrix
 from fleetloop.schema import CALIBRATION, CAMERA_DETECTIONS, FRAMES, LIDAR_DETECTIONS, TRACKS, DriveLogs
 
 WEEK1, WEEK2 = ["0001", "0006"], ["0008", "0010", "0012"]
@@ -266,8 +266,9 @@ def test_kitti_features(kitti_root: Path, kitti_features: pd.DataFrame):
 def test_projection_matches_the_detectors_own_image_boxes(kitti_root: Path):
     """The PointRCNN files carry the P2 projection of each 3D box (clipped to the image): our
     projection of the imported lidar-frame boxes must reproduce it."""
-    from fleetloop.drift.features import _keys, _project_lidar
     import pyarrow.compute as pc
+
+    from fleetloop.drift.features import _keys, _project_lidar
 
     logs = load_logs(kitti_root, "kitti-tracking", log_ids=["0006"])
     raw = pd.read_csv(kitti_root / "lidar_det" / "pointrcnn" / "0006.txt", header=None).sort_values(0, kind="stable")

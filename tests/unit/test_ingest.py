@@ -32,7 +32,7 @@ def broken_kitti(tmp_path, kitti_root):
     lines[4] = lines[4].replace(",", ";", 1)  # a line that does not parse
     det.write_text("\n".join(lines) + "\n")
     calib = root / "calib" / "0010.txt"
-    calib.write_text("\n".join(l for l in calib.read_text().splitlines() if not l.startswith("Tr_velo_to_cam")))
+    calib.write_text("\n".join(line for line in calib.read_text().splitlines() if not line.startswith("Tr_velo_to_cam")))
     return root
 
 

@@ -16,12 +16,10 @@ import pyarrow as pa
 import pytest
 
 from fleetloop.label import campaigns
-from fleetloop.local import label_studio as server
 from fleetloop.label.client import LabelStudioAuthError, token_kind
 from fleetloop.label.convert import BadRegion, box_to_result, is_unusable, result_to_box, unusable_result
 from fleetloop.label.push import SelectionError, read_selection, task_key
 from fleetloop.label.render import RENDER_BANNER, project_lidar_boxes, render_frame
-from fleetloop.sim.labeling_team import TeamConfig, answer_task
 from fleetloop.label.sync import (
     Delivered,
     Watermark,
@@ -33,7 +31,9 @@ from fleetloop.label.sync import (
     read_labels,
 )
 from fleetloop.label.webhook import SECRET_HEADER, WebhookReceiver
+from fleetloop.local import label_studio as server
 from fleetloop.schema import CLASSES, LABELS
+from fleetloop.sim.labeling_team import TeamConfig, answer_task
 from fleetloop.store.objects import LocalStore
 
 W, H = 1242, 375
@@ -253,7 +253,7 @@ def test_watermark_folds_in_a_shard_written_before_a_crash(tmp_path):
     # a later revision of annotation 1: read_labels keeps only the newest
     store.put_bytes(_shard_key("c", 3), _shard_bytes([_row(1, rev=2)], [_manifest(1, "t1b", rev=2)]))
     latest = read_labels(store, "c")
-    assert sorted(zip(latest["annotation_id"].to_pylist(), latest["revision"].to_pylist())) == [(1, 2), (2, 1)]
+    assert sorted(zip(latest["annotation_id"].to_pylist(), latest["revision"].to_pylist(), strict=True)) == [(1, 2), (2, 1)]
     assert read_labels(store, "c", latest=False).num_rows == 3
     assert latest.schema.equals(LABELS, check_metadata=False)
 
@@ -268,7 +268,7 @@ def test_simulated_answers_are_deterministic_and_noisy():
     a1, a2 = answer_task(task, truth, team), answer_task(task, truth, team)
     assert a1 == a2 and a1[0] == "labeled" and len(a1[1]) == 2
     assert a1[1][1][3] == W  # clipped to the image
-    assert any(abs(a - b) > 0.01 for a, b in zip(a1[1][0][1:], truth[0][1:]))
+    assert any(abs(a - b) > 0.01 for a, b in zip(a1[1][0][1:], truth[0][1:], strict=True))
     assert answer_task(task, truth, TeamConfig(seed=7))[1][0] == truth[0]  # no noise: exact truth
     skipped = [
         answer_task(

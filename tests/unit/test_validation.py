@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from fleetloop.ingest.suites import TABLES, load_suite_dict
-from fleetloop.ingest.suites.build import stale_suites, validated_columns
 from fleetloop.ingest.importers import LogFormatError, load_logs, load_logs_isolated
 from fleetloop.ingest.importers.parquet import write_parquet_log
-from fleetloop.schema import LABELS, STREAMS, DriveLogs
+from fleetloop.ingest.suites import TABLES, load_suite_dict
+from fleetloop.ingest.suites.build import stale_suites, validated_columns
 from fleetloop.ingest.validation import LogReport, quarantine, validate_labels, validate_logs
+from fleetloop.schema import LABELS, STREAMS, DriveLogs
 from tests.factory_logs import make_logs, replace_values
 
 LOGS = ["log-a", "log-b", "log-c"]
