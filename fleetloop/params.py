@@ -85,4 +85,4 @@ def dump_params(params: LoopParams) -> str:
     """``params.yaml`` text for these params (every value spelled out)."""
     import yaml
 
-    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=110)
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=False, width=110)

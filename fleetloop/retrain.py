@@ -4,11 +4,13 @@ Trains on ``dataset-vN`` in the training workspace (``dvc repro``, :mod:`fleetlo
 registers the model with its lineage and per-slice metrics (and its ONNX CPU latency when it
 has one), makes it the candidate, and runs the promotion gate against production: promoted, or
 rejected with one reason per failing slice. Idempotent: a dataset version already trained with
-the same training params is not trained again (the registered version is reported).
+the same training params is not trained again (the registered version is reported). With
+``train.warm_start`` the candidate starts from the production model's weights.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -77,8 +79,12 @@ def retrain(
     if existing is not None:
         mv, reused, latency = existing, True, existing.latency_ms
     else:
-        out = train_on(workspace, dataset, version, template=template, scenarios=scenarios,
-                       timeout_s=loop.train.timeout_s * 2 + 600)
+        with tempfile.TemporaryDirectory() as tmp:
+            init = None
+            if loop.train.warm_start and "production" in registry.aliases():
+                init = registry.download("production", Path(tmp) / "production")
+            out = train_on(workspace, dataset, version, template=template, init=init, scenarios=scenarios,
+                           timeout_s=loop.train.timeout_s * 2 + 600)
         latency = onnx_latency_ms(out.model_dir)
         mv = registry.register(out.model_dir, out.metrics, dataset_version=version, params=train_params,
                                trainer=loop.train.command, latency_ms=latency, training_seconds=out.training_seconds)

@@ -40,10 +40,12 @@ def read_train_params(path: Path = Path("params.yaml")) -> TrainParams:
 
 
 def run_command(template: str, params: TrainParams, **paths: Path) -> float:
-    """Fill ``{data}``, ``{model}``, ``{out}``, ``{epochs}``, ``{seed}`` into the command, run it with
-    the timeout, stream its output; returns the seconds it took."""
+    """Fill ``{data}``, ``{model}``, ``{init}``, ``{out}``, ``{epochs}``, ``{seed}`` into the command
+    (``train.finetune_epochs`` when ``{init}`` holds a model), run it with the timeout, stream its
+    output; returns the seconds it took."""
     values = {k: shlex.quote(str(v)) for k, v in paths.items()}
-    values.update(epochs=str(params.epochs), seed=str(params.seed))
+    warm = "init" in paths and any(p.name != ".keep" for p in Path(paths["init"]).iterdir())
+    values.update(epochs=str(params.finetune_epochs if warm else params.epochs), seed=str(params.seed))
     try:
         argv = shlex.split(template.format(**values))
     except (KeyError, IndexError, ValueError) as exc:
@@ -90,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     t = sub.add_parser("train")
     t.add_argument("--data", type=Path, required=True)
+    t.add_argument("--init", type=Path, required=True, help="the production model's files, or an empty folder")
     t.add_argument("--model", type=Path, required=True)
     e = sub.add_parser("evaluate")
     e.add_argument("--model", type=Path, required=True)
@@ -105,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = prepare(args.dataset, args.out, args.scenarios)
             print(json.dumps(report.model_dump()))
         elif args.stage == "train":
-            seconds = run_command(params.command, params, data=args.data, model=args.model)
+            args.init.mkdir(exist_ok=True)
+            seconds = run_command(params.command, params, data=args.data, model=args.model, init=args.init)
             (args.model / "training.json").write_text(json.dumps({"seconds": round(seconds, 2)}))
         else:
             m = evaluate_model(args.model, args.data, args.out, params)

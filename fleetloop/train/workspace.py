@@ -5,7 +5,8 @@ and ``params.yaml`` (copied from the repository root on every run, so the team e
 place), the dataset imported from the dataset registry at its tag (DVC's data-registry pattern:
 ``dvc import <dataset repo> data -o data/dataset --rev dataset-vN`` the first time, ``dvc update
 --rev dataset-vN`` after; the version is recorded in ``data/dataset.dvc`` and ``dvc.lock``), and
-an optional ``scenarios/`` folder of fixed evaluation sets. After a run, the workspace commits
+an optional ``scenarios/`` folder of fixed evaluation sets, and ``init/``: the production model
+to warm-start from (``train.warm_start``; empty for a training from scratch). After a run, the workspace commits
 ``dvc.lock`` so its history says which dataset and params produced which metrics. DVC runs through
 the dataset package's adapter, the one place that calls git and DVC.
 """
@@ -59,9 +60,22 @@ def _ensure_workspace(repo: Repo) -> None:
         repo.dvc("config", "core.analytics", "false")
         repo.dvc("config", "core.check_update", "false")
         repo.dvc("config", "cache.type", "reflink,hardlink,copy")
-    (root / ".gitignore").write_text("/prepared\n/model\n")
+    (root / ".gitignore").write_text("/prepared\n/model\n/init\n")
     repo.git("add", "-A")
     repo.git("commit", "-q", "-m", "Training workspace (fleetloop)")
+
+
+def _fill(folder: Path, source: Path | None) -> None:
+    """``folder`` holds exactly ``source``'s files (or only ``.keep``), so DVC sees its change."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    (folder / ".keep").touch()
+    if source is not None:
+        for path in sorted(Path(source).rglob("*")):
+            if path.is_file():
+                target = folder / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
 
 
 def _dataset_source(dataset: DatasetConfig) -> str:
@@ -74,6 +88,7 @@ def retrain(
     version: int,
     *,
     template: Path,
+    init: Path | None = None,
     scenarios: list[Path] | None = None,
     timeout_s: float = 3600.0,
 ) -> TrainOutcome:
@@ -90,6 +105,7 @@ def retrain(
         raise TrainingFailed(f"{src} has no {' or '.join(missing)}: the training pipeline is defined there")
     for name in PIPELINE_FILES:
         shutil.copyfile(src / name, workspace / name)
+    _fill(workspace / "init", init)  # the production model to warm-start from (empty: from scratch)
     scen = workspace / "scenarios"
     scen.mkdir(exist_ok=True)
     (scen / ".keep").touch()
