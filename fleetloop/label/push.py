@@ -109,8 +109,11 @@ def build_tasks(
     image_dir: Path,
     model_version: str,
     s3_client: Any = None,
+    camera_stream: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[FrameProblem]]:
-    """Label Studio task dicts for ``rows`` (frames of ``logs``) and the frames that failed."""
+    """Label Studio task dicts for ``rows`` (frames of ``logs``) and the frames that failed.
+    Pre-annotations are the boxes of the judged camera stream only (``camera_stream``, as
+    ``MiningParams.camera_stream``; see :func:`~fleetloop.label.render.prediction_source`)."""
     problems: list[FrameProblem] = []
     frames = {(r["log_id"], r["frame"]): r for r in logs.frames.to_pylist()} if rows else {}
     calib = {r["log_id"]: (r["image_width"], r["image_height"]) for r in logs.calibration.to_pylist()}
@@ -118,7 +121,7 @@ def build_tasks(
     wanted_logs = sorted({k[0] for k in keys})
     sub = logs.select(wanted_logs)
     boxes = group_boxes(sensor_boxes(sub), keys)
-    sources = {log_id: prediction_source(sub, log_id) for log_id in wanted_logs}
+    sources = {log_id: prediction_source(sub, log_id, camera_stream) for log_id in wanted_logs}
     pushed_at = datetime.now(UTC).isoformat(timespec="seconds")
     tasks: list[dict[str, Any]] = []
     for row in rows:
@@ -260,8 +263,10 @@ def push(
     image_dir: Path | None = None,
     s3_client: Any = None,
     lock_timeout: float = 600.0,
+    camera_stream: str | None = None,
 ) -> PushReport:
-    """Create the tasks of the selected frames that the campaign does not have yet."""
+    """Create the tasks of the selected frames that the campaign does not have yet
+    (pre-annotations: the judged camera stream's boxes, ``camera_stream`` as the miner's)."""
     t0 = time.perf_counter()
     camp.check_name(campaign)
     with file_lock(lock_path(home, "push", campaign), timeout=lock_timeout):
@@ -301,6 +306,7 @@ def push(
                 image_dir=image_dir,
                 model_version=model_version,
                 s3_client=s3_client,
+                camera_stream=camera_stream,
             )
             report.build_seconds += time.perf_counter() - t1
             report.problems.extend(problems)

@@ -97,25 +97,55 @@ def _box_table(cols: dict, with_det_id: bool = False) -> pa.Table:
     )
 
 
+def _stream_matches(name: str, wanted: str) -> bool:
+    """``wanted`` names a camera stream as the miner does: ``yolox_sort`` or ``camera:yolox_sort``."""
+    return name == wanted or name == f"camera:{wanted}" or name.split(":", 1)[-1] == wanted
+
+
 def sensor_boxes(logs: DriveLogs) -> dict[str, pa.Table]:
-    """All 2D boxes per sensor: ``lidar`` (projected), ``camera`` (detections), ``track`` (camera tracks)."""
+    """All 2D boxes per sensor: ``lidar`` (projected), ``camera`` (detections), ``track`` (every
+    camera tracker's tracks, for the rendering), and each camera tracker's own tracks under its
+    stream name (``camera:<tracker>``, the ``sensor`` column), for the pre-annotations."""
+    import pyarrow.compute as pc
+
     tracks = logs.tracks
-    return {
+    out = {
         "lidar": project_lidar_boxes(logs).select(list(BOX_COLUMNS)),
         "camera": logs.camera_detections.select(list(BOX_COLUMNS)),
         "track": tracks.select(list(BOX_COLUMNS)),
     }
+    if tracks.num_rows:
+        for name in pc.unique(tracks["sensor"]).to_pylist():
+            if name.startswith("camera"):
+                out[name] = tracks.filter(pc.equal(tracks["sensor"], name)).select(list(BOX_COLUMNS))
+    return out
 
 
-def prediction_source(logs: DriveLogs, log_id: str) -> str | None:
-    """Which boxes are "the model's" for a log: camera detections if it has any, else camera
-    tracks, else projected lidar detections; None when it has none of them."""
+def prediction_source(logs: DriveLogs, log_id: str, camera_stream: str | None = None) -> str | None:
+    """Which boxes are "the model's" for a log (a key of :func:`sensor_boxes`): the judged camera
+    stream, chosen as the miner chooses it (``MiningParams.camera_stream``: camera detections
+    (``camera``) or one tracker (``yolox_sort`` / ``camera:yolox_sort``); None: camera detections
+    if the log has any, else its first camera tracker by name). Every other camera stream is
+    evidence and never becomes a pre-annotation. Without camera boxes: projected lidar
+    detections; None when the log has none of them."""
     import pyarrow.compute as pc
 
-    for name, table in (("camera", logs.camera_detections), ("track", logs.tracks), ("lidar", logs.lidar_detections)):
-        if table.num_rows and pc.any(pc.equal(table["log_id"], log_id)).as_py():
-            return name
-    return None
+    def of_log(t: pa.Table) -> pa.Table:
+        return t.filter(pc.equal(t["log_id"], log_id)) if t.num_rows else t
+
+    streams = []
+    if of_log(logs.camera_detections).num_rows:
+        streams.append("camera")
+    tracks = of_log(logs.tracks)
+    if tracks.num_rows:
+        streams += sorted(n for n in pc.unique(tracks["sensor"]).to_pylist() if n.startswith("camera"))
+    if camera_stream:
+        hit = [n for n in streams if _stream_matches(n, camera_stream)]
+        if hit:
+            return hit[0]
+    if streams:
+        return streams[0]
+    return "lidar" if of_log(logs.lidar_detections).num_rows else None
 
 
 def group_boxes(boxes: dict[str, pa.Table], keys: set[tuple[str, int]]) -> dict[tuple[str, int], dict[str, list[dict]]]:

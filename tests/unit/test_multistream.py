@@ -166,3 +166,37 @@ def test_kitti_multiple_blanks_parse_on_the_slow_path(tmp_path: Path):
     root = _kitti(tmp_path, "1  1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
     logs = load_logs(root, "kitti-tracking")
     assert logs.tracks.num_rows == 2 and pc.unique(logs.tracks["sensor"]).to_pylist() == ["camera:t"]
+
+
+class _Publisher:
+    def publish(self, path: Path, key: str) -> str:
+        return f"file://{path}"
+
+
+def _boxes_of(task: dict) -> list[tuple[float, float]]:
+    return sorted((round(r["value"]["x"], 1), round(r["value"]["y"], 1)) for r in task["predictions"][0]["result"])
+
+
+def test_pre_annotations_are_the_judged_streams_boxes_only(tmp_path: Path):
+    """Both camera streams are loaded (evidence for the miner), but the tasks' pre-annotations are
+    the judged stream's boxes: never both streams' boxes of one car."""
+    from fleetloop.label.push import build_tasks
+    from fleetloop.label.render import prediction_source
+
+    a_box, b_box = image_box(20.0, 3.0), image_box(30.0, -6.0)
+    logs = two_streams([(1, a_box)], [(1, b_box), (1, a_box)], [(1, "car", 0.99, 20.0, 3.0)])
+    rows = [{"log_id": "L1", "frame": 1, "score": 1.0, "reasons": "lidar_only:1"}]
+
+    def task(stream):
+        tasks, problems = build_tasks(rows, logs, "c1", publisher=_Publisher(), image_dir=tmp_path, model_version="m",
+                                      camera_stream=stream)
+        assert not problems
+        return tasks[0]
+
+    judged_a, judged_b = task("a"), task("camera:b")
+    assert judged_a["data"]["prediction_source"] == "camera:a" and len(judged_a["predictions"][0]["result"]) == 1
+    assert judged_b["data"]["prediction_source"] == "camera:b" and len(judged_b["predictions"][0]["result"]) == 2
+    assert _boxes_of(judged_a)[0] in _boxes_of(judged_b)
+    # no stream named: the miner's default, the first camera stream by name
+    assert prediction_source(logs, "L1") == "camera:a" and task(None)["data"]["prediction_source"] == "camera:a"
+    assert prediction_source(logs, "L1", "nope") == "camera:a"
