@@ -114,6 +114,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]mine failed:[/] {exc}")
                 raise typer.Exit(1) from None
         if quiet:
+            _exit_now()
             return
         what = (f"top {report.written:,} frames (budget {budget})" if budget else
                 f"{report.written:,} frames (cost budget {budget_cost:g})" if budget_cost else f"all {report.written:,} frames, ranked")
@@ -123,6 +124,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"  [red]quarantined {log_id}[/]: {why}")
         for s in report.skipped:
             console.print(f"  skipped {s}")
+        _exit_now()
 
     @mine_app.command("calibrate")
     def calibrate_cmd(
@@ -184,6 +186,25 @@ def register(app: typer.Typer) -> None:
 
         dirs = write_sample(out, n_logs=logs, n_frames=frames, seed=seed)
         console.print(f"[green]wrote {len(dirs)} logs of {frames} frames to {out}[/] (injected errors: {out / 'injected_errors.csv'})")
+
+
+def _exit_now(code: int = 0) -> None:
+    """End the process without the interpreter's teardown once ``fleetloop mine`` has written
+    its output: with Great Expectations, pandas and numba loaded, freeing every module's objects
+    one by one costs about a CPU-second. Only when this process runs the ``fleetloop`` command
+    itself (never inside another program, e.g. a test's CliRunner); ``FLEETLOOP_NO_FAST_EXIT=1``
+    turns it off. Nothing is pending then: the output was written atomically, no thread runs."""
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    ours = Path(sys.argv[0]).name == "fleetloop" or (spec is not None and spec.name in ("fleetloop", "fleetloop.__main__"))
+    if not ours or os.environ.get("FLEETLOOP_NO_FAST_EXIT"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, **query) -> None:

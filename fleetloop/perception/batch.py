@@ -106,6 +106,19 @@ def _where(t: pa.Table, i: int) -> str:
     return f" (log {t.column('log_id')[i].as_py()!r}, frame {t.column('frame')[i].as_py()})"
 
 
+def _global_frames(keys: np.ndarray, key: np.ndarray, code: np.ndarray) -> np.ndarray:
+    """Position of every ``key`` in the sorted ``keys`` (the caller checks the hits). When every
+    log's frames are consecutive indices (the usual case) this is arithmetic; else a binary search."""
+    log = keys >> 32
+    n_logs = int(log[-1]) + 1 if keys.size else 0
+    first = np.searchsorted(log, np.arange(n_logs + 1))
+    first_frame = keys[np.minimum(first[:-1], keys.size - 1)] & 0xFFFFFFFF
+    last_frame = keys[np.maximum(first[1:] - 1, 0)] & 0xFFFFFFFF
+    if n_logs and np.array_equal(last_frame - first_frame + 1, np.diff(first)) and code.size and code.max() < n_logs:
+        return first[code] + ((key & 0xFFFFFFFF) - first_frame[code])
+    return np.searchsorted(keys, key)
+
+
 def _stream(name: str, t: pa.Table, keys: np.ndarray, log_values: pa.Array, n_frames: int, cols: list[str],
             extra: dict[str, np.ndarray] | None = None) -> Stream:
     n = t.num_rows
@@ -120,8 +133,8 @@ def _stream(name: str, t: pa.Table, keys: np.ndarray, log_values: pa.Array, n_fr
                                "which has no rows in the frames table")
     code = idx.to_numpy(zero_copy_only=False).astype(np.int64)
     key = (code << 32) | t.column("frame").to_numpy().astype(np.int64)
-    g = np.searchsorted(keys, key)
-    bad = (g >= len(keys)) | (keys[np.minimum(g, len(keys) - 1)] != key)
+    g = _global_frames(keys, key, code)
+    bad = (g >= len(keys)) | (g < 0) | (keys[np.clip(g, 0, len(keys) - 1)] != key)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise MiningInputError(
