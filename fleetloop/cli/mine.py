@@ -67,8 +67,9 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from fleetloop.ingest.importers import FORMATS, LogFormatError
-        from fleetloop.mine.files import MiningOutputError, mine_files
+        from fleetloop.mine.files import MiningOutputError
         from fleetloop.mine.params import MiningParams
+        from fleetloop.mine_files import mine_files
         from fleetloop.perception.batch import MiningInputError
 
         if tag is None:

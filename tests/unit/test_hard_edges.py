@@ -28,7 +28,8 @@ from fleetloop.ingest.importers import LogFormatError, load_logs_isolated
 from fleetloop.ingest.importers.parquet import ParquetImporter, write_parquet_log
 from fleetloop.ingest.ingest import ingest
 from fleetloop.mine import files as mine_files_module
-from fleetloop.mine.files import mine_files, write_frames
+from fleetloop.mine.files import write_frames
+from fleetloop.mine_files import mine_files
 from fleetloop.settings import get_settings
 from fleetloop.store.logs import get_log, get_manifest, list_logs
 from fleetloop.store.objects import LocalStore

@@ -1,0 +1,168 @@
+"""Mine logs straight from files: what ``fleetloop mine PATH`` does.
+
+Logs are read (the ingest step's importers), validated (its Great Expectations suites) and mined
+shard by shard (a shard = a group of whole logs), so memory holds one shard plus the per-frame
+results. A log that does not parse or fails validation is quarantined with its reason; the other
+logs are still mined. The frames of all shards are then ranked (or selected under a budget) and
+written as CSV or Parquet. It combines two steps of the loop (ingest and mine), so it sits above
+both, beside the weekly cycle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from fleetloop.ingest.importers import LogFormatError, get_importer
+from fleetloop.mine.files import out_kind, write_frames
+from fleetloop.mine.mining import compact_frames, expand_frames, mine, rank, select, select_cost
+from fleetloop.mine.params import MiningParams
+from fleetloop.perception.batch import MiningInputError
+from fleetloop.schema import DriveLogs
+
+
+@dataclass
+class MineFilesReport:
+    logs: int = 0
+    frames: int = 0
+    flags: int = 0
+    written: int = 0
+    quarantined: dict[str, str] = field(default_factory=dict)  # log_id -> reason
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # stage -> CPU seconds of this process (all threads)
+    validation: str = "off"  # "great-expectations" | "off" | "unavailable"
+
+
+def _load_shard(importer, root: Path, ids: list[str], report: MineFilesReport) -> DriveLogs | None:
+    """Load a shard; when a file does not parse, load its logs one by one and quarantine the bad."""
+    try:
+        return importer.load(root, ids)
+    except LogFormatError as exc:
+        if len(ids) == 1:  # a shard of one log: quarantined like any other, the run goes on
+            report.quarantined[ids[0]] = str(exc)
+            return None
+    parts = []
+    for log_id in ids:
+        try:
+            parts.append(importer.load(root, [log_id]))
+        except LogFormatError as exc:
+            report.quarantined[log_id] = str(exc)
+    return DriveLogs.concat(parts) if parts else None
+
+
+def mine_files(
+    root: Path | str,
+    fmt: str,
+    out: Path | str | None = None,
+    *,
+    budget: int | None = None,
+    budget_cost: float | None = None,
+    params: MiningParams | None = None,
+    validate: bool = True,
+    shard_logs: int = 128,
+    log_ids: list[str] | None = None,
+    importer_options: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[pa.Table, MineFilesReport]:
+    """Load, validate, mine, rank (or select ``budget`` frames, or frames worth ``budget_cost``
+    of labelling cost) and write to ``out``.
+
+    Returns the written table (ranked frames, or the selection) and a report. ``progress`` is
+    called as ``progress(stage, logs_done, logs_total)``."""
+    params = params or MiningParams()
+    root = Path(root)
+    out = Path(out) if out is not None else None
+    if out is not None:
+        out_kind(out)
+    if not root.exists():
+        raise FileNotFoundError(f"log source {root} does not exist")
+    report = MineFilesReport()
+    importer = get_importer(fmt, **(importer_options or {}))
+    available = importer.list_logs(root)
+    if log_ids:
+        missing = sorted(set(log_ids) - set(available))
+        if missing:
+            raise LogFormatError(root, f"logs not found: {missing}")
+        available = [i for i in available if i in set(log_ids)]
+    if not available:
+        raise LogFormatError(root, "no logs found")
+    validate_logs = None
+    if validate:
+        try:
+            from fleetloop.ingest.validation import validate_logs
+            report.validation = "great-expectations"
+        except ImportError:
+            report.validation = "unavailable"
+    shards = [available[i : i + shard_logs] for i in range(0, len(available), shard_logs)]
+    frames: list[pa.Table] = []
+    skipped: set[str] = set()
+    t = {"load": 0.0, "validate": 0.0, "mine": 0.0, "rank": 0.0, "write": 0.0}
+    cpu = dict.fromkeys(t, 0.0)
+    clock = time.process_time
+    done = 0
+    for ids in shards:
+        if progress:
+            progress("loading", done, len(available))
+        t0, c0 = time.perf_counter(), clock()
+        logs = _load_shard(importer, root, ids, report)
+        t["load"] += time.perf_counter() - t0
+        cpu["load"] += clock() - c0
+        if logs is not None and validate_logs is not None:
+            if progress:
+                progress("validating", done, len(available))
+            t0, c0 = time.perf_counter(), clock()
+            result = validate_logs(logs)
+            t["validate"] += time.perf_counter() - t0
+            cpu["validate"] += clock() - c0
+            for log_id, rep in result.quarantined.items():
+                first = rep.critical[0] if rep.critical else None
+                report.quarantined[log_id] = (f"{first.table}: {first.expectation}: {first.description}"
+                                              if first else "failed validation")
+            logs = result.good if result.good.num_frames else None
+        if logs is not None and logs.num_frames:
+            if progress:
+                progress("mining", done, len(available))
+            t0, c0 = time.perf_counter(), clock()
+            res = mine(logs, params)
+            t["mine"] += time.perf_counter() - t0
+            cpu["mine"] += clock() - c0
+            frames.append(compact_frames(res.frames))
+            report.flags += res.flags.num_rows
+            report.logs += len(logs.log_ids)
+            skipped.update(res.skipped)
+        done += len(ids)
+        if progress:
+            progress("mined", done, len(available))
+    if not frames:  # every log quarantined: an error, never an empty ranking written over --out
+        why = "; ".join(f"{k}: {v}" for k, v in list(report.quarantined.items())[:3])
+        raise MiningInputError(f"no logs to mine: all {len(available)} logs were quarantined"
+                               + (f" ({why}{'; ...' if len(report.quarantined) > 3 else ''})" if why else ""),
+                               quarantined=dict(report.quarantined))
+    t0, c0 = time.perf_counter(), clock()
+    all_frames = pa.concat_tables(frames)
+    report.frames = all_frames.num_rows
+    if budget_cost is not None:
+        table = select_cost(all_frames, budget_cost, params).drop_columns(["selected_score"])
+    elif budget is None:
+        table = rank(all_frames)
+        table = table.append_column("rank", pa.array(range(1, table.num_rows + 1), pa.int64()))
+    else:
+        table = select(all_frames, budget, params).drop_columns(["selected_score"])
+    table = expand_frames(table)
+    t["rank"] = time.perf_counter() - t0
+    cpu["rank"] = clock() - c0
+    if out is not None:
+        t0, c0 = time.perf_counter(), clock()
+        write_frames(table, out)
+        t["write"] = time.perf_counter() - t0
+        cpu["write"] = clock() - c0
+    report.written = table.num_rows
+    report.skipped = sorted(skipped)
+    report.seconds = {k: round(v, 3) for k, v in t.items()}
+    report.cpu_seconds = {k: round(v, 3) for k, v in cpu.items()}
+    return table, report
