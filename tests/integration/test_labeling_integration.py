@@ -141,12 +141,13 @@ def test_push_creates_pre_annotated_tasks(pushed, client, kitti_logs, ls_server)
         assert d["image"].startswith("/data/local-files/?d=labeling/images/kitti-50/")
         (pred,) = t["predictions"]
         assert pred["model_version"] == "fleetloop-mined"
-        # the predictions are the camera tracker's boxes of that frame
+        # the predictions are the judged camera stream's boxes of that frame (by default the first
+        # tracker by name, CIWT here); the other stream is evidence, never a pre-annotation
         got = sorted(
             tuple(round(v, 2) for v in (b.x1, b.y1, b.x2, b.y2))
             for b in (result_to_box(r, W, H) for r in pred["result"])
         )
-        f = tracks[(tracks.log_id == d["log_id"]) & (tracks.frame == d["frame"])]
+        f = tracks[(tracks.log_id == d["log_id"]) & (tracks.frame == d["frame"]) & (tracks.sensor == "camera:ciwt")]
         clipped = [(max(r.x1, 0), max(r.y1, 0), min(r.x2, W), min(r.y2, H)) for r in f.itertuples()]
         want = sorted(tuple(round(float(v), 2) for v in b) for b in clipped if b[2] - b[0] >= 1 and b[3] - b[1] >= 1)
         assert got == want
