@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -23,6 +24,9 @@ from fleetloop.mine.mining import compact_frames, expand_frames, mine, rank, sel
 from fleetloop.mine.params import MiningParams
 from fleetloop.perception.batch import MiningInputError
 from fleetloop.schema import DriveLogs
+
+if TYPE_CHECKING:
+    from fleetloop.ingest.validation import ValidationResult
 
 
 @dataclass
@@ -91,10 +95,11 @@ def mine_files(
         available = [i for i in available if i in set(log_ids)]
     if not available:
         raise LogFormatError(root, "no logs found")
-    validate_logs = None
+    validate_logs: Callable[[DriveLogs], ValidationResult] | None = None
     if validate:
         try:
-            from fleetloop.ingest.validation import validate_logs
+            from fleetloop.ingest.validation import validate_logs as ge_validate_logs
+            validate_logs = ge_validate_logs
             report.validation = "great-expectations"
         except ImportError:
             report.validation = "unavailable"

@@ -541,7 +541,7 @@ def _camera_to_lidar_bev(t: pa.Table, logs: DriveLogs) -> tuple[pa.Array, pa.Arr
     cal = logs.calibration
     ids = cal.column("log_id").to_pylist()
     mats = np.asarray(cal.column("lidar_to_cam").combine_chunks().flatten().to_numpy(), np.float64).reshape(-1, 3, 4)
-    inv = {}
+    inv: dict[str, np.ndarray] = {}
     for i, log_id in enumerate(ids):
         m = np.eye(4)
         m[:3] = mats[i]

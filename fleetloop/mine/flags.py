@@ -81,7 +81,7 @@ class Flags:
     parts: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def add(self, reason: str, g: np.ndarray, factor: np.ndarray | float, obj: np.ndarray,
-            ref1: tuple[int, np.ndarray], ref2: tuple[int, np.ndarray] | None = None,
+            ref1: tuple[int | np.ndarray, np.ndarray], ref2: tuple[int | np.ndarray, np.ndarray] | None = None,
             cls: np.ndarray | int = -1, kind: int | None = None) -> None:
         g = np.asarray(g, np.int64)
         n = g.shape[0]
@@ -91,6 +91,8 @@ class Flags:
         obj = np.asarray(obj, np.int64) | (np.int64(kind) << _KIND_SHIFT)
         sev = np.broadcast_to(np.asarray(factor, np.float32), (n,))
         k1, id1 = ref1
+        k2: np.ndarray
+        id2: np.ndarray
         if ref2 is None:
             k2, id2 = np.full(n, -1, np.int8), np.full(n, -1, np.int64)
         else:

@@ -90,7 +90,7 @@ class Evidence:
 
     sides: list[Side]
     lidar_assoc: list[Association]  # per side: a = lidar rows (all), b = side rows
-    stream_assoc: list[Association | None]  # per evidence side: a = judged rows, b = evidence rows
+    stream_assoc: list[Association]  # per evidence side: a = judged rows, b = evidence rows
     seen_by_camera: np.ndarray  # (N_lidar,) bool: some camera stream reporting its class sees it
     lidar_key_of: list[np.ndarray]  # per side: hypothesis key of every row
 
@@ -141,8 +141,8 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     confident = L.score >= thr
     lid_ok = (L.score >= params.lidar_min_score) & (geo.visible > 0)
     lassoc = [_associate_lidar(batch, geo, s, lid_ok, params) for s in sides]
-    sassoc: list[Association | None] = [associate_boxes(J.start, J.boxes, J.cls, s.start, s.boxes, s.cls,
-                                                        params.association_iou) for s in E]
+    sassoc: list[Association] = [associate_boxes(J.start, J.boxes, J.cls, s.start, s.boxes, s.cls,
+                                                 params.association_iou) for s in E]
     lid_cov = _lidar_cover(batch, params)
     lid_key = object_key(KEY_LIDAR, np.arange(len(L)))
     det_id = L.cols["det_id"]
@@ -154,11 +154,11 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     seen_any = np.zeros(len(L), bool)
     seen_ev = np.zeros(len(L), bool)
     cover_any = np.zeros(len(L), bool)
-    for k, (s, a) in enumerate(zip(sides, lassoc, strict=True)):
+    for si, (s, a) in enumerate(zip(sides, lassoc, strict=True)):
         seen = (a.a_match >= 0) & s.cover[L.cls]
         seen_any |= seen
         cover_any |= s.cover[L.cls]
-        if k:
+        if si:
             seen_ev |= seen
 
     # confident lidar objects the cameras should have seen
@@ -173,7 +173,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     flags.add("lidar_only", L.g[i], lid_factor[i], lid_key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
 
     # hypothesis keys of every side's rows: the lidar partner's, else the judged box's, else its own
-    keys = []
+    keys: list[np.ndarray] = []
     j_key = np.where(lassoc[0].b_match >= 0, lid_key[np.maximum(lassoc[0].b_match, 0)], object_key(J.key_space, J.idx))
     keys.append(j_key)
     for s, la, sa in zip(E, lassoc[1:], sassoc, strict=True):

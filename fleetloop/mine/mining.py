@@ -193,12 +193,12 @@ def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch
             (cam_keys if side.key_space == KEY_CAMERA else track_keys)[side.idx] = keys
 
     # temporal
-    if len(L) and not lidar_track_rows.size:
+    if geo is not None and not lidar_track_rows.size:  # geo: exactly when there are lidar detections
         check_lidar_temporal(batch, params, flags, geo, ev.seen_by_camera if ev is not None else None)
     if lidar_track_rows.size:
         check_tracks(batch, params, flags, track_keys, lidar_track_rows)
     judged_tracks = judged is not None and judged.key_space == KEY_TRACK
-    if judged_tracks:
+    if judged is not None and judged_tracks:
         check_tracks(batch, params, flags, track_keys, judged.idx)
     if not len(T) and not len(L):
         skipped.append("temporal: no tracks and no lidar detections")
@@ -219,7 +219,7 @@ def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch
         skipped.append("tracker<->detector (camera): " + ("no camera detections" if cam_track_rows.size else
                                                           "no camera tracks" if len(batch.camera) else
                                                           "no camera detections and no camera tracks"))
-    if lidar_track_rows.size and len(L):
+    if lidar_track_rows.size and geo is not None:
         i = np.flatnonzero((L.score >= thr) & (geo.visible > 0))
         check_tracker_detector(batch, params, flags, lidar_track_rows, geo.box[i], i, L.g[i],
                                (REF_LIDAR, L.cols["det_id"][i]), lidar_keys[i], track_keys)
@@ -228,7 +228,7 @@ def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch
                                                          "across frames instead)" if len(L) else "no lidar detections"))
 
     # uncertainty
-    if len(L):
+    if geo is not None:
         box_h = geo.box[:, 3] - geo.box[:, 1]
         check_uncertainty(L.g, L.score, params.uncertainty_band, thr, size_factor(box_h, params, geo.range_m),
                           flags, lidar_keys, (REF_LIDAR, L.cols["det_id"]), L.cls)

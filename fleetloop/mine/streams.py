@@ -36,19 +36,19 @@ class Side:
     ref_kind: int
     ref_id: np.ndarray  # det_id / track_id of each row
     key_space: int
-    name: str = DETECTIONS
-    g: np.ndarray | None = None  # global frame of each row
-    boxes: np.ndarray | None = None  # (n, 4) float64
-    cls: np.ndarray | None = None  # (n,) class codes
-    score: np.ndarray | None = None  # (n,) NaN when the stream gives no confidence
-    cover: np.ndarray | None = None  # bool over class codes: the classes this stream reports
+    name: str  # DETECTIONS, or the tracker stream's name
+    g: np.ndarray  # global frame of each row
+    boxes: np.ndarray  # (n, 4) float64
+    cls: np.ndarray  # (n,) class codes
+    score: np.ndarray  # (n,) NaN when the stream gives no confidence
+    cover: np.ndarray  # bool over class codes: the classes this stream reports
 
     def __len__(self) -> int:
         return int(self.idx.size)
 
     @property
     def has_scores(self) -> bool:
-        return bool(self.score is not None and np.isfinite(self.score).any())
+        return bool(np.isfinite(self.score).any())
 
 
 def substream(stream: Stream, mask: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:

@@ -141,7 +141,7 @@ def _stream(name: str, t: pa.Table, keys: np.ndarray, log_values: pa.Array, n_fr
             f"{name}: row {i} (log {t.column('log_id')[i].as_py()}, frame {t.column('frame')[i].as_py()}) "
             "refers to a frame that is not in the frames table"
         )
-    row = np.arange(n, dtype=np.int64)
+    row: np.ndarray = np.arange(n, dtype=np.int64)
     if np.any(g[1:] < g[:-1]):
         order = np.argsort(g, kind="stable")
         g, row = g[order], row[order]

@@ -179,8 +179,8 @@ def project_boxes(
     out = np.empty((n, 4), np.float64)
     depth = np.empty(n, np.float64)
     visible = np.empty(n, np.float64)
-    cols = [np.ascontiguousarray(boxes[:, i]) for i in range(7)]
-    _project_kernel(*cols, np.asarray(log_idx, np.int64), M, np.asarray(width, np.float64),
+    x, y, z, bl, bw, bh, yaw = (np.ascontiguousarray(boxes[:, i]) for i in range(7))
+    _project_kernel(x, y, z, bl, bw, bh, yaw, np.asarray(log_idx, np.int64), M, np.asarray(width, np.float64),
                     np.asarray(height, np.float64), out, depth, visible)
     return out, depth, visible
 

@@ -20,6 +20,7 @@ log) when ``store`` is given.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import overload
 
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,6 +30,14 @@ TAG_NAMES = ("weather", "time_of_day", "place", "vehicle")
 
 class LogQueryError(ValueError):
     """The query cannot be answered (e.g. it filters on what the store does not record)."""
+
+
+@overload
+def _utc(v: datetime) -> datetime: ...
+
+
+@overload
+def _utc(v: None) -> None: ...
 
 
 def _utc(v: datetime | None) -> datetime | None:
@@ -104,6 +113,8 @@ def _frames_summary(store, manifest) -> tuple[dict[str, set[str]], datetime | No
                       columns=["timestamp_ns", *TAG_NAMES])
     rows = t.select(list(TAG_NAMES)).group_by(list(TAG_NAMES)).aggregate([]).to_pylist()
     tags = {n: set(pc.unique(t.column(n)).drop_null().to_pylist()) for n in TAG_NAMES}
+    start: datetime | None
+    end: datetime | None
     if t.num_rows:
         lo, hi = pc.min(t.column("timestamp_ns")).as_py(), pc.max(t.column("timestamp_ns")).as_py()
         start, end = (datetime.fromtimestamp(x / 1e9, UTC) for x in (lo, hi))

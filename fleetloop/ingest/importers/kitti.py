@@ -140,7 +140,7 @@ def _read_batch(paths: list[Path], layout: _Layout, max_frames: int = MAX_FRAMES
     for k, (path, size) in enumerate(zip(paths, sizes, strict=True)):
         try:
             with open(path, "rb", buffering=0) as fh:
-                got = fh.readinto(memoryview(buf)[pos : pos + size]) if size else 0
+                got = fh.readinto(buf.data[pos : pos + size]) if size else 0
         except OSError:
             return None
         if got != size:
@@ -534,7 +534,7 @@ class KittiTrackingImporter:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             return out, bad, LogFormatError(path, f"cannot read: {exc.strerror or exc}")
-        known = set(self.list_logs(root) if known is None else known)
+        known_ids = set(self.list_logs(root) if known is None else known)
         first_line: dict[str, int] = {}
         for lineno, line in enumerate(text.splitlines(), 1):
             parts = line.split()
@@ -556,7 +556,7 @@ class KittiTrackingImporter:
             if err is None:
                 first_line[seq] = lineno
                 out[seq] = int(parts[3])
-            elif seq in known:
+            elif seq in known_ids:
                 bad.setdefault(seq, err)
             elif everyone is None:
                 everyone = LogFormatError(path, f"{err.reason} (the line names no sequence of this layout, so it "
@@ -671,11 +671,11 @@ class KittiTrackingImporter:
         names = sorted(set(CLASSES_OF_KITTI))
         parts, tracker_of = [], []
         for t, trk_dir in enumerate(trk_dirs):
-            got = tracking(trk_dir)
-            if got is None:
+            tracked = tracking(trk_dir)
+            if tracked is None:
                 return None
-            parts.append(got)
-            tracker_of.append(np.full(got[1].size, t, np.int64))
+            parts.append(tracked)
+            tracker_of.append(np.full(tracked[1].size, t, np.int64))
         if parts and sum(p[1].size for p in parts):
             cols = {c: np.concatenate([p[0][c] for p in parts]) for c in parts[0][0]}
             t_log = np.concatenate([p[1] for p in parts])
@@ -702,10 +702,10 @@ class KittiTrackingImporter:
 
         camera = CAMERA_DETECTIONS.empty_table()
         if det_dir is not None:
-            got = tracking(det_dir)
-            if got is None:
+            tracked = tracking(det_dir)
+            if tracked is None:
                 return None
-            cols, c_log, c_cls = got
+            cols, c_log, c_cls = tracked
             if c_log.size:
                 order = np.lexsort((cols["frame"], c_log))
                 cols = {c: v[order] for c, v in cols.items()}
