@@ -133,6 +133,24 @@ def test_onnx_matches_torch(model_dir, data_dir):
     assert measure_latency(out, n=5) > 0
 
 
+def test_fine_tune_starts_from_the_given_weights(model_dir, data_dir, tmp_path):
+    out, report = model_dir
+    short = PARAMS.model_copy(update={"epochs": 1})
+    tuned = train_mod.train(data_dir, tmp_path / "tuned", params=short.model_copy(update={"init_from": str(out)}),
+                            max_seconds=15)
+    fresh = train_mod.train(data_dir, tmp_path / "fresh", params=short, max_seconds=15)
+    # the warm start begins where the first run ended, far below a fresh network's first epoch
+    assert tuned.losses[0] < fresh.losses[0] * 0.8, (tuned.losses, fresh.losses, report.losses)
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["params"]["init_from"] == str(out)
+    assert json.loads((out / "config.json").read_text())["params"]["init_from"] is None  # default: fresh
+    with pytest.raises(TrainingError, match=r"init_from: .*widths"):
+        train_mod.train(data_dir, tmp_path / "bad", params=short.model_copy(update={"init_from": str(out),
+                                                                                  "widths": (8, 16, 24, 32)}))
+    with pytest.raises(TrainingError, match=r"init_from: no model\.pt"):
+        train_mod.train(data_dir, tmp_path / "bad", params=short.model_copy(update={"init_from": str(tmp_path)}))
+
+
 def test_predict_cli_writes_predictions(model_dir, data_dir, tmp_path):
     out, _ = model_dir
     dest = tmp_path / "predictions.parquet"

@@ -3,7 +3,7 @@
 CLI::
 
     python -m fleetloop.train.reference.train --data DIR --out MODEL_DIR \\
-        [--epochs N] [--seed S] [--max-seconds T] [--params params.json]
+        [--epochs N] [--seed S] [--max-seconds T] [--params params.json] [--init-from MODEL_DIR]
 
 reads ``DIR/train.parquet`` (and ``DIR/val.parquet`` when present and not empty) and writes
 ``MODEL_DIR/model.pt`` (state dict), ``MODEL_DIR/config.json`` (architecture, classes, input
@@ -16,7 +16,9 @@ Training: AdamW with a linear warm-up and cosine decay, CenterNet's penalty-redu
 on the heatmap plus L1 on log box size and centre offset at object centres, random horizontal
 flips. Seeds fix the initialisation and the batch order; ``--max-seconds`` stops training at the
 first batch that would start after the budget (at least one batch runs; the model is still
-written, and the learning-rate schedule is the one planned for all epochs).
+written, and the learning-rate schedule is the one planned for all epochs). ``init_from`` (a
+model directory of the same architecture) fine-tunes: the network starts from its ``model.pt``
+instead of a fresh initialisation (the optimiser and the schedule start afresh).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class TrainParams(BaseModel):
     size_weight: float = 1.0
     offset_weight: float = 1.0
     export_onnx: bool = True
+    init_from: str | None = None  # a model directory whose weights start the training (fine-tuning)
 
 
 class TrainReport(BaseModel):
@@ -159,10 +162,13 @@ def _lr_at(step: int, total: int, params: TrainParams) -> float:
 
 def fit(split: Split, params: TrainParams, log: Callable[[str], None] | None = None
         ) -> tuple[CenterNet, list[float], float, bool]:
-    """Train a fresh network on ``split``; returns (net, epoch losses, seconds, stopped early)."""
+    """Train a network on ``split`` (fresh, or from ``params.init_from``'s weights); returns
+    (net, epoch losses, seconds, stopped early)."""
     torch.manual_seed(params.seed)
     rng = np.random.default_rng(params.seed)
     net = CenterNet(ModelConfig(widths=params.widths, head=params.head))
+    if params.init_from is not None:
+        _load_initial_weights(net, Path(params.init_from))
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     n = len(split.images)
@@ -204,6 +210,24 @@ def fit(split: Split, params: TrainParams, log: Callable[[str], None] | None = N
             break
     net.eval()
     return net, losses, time.perf_counter() - start, stopped
+
+
+def _load_initial_weights(net: CenterNet, model_dir: Path) -> None:
+    """Copy ``model_dir/model.pt`` into ``net``; TrainingError unless the architectures match."""
+    weights = model_dir / "model.pt"
+    if not weights.is_file():
+        raise TrainingError(f"init_from: no model.pt in {model_dir}")
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        theirs = ModelConfig.from_json(config["model"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"init_from: cannot read {model_dir / 'config.json'}: {exc}") from exc
+    if (theirs.arch, tuple(theirs.classes), theirs.widths, theirs.head) != (
+            net.config.arch, tuple(net.config.classes), net.config.widths, net.config.head):
+        raise TrainingError(f"init_from: {model_dir} is {theirs.arch} widths {list(theirs.widths)} head {theirs.head} "
+                            f"classes {list(theirs.classes)}; this run trains {net.config.arch} widths "
+                            f"{list(net.config.widths)} head {net.config.head} classes {list(net.config.classes)}")
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,8 +289,9 @@ def train(data_dir: str | Path, out_dir: str | Path, *, epochs: int | None = Non
     split = load_split(table, CLASSES, "train")
     height, width = split.images.shape[1:3]
     if log:
+        start = f", from {p.init_from}" if p.init_from else ""
         log(f"training {ARCH} on {len(split.images)} frames ({split.n_objects} objects) of {width}x{height}, "
-            f"{p.epochs} epochs, seed {p.seed}")
+            f"{p.epochs} epochs, seed {p.seed}{start}")
     net, losses, seconds, stopped = fit(split, p, log)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out_dir / "model.pt")
@@ -314,9 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--max-seconds", type=float)
     ap.add_argument("--params", type=Path, help="JSON file of training parameters")
+    ap.add_argument("--init-from", type=Path,
+                    help="model directory whose weights start the training (fine-tune); one without model.pt: from scratch")
     a = ap.parse_args(argv)
     try:
-        params = load_params(a.params)
+        # an init folder without a model (fleetloop's training workspace before the first production
+        # model) means: train from scratch
+        init = a.init_from if a.init_from is not None and (a.init_from / "model.pt").is_file() else None
+        params = load_params(a.params, init_from=str(init) if init else None)
         train(a.data, a.out, epochs=a.epochs, seed=a.seed, max_seconds=a.max_seconds, params=params,
               log=lambda line: print(line, flush=True))
     except TrainingError as exc:
