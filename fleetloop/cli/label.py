@@ -98,8 +98,10 @@ def push(
 
             rows = selection_rows(selection, get_store(settings))
             logs = load_logs(source, format=format, log_ids=sorted({r["log_id"] for r in rows}))
+        from fleetloop.params import load_params
+
         report = push_selection(selection, campaign, settings, logs=logs, batch_size=batch_size,
-                                model_version=model_version)
+                                model_version=model_version, camera_stream=load_params().mine.camera_stream)
     except _boundary_errors() as exc:
         raise _fail(exc) from None
     if as_json:

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from fleetloop.cycle import campaign_name, iso_week
-from fleetloop.flows.common import settings, store
+from fleetloop.flows.common import params, settings, store
 from fleetloop.ingest.validation import label_failures
 from fleetloop.label import api
 from fleetloop.store import keys
@@ -30,7 +30,8 @@ def label_push(campaign: str | None = None, run_key: str | None = None, batch_si
         if not st.exists(keys.MINING_LATEST):
             raise LookupError("no mining run yet: run the mine flow first")
         run_key = json.loads(st.get_bytes(keys.MINING_LATEST))["run_key"]
-    report = api.push_selection(f"{keys.MINING}{run_key}/selected.csv", campaign, settings(), batch_size=batch_size)
+    report = api.push_selection(f"{keys.MINING}{run_key}/selected.csv", campaign, settings(), batch_size=batch_size,
+                                camera_stream=params().mine.camera_stream)
     publish_push(campaign, run_key, report)
     return report
 

@@ -45,10 +45,12 @@ def push_selection(
     logs: DriveLogs | None = None,
     batch_size: int = 200,
     model_version: str | None = None,
+    camera_stream: str | None = None,
 ) -> PushReport:
     """``fleetloop label push``: the selected frames (from ``logs`` when given, else from the
     store's logs) become tasks of the campaign; frames already pushed are skipped. The campaign
-    is recorded as open in the campaign index."""
+    is recorded as open in the campaign index. ``camera_stream``: the judged stream whose boxes are
+    the pre-annotations (the miner's ``mine.camera_stream``)."""
     store = get_store(settings)
     rows = selection_rows(selection, store)
     if logs is None:
@@ -66,6 +68,7 @@ def push_selection(
             s3_client=getattr(store, "client", None),
             batch_size=batch_size,
             model_version=model_version or settings.label_studio.model_version,
+            camera_stream=camera_stream,
         )
 
 
