@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
 from fleetloop.schema import LABELS, STREAMS, DriveLogs
+from fleetloop.verdict import Verdict
 
 Severity = Literal["critical", "warning"]
 
@@ -108,6 +109,16 @@ class LogReport(BaseModel):
 
     def to_markdown(self) -> str:
         return _markdown(self)
+
+    def verdict(self) -> Verdict:
+        """The report as the one decision type (``validation:<log>``): failed when quarantined,
+        one reason per critical expectation; warnings stay in the details."""
+        def line(f: Failure) -> str:
+            return f"{f.table}: {f.description} ({f.unexpected_count} rows)"
+
+        return Verdict.of(f"validation:{self.log_id}", [line(f) for f in self.critical],
+                          passes=[f"{self.num_frames} frames passed"], warnings=[line(f) for f in self.warnings],
+                          rows=self.rows)
 
 
 @dataclass
@@ -670,5 +681,5 @@ def _cell(v: Any) -> str:
 def label_failures(labels: pa.Table) -> list[str]:
     """The labels suite as a plain check for the labeling sync (``LabelValidator``): one message
     per failing expectation, empty when every row is valid."""
-    return [f"log {log_id}: {f.description} ({f.unexpected_count} rows, frames {f.frames[:5]})"
-            for log_id, report in validate_labels(labels).items() for f in report.critical]
+    return [f"log {log_id}: {reason}" for log_id, report in validate_labels(labels).items()
+            for reason in report.verdict().reasons if not report.verdict().passed]

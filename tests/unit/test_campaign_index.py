@@ -48,3 +48,19 @@ def test_imported_labels_failing_the_validator_are_held_back(tmp_path) -> None:
     report = import_labels(store, "seed", boxes, [("a", 0), ("b", 0)], home=tmp_path, annotator="s", validate=validate)
     assert report.delivered == 1 and len(report.problems) == 1 and report.problems[0].log_id == "b"
     assert read_labels(store, "seed")["log_id"].to_pylist() == ["a"]
+
+
+def test_the_labels_suite_speaks_through_verdicts() -> None:
+    from fleetloop.ingest.validation import label_failures, validate_labels
+    from fleetloop.schema import LABELS
+
+    now = __import__("datetime").datetime(2026, 12, 1, tzinfo=__import__("datetime").UTC)
+    row = {"log_id": "a", "frame": 0, "cls": "car", "x1": 1.0, "y1": 1.0, "x2": 9.0, "y2": 9.0, "campaign": "c",
+           "task_id": 1, "annotation_id": 1, "annotator": "x", "updated_at": now, "revision": 1}
+    good = pa.Table.from_pylist([row], schema=LABELS)
+    assert label_failures(good) == []
+    bad = pa.Table.from_pylist([{**row, "cls": "dragon"}], schema=LABELS)
+    failures = label_failures(bad)
+    assert failures and failures[0].startswith("log a: labels:")
+    verdict = validate_labels(bad)["a"].verdict()
+    assert verdict.name == "validation:a" and not verdict.passed and verdict.reasons
