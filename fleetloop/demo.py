@@ -241,13 +241,14 @@ def _pipeline_params(settings: Settings, config: DemoConfig) -> None:
         raise RuntimeError("no params.yaml found: run the demo from the fleetloop repository")
     target = demo_dir(settings) / "pipeline"
     target.mkdir(parents=True, exist_ok=True)
-    data = yaml.safe_load(found.read_text()) or {}
+    data = yaml.safe_load(found.read_text()) or {}  # (already the demo's copy on a rerun in one process)
     if config.epochs is not None:
         data.setdefault("train", {})["epochs"] = config.epochs
     if config.floor is not None:
         data.setdefault("promote", {})["floor"] = config.floor
     (target / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    shutil.copyfile(found.parent / "dvc.yaml", target / "dvc.yaml")
+    if found.parent.resolve() != target.resolve():
+        shutil.copyfile(found.parent / "dvc.yaml", target / "dvc.yaml")
     os.environ["FLEETLOOP_PARAMS"] = str(target / "params.yaml")
 
 
