@@ -28,8 +28,8 @@ test-unit: setup   ## the fast tier: no services, no servers
 test-integration: setup   ## real Prefect, Label Studio, S3 (moto), git + DVC
 	$(BIN)/pytest tests/integration tests/e2e
 
-test: lint         ## everything (CI runs exactly this through .ci/run)
-	$(BIN)/pytest tests
+test: lint         ## everything (CI runs exactly this through .ci/run); the e2e tier last
+	$(BIN)/pytest tests/unit tests/integration tests/e2e
 
 demo: setup
 	$(BIN)/fleetloop demo

@@ -39,6 +39,9 @@ def demo_home(tmp_path, monkeypatch):
     monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__PORT", str(free_port()))
     get_settings.cache_clear()
     yield home
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=30)  # send the run's last events while its server is still up
     services.down(get_settings())
     get_settings.cache_clear()
 
