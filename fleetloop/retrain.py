@@ -17,11 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from fleetloop.dataset.config import DatasetConfig
-from fleetloop.params import LoopParams
+from fleetloop.dataset.config import DatasetConfig, DatasetError, dataset_config
+from fleetloop.params import LoopParams, ParamsError, find_params_file
 from fleetloop.registry.api import Registry
 from fleetloop.registry.models import Decision, ModelVersion
-from fleetloop.store.objects import Store
+from fleetloop.settings import Settings
+from fleetloop.store.objects import Store, get_store
 from fleetloop.train.workspace import retrain as train_on
 
 
@@ -105,3 +106,24 @@ def retrain(
         metrics=mv.metrics.model_dump(), production_before=decision.production_before,
         production_after=decision.production_after, latency_ms=latency, train_seconds=round(seconds, 2),
     )
+
+
+def retrain_latest(
+    settings: Settings, loop: LoopParams, version: int | None = None, *, who: str, why: str = ""
+) -> RetrainOutcome:
+    """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
+    (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the pipeline beside
+    params.yaml, the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call."""
+    cfg = dataset_config(settings)
+    if version is None:
+        from fleetloop.dataset.versions import status
+
+        version = status(cfg).version
+    if version < 1:
+        raise DatasetError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
+    found = find_params_file()
+    if found is None:
+        raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
+    home = Path(settings.home).resolve()
+    return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", template=found.parent,
+                   scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why)

@@ -4,7 +4,6 @@ The same step runs in Prefect as the ``retrain`` flow (``fleetloop run retrain -
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,30 +22,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """dvc repro on a dataset version, register the model, run the promotion gate against
         production: exit 0 when promoted (or already production), 1 when rejected, 2 on errors."""
-        from fleetloop.dataset.config import DatasetError, dataset_config
-        from fleetloop.dataset.versions import status
-        from fleetloop.params import ParamsError, find_params_file, load_params
+        from fleetloop.dataset.config import DatasetError
+        from fleetloop.params import ParamsError, load_params
         from fleetloop.registry.errors import RegistryError
-        from fleetloop.retrain import retrain as do_retrain
+        from fleetloop.retrain import retrain_latest
         from fleetloop.settings import get_settings
-        from fleetloop.store.objects import StorageError, get_store
+        from fleetloop.store.objects import StorageError
         from fleetloop.train.workspace import TrainingFailed
 
         try:
-            settings, loop = get_settings(), load_params()
-            cfg = dataset_config(settings)
-            version = dataset or status(cfg).version
-            if version < 1:
-                raise DatasetError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
-            found = find_params_file()
-            if found is None:
-                raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
-            home = Path(settings.home).resolve()
             if not as_json:
-                err.print(f"training on dataset-v{version} in {home / 'train'} (dvc repro; minutes) ...")
-            out = do_retrain(get_store(settings), cfg, loop, version, workspace=home / "train",
-                             template=found.parent, scenarios=sorted((home / "scenarios").glob("*.parquet")),
-                             who="fleetloop retrain (cli)")
+                err.print(f"training on dataset-v{dataset or 'latest'} (dvc repro; minutes) ...")
+            out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)")
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             err.print(f"[red]error:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None

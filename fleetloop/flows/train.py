@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from fleetloop.dataset.config import dataset_config
-from fleetloop.dataset.versions import status as dataset_status
-from fleetloop.flows.common import params, settings, store
-from fleetloop.params import find_params_file
-from fleetloop.retrain import RetrainOutcome, retrain
-
-
-def scenario_sets(home: Path) -> list[Path]:
-    """Fixed evaluation sets (prepared layout) kept in ``$FLEETLOOP_HOME/scenarios/``."""
-    return sorted((Path(home) / "scenarios").glob("*.parquet"))
+from fleetloop.flows.common import params, settings
+from fleetloop.retrain import RetrainOutcome, retrain_latest
 
 
 @flow(name="retrain", log_prints=True)
@@ -25,16 +15,7 @@ def retrain_flow(dataset_version: int | None = None, why: str = "") -> RetrainOu
     model, and promote it if it passes the gate against production."""
     if dataset_version is not None and dataset_version < 1:
         raise ValueError(f"dataset_version must be >= 1, got {dataset_version}")
-    s, loop = settings(), params()
-    cfg = dataset_config(s)
-    version = dataset_version or dataset_status(cfg).version
-    if version < 1:
-        raise LookupError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
-    found = find_params_file()
-    if found is None:
-        raise LookupError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
-    out = retrain(store(), cfg, loop, version, workspace=Path(s.home).resolve() / "train", template=found.parent,
-                  scenarios=scenario_sets(s.home), who="fleetloop retrain", why=why)
+    out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why)
     publish_retrain(out)
     return out
 
