@@ -17,6 +17,12 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# Prefect configures logging once, at import, binding its console handler to the sys.stderr of that
+# moment. Import it here, against the session's stream: imported first inside a CliRunner call, the
+# handler would keep the runner's temporary stream, closed when the call returns, and every later
+# log line in the session (servers, flows) would fail with "I/O operation on closed file".
+import prefect.main  # noqa: F401  (prefect.main is where the setup runs; `import prefect` is lazy)
+
 KITTI_ROOT = Path(
     os.environ.get("FLEETLOOP_KITTI_ROOT", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kitti-tracking")
 )
