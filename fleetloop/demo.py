@@ -11,7 +11,7 @@
 - **each week k** (``--weeks N``, default 3): the fleet drives with the *production* model (its
   ONNX export, through onnxruntime, as a car runs it) → the logs arrive in the store (validated)
   → the ``weekly-cycle`` flow: drift → sync last week's labels → grow → retrain → gate → promote
-  → mine this week (lidar ↔ camera disagreement first) → push to Label Studio with the model's
+  → calibrate the miner on the dataset's labels → mine this week (lidar ↔ camera disagreement first) → push to Label Studio with the model's
   boxes as pre-annotations → the simulated labeling team answers the tasks through the API.
 
 It ends with one row per week: labels spent, dataset version, mAP overall / rain / night /
@@ -352,7 +352,7 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     ingested = ingest_logs(str(out / "logs"), "parquet", arrived_at=_arrival(state, k))
     t["ingest"] = time.perf_counter() - t1
     say(f"week {k}: {len(ingested.registered)} logs ingested, {len(ingested.quarantined)} quarantined; "
-        "weekly cycle: drift -> sync -> grow -> retrain -> promote -> mine -> push")
+        "weekly cycle: drift -> sync -> grow -> retrain -> promote -> calibrate -> mine -> push")
     t2 = time.perf_counter()
     record = weekly_cycle(week=iso, budget=c.budget)
     t["cycle"] = time.perf_counter() - t2

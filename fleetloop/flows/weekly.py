@@ -1,7 +1,7 @@
 """``weekly-cycle``: the whole loop, once a week, as a runbook over the steps.
 
-drift → sync open campaigns → grow the dataset → retrain → promote → mine (steered by drift)
-→ push this week's campaign. Each step is a subflow (its own run and artifacts in the UI), runs
+drift → sync open campaigns → grow the dataset → retrain → promote → calibrate the miner on
+the dataset's labels → mine (steered by drift) → push this week's campaign. Each step is a subflow (its own run and artifacts in the UI), runs
 or says why it skipped, and a failing step is recorded without hiding the steps before it.
 
 Scheduled runs have been seen to fire twice after redeploys, so the cycle is keyed on the ISO
@@ -22,12 +22,14 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from fleetloop.cycle import CycleRecord, StepRecord, campaign_name, iso_week, load_record, plan_cycle, save_record
+from fleetloop.dataset.config import dataset_config
 from fleetloop.flows.common import params, settings, store
 from fleetloop.flows.dataset import grow_dataset
 from fleetloop.flows.drift import load_logs, publish_drift
 from fleetloop.flows.label import label_push, label_sync
 from fleetloop.flows.mine import mine
 from fleetloop.flows.train import retrain_flow
+from fleetloop.recalibrate import Recalibration, recalibrate
 
 
 def labeling_configured() -> bool:
@@ -149,21 +151,39 @@ def weekly_cycle(
                      "production_after": out.production_after})
         steps.run("retrain", retrain_step)
 
-    # 5. mine this window, steered toward the slices that drifted
+    # 5. learn from the labels: refit the miner's severities per class on the newest dataset version
+    mine_params = loop.mine
+    if not plan.logs:
+        steps.skip("calibrate", "nothing to mine this week")
+    elif not loop.mine.recalibrate:
+        steps.skip("calibrate", "mine.recalibrate is off")
+    else:
+        def calibrate_step() -> tuple[str, dict[str, Any]]:
+            nonlocal mine_params
+            out = recalibrate(st, dataset_config(settings()), loop.mine)
+            mine_params = out.params
+            publish_calibration(week, out)
+            return out.reason, {"fitted": out.fitted, "dataset_version": out.dataset_version,
+                                "labelled_frames": out.labelled_frames, "logs": out.logs,
+                                "missing_logs": out.missing_logs, "errors": out.errors,
+                                "severities": out.params.class_severities}
+        steps.run("calibrate", calibrate_step)  # failed: mining goes on with the params as they are
+
+    # 6. mine this window, steered toward the slices that drifted
     summary = None
     if not plan.logs:
         steps.skip("mine", f"no logs arrived between {plan.window.start:%Y-%m-%d} and {plan.window.end:%Y-%m-%d}")
     else:
         def mine_step() -> tuple[str, dict[str, Any]]:
             nonlocal summary
-            mp = loop.mine.model_copy(update={"slice_boost": boost}) if boost else loop.mine
+            mp = mine_params.model_copy(update={"slice_boost": boost}) if boost else mine_params
             summary = mine(budget=budget, log_ids=plan.log_ids, params=mp)
             return (f"{summary.selected} of {summary.frames} frames selected",
                     {"run_key": summary.run_key, "frames": summary.frames, "selected": summary.selected,
                      "slice_boost": boost})
         steps.run("mine", mine_step)
 
-    # 6. push the selection to this week's campaign
+    # 7. push the selection to this week's campaign
     if summary is None:
         steps.skip("push", "no mining run in this cycle")
     elif not labeling:
@@ -184,6 +204,21 @@ def weekly_cycle(
     if record.failed:
         raise RuntimeError(f"weekly cycle {week}: steps failed: {', '.join(record.failed)} (see the run's artifacts)")
     return record
+
+
+def publish_calibration(week: str, out: Recalibration) -> None:
+    rows = "\n".join(f"| {r['reason']} | {r['class']} | {r['flagged']} | {r['errors']} | {r['precision']:.2f} | "
+                     f"{r['prior']:.2f} | {r['severity']:.3f}{'' if r['fitted'] else ' (too few)'} |" for r in out.table)
+    errors = ", ".join(f"{k} {v}" for k, v in out.errors.items()) or "none"
+    missing = f"\n\nLogs no longer in the store (left out): {', '.join(out.missing_logs)}" if out.missing_logs else ""
+    create_markdown_artifact(key="mining-calibration", markdown=f"""# Mining calibration for {week}
+
+{out.reason}. Errors the labels show on those frames: {errors}.{missing}
+
+| flag | class | flagged | right | precision | default | severity |
+|---|---|---|---|---|---|---|
+{rows}
+""")
 
 
 def publish_cycle(week: str, n_logs: int, record: CycleRecord) -> None:

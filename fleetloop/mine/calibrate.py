@@ -45,8 +45,10 @@ object missing in the frame are right when the frame has a miss of that sensor a
 **The fit.** The miner scores a frame by its expected errors, the sum over object hypotheses of
 the noisy-OR of their flags (``1 - prod(1 - severity x factor)``). Calibration fits the
 severities of every (reason, class) pair with at least ``MIN_FLAGGED`` flags on labelled frames
-so that these expected errors explain each labelled frame's error count (Poisson likelihood),
-each severity shrunk towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the
+so that these expected errors, plus a per-frame rate of errors no flag explains (fitted with them:
+objects no sensor saw cannot be blamed on the flags that are there, which would otherwise push
+every severity up), explain each labelled frame's error count (Poisson likelihood), each severity
+shrunk towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the
 default): a pair flagged a handful of times stays near its default, and a flag's severity also
 absorbs the errors that come with it in the same frame (the frame, not the flag, is what is
 ranked). The per-flag counts (how often each flag's own hypothesis was right) are reported with
@@ -401,19 +403,20 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
     pr = np.clip(prior, 1e-3, 0.99)
     a, b = 1.0 + strength * pr, 1.0 + strength * (1.0 - pr)
     n_obj = data.obj_g.size
-    eps = 0.05  # errors no flag explains: keeps the likelihood finite in frames without flags
+    n_fit = int(fit.sum())
 
     def unpack(theta: np.ndarray) -> np.ndarray:
         s = prior.copy()
-        s[fit] = 1.0 / (1.0 + np.exp(-np.clip(theta, -20, 20)))
+        s[fit] = 1.0 / (1.0 + np.exp(-np.clip(theta[:n_fit], -20, 20)))
         return np.clip(s, 1e-6, 0.99)
 
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         s = unpack(theta)
+        base = float(np.exp(np.clip(theta[n_fit], -12, 6)))  # errors per frame no flag explains (fitted)
         q = np.clip(1.0 - s[data.rc] * data.factor, 1e-9, 1.0)
         log_q = np.bincount(data.obj, weights=np.log(q), minlength=n_obj)
         p = -np.expm1(log_q)
-        e = np.bincount(data.obj_g, weights=p, minlength=F)[frames] + eps
+        e = np.bincount(data.obj_g, weights=p, minlength=F)[frames] + base
         ll = float((y[frames] * np.log(e) - e).sum())
         lp = float(((a - 1) * np.log(s) + (b - 1) * np.log1p(-s))[fit].sum())
         d_e = np.zeros(F)
@@ -421,9 +424,11 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
         grad_s = np.bincount(data.rc, weights=d_e[data.obj_g[data.obj]] * data.factor * (1.0 - p)[data.obj] / q,
                              minlength=prior.size)
         grad_s += (a - 1) / s - (b - 1) / (1.0 - s)
-        return -(ll + lp), -(grad_s * s * (1.0 - s))[fit]
+        grad_base = float(d_e[frames].sum()) * base
+        return -(ll + lp), -np.append((grad_s * s * (1.0 - s))[fit], grad_base)
 
-    theta0 = np.log(pr[fit] / (1.0 - pr[fit]))
+    base0 = max(float(y[frames].mean()) / 2.0, 0.05)
+    theta0 = np.append(np.log(pr[fit] / (1.0 - pr[fit])), np.log(base0))
     res = minimize(nll, theta0, jac=True, method="L-BFGS-B")
     return unpack(res.x)
 

@@ -183,6 +183,8 @@ class MiningParams(BaseModel):
     class_severities: dict[str, dict[str, float]] = Field(
         default_factory=dict, description='per-class overrides {reason: {class: severity}}, e.g. from calibration')
     calibration: Calibration | None = Field(None, description="what fitted class_severities, with the counts")
+    recalibrate: bool = Field(True, description="the weekly cycle refits class_severities on the newest dataset "
+                              "version before it mines (fleetloop.recalibrate); false: mine with these values as they are")
 
     # ranking and selection
     temporal_smoothing: float = Field(0.25, ge=0, le=1, description="share of a frame's expected errors spread to its two "

@@ -51,6 +51,8 @@ def test_weekly_cycle_runs_drift_then_steered_mining_and_is_idempotent(prefect_a
     assert drift["share_drifted"] > 0.3
     assert drift["slice_boost"], "the drifted slices steer the mining run of the same cycle (in memory)"
     assert record.steps["sync"].status == "skipped" and record.steps["push"].status == "skipped"
+    calib = record.steps["calibrate"]  # runs before mining; with no dataset version the defaults stay
+    assert calib.status == "ran" and calib.details["fitted"] is False and "no dataset version" in calib.reason
     mined = record.steps["mine"].details
     window_frames = sum(m.n_frames for m in list_logs(two_weeks) if m.log_id in {"0008", "0010", "0012"})
     assert mined["frames"] == window_frames and mined["selected"] == 30  # only the week's logs are mined
