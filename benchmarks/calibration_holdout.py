@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--camera-tracker", default="yolox_sort", help="the judged camera stream of the miner")
-    ap.add_argument("--out-dir", type=Path, default=Path("calibration_holdout"))
+    ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "out" / "calibration_holdout")
     ap.add_argument("--no-subsets", action="store_true", help="leave-one-out only")
     args = ap.parse_args(argv)
     require_kitti()

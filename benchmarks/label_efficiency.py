@@ -4,7 +4,9 @@ The data-engine loop runs offline on the simulator (plain function calls: no Pre
 Studio or DVC) for ``--weeks`` simulated weeks and ``--seeds`` seeds, three times per seed, once
 per selection strategy, with the same labeling budget per week:
 
-* **fleetloop**: ``mine(week logs, params.yaml mine:)`` + ``select(frames, budget, same params)``.
+* **fleetloop**: as the weekly cycle does it: the mining severities are calibrated on every frame
+  labelled so far (``fleetloop.mine.calibrate``: the seed set and the earlier weeks' picks), then
+  ``mine(week logs, those params)`` + ``select(frames, budget, same params)``.
   The fleet's camera detections come from the strategy's own current model (its ONNX export
   through onnxruntime, as the cars run it), so mining sees that model's mistakes.
 * **random**: ``budget`` frames drawn uniformly from the week's frames (seeded).
@@ -75,6 +77,9 @@ import sim_loop as sl
 
 OUT = Path(__file__).resolve().parent / "out"
 STRATEGIES = ("fleetloop", "random", "confidence")
+#: fleetloop's mining with params.yaml's severities as they are (no calibration from the labels so
+#: far): shows what the weekly calibration adds; only with ``--strategies ...,uncalibrated``
+UNCALIBRATED = "uncalibrated"
 #: not a real strategy: picks by the ground truth's conditions (rain, night, a green cone in the
 #: frame), the most a selection can enrich the rare slices; only with ``--strategies ...,oracle``
 ORACLE = "oracle"
@@ -96,6 +101,7 @@ class Config:
     epochs: int = 6
     threads: int = 1
     strategies: tuple[str, ...] = STRATEGIES
+    rare_scale: float = 1.0  # x the weeks' shares of rain, night, green-cone zones (1.0: the world's own mix)
 
 
 QUICK = Config(seeds=2, weeks=3, budget=16, logs_per_week=4, frames_per_log=16, seed_frames=96, seed_epochs=3,
@@ -137,6 +143,19 @@ def say(line: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # selection
+
+
+def calibrated(params: Any, labelled: list[tuple[Any, list[tuple[str, int]]]]) -> Any:
+    """What the weekly cycle does before it mines (``fleetloop.recalibrate``): fit the severities
+    on every frame labelled so far (the seed set and earlier weeks' picks, their exact truth)."""
+    from fleetloop.mine.calibrate import calibrate
+    from fleetloop.schema import DriveLogs
+
+    logs = DriveLogs.concat([w.logs for w, _ in labelled])
+    truth = pa.concat_tables([w.truth.select(["log_id", "frame", "cls", "x1", "y1", "x2", "y2"]) for w, _ in labelled])
+    keys = [k for _, ks in labelled for k in ks]
+    frames = pa.table({"log_id": [k for k, _ in keys], "frame": pa.array([f for _, f in keys], pa.int32())})
+    return calibrate(logs, truth, params, source="label_efficiency", labelled_frames=frames).params
 
 
 def select_fleetloop(week: Any, budget: int, params: Any) -> tuple[list[tuple[str, int]], dict[str, Any]]:
@@ -256,13 +275,18 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
         data = seed_rows
         model = model0
         labels = 0
+        labelled = [(w0, seed_keys)]  # what calibration learns from: every frame labelled so far
         for k in range(1, cfg.weeks + 1):
             week_dir = base / strategy / f"w{k:02d}"
             detector = sl.onnx_detector(model, cfg.threads)
-            week = timer("drive", sl.drive, k, seed, detector, cfg.logs_per_week, cfg.frames_per_log, week_dir)
+            week = timer("drive", sl.drive, k, seed, detector, cfg.logs_per_week, cfg.frames_per_log, week_dir,
+                         cfg.rare_scale)
             mining: dict[str, Any] = {}
-            rng = np.random.default_rng([seed, k, (*STRATEGIES, ORACLE).index(strategy), 0x1ABE1])
+            rng = np.random.default_rng([seed, k, (*STRATEGIES, ORACLE, UNCALIBRATED).index(strategy), 0x1ABE1])
             if strategy == "fleetloop":
+                params = timer("calibrate", calibrated, mine_params, labelled)
+                keys, mining = timer("mine", select_fleetloop, week, cfg.budget, params)
+            elif strategy == UNCALIBRATED:
                 keys, mining = timer("mine", select_fleetloop, week, cfg.budget, mine_params)
             elif strategy == "random":
                 keys = timer("mine", select_random, week, cfg.budget, rng)
@@ -273,6 +297,7 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
             picked_mix = _mix(week, keys)
             pool_mix = _mix(week, sl.frame_keys(week.logs.frames))
             new = timer("label", sl.labeled_rows, week, keys)
+            labelled.append((week, keys))
             shutil.rmtree(week_dir, ignore_errors=True)
             data = pa.concat_tables([data, new])
             labels += len(keys)
@@ -419,7 +444,7 @@ def plot(curves: dict[str, dict[str, list[float]]], path: Path, cfg: Config, n_s
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     styles = {"fleetloop": ("tab:blue", "-o"), "random": ("tab:gray", "-s"), "confidence": ("tab:orange", "-^"),
-              ORACLE: ("tab:green", "--d")}
+              ORACLE: ("tab:green", "--d"), UNCALIBRATED: ("tab:purple", ":x")}
     for ax, key, label in ((axes[0], "rare", "rare-slice mAP@0.5 (mean of rain, night, green cones)"),
                            (axes[1], "overall", "mAP@0.5 overall")):
         for strategy in curves:
@@ -461,22 +486,27 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--eval-frames", type=int, help=f"frames of the fixed evaluation set (default {d.eval_frames})")
     ap.add_argument("--epochs", type=int, help=f"fine-tuning epochs per week (default {d.epochs})")
     ap.add_argument("--threads", type=int, help=f"torch / onnxruntime threads (default {d.threads})")
-    ap.add_argument("--strategies", help=f"comma-separated, from {', '.join((*STRATEGIES, ORACLE))} (default "
+    ap.add_argument("--rare-scale", type=float, help="multiply every simulated week's shares of rain, night and "
+                    "green-cone zones (default 1.0, the world's own mix, where a themed week has about half its logs in "
+                    "the theme's condition; e.g. 0.35 makes a rainy week about 20 %% rain)")
+    ap.add_argument("--strategies", help=f"comma-separated, from {', '.join((*STRATEGIES, ORACLE, UNCALIBRATED))} (default "
                     f"{','.join(STRATEGIES)}; {ORACLE} selects by ground truth: a ceiling, not a strategy)")
     ap.add_argument("--out", type=Path, default=OUT, help="where the PNG and JSON go (default benchmarks/out)")
     a = ap.parse_args(argv)
     cfg = QUICK if a.quick else d
     over = {k: getattr(a, k) for k in ("seeds", "weeks", "budget", "logs_per_week", "frames_per_log", "seed_frames",
-                                       "seed_epochs", "eval_frames", "epochs", "threads") if getattr(a, k) is not None}
+                                       "seed_epochs", "eval_frames", "epochs", "threads", "rare_scale") if getattr(a, k) is not None}
     if a.strategies:
         names = tuple(dict.fromkeys(x.strip() for x in a.strategies.split(",") if x.strip()))
-        unknown = sorted(set(names) - {*STRATEGIES, ORACLE})
+        unknown = sorted(set(names) - {*STRATEGIES, ORACLE, UNCALIBRATED})
         if unknown or not names:
-            ap.error(f"--strategies: unknown {unknown}; choose from {', '.join((*STRATEGIES, ORACLE))}")
+            ap.error(f"--strategies: unknown {unknown}; choose from {', '.join((*STRATEGIES, ORACLE, UNCALIBRATED))}")
         over["strategies"] = names
     cfg = Config(**{**asdict(cfg), **over})
     if cfg.seeds < 1 or cfg.weeks < 1 or cfg.budget < 1:
         ap.error("--seeds, --weeks and --budget must be at least 1")
+    if not 0 < cfg.rare_scale <= 10:
+        ap.error("--rare-scale must be in (0, 10]")
     return cfg, a
 
 
@@ -518,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         say("  per seed: " + "; ".join(
             f"seed {s}: {'met' if v['target_labels_met'] else 'not met'} / "
             f"{'met' if v['target_ratio_met'] else 'not met'}" for s, v in per_seed_verdicts.items() if v))
-    stages = ("setup", "drive", "mine", "label", "train", "export", "evaluate")
+    stages = ("setup", "drive", "calibrate", "mine", "label", "train", "export", "evaluate")
     say("\nTime per stage (s): " + ", ".join(f"{k} {timer.seconds[k]:.0f}" for k in stages)
         + f"; total {wall:.0f} s ({wall / 60:.1f} min)")
     say(f"wrote {png}")

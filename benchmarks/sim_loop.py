@@ -40,12 +40,19 @@ def no_model(images: np.ndarray) -> list[np.ndarray]:
     return [np.zeros((0, 6), np.float32) for _ in range(len(images))]
 
 
-def drive(week: int, seed: int, detector: Detector, n_logs: int, frames_per_log: int, out_dir: Path) -> Any:
-    """``fleetloop.sim.fleet.drive_week`` into ``out_dir`` (images as PNG files there)."""
+def drive(week: int, seed: int, detector: Detector, n_logs: int, frames_per_log: int, out_dir: Path,
+          rare_scale: float = 1.0) -> Any:
+    """``fleetloop.sim.fleet.drive_week`` into ``out_dir`` (images as PNG files there).
+    ``rare_scale`` multiplies the week's shares of rain, night and green-cone zones (the world's
+    own mix at 1.0: a themed week shifts one condition to about half the logs)."""
     from fleetloop.sim.fleet import drive_week
+    from fleetloop.sim.world import week_mix
 
+    mix = week_mix(week, seed)
+    if rare_scale != 1.0:
+        mix = mix.model_copy(update={k: min(1.0, getattr(mix, k) * rare_scale) for k in ("rain", "night", "green_cones")})
     return drive_week(week, seed=seed, detector=detector, n_logs=n_logs, frames_per_log=frames_per_log,
-                      out_dir=out_dir, start=BASE + timedelta(days=7 * week))
+                      out_dir=out_dir, start=BASE + timedelta(days=7 * week), mix=mix)
 
 
 def frame_keys(frames: pa.Table) -> list[tuple[str, int]]:
