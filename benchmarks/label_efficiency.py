@@ -513,8 +513,9 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
 def main(argv: list[str] | None = None) -> int:
     cfg, a = parse(argv)
     from fleetloop.params import load_params
+    from fleetloop.sim.stack import sim_mining
 
-    mine_params = load_params().mine
+    mine_params = sim_mining(load_params().mine)  # the simulated stack's operating point and camera size
     say(f"label efficiency: {cfg}")
     say(f"training: week 0 from scratch ({cfg.seed_epochs} epochs), then each week fine-tuned from the previous "
         f"week's weights ({cfg.epochs} epochs on all labeled frames); torch/onnxruntime threads {cfg.threads}")

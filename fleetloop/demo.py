@@ -229,12 +229,13 @@ def _arrival(state: DemoState, k: int) -> datetime:
 
 
 def _pipeline_params(settings: Settings, config: DemoConfig) -> None:
-    """With ``--epochs`` or a floor, the demo trains with its own copy of params.yaml + dvc.yaml."""
-    if config.epochs is None and config.floor is None:
-        return
+    """The demo runs with its own copy of params.yaml + dvc.yaml: the ``mine:`` section describes
+    the simulated stack (:func:`fleetloop.sim.stack.mine_profile`: its lidar operating point and
+    camera size), and ``--epochs`` or a floor change the training and promotion sections."""
     import yaml
 
     from fleetloop.params import find_params_file
+    from fleetloop.sim.stack import mine_profile
 
     found = find_params_file()
     if found is None:
@@ -242,6 +243,7 @@ def _pipeline_params(settings: Settings, config: DemoConfig) -> None:
     target = demo_dir(settings) / "pipeline"
     target.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load(found.read_text()) or {}  # (already the demo's copy on a rerun in one process)
+    data["mine"] = {**data.get("mine", {}), **mine_profile()}
     if config.epochs is not None:
         data.setdefault("train", {})["epochs"] = config.epochs
     if config.floor is not None:

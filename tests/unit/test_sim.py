@@ -287,3 +287,33 @@ def test_scenario_set_covers_every_slice():
     assert truth["image"].to_numpy().max() < 96
     green = truth.filter(pc.equal(truth["attr"], "green"))
     assert set(green["cls"].to_pylist()) == {"traffic_cone"}
+
+
+def test_the_simulated_stacks_mining_profile(tmp_path, monkeypatch) -> None:
+    """The demo mines the simulated stack with its own operating point and pixel sizes (scaled from
+    params.yaml's KITTI values to the 96-pixel camera), written into the demo's params copy."""
+    import yaml
+
+    from fleetloop.demo import DemoConfig, _pipeline_params
+    from fleetloop.mine.params import MiningParams
+    from fleetloop.settings import Settings
+    from fleetloop.sim.stack import mine_profile, sim_mining
+
+    profile = mine_profile()
+    assert profile["label_min_height_px"] == round(25.0 * 96 / 375, 2) and profile["min_box_height_px"] == round(12.0 * 96 / 375, 2)
+    assert set(profile["lidar_class_thresholds"]) == {"car", "pedestrian", "cyclist", "traffic_cone"}
+    p = sim_mining(MiningParams())
+    assert p.lidar_class_thresholds["car"] == 0.9 and p.label_min_height_px == profile["label_min_height_px"]
+    assert sim_mining(p) == p  # merging twice changes nothing
+
+    import os
+    from pathlib import Path
+
+    # the demo points FLEETLOOP_PARAMS at its copy: set here so that monkeypatch restores it after
+    monkeypatch.setenv("FLEETLOOP_PARAMS", str(Path(__file__).resolve().parents[2] / "params.yaml"))
+    settings = Settings(home=tmp_path)
+    for _ in range(2):  # a rerun in the same process reads the demo's copy: the same values
+        _pipeline_params(settings, DemoConfig())
+        copy = yaml.safe_load(Path(os.environ["FLEETLOOP_PARAMS"]).read_text())
+        assert {k: copy["mine"][k] for k in profile} == profile
+        assert copy["mine"]["camera_uncertainty_band"] == [0.0, 0.5]  # the rest is params.yaml's
