@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: setup test test-unit test-integration lint demo services-up services-down bench clean
+.PHONY: setup test test-unit test-integration test-production lint demo services-up services-down bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ test-unit: setup   ## the fast tier: no services, no servers
 test-integration: setup   ## real Prefect, Label Studio, S3 (moto), git + DVC
 	$(BIN)/pytest tests/integration tests/e2e
 
+test-production: setup   ## the compose file's services without Docker: PostgreSQL, Prefect server, Label Studio, S3
+	$(BIN)/pytest tests/production
+
 test: lint         ## everything (CI runs exactly this through .ci/run); the e2e tier last
-	$(BIN)/pytest tests/unit tests/integration tests/e2e
+	$(BIN)/pytest tests/unit tests/integration tests/production tests/e2e
 
 demo: setup
 	$(BIN)/fleetloop demo

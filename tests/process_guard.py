@@ -31,7 +31,7 @@ import pytest
 if TYPE_CHECKING:
     from _pytest.terminal import TerminalReporter
 
-PATTERN = re.compile(r"prefect[ .](worker|server|engine)|uvicorn|label-studio|moto_server|dask[ -](scheduler|worker)")
+PATTERN = re.compile(r"prefect[ .](worker|server|engine)|uvicorn|label-studio|moto_server|dask[ -](scheduler|worker)|postgres -D")
 BENIGN = re.compile(r"multiprocessing\.(resource_tracker|forkserver|semaphore_tracker)")
 MARK = "FLEETLOOP_TEST_SESSION"
 GRACE_S = 10.0
