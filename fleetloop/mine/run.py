@@ -77,7 +77,9 @@ def plan_mining(store, params, budget: int | None, *, since: datetime | None = N
     h = hashlib.sha256()
     for m in manifests:
         h.update(f"{m.log_id}:{m.sha256}\n".encode())
-    h.update(params.model_dump_json().encode())
+    # what the ranking depends on: not the calibration's provenance (when it was fitted, on what),
+    # or a rerun of a cycle that refits the same severities would mine the week again
+    h.update(params.model_dump_json(exclude={"calibration"}).encode())
     h.update(f"budget={budget}".encode())
     shards: list[list[str]] = []
     current: list[str] = []

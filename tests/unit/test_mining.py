@@ -309,3 +309,19 @@ def test_kitti_every_check_family_fires(kitti_root):
     assert any("the camera source reports no confidence" in s for s in res.skipped)
     assert res.frames.num_rows == logs.num_frames
     assert set(res.frames.column("log_id").to_pylist()) == {"0001", "0006", "0008", "0010", "0012"}
+
+
+def test_the_mining_run_key_ignores_when_the_calibration_was_fitted(tmp_path) -> None:
+    """The weekly cycle refits the severities before every mining run: a rerun with the same fit
+    (only its timestamp differs) must reuse the run, not mine the week again; other severities do not."""
+    from fleetloop.mine.params import Calibration, MiningParams
+    from fleetloop.mine.run import plan_mining
+    from fleetloop.store.objects import LocalStore
+
+    store = LocalStore(tmp_path)
+    fit = {"uncertain": {"car": 0.2}}
+    a = MiningParams(class_severities=fit, calibration=Calibration(fitted={}, source="dataset-v3", fitted_at="2026-12-01T03:00:00"))
+    b = a.model_copy(update={"calibration": Calibration(fitted={}, source="dataset-v3", fitted_at="2026-12-08T03:00:00")})
+    c = a.model_copy(update={"class_severities": {"uncertain": {"car": 0.3}}})
+    keys = [plan_mining(store, p, 10, log_ids=[]).key for p in (a, b, c)]
+    assert keys[0] == keys[1] != keys[2]
