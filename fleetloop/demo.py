@@ -11,8 +11,9 @@
 - **each week k** (``--weeks N``, default 3): the fleet drives with the *production* model (its
   ONNX export, through onnxruntime, as a car runs it) → the logs arrive in the store (validated)
   → the ``weekly-cycle`` flow: drift → sync last week's labels → grow → retrain → gate → promote
-  → calibrate the miner on the dataset's labels → mine this week (lidar ↔ camera disagreement first) → push to Label Studio with the model's
-  boxes as pre-annotations → the simulated labeling team answers the tasks through the API.
+  → calibrate the miner on the dataset's labels → mine this week (lidar ↔ camera disagreement
+  first) → push to Label Studio with the model's boxes as pre-annotations → the simulated
+  labeling team answers the tasks through the API.
 
 It ends with one row per week: labels spent, dataset version, mAP overall / rain / night /
 green cones of the production model, and whether the week's candidate was promoted and why; a

@@ -69,8 +69,7 @@ def recalibrate(store: Store, config: DatasetConfig, params: MiningParams) -> Re
     manifest = latest_manifest(config)
     if manifest is None:
         return Recalibration(params=params, fitted=False, reason="no dataset version yet")
-    frames, labels = _version_labels(config, manifest.version)
-    frames = frames.filter(pc.is_in(frames["status"], value_set=pa.array(["labeled", "empty"])))
+    frames, labels = _version_labels(config, manifest.version)  # labelled or empty; unusable ones left out
     ids = sorted(set(frames.column("log_id").to_pylist()))
     parts, missing = [], []
     for log_id in ids:

@@ -443,6 +443,45 @@ def _table(columns: dict, schema: pa.Schema) -> pa.Table:
                                  else columns[f.name].cast(f.type) for f in schema], schema=schema)
 
 
+def _lidar_table(log_id: pa.Array, d: dict, det_id: np.ndarray, box: dict) -> pa.Table:
+    """LIDAR_DETECTIONS from parsed PointRCNN columns ``d`` and their boxes in the lidar frame."""
+    codes = np.searchsorted(np.array(sorted(POINTRCNN_CLASSES)), d["type"].astype(np.int64))
+    return _table(
+        {
+            "log_id": log_id, "frame": d["frame"].astype(np.int32), "det_id": det_id,
+            "cls": _strings(codes, [POINTRCNN_CLASSES[k] for k in sorted(POINTRCNN_CLASSES)]),
+            "score": pointrcnn_score(d["score"]),
+            "x": box["x"].astype(np.float32), "y": box["y"].astype(np.float32), "z": box["z"].astype(np.float32),
+            "l": d["l"].astype(np.float32), "w": d["w"].astype(np.float32), "h": d["h"].astype(np.float32),
+            "yaw": box["yaw"].astype(np.float32),
+        },
+        LIDAR_DETECTIONS,
+    )
+
+
+def _frames_table(log_id: pa.Array, frames: np.ndarray) -> pa.Table:
+    """FRAMES rows of KITTI logs: 10 Hz timestamps, no images, tags unknown."""
+    n = int(frames.size)
+    unknown = _const("unknown", n)
+    return _table(
+        {
+            "log_id": log_id, "frame": frames, "timestamp_ns": frames.astype(np.int64) * FRAME_PERIOD_NS,
+            "image_uri": pa.nulls(n, pa.string()), "vehicle": _const("kitti", n), "weather": unknown,
+            "time_of_day": unknown, "place": unknown,
+        },
+        FRAMES,
+    )
+
+
+def _calibration_table(log_ids: list[str], P: list[np.ndarray], l2c: list[np.ndarray],
+                       sizes: list[tuple[int, int]]) -> pa.Table:
+    return pa.Table.from_pydict(
+        {"log_id": log_ids, "P": [p.tolist() for p in P], "lidar_to_cam": [m.ravel().tolist() for m in l2c],
+         "image_width": [w for w, _ in sizes], "image_height": [h for _, h in sizes]},
+        schema=CALIBRATION,
+    )
+
+
 def _det_ids(frame: np.ndarray) -> np.ndarray:
     """Index of each row within its frame (``frame`` sorted)."""
     return (np.arange(len(frame)) - np.searchsorted(frame, frame, side="left")).astype(np.int32)
@@ -635,18 +674,7 @@ class KittiTrackingImporter:
                 for c in box:
                     box[c][lo:hi] = part[c]
         det_id = (np.arange(frame.size) - np.searchsorted(key, key, side="left")).astype(np.int32)
-        codes = np.searchsorted(np.array(sorted(POINTRCNN_CLASSES)), d["type"].astype(np.int64))
-        lidar = _table(
-            {
-                "log_id": log_column(log_idx), "frame": frame.astype(np.int32), "det_id": det_id,
-                "cls": _strings(codes, [POINTRCNN_CLASSES[k] for k in sorted(POINTRCNN_CLASSES)]),
-                "score": pointrcnn_score(d["score"]),
-                "x": box["x"].astype(np.float32), "y": box["y"].astype(np.float32), "z": box["z"].astype(np.float32),
-                "l": d["l"].astype(np.float32), "w": d["w"].astype(np.float32), "h": d["h"].astype(np.float32),
-                "yaw": box["yaw"].astype(np.float32),
-            },
-            LIDAR_DETECTIONS,
-        ) if frame.size else LIDAR_DETECTIONS.empty_table()
+        lidar = _lidar_table(log_column(log_idx), d, det_id, box) if frame.size else LIDAR_DETECTIONS.empty_table()
 
         def tracking(directory: Path) -> tuple[dict, np.ndarray, np.ndarray] | None:
             """Classes mapped, other types dropped, score per file (None: all -1 -> null)."""
@@ -730,23 +758,8 @@ class KittiTrackingImporter:
         f_log = np.repeat(np.arange(K), n_frames)
         f_start = np.repeat(np.cumsum(n_frames) - n_frames, n_frames)
         frames = (np.arange(f_log.size) - f_start).astype(np.int32)
-        total = int(f_log.size)
-        unknown = _const("unknown", total)
-        frames_t = _table(
-            {
-                "log_id": log_column(f_log), "frame": frames, "timestamp_ns": frames.astype(np.int64) * FRAME_PERIOD_NS,
-                "image_uri": pa.nulls(total, pa.string()), "vehicle": _const("kitti", total), "weather": unknown,
-                "time_of_day": unknown, "place": unknown,
-            },
-            FRAMES,
-        )
-        calib_t = pa.Table.from_pydict(
-            {"log_id": list(log_ids), "P": [p.tolist() for p in P], "lidar_to_cam": [m.ravel().tolist() for m in l2c],
-             "image_width": [w for w, _ in sizes], "image_height": [h for _, h in sizes]},
-            schema=CALIBRATION,
-        )
-        return DriveLogs(frames=frames_t, lidar_detections=lidar, camera_detections=camera, tracks=tracks,
-                         calibration=calib_t)
+        return DriveLogs(frames=_frames_table(log_column(f_log), frames), lidar_detections=lidar, camera_detections=camera,
+                         tracks=tracks, calibration=_calibration_table(list(log_ids), P, l2c, sizes))
 
     def _load_one(self, root, seq, n_frames, lidar_dir, trk_dirs, det_dir) -> DriveLogs:
         calib = read_calibration(root / "calib" / f"{seq}.txt")
@@ -763,18 +776,7 @@ class KittiTrackingImporter:
             n = frame.size
             box = cam_boxes_to_lidar(d, l2c)
             max_frame = max(max_frame, int(frame.max(initial=-1)))
-            codes = np.searchsorted(np.array(sorted(POINTRCNN_CLASSES)), d["type"].astype(np.int64))
-            lidar = _table(
-                {
-                    "log_id": _const(seq, n), "frame": frame.astype(np.int32), "det_id": _det_ids(frame),
-                    "cls": _strings(codes, [POINTRCNN_CLASSES[k] for k in sorted(POINTRCNN_CLASSES)]),
-                    "score": pointrcnn_score(d["score"]),
-                    "x": box["x"].astype(np.float32), "y": box["y"].astype(np.float32), "z": box["z"].astype(np.float32),
-                    "l": d["l"].astype(np.float32), "w": d["w"].astype(np.float32), "h": d["h"].astype(np.float32),
-                    "yaw": box["yaw"].astype(np.float32),
-                },
-                LIDAR_DETECTIONS,
-            )
+            lidar = _lidar_table(_const(seq, n), d, _det_ids(frame), box)
 
         track_parts = []
         for trk_dir in trk_dirs:
@@ -820,22 +822,9 @@ class KittiTrackingImporter:
             raise LogFormatError(root / "seqmap.txt", f"log {seq} has outputs at frame {max_frame} but only {n} frames")
         if n == 0:
             raise LogFormatError(root / "seqmap.txt", f"log {seq} has no frames (no seqmap entry and no outputs)")
-        frames = np.arange(n, dtype=np.int32)
-        unknown = _const("unknown", n)
-        frames_t = _table(
-            {
-                "log_id": _const(seq, n), "frame": frames, "timestamp_ns": frames.astype(np.int64) * FRAME_PERIOD_NS,
-                "image_uri": pa.nulls(n, pa.string()), "vehicle": _const("kitti", n), "weather": unknown,
-                "time_of_day": unknown, "place": unknown,
-            },
-            FRAMES,
-        )
-        calib_t = pa.Table.from_pydict(
-            {"log_id": [seq], "P": [P.tolist()], "lidar_to_cam": [l2c.ravel().tolist()],
-             "image_width": [width], "image_height": [height]},
-            schema=CALIBRATION,
-        )
-        return DriveLogs(frames=frames_t, lidar_detections=lidar, camera_detections=camera, tracks=tracks, calibration=calib_t)
+        return DriveLogs(frames=_frames_table(_const(seq, n), np.arange(n, dtype=np.int32)), lidar_detections=lidar,
+                         camera_detections=camera, tracks=tracks,
+                         calibration=_calibration_table([seq], [P], [l2c], [(width, height)]))
 
 
 def _present(path: Path) -> bool:
