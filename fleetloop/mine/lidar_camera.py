@@ -10,7 +10,9 @@ Flags (a one-sided object at the operating point means one of the sensors is wro
   lidar_only      confident lidar object inside the camera's view and range that no camera stream
                   reporting its class sees (lidar false alarm, or a miss of every camera)
   camera_miss     confident lidar object that an evidence camera stream sees and the judged one
-                  does not: two independent sensors against one
+                  does not: two independent sensors against one; it trusts the lidar, so it counts
+                  ``sure_floor`` at the operating point rising to full ``sure_margin_logit`` logits
+                  above it (:func:`sureness`)
   camera_only     judged camera box inside the lidar's range, no lidar detection at all, no other
                   camera stream agreeing (lidar miss or camera false alarm)
   lidar_miss      judged camera box that an evidence stream confirms, no lidar detection at all
@@ -23,7 +25,8 @@ Flags (a one-sided object at the operating point means one of the sensors is wro
   class_mismatch  associated objects of different classes (both sensors report both classes)
   geometry        associated, but the boxes overlap less than ``geometry_iou`` (lidar vs judged
                   camera, or judged camera vs an evidence stream)
-Flags on objects too small or too far to be labelled count ``small_object_factor``.
+Flags on objects too small or too far to be labelled count ``small_object_factor`` (with a lidar
+partner, its measured range decides; a camera box alone is ranged from its height).
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ def lidar_thresholds(batch: Batch, params: MiningParams) -> np.ndarray:
 def closeness(score: np.ndarray, threshold: np.ndarray, floor: float) -> np.ndarray:
     """How close a sub-threshold score is to the operating point: 1 at it, 0 at ``floor``."""
     return np.clip((score - floor) / np.maximum(threshold - floor, 1e-9), 0.0, 1.0)
+
+
+def sureness(score: np.ndarray, threshold: np.ndarray, params: MiningParams) -> np.ndarray:
+    """How far a detection sits above its operating point, 0 at it and 1 at
+    ``sure_margin_logit`` logits above it (scores in (0, 1); a detection far above its operating
+    point is rarely a false alarm, whatever the stack)."""
+    eps = 1e-6
+    s = np.clip(np.asarray(score, np.float64), eps, 1 - eps)
+    t = np.clip(np.asarray(threshold, np.float64), eps, 1 - eps)
+    margin = np.log(s / (1 - s)) - np.log(t / (1 - t))
+    return np.clip(margin / params.sure_margin_logit, 0.0, 1.0)
 
 
 def size_factor(box_height: np.ndarray, params: MiningParams, range_m: np.ndarray | None = None) -> np.ndarray:
@@ -168,7 +182,10 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     j_seen = lassoc[0].a_match >= 0
     base = confident & in_view
     i = np.flatnonzero(base & J.cover[L.cls] & ~j_seen & seen_ev)
-    flags.add("camera_miss", L.g[i], lid_factor[i], lid_key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
+    # camera_miss trusts the lidar: the surer the lidar, the likelier its object is real
+    lo = params.sure_floor
+    sure = lo + (1 - lo) * sureness(L.score[i], thr[i], params)
+    flags.add("camera_miss", L.g[i], lid_factor[i] * sure, lid_key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
     i = np.flatnonzero(base & cover_any & ~seen_any)
     flags.add("lidar_only", L.g[i], lid_factor[i], lid_key[i], (REF_LIDAR, det_id[i]), cls=L.cls[i])
 
@@ -211,14 +228,16 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     flags.add("camera_only", J.g[j], j_fac[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
     weak = matched & (L.score[partner] < thr[partner]) & lid_cov[J.cls]
     near = closeness(L.score, thr, params.lidar_min_score)
+    # with a lidar partner the range is measured, not guessed from the box height
+    jp_fac = np.where(matched, size_factor(J.boxes[:, 3] - J.boxes[:, 1], params, geo.range_m[partner]), j_fac)
     j = np.flatnonzero(weak)
-    flags.add("lidar_weak", J.g[j], j_fac[j] * near[partner[j]], j_key[j], (J.ref_kind, J.ref_id[j]), (REF_LIDAR, det_id[partner[j]]), cls=J.cls[j])
+    flags.add("lidar_weak", J.g[j], jp_fac[j] * near[partner[j]], j_key[j], (J.ref_kind, J.ref_id[j]), (REF_LIDAR, det_id[partner[j]]), cls=J.cls[j])
     both_cover = J.cover[L.cls[partner]] & lid_cov[J.cls]
     j = np.flatnonzero(matched & both_cover & (L.cls[partner] != J.cls) & confident[partner])
     flags.add("class_mismatch", J.g[j], 1.0, j_key[j], (REF_LIDAR, det_id[partner[j]]), (J.ref_kind, J.ref_id[j]),
               cls=L.cls[partner[j]])
     j = np.flatnonzero(matched & confident[partner] & (a.a_q[partner] < params.geometry_iou))
-    flags.add("geometry", J.g[j], j_fac[j], j_key[j], (REF_LIDAR, det_id[partner[j]]), (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
+    flags.add("geometry", J.g[j], jp_fac[j], j_key[j], (REF_LIDAR, det_id[partner[j]]), (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
 
     # evidence streams' boxes
     for s, la, sa, k in zip(E, lassoc[1:], sassoc, keys[1:], strict=True):
@@ -234,7 +253,8 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
                   (s.ref_kind, s.ref_id[sa.a_match[bad]]), cls=J.cls[bad])
         # sub-threshold lidar partner of a box the judged camera does not explain
         e = np.flatnonzero(weak_l & ~with_j)
-        flags.add("lidar_weak", s.g[e], fac[e] * near[lp[e]], k[e], (s.ref_kind, s.ref_id[e]), (REF_LIDAR, det_id[lp[e]]), cls=s.cls[e])
+        lfac = size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, geo.range_m[lp]) * np.where(np.isfinite(s.score), s.score, 1.0)
+        flags.add("lidar_weak", s.g[e], lfac[e] * near[lp[e]], k[e], (s.ref_kind, s.ref_id[e]), (REF_LIDAR, det_id[lp[e]]), cls=s.cls[e])
         # a box that neither judged sensor explains (no judged box, no confident lidar partner):
         # of a class the judged camera reports, both judged sensors may have missed it; of a
         # class it does not report, only the lidar can be wrong about it (one source against one)

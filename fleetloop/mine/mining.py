@@ -230,7 +230,10 @@ def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch
     # uncertainty
     if geo is not None:
         box_h = geo.box[:, 3] - geo.box[:, 1]
-        check_uncertainty(L.g, L.score, params.uncertainty_band, thr, size_factor(box_h, params, geo.range_m),
+        # only detections the stack uses can be false alarms; one just below its operating point
+        # is a possible miss, which lidar_weak and weak_persistent judge with corroboration
+        used = L.score >= thr
+        check_uncertainty(L.g, L.score, params.uncertainty_band, thr, size_factor(box_h, params, geo.range_m) * used,
                           flags, lidar_keys, (REF_LIDAR, L.cols["det_id"]), L.cls)
         check_crowds(batch, params, flags, box_h)
     if judged is not None:

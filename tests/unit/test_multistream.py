@@ -36,6 +36,23 @@ def test_camera_miss_when_lidar_and_the_evidence_stream_agree():
     assert not flags_of(res, "camera_miss")
 
 
+def test_camera_miss_counts_more_the_surer_the_lidar():
+    from fleetloop.mine.params import logit, sigmoid
+
+    p = MiningParams(camera_stream="a")
+    thr = p.lidar_threshold("car")
+    sev = {}
+    for margin in (0.0, 2.0, 4.0, 8.0):
+        score = sigmoid(logit(thr) + margin) + 1e-6  # float32 rounding must not drop it below the point
+        logs = two_streams([(0, image_box(30.0, 8.0))], [(1, BOX)], [(1, "car", score, 15.0, 0.0)])
+        (_, _, s), = flags_of(mine(logs, p), "camera_miss")
+        sev[margin] = s
+    full = p.severities.camera_miss
+    assert sev[0.0] == pytest.approx(full * p.sure_floor, rel=0.02)  # at the operating point
+    assert sev[2.0] == pytest.approx(full * (p.sure_floor + (1 - p.sure_floor) * 0.5), rel=0.02)
+    assert sev[4.0] == pytest.approx(full, rel=0.02) and sev[8.0] == pytest.approx(full, rel=0.02)
+
+
 def test_lidar_miss_when_two_cameras_agree_and_the_lidar_has_nothing():
     logs = two_streams([(1, BOX)], [(1, BOX)], [(f, "car", 0.99, 30.0, -8.0) for f in range(3)])
     res = mine(logs, MiningParams(camera_stream="a", lidar_classes=["car"]))
