@@ -45,9 +45,9 @@ object missing in the frame are right when the frame has a miss of that sensor a
 **The fit.** The miner scores a frame by its expected errors, the sum over object hypotheses of
 the noisy-OR of their flags (``1 - prod(1 - severity x factor)``). Calibration fits the
 severities of every (reason, class) pair with at least ``MIN_FLAGGED`` flags on labelled frames
-so that these expected errors, plus a per-frame rate of errors no flag explains (fitted with them:
-objects no sensor saw cannot be blamed on the flags that are there, which would otherwise push
-every severity up), explain each labelled frame's error count (Poisson likelihood), each severity
+so that these expected errors, plus errors no flag explains (a rate per frame and one per estimated
+object, fitted with them: objects no sensor saw cannot be blamed on the flags that are there, which
+would otherwise push every severity up, most of all the flags that come with crowded frames), explain each labelled frame's error count (Poisson likelihood), each severity
 shrunk towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the
 default): a pair flagged a handful of times stays near its default, and a flag's severity also
 absorbs the errors that come with it in the same frame (the frame, not the flag, is what is
@@ -392,7 +392,7 @@ def flag_data(checked, truth: Truth) -> FlagData:
 
 
 def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarray, prior: np.ndarray,
-                   fit: np.ndarray, strength: float = STRENGTH) -> np.ndarray:
+                   fit: np.ndarray, strength: float = STRENGTH, objects: np.ndarray | None = None) -> np.ndarray:
     """MAP severities (module doc, "The fit"). ``prior`` and ``fit`` are (n_reasons * N_CLS,):
     the defaults and which pairs to fit; returns the severities (the defaults where not fitted)."""
     frames = np.flatnonzero(labelled)
@@ -410,13 +410,17 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
         s[fit] = 1.0 / (1.0 + np.exp(-np.clip(theta[:n_fit], -20, 20)))
         return np.clip(s, 1e-6, 0.99)
 
+    n_obj_f = np.zeros(F) if objects is None else np.asarray(objects, np.float64)
+
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         s = unpack(theta)
-        base = float(np.exp(np.clip(theta[n_fit], -12, 6)))  # errors per frame no flag explains (fitted)
+        # errors no flag explains (fitted): a rate per frame and one per estimated object
+        base = float(np.exp(np.clip(theta[n_fit], -12, 6)))
+        per_obj = float(np.exp(np.clip(theta[n_fit + 1], -12, 6)))
         q = np.clip(1.0 - s[data.rc] * data.factor, 1e-9, 1.0)
         log_q = np.bincount(data.obj, weights=np.log(q), minlength=n_obj)
         p = -np.expm1(log_q)
-        e = np.bincount(data.obj_g, weights=p, minlength=F)[frames] + base
+        e = np.bincount(data.obj_g, weights=p, minlength=F)[frames] + base + per_obj * n_obj_f[frames]
         ll = float((y[frames] * np.log(e) - e).sum())
         lp = float(((a - 1) * np.log(s) + (b - 1) * np.log1p(-s))[fit].sum())
         d_e = np.zeros(F)
@@ -425,10 +429,11 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
                              minlength=prior.size)
         grad_s += (a - 1) / s - (b - 1) / (1.0 - s)
         grad_base = float(d_e[frames].sum()) * base
-        return -(ll + lp), -np.append((grad_s * s * (1.0 - s))[fit], grad_base)
+        grad_obj = float((d_e[frames] * n_obj_f[frames]).sum()) * per_obj
+        return -(ll + lp), -np.concatenate([(grad_s * s * (1.0 - s))[fit], [grad_base, grad_obj]])
 
     base0 = max(float(y[frames].mean()) / 2.0, 0.05)
-    theta0 = np.append(np.log(pr[fit] / (1.0 - pr[fit])), np.log(base0))
+    theta0 = np.concatenate([np.log(pr[fit] / (1.0 - pr[fit])), [np.log(base0), np.log(0.01)]])
     res = minimize(nll, theta0, jac=True, method="L-BFGS-B")
     return unpack(res.x)
 
@@ -453,7 +458,7 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
     right_flags = np.bincount(rc_flag, weights=right_flag.astype(np.float64), minlength=prior.size)
     code = np.arange(prior.size)
     fit = (flagged >= MIN_FLAGGED) & (code % N_CLS < len(CLASSES))
-    sev = fit_severities(data, truth.frame_errors, truth.labelled, prior, fit, strength)
+    sev = fit_severities(data, truth.frame_errors, truth.labelled, prior, fit, strength, checked.est_objects)
     rows = []
     fitted: dict[str, dict[str, FittedSeverity]] = {}
     class_sev: dict[str, dict[str, float]] = {}
