@@ -217,3 +217,23 @@ def test_pre_annotations_are_the_judged_streams_boxes_only(tmp_path: Path):
     # no stream named: the miner's default, the first camera stream by name
     assert prediction_source(logs, "L1") == "camera:a" and task(None)["data"]["prediction_source"] == "camera:a"
     assert prediction_source(logs, "L1", "nope") == "camera:a"
+
+
+def test_calibration_does_not_credit_a_flag_with_the_errors_of_crowded_frames():
+    """Crowded frames (10 objects) hold 2 errors each whether or not a flag is on them; half of
+    them carry a flag that is never right, sparse frames (1 object) have neither. Fitted with a
+    per-frame rate only, the flag absorbs the crowd's errors; with the per-object rate it stays
+    near its default."""
+    import numpy as np
+
+    from fleetloop.mine.calibrate import FlagData, fit_severities
+
+    n_frames, crowded = 200, np.arange(100)
+    on = crowded[::2]
+    data = FlagData(rc=np.zeros(on.size, np.int64), factor=np.ones(on.size), obj=np.arange(on.size),
+                    obj_g=on.astype(np.int64), obj_right=np.zeros(on.size, bool), flag=np.arange(on.size))
+    errors, objects = np.zeros(n_frames), np.ones(n_frames)
+    errors[crowded], objects[crowded] = 2.0, 10.0
+    prior, fit, labelled = np.array([0.05]), np.array([True]), np.ones(n_frames, bool)
+    assert fit_severities(data, errors, labelled, prior, fit)[0] > 0.3
+    assert fit_severities(data, errors, labelled, prior, fit, objects=objects)[0] < 0.1
