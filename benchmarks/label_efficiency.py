@@ -490,7 +490,8 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                     "green-cone zones (default 1.0, the world's own mix, where a themed week has about half its logs in "
                     "the theme's condition; e.g. 0.35 makes a rainy week about 20 %% rain)")
     ap.add_argument("--strategies", help=f"comma-separated, from {', '.join((*STRATEGIES, ORACLE, UNCALIBRATED))} (default "
-                    f"{','.join(STRATEGIES)}; {ORACLE} selects by ground truth: a ceiling, not a strategy)")
+                    f"{','.join(STRATEGIES)}; {ORACLE} selects by ground truth the frames with the most rare conditions: a "
+                    "reference, not a strategy, and no ceiling)")
     ap.add_argument("--out", type=Path, default=OUT, help="where the PNG and JSON go (default benchmarks/out)")
     a = ap.parse_args(argv)
     cfg = QUICK if a.quick else d

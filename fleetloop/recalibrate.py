@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from fleetloop.dataset.batches import batch_dirs, materialize
 from fleetloop.dataset.config import DatasetConfig
@@ -36,8 +36,6 @@ from fleetloop.store.objects import Store
 
 class Recalibration(BaseModel):
     """What the weekly cycle mines with, and why."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     params: MiningParams
     fitted: bool  # False: the input params, unchanged (``reason`` says why)

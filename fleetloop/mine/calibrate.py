@@ -45,11 +45,11 @@ object missing in the frame are right when the frame has a miss of that sensor a
 **The fit.** The miner scores a frame by its expected errors, the sum over object hypotheses of
 the noisy-OR of their flags (``1 - prod(1 - severity x factor)``). Calibration fits the
 severities of every (reason, class) pair with at least ``MIN_FLAGGED`` flags on labelled frames
-so that these expected errors, plus errors no flag explains (a rate per frame and one per estimated
-object, fitted with them: objects no sensor saw cannot be blamed on the flags that are there, which
-would otherwise push every severity up, most of all the flags that come with crowded frames), explain each labelled frame's error count (Poisson likelihood), each severity
-shrunk towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the
-default): a pair flagged a handful of times stays near its default, and a flag's severity also
+so that these expected errors, plus errors no flag explains (a rate per frame and one per
+estimated object, fitted with them: objects no sensor saw cannot be blamed on the flags that are
+there, which would otherwise push every severity up, most of all the flags that come with crowded
+frames), explain each labelled frame's error count (Poisson likelihood), each severity shrunk
+towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the default): a pair flagged a handful of times stays near its default, and a flag's severity also
 absorbs the errors that come with it in the same frame (the frame, not the flag, is what is
 ranked). The per-flag counts (how often each flag's own hypothesis was right) are reported with
 each value.

@@ -34,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logit
 
 from fleetloop.mine.flags import KEY_LIDAR, REF_LIDAR, Flags, object_key
 from fleetloop.mine.params import MiningParams
@@ -59,10 +60,8 @@ def sureness(score: np.ndarray, threshold: np.ndarray, params: MiningParams) -> 
     ``sure_margin_logit`` logits above it (scores in (0, 1); a detection far above its operating
     point is rarely a false alarm, whatever the stack)."""
     eps = 1e-6
-    s = np.clip(np.asarray(score, np.float64), eps, 1 - eps)
-    t = np.clip(np.asarray(threshold, np.float64), eps, 1 - eps)
-    margin = np.log(s / (1 - s)) - np.log(t / (1 - t))
-    return np.clip(margin / params.sure_margin_logit, 0.0, 1.0)
+    s, t = (np.clip(np.asarray(x, np.float64), eps, 1 - eps) for x in (score, threshold))
+    return np.clip((logit(s) - logit(t)) / params.sure_margin_logit, 0.0, 1.0)
 
 
 def size_factor(box_height: np.ndarray, params: MiningParams, range_m: np.ndarray | None = None) -> np.ndarray:
@@ -212,8 +211,13 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
         return (lid_cov[s.cls] & (camera_range(s) <= params.lidar_range_m) & (h >= params.min_box_height_px)
                 & batch.has_calib[log_of[s.g]])
 
-    def cam_factor(s: Side) -> np.ndarray:
-        return size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, camera_range(s))
+    def cam_factor(s: Side, lidar_match: np.ndarray | None = None) -> np.ndarray:
+        """size_factor of a side's boxes; with a lidar partner (``lidar_match`` >= 0) the range
+        is the lidar's measured one, else it is guessed from the box height."""
+        rng = camera_range(s)
+        if lidar_match is not None:
+            rng = np.where(lidar_match >= 0, geo.range_m[np.maximum(lidar_match, 0)], rng)
+        return size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, rng)
 
     j_fac = cam_factor(J)
     confirmed = np.zeros(len(J), bool)  # an evidence stream has the same box
@@ -228,8 +232,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     flags.add("camera_only", J.g[j], j_fac[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
     weak = matched & (L.score[partner] < thr[partner]) & lid_cov[J.cls]
     near = closeness(L.score, thr, params.lidar_min_score)
-    # with a lidar partner the range is measured, not guessed from the box height
-    jp_fac = np.where(matched, size_factor(J.boxes[:, 3] - J.boxes[:, 1], params, geo.range_m[partner]), j_fac)
+    jp_fac = cam_factor(J, a.b_match)
     j = np.flatnonzero(weak)
     flags.add("lidar_weak", J.g[j], jp_fac[j] * near[partner[j]], j_key[j], (J.ref_kind, J.ref_id[j]), (REF_LIDAR, det_id[partner[j]]), cls=J.cls[j])
     both_cover = J.cover[L.cls[partner]] & lid_cov[J.cls]
@@ -241,7 +244,8 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
 
     # evidence streams' boxes
     for s, la, sa, k in zip(E, lassoc[1:], sassoc, keys[1:], strict=True):
-        fac = cam_factor(s) * np.where(np.isfinite(s.score), s.score, 1.0)
+        conf = np.where(np.isfinite(s.score), s.score, 1.0)
+        fac = cam_factor(s) * conf
         lm = la.b_match >= 0
         lp = np.maximum(la.b_match, 0)
         weak_l = lm & (L.score[lp] < thr[lp]) & lid_cov[s.cls]
@@ -253,7 +257,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
                   (s.ref_kind, s.ref_id[sa.a_match[bad]]), cls=J.cls[bad])
         # sub-threshold lidar partner of a box the judged camera does not explain
         e = np.flatnonzero(weak_l & ~with_j)
-        lfac = size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, geo.range_m[lp]) * np.where(np.isfinite(s.score), s.score, 1.0)
+        lfac = cam_factor(s, la.b_match) * conf
         flags.add("lidar_weak", s.g[e], lfac[e] * near[lp[e]], k[e], (s.ref_kind, s.ref_id[e]), (REF_LIDAR, det_id[lp[e]]), cls=s.cls[e])
         # a box that neither judged sensor explains (no judged box, no confident lidar partner):
         # of a class the judged camera reports, both judged sensors may have missed it; of a

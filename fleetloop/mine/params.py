@@ -152,10 +152,10 @@ class MiningParams(BaseModel):
     label_range_m: float = Field(50.0, gt=0, description="objects farther than this (bird's-eye view) are usually not "
                                  "labelled (KITTI's evaluation ignores them); flags on them count small_object_factor")
     sure_margin_logit: float = Field(4.0, gt=0, description="a lidar detection this many logits above its class's "
-                                     "operating point is a sure object: camera_miss counts fully on it, lidar_only "
-                                     "(possibly a false alarm) counts sure_floor")
-    sure_floor: float = Field(0.25, ge=0, le=1, description="camera_miss factor at the operating point, lidar_only "
-                              "factor on a sure object (linear in between)")
+                                     "operating point is a sure object: camera_miss (which trusts the lidar) counts "
+                                     "fully on it")
+    sure_floor: float = Field(0.25, ge=0, le=1, description="camera_miss factor at the operating point (linear up to "
+                              "1 at sure_margin_logit above it)")
     stream_iou: float = Field(0.5, gt=0, le=1, description="min IoU of two camera streams' boxes to be one object")
     occluded_ioa: float = Field(0.5, gt=0, le=1, description="a lidar object whose image box is at least this much covered "
                                 "by a closer one is largely occluded (KITTI's level 2, which its evaluation ignores): not "

@@ -2,10 +2,10 @@
 
 The band brackets the operating point, where a small change of score flips a detection in or
 out of what the stack uses. Severity peaks at the operating point and falls off towards the
-band's edges (a triangle), so a detection far inside the band counts for little. Lidar detections below their class's
-operating point are not flagged (``mining.run_checks``): the stack does not use them, so they
-cannot be false alarms, and whether one is a miss is for the corroborating checks
-(``lidar_weak``, ``weak_persistent``) to say.
+band's edges (a triangle), so a detection far inside the band counts for little. Lidar
+detections below their class's operating point are not flagged (``mining.run_checks``): the
+stack does not use them, so they cannot be false alarms, and whether one is a miss is for the
+corroborating checks (``lidar_weak``, ``weak_persistent``) to say.
 """
 
 from __future__ import annotations
