@@ -31,6 +31,17 @@ class DriftOutcome(BaseModel):
     summary_key: str | None = None
     summary: DriftSummary | None = None
 
+    def headline(self) -> str:
+        """One line for a person: whether the traffic drifted, why, and where mining is steered
+        (a drift alert is news, not a failure of the cycle)."""
+        if self.verdict is None:
+            return self.reason
+        why = "; ".join(self.verdict.reasons)
+        if self.verdict.passed:
+            return f"no drift alert ({why})" if why else "no drift alert"
+        steer = ", ".join(f"{k} x{v:.1f}" for k, v in sorted(self.slice_boost.items()))
+        return f"drift alert: {why}" + (f"; mining steered toward {steer}" if steer else "")
+
 
 def compare(
     store: Store,

@@ -105,7 +105,7 @@ def weekly_cycle(
                               loop.drift, stamp=f"{week}-{plan.key}")
             publish_drift(st, outcome)
             boost.update(outcome.slice_boost)
-            return (outcome.verdict.summary() if outcome.verdict else outcome.reason,
+            return (outcome.headline(),
                     {"share_drifted": outcome.share_drifted, "slice_boost": outcome.slice_boost,
                      "report": outcome.report_key})
         steps.run("drift", drift_step)

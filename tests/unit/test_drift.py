@@ -322,3 +322,18 @@ def test_cli_reports_bad_input(tmp_path: Path):
     res = CliRunner().invoke(app, ["drift", str(tmp_path / "nope"), str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert res.exit_code == 1
     assert "drift failed" in res.output and "does not exist" in res.output
+
+
+def test_a_drift_alert_reads_as_news_with_where_mining_is_steered_not_as_a_failure() -> None:
+    from fleetloop.drift.compare import DriftOutcome
+    from fleetloop.verdict import Verdict
+
+    alert = DriftOutcome(status="compared", verdict=Verdict.of("drift", ["3 of 10 features drifted (30% ≥ 30%): weather"]),
+                         slice_boost={"weather=rain": 2.54, "time_of_day=night": 1.5})
+    assert alert.headline() == ("drift alert: 3 of 10 features drifted (30% ≥ 30%): weather; "
+                                "mining steered toward time_of_day=night x1.5, weather=rain x2.5")
+    calm = DriftOutcome(status="compared", verdict=Verdict.of("drift", [], passes=["1 of 10 features drifted"]))
+    assert calm.headline() == "no drift alert (1 of 10 features drifted)"
+    skipped = DriftOutcome(status="skipped", reason="nothing to compare")
+    assert skipped.headline() == "nothing to compare"
+    assert "FAILED" not in alert.headline()
