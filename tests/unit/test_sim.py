@@ -290,17 +290,21 @@ def test_scenario_set_covers_every_slice():
 
 
 def test_the_simulated_stacks_mining_profile(tmp_path, monkeypatch) -> None:
-    """The demo mines the simulated stack with its own operating point and pixel sizes (scaled from
-    params.yaml's KITTI values to the 96-pixel camera), written into the demo's params copy."""
+    """The demo mines the simulated stack with its own operating point, pixel sizes (scaled from
+    params.yaml's KITTI values to the 96-pixel camera) and labeling policy, written into the
+    demo's params copy."""
     import yaml
 
     from fleetloop.demo import DemoConfig, _pipeline_params
     from fleetloop.mine.params import MiningParams
     from fleetloop.settings import Settings
+    from fleetloop.sim.render import RenderConfig
     from fleetloop.sim.stack import mine_profile, sim_mining
 
     profile = mine_profile()
-    assert profile["label_min_height_px"] == round(25.0 * 96 / 375, 2) and profile["min_box_height_px"] == round(12.0 * 96 / 375, 2)
+    # what the simulated team labels and the evaluation scores: every ground-truth box the renderer keeps
+    assert profile["label_min_height_px"] == RenderConfig().min_height_px == 4.0
+    assert profile["min_box_height_px"] == round(12.0 * 96 / 375, 2)
     assert set(profile["lidar_class_thresholds"]) == {"car", "pedestrian", "cyclist", "traffic_cone"}
     p = sim_mining(MiningParams())
     assert p.lidar_class_thresholds["car"] == 0.9 and p.label_min_height_px == profile["label_min_height_px"]
