@@ -83,6 +83,12 @@ UNCALIBRATED = "uncalibrated"
 #: not a real strategy: picks by the ground truth's conditions (rain, night, a green cone in the
 #: frame), the most a selection can enrich the rare slices; only with ``--strategies ...,oracle``
 ORACLE = "oracle"
+#: not a real strategy either: picks the frames where the strategy's own current model (the camera
+#: detections the fleet logged) has the most true errors against the ground truth (misses + false
+#: alarms, IoU >= 0.5, same class): what mining estimates, known exactly; only with
+#: ``--strategies ...,errors``
+ERRORS = "errors"
+EXTRA = (ORACLE, UNCALIBRATED, ERRORS)
 TARGET_LABEL_SHARE = 1 / 3
 TARGET_RATIO = 1.5
 TARGET_WEEK = 3
@@ -234,6 +240,42 @@ def select_oracle(week: Any, budget: int, rng: np.random.Generator) -> list[tupl
     return [keys[i] for i in order[:budget]]
 
 
+def true_errors(week: Any) -> dict[tuple[str, int], int]:
+    """Per frame: the logged camera detections' misses + false alarms against the ground truth
+    (optimal one-to-one assignment on IoU >= 0.5 between boxes of the same class)."""
+    from scipy.optimize import linear_sum_assignment
+
+    def by_frame(t: pa.Table) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+        out: dict[tuple[str, int], list[tuple[str, list[float]]]] = {}
+        for r in t.select(["log_id", "frame", "cls", "x1", "y1", "x2", "y2"]).to_pylist():
+            out.setdefault((r["log_id"], int(r["frame"])), []).append((r["cls"], [r["x1"], r["y1"], r["x2"], r["y2"]]))
+        return {k: (np.array([c for c, _ in v]), np.array([b for _, b in v], np.float64)) for k, v in out.items()}
+
+    truth, cam = by_frame(week.truth), by_frame(week.logs.camera_detections)
+    errors = {}
+    for key in sl.frame_keys(week.logs.frames):
+        (tc, tb), (cc, cb) = truth.get(key, (np.zeros(0), np.zeros((0, 4)))), cam.get(key, (np.zeros(0), np.zeros((0, 4))))
+        hits = 0
+        if len(tb) and len(cb):
+            lo, hi = np.maximum(tb[:, None, :2], cb[None, :, :2]), np.minimum(tb[:, None, 2:], cb[None, :, 2:])
+            inter = np.clip(hi - lo, 0, None).prod(axis=2)
+            ta, ca = (tb[:, 2:] - tb[:, :2]).prod(axis=1), (cb[:, 2:] - cb[:, :2]).prod(axis=1)
+            iou = np.where(tc[:, None] == cc[None, :], inter / (ta[:, None] + ca[None, :] - inter + 1e-9), 0.0)
+            i, j = linear_sum_assignment(-iou)
+            hits = int((iou[i, j] >= 0.5).sum())
+        errors[key] = len(tb) + len(cb) - 2 * hits
+    return errors
+
+
+def select_errors(week: Any, budget: int, rng: np.random.Generator) -> list[tuple[str, int]]:
+    """Ground truth as a selector (a ceiling for mining, not a strategy): the frames with the most
+    true errors of the fleet's current model (:func:`true_errors`), ties at random."""
+    keys = sl.frame_keys(week.logs.frames)
+    err = true_errors(week)
+    order = np.lexsort((rng.random(len(keys)), -np.array([err[k] for k in keys], np.float64)))
+    return [keys[i] for i in order[:budget]]
+
+
 def _mix(week: Any, keys: list[tuple[str, int]]) -> dict[str, float]:
     if not keys:
         return {"rain": 0.0, "night": 0.0, "green": 0.0}
@@ -282,7 +324,7 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
             week = timer("drive", sl.drive, k, seed, detector, cfg.logs_per_week, cfg.frames_per_log, week_dir,
                          cfg.rare_scale)
             mining: dict[str, Any] = {}
-            rng = np.random.default_rng([seed, k, (*STRATEGIES, ORACLE, UNCALIBRATED).index(strategy), 0x1ABE1])
+            rng = np.random.default_rng([seed, k, (*STRATEGIES, *EXTRA).index(strategy), 0x1ABE1])
             if strategy == "fleetloop":
                 params = timer("calibrate", calibrated, mine_params, labelled)
                 keys, mining = timer("mine", select_fleetloop, week, cfg.budget, params)
@@ -292,6 +334,8 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
                 keys = timer("mine", select_random, week, cfg.budget, rng)
             elif strategy == "confidence":
                 keys = timer("mine", select_confidence, week, cfg.budget, band, rng)
+            elif strategy == ERRORS:
+                keys = timer("mine", select_errors, week, cfg.budget, rng)
             else:
                 keys = timer("mine", select_oracle, week, cfg.budget, rng)
             picked_mix = _mix(week, keys)
@@ -444,7 +488,7 @@ def plot(curves: dict[str, dict[str, list[float]]], path: Path, cfg: Config, n_s
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     styles = {"fleetloop": ("tab:blue", "-o"), "random": ("tab:gray", "-s"), "confidence": ("tab:orange", "-^"),
-              ORACLE: ("tab:green", "--d"), UNCALIBRATED: ("tab:purple", ":x")}
+              ORACLE: ("tab:green", "--d"), UNCALIBRATED: ("tab:purple", ":x"), ERRORS: ("tab:olive", "--^")}
     for ax, key, label in ((axes[0], "rare", "rare-slice mAP@0.5 (mean of rain, night, green cones)"),
                            (axes[1], "overall", "mAP@0.5 overall")):
         for strategy in curves:
@@ -489,9 +533,10 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
     ap.add_argument("--rare-scale", type=float, help="multiply every simulated week's shares of rain, night and "
                     "green-cone zones (default 1.0, the world's own mix, where a themed week has about half its logs in "
                     "the theme's condition; e.g. 0.35 makes a rainy week about 20 %% rain)")
-    ap.add_argument("--strategies", help=f"comma-separated, from {', '.join((*STRATEGIES, ORACLE, UNCALIBRATED))} (default "
+    ap.add_argument("--strategies", help=f"comma-separated, from {', '.join((*STRATEGIES, *EXTRA))} (default "
                     f"{','.join(STRATEGIES)}; {ORACLE} selects by ground truth the frames with the most rare conditions: a "
-                    "reference, not a strategy, and no ceiling)")
+                    f"reference, not a strategy, and no ceiling; {ERRORS} the frames where the current model has the most "
+                    "true errors: what mining estimates, known exactly)")
     ap.add_argument("--out", type=Path, default=OUT, help="where the PNG and JSON go (default benchmarks/out)")
     a = ap.parse_args(argv)
     cfg = QUICK if a.quick else d
@@ -499,9 +544,9 @@ def parse(argv: list[str] | None) -> tuple[Config, argparse.Namespace]:
                                        "seed_epochs", "eval_frames", "epochs", "threads", "rare_scale") if getattr(a, k) is not None}
     if a.strategies:
         names = tuple(dict.fromkeys(x.strip() for x in a.strategies.split(",") if x.strip()))
-        unknown = sorted(set(names) - {*STRATEGIES, ORACLE, UNCALIBRATED})
+        unknown = sorted(set(names) - {*STRATEGIES, *EXTRA})
         if unknown or not names:
-            ap.error(f"--strategies: unknown {unknown}; choose from {', '.join((*STRATEGIES, ORACLE, UNCALIBRATED))}")
+            ap.error(f"--strategies: unknown {unknown}; choose from {', '.join((*STRATEGIES, *EXTRA))}")
         over["strategies"] = names
     cfg = Config(**{**asdict(cfg), **over})
     if cfg.seeds < 1 or cfg.weeks < 1 or cfg.budget < 1:
