@@ -321,3 +321,31 @@ def test_the_simulated_stacks_mining_profile(tmp_path, monkeypatch) -> None:
         copy = yaml.safe_load(Path(os.environ["FLEETLOOP_PARAMS"]).read_text())
         assert {k: copy["mine"][k] for k in profile} == profile
         assert copy["mine"]["camera_uncertainty_band"] == [0.0, 0.5]  # the rest is params.yaml's
+
+
+def test_the_label_efficiency_errors_reference_counts_misses_and_false_alarms_by_hand() -> None:
+    """benchmarks/label_efficiency.py's 'errors' selection: per frame, the logged camera boxes'
+    misses + false alarms against the truth (IoU >= 0.5, same class, one-to-one)."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from benchmarks.label_efficiency import select_errors, true_errors
+
+    def boxes(rows: list[tuple[str, int, str, float, float, float, float]]) -> pa.Table:
+        cols = list(zip(*rows, strict=True)) if rows else [[]] * 7
+        return pa.table({"log_id": pa.array(cols[0], pa.string()), "frame": pa.array(cols[1], pa.int64()),
+                         "cls": pa.array(cols[2], pa.string()),
+                         **{k: pa.array(v, pa.float64()) for k, v in zip(("x1", "y1", "x2", "y2"), cols[3:], strict=True)}})
+
+    truth = boxes([("a", 0, "car", 0, 0, 10, 10), ("a", 0, "car", 20, 0, 30, 10),  # one hit, one miss
+                   ("a", 2, "car", 0, 0, 10, 10)])  # a box shifted to IoU 0.43: a miss and a false alarm
+    cam = boxes([("a", 0, "car", 0, 0, 10, 10), ("a", 0, "pedestrian", 20, 0, 30, 10),  # wrong class: a false alarm
+                 ("a", 2, "car", 4, 0, 14, 10)])
+    frames = pa.table({"log_id": ["a", "a", "a"], "frame": pa.array([0, 1, 2], pa.int64())})
+    week = SimpleNamespace(truth=truth, logs=SimpleNamespace(camera_detections=cam, frames=frames))
+    assert true_errors(week) == {("a", 0): 2, ("a", 1): 0, ("a", 2): 2}
+    import numpy as np
+
+    picked = select_errors(week, 2, np.random.default_rng(0))
+    assert sorted(picked) == [("a", 0), ("a", 2)]
