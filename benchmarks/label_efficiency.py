@@ -245,6 +245,8 @@ def true_errors(week: Any) -> dict[tuple[str, int], int]:
     (optimal one-to-one assignment on IoU >= 0.5 between boxes of the same class)."""
     from scipy.optimize import linear_sum_assignment
 
+    from fleetloop.perception.geometry import iou_matrix
+
     def by_frame(t: pa.Table) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
         out: dict[tuple[str, int], list[tuple[str, list[float]]]] = {}
         for r in t.select(["log_id", "frame", "cls", "x1", "y1", "x2", "y2"]).to_pylist():
@@ -255,15 +257,9 @@ def true_errors(week: Any) -> dict[tuple[str, int], int]:
     errors = {}
     for key in sl.frame_keys(week.logs.frames):
         (tc, tb), (cc, cb) = truth.get(key, (np.zeros(0), np.zeros((0, 4)))), cam.get(key, (np.zeros(0), np.zeros((0, 4))))
-        hits = 0
-        if len(tb) and len(cb):
-            lo, hi = np.maximum(tb[:, None, :2], cb[None, :, :2]), np.minimum(tb[:, None, 2:], cb[None, :, 2:])
-            inter = np.clip(hi - lo, 0, None).prod(axis=2)
-            ta, ca = (tb[:, 2:] - tb[:, :2]).prod(axis=1), (cb[:, 2:] - cb[:, :2]).prod(axis=1)
-            iou = np.where(tc[:, None] == cc[None, :], inter / (ta[:, None] + ca[None, :] - inter + 1e-9), 0.0)
-            i, j = linear_sum_assignment(-iou)
-            hits = int((iou[i, j] >= 0.5).sum())
-        errors[key] = len(tb) + len(cb) - 2 * hits
+        iou = np.where(tc[:, None] == cc[None, :], iou_matrix(tb, cb), 0.0)
+        i, j = linear_sum_assignment(-iou)
+        errors[key] = len(tb) + len(cb) - 2 * int((iou[i, j] >= 0.5).sum())
     return errors
 
 

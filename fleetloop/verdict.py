@@ -24,7 +24,3 @@ class Verdict(BaseModel):
     def of(cls, name: str, failures: list[str], *, passes: list[str] | None = None, **details: Any) -> Verdict:
         """Passed when there are no ``failures``; the reasons are the failures, else ``passes``."""
         return cls(name=name, passed=not failures, reasons=failures or list(passes or []), details=details)
-
-    def summary(self) -> str:
-        head = f"{self.name}: {'passed' if self.passed else 'FAILED'}"
-        return head + ("" if not self.reasons else " (" + "; ".join(self.reasons) + ")")
