@@ -43,6 +43,12 @@ class DriftOutcome(BaseModel):
         return f"drift alert: {why}" + (f"; mining steered toward {steer}" if steer else "")
 
 
+def steering(summary: DriftSummary, params: DriftParams) -> dict[str, float]:
+    """The slices mining is steered toward: the drifted ones (capped at ``boost_max``), only when
+    the drift alert fired."""
+    return {k: min(v, params.boost_max) for k, v in summary.slice_boost.items()} if summary.dataset_drift else {}
+
+
 def compare(
     store: Store,
     reference: DriveLogs,
@@ -64,7 +70,7 @@ def compare(
         for name in ("drift_report.html", "summary.json"):
             store.put_file(f"{prefix}/{name}", Path(tmp) / name)
     s = result.summary
-    boost = {k: min(v, params.boost_max) for k, v in s.slice_boost.items()} if s.dataset_drift else {}
+    boost = steering(s, params)
     failures = ([f"{s.n_drifted} of {s.n_features} features drifted ({100 * s.share_drifted:.0f}% ≥ "
                  f"{100 * params.alert_share:.0f}%): {', '.join(s.drifted_features[:8])}"] if s.dataset_drift else [])
     verdict = Verdict.of("drift", failures,

@@ -26,7 +26,12 @@ Flags (a one-sided object at the operating point means one of the sensors is wro
   geometry        associated, but the boxes overlap less than ``geometry_iou`` (lidar vs judged
                   camera, or judged camera vs an evidence stream)
 Flags on objects too small or too far to be labelled count ``small_object_factor`` (with a lidar
-partner, its measured range decides; a camera box alone is ranged from its height).
+partner, its measured range decides; a camera box alone is ranged from its height). So do the
+flags that say only the lidar missed a camera box (``lidar_miss``, ``evidence_only``) when the box
+is not one object of its class standing on the road: its height in metres, where its bottom edge
+meets the road (the log's road height is the median bottom of its confident lidar boxes), over its
+class's typical height is outside ``height_ratio`` (a merged or partial box, or something off the
+road: not an object the labels would count as missed).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from fleetloop.mine.flags import KEY_LIDAR, REF_LIDAR, Flags, object_key
 from fleetloop.mine.params import MiningParams
 from fleetloop.mine.streams import Association, Side, associate_boxes, substream
 from fleetloop.perception.batch import Batch
-from fleetloop.perception.geometry import occlusion_slots, project_columns, visible_share
+from fleetloop.perception.geometry import ground_range, occlusion_slots, project_columns, visible_share
 from fleetloop.schema import CLASSES
 
 
@@ -73,6 +78,22 @@ def size_factor(box_height: np.ndarray, params: MiningParams, range_m: np.ndarra
         r = np.asarray(range_m, np.float64)
         ok &= np.isnan(r) | (r <= params.label_range_m)
     return np.where(ok, 1.0, params.small_object_factor)
+
+
+def road_height(batch: Batch, confident: np.ndarray) -> np.ndarray:
+    """Per log: the road's height in the lidar frame, the median bottom of the log's confident
+    lidar boxes (NaN for a log without any)."""
+    L = batch.lidar
+    out = np.full(len(batch.log_ids), np.nan)
+    if not confident.any():
+        return out
+    log = batch.frame_log[L.g[confident]]
+    bottom = (L.cols["z"] - L.cols["h"] / 2)[confident]
+    order = np.argsort(log, kind="stable")
+    logs, first = np.unique(log[order], return_index=True)
+    for k, part in zip(logs, np.split(bottom[order], first[1:]), strict=True):
+        out[k] = float(np.median(part))
+    return out
 
 
 @dataclass
@@ -219,6 +240,17 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
             rng = np.where(lidar_match >= 0, geo.range_m[np.maximum(lidar_match, 0)], rng)
         return size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, rng)
 
+    road_z = road_height(batch, confident)
+    lo_ratio, hi_ratio = params.height_ratio
+
+    def on_road(s: Side) -> np.ndarray:
+        """Factor of a box that only the lidar is said to miss: small_object_factor when its
+        height in metres at its road point is implausible for its class (module doc); 1 when
+        unknown. (Range from the road point / range from the height = metres / class height.)"""
+        log = log_of[s.g]
+        r = ground_range(batch.M[log], s.boxes, road_z[log]) / camera_range(s)
+        return np.where(np.isnan(r) | ((r >= lo_ratio) & (r <= hi_ratio)), 1.0, params.small_object_factor)
+
     j_fac = cam_factor(J)
     confirmed = np.zeros(len(J), bool)  # an evidence stream has the same box
     for sa in sassoc:
@@ -227,7 +259,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     partner = np.maximum(a.b_match, 0)
     jl = in_lidar(J)
     j = np.flatnonzero(jl & ~matched & confirmed)
-    flags.add("lidar_miss", J.g[j], j_fac[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
+    flags.add("lidar_miss", J.g[j], j_fac[j] * on_road(J)[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
     j = np.flatnonzero(jl & ~matched & ~confirmed)
     flags.add("camera_only", J.g[j], j_fac[j], j_key[j], (J.ref_kind, J.ref_id[j]), cls=J.cls[j])
     weak = matched & (L.score[partner] < thr[partner]) & lid_cov[J.cls]
@@ -267,7 +299,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
         e = np.flatnonzero(~expl & j_cov)
         flags.add("stream_only", s.g[e], fac[e], k[e], (s.ref_kind, s.ref_id[e]), cls=s.cls[e])
         e = np.flatnonzero(~expl & ~j_cov & in_lidar(s))
-        flags.add("evidence_only", s.g[e], fac[e], k[e], (s.ref_kind, s.ref_id[e]), cls=s.cls[e])
+        flags.add("evidence_only", s.g[e], fac[e] * on_road(s)[e], k[e], (s.ref_kind, s.ref_id[e]), cls=s.cls[e])
 
     return Evidence(sides, lassoc, sassoc, seen_any, keys)
 

@@ -166,6 +166,11 @@ class MiningParams(BaseModel):
         default_factory=lambda: {"car": 1.55, "pedestrian": 1.75, "cyclist": 1.75, "traffic_cone": 0.7},
         description="typical object heights, to range a camera box from its pixel height",
     )
+    height_ratio: tuple[float, float] = Field(
+        (0.67, 1.5), description="a camera box without a lidar partner is one object of its class standing on the road "
+        "when its height in metres where its bottom edge meets the road, over its class's height (class_heights_m), lies "
+        "inside this; outside it (a merged or partial box, or something off the road) a flag that only the lidar "
+        "missed it (lidar_miss, evidence_only) counts small_object_factor")
     camera_classes: list[str] | None = None  # classes the camera reports; None: those seen in the batch
     lidar_classes: list[str] | None = None  # classes the lidar reports; None: those seen in the batch
 
@@ -206,6 +211,14 @@ class MiningParams(BaseModel):
         lo, hi = v
         if not 0.0 <= lo <= hi <= 1.0:
             raise ValueError(f"an uncertainty band is (low, high) with 0 <= low <= high <= 1, got {v}")
+        return v
+
+    @field_validator("height_ratio")
+    @classmethod
+    def _height_ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 < lo <= 1.0 <= hi:
+            raise ValueError(f"height_ratio is (low, high) with 0 < low <= 1 <= high, got {v}")
         return v
 
     @field_validator("lidar_class_thresholds", "class_temporal_gate_m")

@@ -31,6 +31,32 @@ def projection_matrix(P: np.ndarray, lidar_to_cam: np.ndarray) -> np.ndarray:
     return P @ T
 
 
+def ground_range(M: np.ndarray, boxes: np.ndarray, ground_z: np.ndarray) -> np.ndarray:
+    """Bird's-eye range of the point where each image box's bottom centre meets the road.
+
+    ``M`` (n, 3, 4) is each box's lidar -> pixel projection, ``boxes`` (n, 4) x1, y1, x2, y2 and
+    ``ground_z`` (n,) the road's height in the lidar frame: the ray through the bottom centre is
+    intersected with the plane z = ``ground_z``. NaN where that point is unknown (NaN inputs), or
+    behind the sensor (a bottom edge at or above the horizon)."""
+    M = np.asarray(M, np.float64)
+    boxes = np.asarray(boxes, np.float64)
+    z = np.asarray(ground_z, np.float64)
+    u = (boxes[:, 0] + boxes[:, 2]) / 2
+    v = boxes[:, 3]
+    # M @ (X, Y, z, 1) is proportional to (u, v, 1): two linear equations in X, Y
+    r0 = M[:, 0] - u[:, None] * M[:, 2]
+    r1 = M[:, 1] - v[:, None] * M[:, 2]
+    a = np.stack([r0[:, :2], r1[:, :2]], axis=1)
+    b = -np.stack([r0[:, 2] * z + r0[:, 3], r1[:, 2] * z + r1[:, 3]], axis=1)
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+    ok = np.isfinite(det) & np.isfinite(b).all(axis=1) & (np.abs(det) > 1e-12)
+    d = np.where(ok, det, 1.0)
+    x = (b[:, 0] * a[:, 1, 1] - a[:, 0, 1] * b[:, 1]) / d
+    y = (a[:, 0, 0] * b[:, 1] - b[:, 0] * a[:, 1, 0]) / d
+    depth = M[:, 2, 0] * x + M[:, 2, 1] * y + M[:, 2, 2] * z + M[:, 2, 3]
+    return np.where(ok & (depth > 0), np.hypot(x, y), np.nan)
+
+
 def box_corners(boxes: np.ndarray) -> np.ndarray:
     """(N, 7) boxes (x, y, z, l, w, h, yaw) -> (N, 8, 3) corners in the same frame."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 7)

@@ -11,6 +11,7 @@ from fleetloop.perception.geometry import (
     MODE_IOU,
     associate_slots,
     box_corners,
+    ground_range,
     iou_matrix,
     linear_assignment,
     project_boxes,
@@ -53,6 +54,22 @@ def test_projection_clips_to_the_image_and_reports_the_visible_share():
     box, _, vis = project_boxes([[10, 0, 0, 2, 2, 2, 0]], M, [650], [400])
     assert box[0, 2] == pytest.approx(650.0)
     assert vis[0] == pytest.approx(0.75)
+
+
+def test_ground_range_of_a_box_bottom_by_hand():
+    # road 1.5 m below the sensor; the point (10, -2) on it: camera (2, 1.5, 10) -> u = CX + F * 2 / 10,
+    # v = CY + F * 1.5 / 10; a box standing there has that point as its bottom centre
+    u, v = CX + F * 0.2, CY + F * 0.15
+    boxes = np.array([[u - 20, v - 100, u + 20, v],   # standing on the road at (10, -2)
+                      [u - 20, CY - 60, u + 20, CY - 10],  # bottom edge above the horizon: no road point
+                      [u - 20, v - 100, u + 20, v]])
+    Ms = np.repeat(M, 3, axis=0)
+    Ms[2] = np.nan  # no calibration
+    r = ground_range(Ms, boxes, np.full(3, -1.5))
+    assert r[0] == pytest.approx(np.hypot(10.0, 2.0))
+    assert np.isnan(r[1]) and np.isnan(r[2])
+    # the same box on a road 3 m below the sensor is twice as far
+    assert ground_range(M, boxes[:1], np.array([-3.0]))[0] == pytest.approx(np.hypot(20.0, 4.0))
 
 
 def test_projection_behind_the_camera_is_invisible():

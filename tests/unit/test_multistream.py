@@ -92,6 +92,33 @@ def test_evidence_only_for_a_class_the_judged_camera_does_not_report():
     assert flags_of(res, "stream_only") and not flags_of(res, "evidence_only")
 
 
+def _doubled(box: list[float]) -> list[float]:
+    """The same box twice as tall, its bottom edge where it was (two objects merged into one box)."""
+    x1, y1, x2, y2 = box
+    return [x1, 2 * y1 - y2, x2, y2]
+
+
+def test_a_box_too_tall_for_its_class_on_the_road_is_no_labelled_lidar_miss():
+    """lidar_miss and evidence_only say only the lidar missed a camera box. A box twice as tall, in
+    metres where its bottom edge meets the road, as its class is not one object standing there:
+    small_object_factor; a car-sized box standing on the road counts in full."""
+    p = MiningParams(camera_stream="a", lidar_classes=["car"], temporal_smoothing=0.0)
+    far_car = [(f, "car", 0.99, 30.0, -8.0) for f in range(3)]  # the road's height comes from the lidar's boxes
+    standing = mine(two_streams([(1, BOX)], [(1, BOX)], far_car), p)
+    merged = mine(two_streams([(1, _doubled(BOX))], [(1, _doubled(BOX))], far_car), p)
+    (_, _, full), = flags_of(standing, "lidar_miss")
+    (_, _, low), = flags_of(merged, "lidar_miss")
+    assert full == pytest.approx(p.severities.lidar_miss, rel=1e-5)
+    assert low == pytest.approx(p.severities.lidar_miss * p.small_object_factor, rel=1e-5)
+    # without a confident lidar box there is no road height: no judgement, full severity
+    p2 = p.model_copy(update={"lidar_classes": ["car", "pedestrian"]})
+    no_road = mine(two_streams([(1, _doubled(BOX))], [(1, _doubled(BOX))], [(0, "pedestrian", 0.31, 30.0, -8.0)]), p2)
+    (_, _, s), = flags_of(no_road, "lidar_miss")
+    assert s == pytest.approx(p.severities.lidar_miss, rel=1e-5)
+    with pytest.raises(ValueError, match="height_ratio"):
+        MiningParams(height_ratio=(1.2, 1.5))
+
+
 def test_per_class_operating_points():
     lidar = [(1, "car", 0.955, 15.0, 0.0)]
     other = image_box(15.0, 6.0)
