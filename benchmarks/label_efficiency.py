@@ -4,9 +4,11 @@ The data-engine loop runs offline on the simulator (plain function calls: no Pre
 Studio or DVC) for ``--weeks`` simulated weeks and ``--seeds`` seeds, three times per seed, once
 per selection strategy, with the same labeling budget per week:
 
-* **fleetloop**: as the weekly cycle does it: the mining severities are calibrated on every frame
-  labelled so far (``fleetloop.mine.calibrate``: the seed set and the earlier weeks' picks), then
-  ``mine(week logs, those params)`` + ``select(frames, budget, same params)``.
+* **fleetloop**: as the weekly cycle does it: the drift step compares this week's traffic with last
+  week's (``fleetloop.drift``, Evidently; week 1 against the seed drive) and, on a drift alert,
+  steers mining toward the drifted slices (``slice_boost``); the mining severities are calibrated
+  on every frame labelled so far (``fleetloop.mine.calibrate``: the seed set and the earlier
+  weeks' picks); then ``mine(week logs, those params)`` + ``select(frames, budget, same params)``.
   The fleet's camera detections come from the strategy's own current model (its ONNX export
   through onnxruntime, as the cars run it), so mining sees that model's mistakes.
 * **random**: ``budget`` frames drawn uniformly from the week's frames (seeded).
@@ -42,7 +44,7 @@ at most 1/3 of the labels random needs for it, and its rare-slice mAP after week
 Output: per seed and mean over seeds, one row per week and strategy (labels, mAP overall / rain /
 night / green / rare, and what the picked frames were: shares in rain, at night, with a green
 cone, against the week's pool); what fleetloop's mining flagged; the targets; the time per stage
-(drive, mine = selection of every strategy, label, train, export, evaluate). Writes
+(drive, drift, calibrate, mine = selection of every strategy, label, train, export, evaluate). Writes
 ``benchmarks/out/label_efficiency.png`` (rare-slice mAP against labels spent, mean over seeds
 with the min-max band) and ``benchmarks/out/label_efficiency.json``.
 
@@ -164,6 +166,28 @@ def calibrated(params: Any, labelled: list[tuple[Any, list[tuple[str, int]]]]) -
     return calibrate(logs, truth, params, source="label_efficiency", labelled_frames=frames).params
 
 
+def week_features(week: Any) -> Any:
+    """The drift step's per-frame features of a simulated week (its PNGs must still be there)."""
+    from fleetloop.drift import compute_features
+
+    return compute_features(week.logs)
+
+
+def drift_steering(reference: Any, current: Any, drift_params: Any) -> dict[str, float]:
+    """What the weekly cycle's drift step does before it mines: this week's traffic against last
+    week's (Evidently, ``fleetloop.drift``); on a drift alert, the drifted slices' boosts."""
+    import warnings
+
+    from fleetloop.drift import monitor_drift
+    from fleetloop.drift.compare import steering
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # Evidently's correlations of constant columns
+        result = monitor_drift(reference, current, tmp, threshold=drift_params.threshold,
+                               drift_share=drift_params.alert_share)
+    return steering(result.summary, drift_params)
+
+
 def select_fleetloop(week: Any, budget: int, params: Any) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     from fleetloop.mine.mining import mine, select
 
@@ -193,6 +217,10 @@ def _mining_summary(result: Any, picked: pa.Table) -> dict[str, Any]:
             in_picks[name] += int(count or 0)
     return {"frames": dict(n_frames), "flags_per_frame": flags_per_frame, "mean_score": mean_score,
             "flags_in_picks": dict(in_picks.most_common(8))}
+
+
+def _steer(boost: dict[str, float]) -> str:
+    return ", ".join(f"{k} x{v:g}" for k, v in sorted(boost.items()))
 
 
 def _condition(weather: str | None, tod: str | None) -> str:
@@ -290,13 +318,15 @@ def _mix(week: Any, keys: list[tuple[str, int]]) -> dict[str, float]:
 # the loop
 
 
-def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any) -> dict[str, list[WeekResult]]:
+def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any,
+             drift_params: Any) -> dict[str, list[WeekResult]]:
     base = work / f"seed{seed}"
     evalset = timer("setup", sl.scenario_set, seed + 1000, cfg.eval_frames)
     seed_logs = max(2, math.ceil(cfg.seed_frames / cfg.frames_per_log * 1.3))
     w0 = timer("setup", sl.drive, 0, seed, sl.no_model, seed_logs, cfg.frames_per_log, base / "w00")
     seed_keys = sl.clear_day_frames(w0)[:cfg.seed_frames]
     seed_rows = timer("label", sl.labeled_rows, w0, seed_keys)
+    w0_features = timer("drift", week_features, w0)
     shutil.rmtree(base / "w00", ignore_errors=True)
     model0 = base / "model-w00"
     rep = timer("train", sl.train_model, seed_rows, model0, epochs=cfg.seed_epochs, seed=seed, threads=cfg.threads,
@@ -314,6 +344,7 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
         model = model0
         labels = 0
         labelled = [(w0, seed_keys)]  # what calibration learns from: every frame labelled so far
+        last_features = w0_features  # the drift step's reference: last week's traffic
         for k in range(1, cfg.weeks + 1):
             week_dir = base / strategy / f"w{k:02d}"
             detector = sl.onnx_detector(model, cfg.threads)
@@ -322,8 +353,14 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
             mining: dict[str, Any] = {}
             rng = np.random.default_rng([seed, k, (*STRATEGIES, *EXTRA).index(strategy), 0x1ABE1])
             if strategy == "fleetloop":
+                features = timer("drift", week_features, week)
+                boost = timer("drift", drift_steering, last_features, features, drift_params)
+                last_features = features
                 params = timer("calibrate", calibrated, mine_params, labelled)
+                if boost:
+                    params = params.model_copy(update={"slice_boost": boost})
                 keys, mining = timer("mine", select_fleetloop, week, cfg.budget, params)
+                mining["slice_boost"] = boost
             elif strategy == UNCALIBRATED:
                 keys, mining = timer("mine", select_fleetloop, week, cfg.budget, mine_params)
             elif strategy == "random":
@@ -355,7 +392,8 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any)
                 f"(rain {picked_mix['rain']:.0%} night {picked_mix['night']:.0%} green {picked_mix['green']:.0%}; "
                 f"pool {pool_mix['rain']:.0%}/{pool_mix['night']:.0%}/{pool_mix['green']:.0%}), "
                 f"trained {rep.n_images} frames in {rep.train_seconds:.0f}s: mAP {s.overall:.3f} rare {s.rare:.3f} "
-                f"(rain {s.rain:.3f} night {s.night:.3f} green {s.green:.3f})")
+                f"(rain {s.rain:.3f} night {s.night:.3f} green {s.green:.3f})"
+                + (f"; drift steered mining toward {_steer(mining['slice_boost'])}" if mining.get("slice_boost") else ""))
         shutil.rmtree(model, ignore_errors=True)
         out[strategy] = rows
     shutil.rmtree(base, ignore_errors=True)
@@ -557,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     from fleetloop.params import load_params
     from fleetloop.sim.stack import sim_mining
 
-    mine_params = sim_mining(load_params().mine)  # the simulated stack's operating point and camera size
+    loop = load_params()
+    mine_params = sim_mining(loop.mine)  # the simulated stack's operating point and camera size
     say(f"label efficiency: {cfg}")
     say(f"training: week 0 from scratch ({cfg.seed_epochs} epochs), then each week fine-tuned from the previous "
         f"week's weights ({cfg.epochs} epochs on all labeled frames); torch/onnxruntime threads {cfg.threads}")
@@ -566,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[int, dict[str, list[WeekResult]]] = {}
     with tempfile.TemporaryDirectory(prefix="label-efficiency-") as tmp:
         for seed in range(cfg.seeds):
-            results[seed] = run_seed(seed, cfg, Path(tmp), timer, mine_params)
+            results[seed] = run_seed(seed, cfg, Path(tmp), timer, mine_params, loop.drift)
     wall = time.perf_counter() - t0
 
     per_seed_verdicts = {}
