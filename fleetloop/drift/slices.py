@@ -13,12 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from fleetloop.drift.features import SENSORS, TAG_FEATURES
+from fleetloop.drift.features import TAG_FEATURES
 from fleetloop.drift.summary import DriftSummary
 from fleetloop.schema import CLASSES
 
 MIN_BOOST = 1.25
 MAX_BOOST = 3.0
+#: Whose detection counts may steer mining toward a class: the lidar's. The camera's boxes (and the
+#: tracks built from them) come from the camera model the loop retrains, so their counts drift
+#: whenever a new model is promoted, whatever the traffic did.
+COUNT_SENSORS: tuple[str, ...] = ("lidar",)
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -36,9 +40,9 @@ def drifted_slices(
 
     - a drifted tag feature: every value (other than "unknown") whose share of frames grew from
       the reference to the current window, boosted by that growth ratio (a new value: ``max_boost``);
-    - a drifted count feature ``n_<sensor>_<class>``: the class, boosted by the ratio of mean counts
-      (up or down: fewer detections of a class is as much a reason to look as more), the largest
-      over sensors.
+    - a drifted count feature ``n_<sensor>_<class>`` of a sensor in ``COUNT_SENSORS``: the class,
+      boosted by the ratio of mean counts (up or down: fewer detections of a class is as much a
+      reason to look as more), the largest over those sensors.
     Boosts are clipped to ``[min_boost, max_boost]``. Only slices present in ``current_features``
     (tags) are returned."""
     if not 1.0 < min_boost <= max_boost:
@@ -61,7 +65,7 @@ def drifted_slices(
             out[f"{tag}={value}"] = _clip(cur / ref if ref > 0 else max_boost, min_boost, max_boost)
     for cls in CLASSES:
         boosts = []
-        for sensor in SENSORS:
+        for sensor in COUNT_SENSORS:
             fd = s.features.get(f"n_{sensor}_{cls}")
             if fd is None or not fd.drifted:
                 continue

@@ -118,15 +118,19 @@ def _classes_tag(batch: Batch, params: MiningParams) -> pa.Array:
 
 
 def _boost(frames_tags: dict[str, pa.Array], classes: pa.Array, params: MiningParams, F: int) -> np.ndarray:
-    boost = np.ones(F)
+    """Per frame: the largest boost among the slices it is in, times the smallest factor below 1
+    (a demoted slice); 1 in none. The largest, not the product: a frame is no more interesting for
+    showing four drifted classes than one."""
+    up, down = np.ones(F), np.ones(F)
     for key, factor in params.slice_boost.items():
         name, _, value = key.partition("=")
         if name == "class":
             hit = pc.match_substring_regex(classes, f"(^|;){value}(;|$)").fill_null(False)
         else:
             hit = pc.equal(frames_tags[name], value).fill_null(False)
-        boost *= np.where(hit.to_numpy(zero_copy_only=False), factor, 1.0)
-    return boost
+        f = np.where(hit.to_numpy(zero_copy_only=False), factor, 1.0)
+        up, down = np.maximum(up, f), np.minimum(down, f)
+    return up * down
 
 
 def _reasons_column(F: int, g: np.ndarray, reason: np.ndarray, severity: np.ndarray) -> pa.Array:

@@ -129,6 +129,18 @@ def test_drifted_slices_boosts_what_grew():
     assert drifted_slices(compute_drift(ref, ref.copy()).summary, ref) == {}
 
 
+def test_the_camera_models_own_counts_do_not_steer_mining():
+    """Camera boxes come from the camera model the loop retrains: after a promotion their counts
+    drift whatever the traffic did, so only the lidar's counts steer mining toward a class."""
+    ref, cur = windows()
+    rng = np.random.default_rng(1)
+    ref["n_camera_cyclist"] = rng.poisson(0.5, len(ref))
+    cur["n_camera_cyclist"] = rng.poisson(3.0, len(cur))  # a new model finds six times as many cyclists
+    s = compute_drift(ref, cur).summary
+    assert s.features["n_camera_cyclist"].drifted
+    assert set(drifted_slices(s, cur)) == {"class=pedestrian", "weather=rain"}
+
+
 def test_bad_inputs_give_clear_errors():
     ref, cur = windows(n=200)
     with pytest.raises(DriftInputError, match="current window is empty"):

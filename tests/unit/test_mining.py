@@ -269,6 +269,20 @@ def test_slice_boost_prefers_drifted_slices():
         MiningParams(slice_boost={"rain": 2.0})
 
 
+def test_a_frame_in_several_boosted_slices_gets_the_largest_boost_not_the_product():
+    other = image_box(15.0, 6.0)
+    logs = make_logs(lidar=[(1, "car", 0.99, 15.0, 0.0)], camera=[(1, "car", 0.9, other)], weather="rain")
+    plain = mine(logs).frames.column("score").to_pylist()[1]
+    assert plain > 0
+
+    def boosted(boost: dict[str, float]) -> float:
+        return mine(logs, MiningParams(slice_boost=boost)).frames.column("score").to_pylist()[1] / plain
+
+    assert boosted({"weather=rain": 2.0, "class=car": 3.0}) == pytest.approx(3.0, rel=1e-6)
+    assert boosted({"weather=rain": 2.0, "class=pedestrian": 3.0}) == pytest.approx(2.0, rel=1e-6)  # not in that slice
+    assert boosted({"weather=rain": 2.0, "place=p": 0.5}) == pytest.approx(1.0, rel=1e-6)  # a demoted slice still counts
+
+
 def test_generated_sample_ranks_injected_errors_first():
     logs, injected = generate_sample(n_logs=3, n_frames=150, seed=0)
     ranked = rank(mine(logs).frames).to_pydict()
