@@ -23,6 +23,8 @@ MAX_BOOST = 3.0
 #: tracks built from them) come from the camera model the loop retrains, so their counts drift
 #: whenever a new model is promoted, whatever the traffic did.
 COUNT_SENSORS: tuple[str, ...] = ("lidar",)
+#: A tag value more than this share of the current window is not steered toward (see :func:`drifted_slices`).
+MAJORITY = 0.5
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
@@ -39,7 +41,9 @@ def drifted_slices(
     """Slices to favour in the next mining run.
 
     - a drifted tag feature: every value (other than "unknown") whose share of frames grew from
-      the reference to the current window, boosted by that growth ratio (a new value: ``max_boost``);
+      the reference to the current window, boosted by that growth ratio (a new value: ``max_boost``),
+      unless it is most of the current window (clear weather coming back after a rainy week):
+      steering is for conditions the budget would otherwise miss, and a majority gets its share;
     - a drifted count feature ``n_<sensor>_<class>`` of a sensor in ``COUNT_SENSORS``: the class,
       boosted by the ratio of mean counts (up or down: fewer detections of a class is as much a
       reason to look as more), the largest over those sensors.
@@ -57,7 +61,7 @@ def drifted_slices(
         cur_shares = current_features[tag].astype(str).where(current_features[tag].notna(), None) \
             .value_counts(normalize=True, dropna=True)
         for value, cur in cur_shares.items():
-            if value == "unknown" or cur <= 0:
+            if value == "unknown" or cur <= 0 or cur > MAJORITY:
                 continue
             ref = ref_shares.get(str(value), 0.0)
             if cur <= ref:
