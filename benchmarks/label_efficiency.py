@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         say("  per seed: " + "; ".join(
             f"seed {s}: {'met' if v['target_labels_met'] else 'not met'} / "
             f"{'met' if v['target_ratio_met'] else 'not met'}" for s, v in per_seed_verdicts.items() if v))
-    stages = ("setup", "drive", "calibrate", "mine", "label", "train", "export", "evaluate")
+    stages = ("setup", "drive", "drift", "calibrate", "mine", "label", "train", "export", "evaluate")
     say("\nTime per stage (s): " + ", ".join(f"{k} {timer.seconds[k]:.0f}" for k in stages)
         + f"; total {wall:.0f} s ({wall / 60:.1f} min)")
     say(f"wrote {png}")
