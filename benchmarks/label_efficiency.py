@@ -219,10 +219,6 @@ def _mining_summary(result: Any, picked: pa.Table) -> dict[str, Any]:
             "flags_in_picks": dict(in_picks.most_common(8))}
 
 
-def _steer(boost: dict[str, float]) -> str:
-    return ", ".join(f"{k} x{v:g}" for k, v in sorted(boost.items()))
-
-
 def _condition(weather: str | None, tod: str | None) -> str:
     return f"{weather or '?'}-{tod or '?'}"
 
@@ -320,13 +316,16 @@ def _mix(week: Any, keys: list[tuple[str, int]]) -> dict[str, float]:
 
 def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any,
              drift_params: Any) -> dict[str, list[WeekResult]]:
+    from fleetloop.drift.compare import describe_steering
+
     base = work / f"seed{seed}"
     evalset = timer("setup", sl.scenario_set, seed + 1000, cfg.eval_frames)
     seed_logs = max(2, math.ceil(cfg.seed_frames / cfg.frames_per_log * 1.3))
     w0 = timer("setup", sl.drive, 0, seed, sl.no_model, seed_logs, cfg.frames_per_log, base / "w00")
     seed_keys = sl.clear_day_frames(w0)[:cfg.seed_frames]
     seed_rows = timer("label", sl.labeled_rows, w0, seed_keys)
-    w0_features = timer("drift", week_features, w0)
+    # the drift step's first reference (only fleetloop's strategy runs the drift step)
+    w0_features = timer("drift", week_features, w0) if "fleetloop" in cfg.strategies else None
     shutil.rmtree(base / "w00", ignore_errors=True)
     model0 = base / "model-w00"
     rep = timer("train", sl.train_model, seed_rows, model0, epochs=cfg.seed_epochs, seed=seed, threads=cfg.threads,
@@ -393,7 +392,8 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any,
                 f"pool {pool_mix['rain']:.0%}/{pool_mix['night']:.0%}/{pool_mix['green']:.0%}), "
                 f"trained {rep.n_images} frames in {rep.train_seconds:.0f}s: mAP {s.overall:.3f} rare {s.rare:.3f} "
                 f"(rain {s.rain:.3f} night {s.night:.3f} green {s.green:.3f})"
-                + (f"; drift steered mining toward {_steer(mining['slice_boost'])}" if mining.get("slice_boost") else ""))
+                + (f"; drift steered mining toward {describe_steering(mining['slice_boost'])}"
+                   if mining.get("slice_boost") else ""))
         shutil.rmtree(model, ignore_errors=True)
         out[strategy] = rows
     shutil.rmtree(base, ignore_errors=True)

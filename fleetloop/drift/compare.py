@@ -39,8 +39,13 @@ class DriftOutcome(BaseModel):
         why = "; ".join(self.verdict.reasons)
         if self.verdict.passed:
             return f"no drift alert ({why})" if why else "no drift alert"
-        steer = ", ".join(f"{k} x{v:.1f}" for k, v in sorted(self.slice_boost.items()))
+        steer = describe_steering(self.slice_boost)
         return f"drift alert: {why}" + (f"; mining steered toward {steer}" if steer else "")
+
+
+def describe_steering(boost: dict[str, float]) -> str:
+    """``boost`` for a person, e.g. ``time_of_day=night x3.0, weather=rain x2.5`` ("" for none)."""
+    return ", ".join(f"{k} x{v:.1f}" for k, v in sorted(boost.items()))
 
 
 def steering(summary: DriftSummary, params: DriftParams) -> dict[str, float]:

@@ -51,8 +51,8 @@ there, which would otherwise push every severity up, most of all the flags that 
 frames), explain each labelled frame's error count (Poisson likelihood), each severity shrunk
 towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the default): a pair
 flagged a handful of times stays near its default, and a flag's severity also absorbs the errors
-that come with it in the same frame (the frame, not the flag, is what is ranked). The per-flag counts (how often each flag's own hypothesis was right) are reported with
-each value.
+that come with it in the same frame (the frame, not the flag, is what is ranked). The per-flag
+counts (how often each flag's own hypothesis was right) are reported with each value.
 """
 
 from __future__ import annotations
