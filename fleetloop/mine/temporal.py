@@ -47,6 +47,8 @@ def _link(batch: Batch, rows_a: np.ndarray, rows_b: np.ndarray, step: int, gate:
     """Associate lidar rows ``rows_a`` of frame g with rows ``rows_b`` of frame g + step (same
     log, consecutive frame indices), bird's-eye view. Returns, per row of ``rows_a``, the matched
     lidar row or -1. Both row lists must be ordered by frame."""
+    if rows_a.size == 0 or rows_b.size == 0:  # e.g. a stack that logs no detection below its operating point
+        return np.full(rows_a.size, -1, np.int64)
     F = batch.n_frames
     L = batch.lidar
     nxt = batch.next_frame()

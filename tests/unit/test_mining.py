@@ -341,3 +341,27 @@ def test_the_mining_run_key_ignores_when_the_calibration_was_fitted(tmp_path) ->
     c = a.model_copy(update={"class_severities": {"uncertain": {"car": 0.3}}})
     keys = [plan_mining(store, p, 10, log_ids=[]).key for p in (a, b, c)]
     assert keys[0] == keys[1] != keys[2]
+
+
+def test_a_stack_that_logs_only_confident_detections_is_mined():
+    """No detection below the operating point in the whole batch (a stack that logs only what it
+    uses): the temporal checks have nothing to link to and must say nothing, not fail."""
+    res = mine(make_logs(n_frames=2, lidar=[(0, "car", 0.995, 15.0, 0.0)]), MiningParams())
+    assert res.frames.num_rows == 2
+    res = mine(make_logs(n_frames=2, lidar=[(0, "car", 0.995, 15.0, 0.0), (1, "car", 0.5, 15.0, 0.0)]), MiningParams())
+    assert res.frames.num_rows == 2
+
+
+def test_every_small_combination_of_streams_is_mined():
+    """Each of two frames with no / a confident / a weak lidar car or pedestrian and no / a car /
+    a pedestrian camera box: mining completes and scores every frame."""
+    import itertools
+
+    lidar_opts = [None, ("car", 0.995), ("car", 0.5), ("pedestrian", 0.99), ("pedestrian", 0.4)]
+    camera_opts = [None, ("car", 0.9), ("pedestrian", 0.8)]
+    for ls in itertools.product(lidar_opts, repeat=2):
+        for cs in itertools.product(camera_opts, repeat=2):
+            lidar = [(f, *v, 15.0 + f * 0.3, 0.0) for f, v in enumerate(ls) if v]
+            camera = [(f, v[0], v[1], image_box(15.0 + f * 0.3, 0.0)) for f, v in enumerate(cs) if v]
+            res = mine(make_logs(n_frames=2, lidar=lidar, camera=camera), MiningParams())
+            assert res.frames.num_rows == 2, (lidar, camera)
