@@ -46,9 +46,10 @@ object missing in the frame are right when the frame has a miss of that sensor a
 the noisy-OR of their flags (``1 - prod(1 - severity x factor)``). Calibration fits the
 severities of every (reason, class) pair with at least ``MIN_FLAGGED`` flags on labelled frames
 so that these expected errors, plus errors no flag explains (a rate per frame and one per
-estimated object, fitted with them: objects no sensor saw cannot be blamed on the flags that are
-there, which would otherwise push every severity up, most of all the flags that come with crowded
-frames), explain each labelled frame's error count (Poisson likelihood), each severity shrunk
+labelled object of each class, fitted with them: objects no sensor saw cannot be blamed on the
+flags that are there, which would otherwise push every severity up, most of all the flags that
+come with crowded frames; the labels give each frame's objects exactly, and a pedestrian brings
+far more unexplained errors than a car, so the rate is per class), explain each labelled frame's error count (Poisson likelihood), each severity shrunk
 towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the default): a pair
 flagged a handful of times stays near its default, and a flag's severity also absorbs the errors
 that come with it in the same frame (the frame, not the flag, is what is ranked). The per-flag
@@ -120,6 +121,7 @@ class Truth:
     lidar_err: np.ndarray  # (N_lidar, 2) bool: the lidar / the judged camera is wrong about this detection's object
     side_err: list[np.ndarray]  # per camera side, (n_rows, 2) bool, the same for each box
     totals: dict[str, int]
+    care_objects: np.ndarray  # (F, N_CLS) care labels per frame and class (the last column: other classes)
 
 
 def _csr(g: np.ndarray, n: int) -> np.ndarray:
@@ -315,7 +317,9 @@ def judge(batch: Batch, params: MiningParams, labels: pa.Table, sides: list[Side
     side_err = [wrong(pt) for pt in side_point]
     if sides:
         side_err[0][:, 1] |= judged_fa
-    return Truth(lab.labelled, frame_errors * lab.labelled, frame_miss, lidar_err, side_err, totals)
+    care_objects = np.zeros((F, N_CLS), np.int64)
+    np.add.at(care_objects, (lab.g[lab.care], lab.cls[lab.care]), 1)
+    return Truth(lab.labelled, frame_errors * lab.labelled, frame_miss, lidar_err, side_err, totals, care_objects)
 
 
 @dataclass
@@ -394,7 +398,9 @@ def flag_data(checked, truth: Truth) -> FlagData:
 def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarray, prior: np.ndarray,
                    fit: np.ndarray, strength: float = STRENGTH, objects: np.ndarray | None = None) -> np.ndarray:
     """MAP severities (module doc, "The fit"). ``prior`` and ``fit`` are (n_reasons * N_CLS,):
-    the defaults and which pairs to fit; returns the severities (the defaults where not fitted)."""
+    the defaults and which pairs to fit; ``objects`` is (F,) or (F, K): each frame's objects, of
+    one kind or of K kinds (classes), each kind with its own rate of errors no flag explains.
+    Returns the severities (the defaults where not fitted)."""
     frames = np.flatnonzero(labelled)
     if not fit.any() or frames.size == 0:
         return prior.copy()
@@ -410,17 +416,18 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
         s[fit] = 1.0 / (1.0 + np.exp(-np.clip(theta[:n_fit], -20, 20)))
         return np.clip(s, 1e-6, 0.99)
 
-    n_obj_f = np.zeros(F) if objects is None else np.asarray(objects, np.float64)
+    n_obj_f = np.zeros((F, 1)) if objects is None else np.asarray(objects, np.float64).reshape(F, -1)
+    K = n_obj_f.shape[1]
 
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         s = unpack(theta)
-        # errors no flag explains (fitted): a rate per frame and one per estimated object
+        # errors no flag explains (fitted): a rate per frame and one per object of each kind
         base = float(np.exp(np.clip(theta[n_fit], -12, 6)))
-        per_obj = float(np.exp(np.clip(theta[n_fit + 1], -12, 6)))
+        per_obj = np.exp(np.clip(theta[n_fit + 1:], -12, 6))
         q = np.clip(1.0 - s[data.rc] * data.factor, 1e-9, 1.0)
         log_q = np.bincount(data.obj, weights=np.log(q), minlength=n_obj)
         p = -np.expm1(log_q)
-        e = np.bincount(data.obj_g, weights=p, minlength=F)[frames] + base + per_obj * n_obj_f[frames]
+        e = np.bincount(data.obj_g, weights=p, minlength=F)[frames] + base + n_obj_f[frames] @ per_obj
         ll = float((y[frames] * np.log(e) - e).sum())
         lp = float(((a - 1) * np.log(s) + (b - 1) * np.log1p(-s))[fit].sum())
         d_e = np.zeros(F)
@@ -429,11 +436,11 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
                              minlength=prior.size)
         grad_s += (a - 1) / s - (b - 1) / (1.0 - s)
         grad_base = float(d_e[frames].sum()) * base
-        grad_obj = float((d_e[frames] * n_obj_f[frames]).sum()) * per_obj
-        return -(ll + lp), -np.concatenate([(grad_s * s * (1.0 - s))[fit], [grad_base, grad_obj]])
+        grad_obj = (d_e[frames] @ n_obj_f[frames]) * per_obj
+        return -(ll + lp), -np.concatenate([(grad_s * s * (1.0 - s))[fit], [grad_base], grad_obj])
 
     base0 = max(float(y[frames].mean()) / 2.0, 0.05)
-    theta0 = np.concatenate([np.log(pr[fit] / (1.0 - pr[fit])), [np.log(base0), np.log(0.01)]])
+    theta0 = np.concatenate([np.log(pr[fit] / (1.0 - pr[fit])), [np.log(base0)], np.full(K, np.log(0.01))])
     res = minimize(nll, theta0, jac=True, method="L-BFGS-B")
     return unpack(res.x)
 
@@ -458,7 +465,7 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
     right_flags = np.bincount(rc_flag, weights=right_flag.astype(np.float64), minlength=prior.size)
     code = np.arange(prior.size)
     fit = (flagged >= MIN_FLAGGED) & (code % N_CLS < len(CLASSES))
-    sev = fit_severities(data, truth.frame_errors, truth.labelled, prior, fit, strength, checked.est_objects)
+    sev = fit_severities(data, truth.frame_errors, truth.labelled, prior, fit, strength, truth.care_objects)
     rows = []
     fitted: dict[str, dict[str, FittedSeverity]] = {}
     class_sev: dict[str, dict[str, float]] = {}

@@ -185,6 +185,26 @@ def test_calibration_judges_the_lidar_by_centre_distance_when_labels_have_positi
     assert no_xy["lidar_fp"] == 1 and no_xy["lidar_fn"] == 2
 
 
+
+def test_calibration_counts_each_labelled_frames_care_objects_per_class():
+    """The fit's nuisance rates use the labels' own object counts: care labels only, per class."""
+    from fleetloop.mine.calibrate import judge
+    from fleetloop.mine.mining import run_checks
+    from fleetloop.perception.batch import build_batch
+    from fleetloop.schema import CLASSES
+
+    logs = make_logs(n_frames=2, lidar=[(0, "car", 0.995, 15.0, 0.0)], camera=[(0, "car", 0.9, image_box(15.0, 0.0))])
+    lab = [{"log_id": "L1", "frame": f, "cls": c, **dict(zip(("x1", "y1", "x2", "y2"), image_box(15.0, y), strict=True)),
+            "care": care} for f, c, y, care in [(0, "car", 0.0, True), (0, "pedestrian", 3.0, True),
+                                                (0, "pedestrian", 5.0, False), (1, "pedestrian", 3.0, True)]]
+    params = MiningParams()
+    checked = run_checks(logs, params, build_batch(logs))
+    truth = judge(checked.batch, params, pa.Table.from_pylist(lab), checked.sides)
+    car, ped = CLASSES.index("car"), CLASSES.index("pedestrian")
+    assert truth.care_objects.shape == (2, len(CLASSES) + 1)
+    assert truth.care_objects[0, car] == 1 and truth.care_objects[0, ped] == 1 and truth.care_objects[1, ped] == 1
+    assert truth.care_objects.sum() == 3
+
 CALIB = ("P2: 721.5377 0 609.5593 44.85728 0 721.5377 172.854 0.2163791 0 0 1 0.002745884\n"
          "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 -0.08 1 0 0 -0.27\n")
 
@@ -264,3 +284,26 @@ def test_calibration_does_not_credit_a_flag_with_the_errors_of_crowded_frames():
     prior, fit, labelled = np.array([0.05]), np.array([True]), np.ones(n_frames, bool)
     assert fit_severities(data, errors, labelled, prior, fit)[0] > 0.3
     assert fit_severities(data, errors, labelled, prior, fit, objects=objects)[0] < 0.1
+
+
+def test_calibration_gives_each_class_its_own_rate_of_errors_no_flag_explains():
+    """Frames with two pedestrians hold 2 errors each, frames with four cars none; half of the
+    pedestrian frames carry a flag that is never right. One rate per object (any class) cannot
+    explain errors that come with the frames holding fewer objects, so the flag absorbs them; a
+    rate per class explains them and the flag stays near its default."""
+    import numpy as np
+
+    from fleetloop.mine.calibrate import FlagData, fit_severities
+
+    n_frames, peds = 200, np.arange(100)
+    on = peds[::2]
+    data = FlagData(rc=np.zeros(on.size, np.int64), factor=np.ones(on.size), obj=np.arange(on.size),
+                    obj_g=on.astype(np.int64), obj_right=np.zeros(on.size, bool), flag=np.arange(on.size))
+    errors = np.zeros(n_frames)
+    errors[peds] = 2.0
+    per_class = np.zeros((n_frames, 2))  # columns: car, pedestrian
+    per_class[peds, 1] = 2.0
+    per_class[100:, 0] = 4.0
+    prior, fit, labelled = np.array([0.05]), np.array([True]), np.ones(n_frames, bool)
+    assert fit_severities(data, errors, labelled, prior, fit, objects=per_class.sum(axis=1))[0] > 0.3
+    assert fit_severities(data, errors, labelled, prior, fit, objects=per_class)[0] < 0.1
