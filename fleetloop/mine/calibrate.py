@@ -145,7 +145,7 @@ def _label_frames(batch: Batch, log_id: pa.Array | pa.ChunkedArray, frame: np.nd
 class _Labels:
     """The labels of the batch's frames, ordered by frame, split by role and class."""
 
-    def __init__(self, batch: Batch, labels: pa.Table):
+    def __init__(self, batch: Batch, labels: pa.Table, all_labelled: bool = False):
         F = batch.n_frames
         g = _label_frames(batch, labels.column("log_id"), labels.column("frame").to_numpy())
         keep = np.flatnonzero(g >= 0)
@@ -172,7 +172,7 @@ class _Labels:
                    if self.has_xy else np.zeros((n, 2)))
         self.F = F
         logs_with = np.unique(batch.frame_log[self.g]) if n else np.zeros(0, np.int64)
-        self.labelled = np.isin(batch.frame_log, logs_with)
+        self.labelled = np.ones(F, bool) if all_labelled else np.isin(batch.frame_log, logs_with)
 
     def rows(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = np.flatnonzero(mask)
@@ -206,10 +206,12 @@ def _inside(a_start, a, b_start, b) -> np.ndarray:
     return out >= DONTCARE_IOA
 
 
-def judge(batch: Batch, params: MiningParams, labels: pa.Table, sides: list[Side]) -> Truth:
-    """The labels' verdict on the lidar and the judged camera (module doc, "Matching rules")."""
+def judge(batch: Batch, params: MiningParams, labels: pa.Table, sides: list[Side], all_labelled: bool = False) -> Truth:
+    """The labels' verdict on the lidar and the judged camera (module doc, "Matching rules").
+    ``all_labelled``: every frame of the batch was labelled (its object-free frames too), not only
+    the frames of logs that have labels."""
     F = batch.n_frames
-    lab = _Labels(batch, labels)
+    lab = _Labels(batch, labels, all_labelled)
     L = batch.lidar
     lidar_fa = np.zeros(len(L), bool)
     lidar_point = np.full(len(L), -1, np.int64)  # care label each detection points at
@@ -308,8 +310,10 @@ def judge(batch: Batch, params: MiningParams, labels: pa.Table, sides: list[Side
 
     def wrong(point: np.ndarray) -> np.ndarray:
         ok = point >= 0
+        if not ok.any():  # also: no label at all among these frames
+            return np.zeros((point.size, 2), bool)
         p = np.maximum(point, 0)
-        return np.stack([ok & lidar_miss[p], ok & cam_miss[p]], axis=1) if point.size else np.zeros((0, 2), bool)
+        return np.stack([ok & lidar_miss[p], ok & cam_miss[p]], axis=1)
 
     lidar_err = wrong(lidar_point)
     if len(L):
@@ -455,7 +459,7 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
         logs = _only_frames(logs, labelled_frames)
     base = params.model_copy(update={"class_severities": {}, "calibration": None})
     checked = run_checks(logs, base, build_batch(logs))
-    truth = judge(checked.batch, base, labels, checked.sides)
+    truth = judge(checked.batch, base, labels, checked.sides, all_labelled=labelled_frames is not None)
     data = flag_data(checked, truth)
     defaults = base.severity_table()
     prior = np.array([defaults[r] for r in REASONS], np.float64).ravel()  # (n_reasons * N_CLS,)

@@ -205,6 +205,23 @@ def test_calibration_counts_each_labelled_frames_care_objects_per_class():
     assert truth.care_objects[0, car] == 1 and truth.care_objects[0, ped] == 1 and truth.care_objects[1, ped] == 1
     assert truth.care_objects.sum() == 3
 
+
+def test_calibration_on_frames_without_any_label():
+    """Labelled frames that hold no object (a dataset version of empty roads) are judged: the
+    confident lidar car there is a false alarm. Labels that match none of the logs' frames leave
+    nothing labelled and the defaults in place, without failing."""
+    logs = make_logs(n_frames=3, lidar=[(0, "car", 0.995, 15.0, 0.0), (1, "pedestrian", 0.5, 10.0, 1.0)],
+                     camera=[(0, "car", 0.9, image_box(15.0, 0.0))])
+    none = pa.Table.from_pylist([], schema=pa.schema([("log_id", pa.string()), ("frame", pa.int64()), ("cls", pa.string()),
+                                                      *((c, pa.float64()) for c in ("x1", "y1", "x2", "y2"))]))
+    res = calibrate(logs, none, MiningParams(), labelled_frames=pa.table({"log_id": ["L1", "L1"], "frame": [0, 1]}))
+    assert res.truth == {"lidar_fn": 0, "lidar_fp": 1, "camera_fn": 0, "camera_fp": 1}
+    assert res.params.calibration is not None and res.params.calibration.labelled_frames == 2
+    elsewhere = pa.Table.from_pylist([{"log_id": "L9", "frame": 0, "cls": "car", "x1": 1.0, "y1": 1.0, "x2": 5.0, "y2": 5.0}])
+    res = calibrate(logs, elsewhere, MiningParams())
+    assert res.params.class_severities == {} and res.params.calibration is not None
+    assert res.params.calibration.labelled_frames == 0
+
 CALIB = ("P2: 721.5377 0 609.5593 44.85728 0 721.5377 172.854 0.2163791 0 0 1 0.002745884\n"
          "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 -0.08 1 0 0 -0.27\n")
 
