@@ -141,7 +141,7 @@ def _associate_lidar(batch: Batch, geo: LidarGeometry, side: Side, lid_ok: np.nd
     lidar_iou = np.full(len(L), np.nan)
     lidar_match[l_idx] = a.a_match
     lidar_iou[l_idx] = a.a_q
-    cam_match = np.where(a.b_match >= 0, l_idx[np.maximum(a.b_match, 0)], -1)
+    cam_match = np.where(a.b_match >= 0, l_idx[np.maximum(a.b_match, 0)], -1) if l_idx.size else np.full(a.b_match.size, -1, np.int64)
     return Association(lidar_match, lidar_iou, cam_match)
 
 

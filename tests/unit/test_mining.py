@@ -353,11 +353,12 @@ def test_a_stack_that_logs_only_confident_detections_is_mined():
 
 
 def test_every_small_combination_of_streams_is_mined():
-    """Each of two frames with no / a confident / a weak lidar car or pedestrian and no / a car /
-    a pedestrian camera box: mining completes and scores every frame."""
+    """Each of two frames with no / a confident / a weak / a discarded (below ``lidar_min_score``)
+    lidar car or pedestrian and no / a car / a pedestrian camera box: mining completes and scores
+    every frame."""
     import itertools
 
-    lidar_opts = [None, ("car", 0.995), ("car", 0.5), ("pedestrian", 0.99), ("pedestrian", 0.4)]
+    lidar_opts = [None, ("car", 0.995), ("car", 0.5), ("car", 0.1), ("pedestrian", 0.99), ("pedestrian", 0.4)]
     camera_opts = [None, ("car", 0.9), ("pedestrian", 0.8)]
     for ls in itertools.product(lidar_opts, repeat=2):
         for cs in itertools.product(camera_opts, repeat=2):
@@ -365,3 +366,39 @@ def test_every_small_combination_of_streams_is_mined():
             camera = [(f, v[0], v[1], image_box(15.0 + f * 0.3, 0.0)) for f, v in enumerate(cs) if v]
             res = mine(make_logs(n_frames=2, lidar=lidar, camera=camera), MiningParams())
             assert res.frames.num_rows == 2, (lidar, camera)
+
+
+def test_random_small_batches_are_mined_selected_and_calibrated():
+    """Seeded random logs of 1-6 frames: detections of every class at any score and position,
+    camera boxes and tracks of up to two named streams, a few labels. Mining scores every frame,
+    selection and calibration complete (each found a crash on an empty subset before)."""
+
+    from fleetloop.mine.calibrate import calibrate
+
+    rng = np.random.default_rng(7)
+    classes = ["car", "pedestrian", "cyclist", "traffic_cone"]
+
+    def box() -> list[float]:
+        return image_box(float(rng.uniform(3, 90)), float(rng.uniform(-10, 10)))
+
+    for _ in range(300):
+        nf = int(rng.integers(1, 7))
+        lidar = [(int(rng.integers(0, nf)), classes[rng.integers(0, 4)], float(rng.choice([0.2, 0.5, 0.9, 0.95, 0.999])),
+                  float(rng.uniform(2, 90)), float(rng.uniform(-15, 15))) for _ in range(int(rng.integers(0, 6)))]
+        camera = [(int(rng.integers(0, nf)), classes[rng.integers(0, 4)], float(rng.uniform(0, 1)), box())
+                  for _ in range(int(rng.integers(0, 5)))]
+        tracks = list({(int(f), int(t)): (int(f), int(t), classes[rng.integers(0, 4)], box())
+                       for f, t in zip(rng.integers(0, nf, 5), rng.integers(1, 4, 5), strict=True)}.values())
+        logs = make_logs(n_frames=nf, lidar=lidar, camera=camera, tracks=tracks[: int(rng.integers(0, 6))])
+        if logs.tracks.num_rows and rng.random() < 0.5:
+            sensors = pa.array(["camera:a" if rng.random() < 0.5 else "camera:b" for _ in range(logs.tracks.num_rows)])
+            logs = DriveLogs(**{**logs.tables(), "tracks": logs.tracks.set_column(
+                logs.tracks.schema.get_field_index("sensor"), "sensor", sensors)})
+        params = MiningParams(camera_stream="camera:a" if rng.random() < 0.3 else None)
+        res = mine(logs, params)
+        assert res.frames.num_rows == nf, (lidar, camera, tracks)
+        select(res.frames, int(rng.integers(1, 4)), params)
+        labels = pa.Table.from_pylist([{"log_id": "L1", "frame": int(rng.integers(0, nf)), "cls": classes[rng.integers(0, 3)],
+                                        **dict(zip(("x1", "y1", "x2", "y2"), box(), strict=True))}
+                                       for _ in range(int(rng.integers(1, 6)))])
+        calibrate(logs, labels, params)
