@@ -96,6 +96,7 @@ def register(app: typer.Typer) -> None:
         options = {}
         if format == "kitti-tracking":
             options = {k: v for k, v in {"lidar_detector": lidar_detector}.items() if v}
+            _check_kitti_tracker(path, camera_tracker)
         elif lidar_detector:
             raise typer.BadParameter("only for --format kitti-tracking", param_hint="--lidar-detector")
 
@@ -147,6 +148,7 @@ def register(app: typer.Typer) -> None:
 
         if log is None:
             log = []
+        _check_kitti_tracker(path, camera_tracker)
         try:
             loop = load_params(params_file) if params_file.exists() else LoopParams()
             mp = loop.mine
@@ -187,6 +189,16 @@ def register(app: typer.Typer) -> None:
 
         dirs = write_sample(out, n_logs=logs, n_frames=frames, seed=seed)
         console.print(f"[green]wrote {len(dirs)} logs of {frames} frames to {out}[/] (injected errors: {out / 'injected_errors.csv'})")
+
+
+def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
+    """A KITTI layout names its camera trackers (``camera_trk/<name>/``): a judged one that is not
+    there is a usage error, not a silent fallback to another stream."""
+    trackers = root / "camera_trk"
+    names = sorted(p.name for p in trackers.iterdir() if p.is_dir()) if trackers.is_dir() else []
+    if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
+        raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {trackers}; available: {names}",
+                                 param_hint="--camera-tracker")
 
 
 def _exit_now(code: int = 0) -> None:

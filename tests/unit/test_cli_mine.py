@@ -77,6 +77,26 @@ def test_mine_bad_arguments_are_clear_errors(sample_dir, tmp_path):
     assert res.exit_code == 2 and "lidar_score_threshold" in res.output
 
 
+def test_mine_names_the_kitti_trackers_when_the_judged_one_is_missing(tmp_path):
+    """A typo in --camera-tracker is an error naming the trackers there, not a silent fallback
+    to another stream."""
+    root = tmp_path / "k"
+    (root / "calib").mkdir(parents=True)
+    (root / "calib" / "0000.txt").write_text("P2: 721.5 0 609.6 44.9 0 721.5 172.9 0.2 0 0 1 0.003\n"
+                                             "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 -0.08 1 0 0 -0.27\n")
+    for tracker in ("ciwt", "yolox_sort"):
+        (root / "camera_trk" / tracker).mkdir(parents=True)
+        (root / "camera_trk" / tracker / "0000.txt").write_text("0 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
+    res = runner.invoke(app, ["mine", str(root), "--camera-tracker", "yolo_sort", "-o", str(tmp_path / "r.csv")])
+    assert res.exit_code == 2 and "yolo_sort" in res.output and "yolox_sort" in res.output
+    assert not (tmp_path / "r.csv").exists()
+    res = runner.invoke(app, ["mine", "calibrate", str(root), "--camera-tracker", "yolo_sort", "--dry-run"])
+    assert res.exit_code == 2 and "yolox_sort" in res.output
+    for name in ("yolox_sort", "camera:ciwt"):
+        res = runner.invoke(app, ["mine", str(root), "--camera-tracker", name, "-o", str(tmp_path / "r.csv"), "-q"])
+        assert res.exit_code == 0, res.output
+
+
 @pytest.mark.kitti
 def test_mine_kitti_csv(kitti_root, tmp_path):
     out = tmp_path / "ranked.csv"
