@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetloop.ingest.importers import LogFormatError, get_importer, load_logs_isolated
+from fleetloop.mine.mining import mine
+from fleetloop.perception.batch import MiningInputError
 from fleetloop.schema import STREAMS, DriveLogs
 from tests.factory_logs import P2, make_log
 
@@ -44,6 +46,13 @@ def _check(root: Path, fmt: str) -> None:
             assert getattr(logs, name).schema.equals(schema), name
     loaded = load_logs_isolated(root, fmt)
     assert set(loaded.logs.log_ids) | set(loaded.errors) == set(importer.list_logs(root))
+    if loaded.logs.num_frames:  # what loads can be mined, or is refused with a clear error
+        try:
+            res = mine(loaded.logs)
+        except MiningInputError:
+            pass
+        else:
+            assert res.frames.num_rows == loaded.logs.num_frames
 
 
 # --------------------------------------------------------------------------- KITTI text files
