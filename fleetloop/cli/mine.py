@@ -168,6 +168,10 @@ def register(app: typer.Typer) -> None:
         if result.truth:
             console.print("errors on the labelled frames (the matching rules of fleetloop.mine.calibrate): "
                           + ", ".join(f"{k} {v}" for k, v in result.truth.items()))
+        cal = result.params.calibration
+        if cal is not None and cal.unexplained_per_object:
+            console.print(f"errors no flag explains (where the miner is blind): {cal.unexplained_per_frame:.2f} per frame, "
+                          + ", ".join(f"{v:.2f} per {c}" for c, v in cal.unexplained_per_object.items()))
         if dry_run:
             return
         loop = loop.model_copy(update={"mine": result.params})

@@ -399,16 +399,26 @@ def flag_data(checked, truth: Truth) -> FlagData:
     return FlagData(rc, fac, inv, obj_g, right, flag)
 
 
+@dataclass
+class SeverityFit:
+    severities: np.ndarray  # (n_reasons * N_CLS,): fitted where asked, the defaults elsewhere
+    per_frame: float  # errors no flag explains, per labelled frame
+    per_object: np.ndarray  # (K,) ... and per object of each kind (column of ``objects``)
+
+
 def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarray, prior: np.ndarray,
-                   fit: np.ndarray, strength: float = STRENGTH, objects: np.ndarray | None = None) -> np.ndarray:
+                   fit: np.ndarray, strength: float = STRENGTH, objects: np.ndarray | None = None) -> SeverityFit:
     """MAP severities (module doc, "The fit"). ``prior`` and ``fit`` are (n_reasons * N_CLS,):
     the defaults and which pairs to fit; ``objects`` is (F,) or (F, K): each frame's objects, of
     one kind or of K kinds (classes), each kind with its own rate of errors no flag explains.
-    Returns the severities (the defaults where not fitted)."""
+    Returns the severities (the defaults where not fitted) and the fitted rates of errors no flag
+    explains (zero when nothing was fitted)."""
     frames = np.flatnonzero(labelled)
-    if not fit.any() or frames.size == 0:
-        return prior.copy()
     F = labelled.size
+    n_obj_f = np.zeros((F, 1)) if objects is None else np.asarray(objects, np.float64).reshape(F, -1)
+    K = n_obj_f.shape[1]
+    if not fit.any() or frames.size == 0:
+        return SeverityFit(prior.copy(), 0.0, np.zeros(K))
     y = frame_errors.astype(np.float64)
     pr = np.clip(prior, 1e-3, 0.99)
     a, b = 1.0 + strength * pr, 1.0 + strength * (1.0 - pr)
@@ -419,9 +429,6 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
         s = prior.copy()
         s[fit] = 1.0 / (1.0 + np.exp(-np.clip(theta[:n_fit], -20, 20)))
         return np.clip(s, 1e-6, 0.99)
-
-    n_obj_f = np.zeros((F, 1)) if objects is None else np.asarray(objects, np.float64).reshape(F, -1)
-    K = n_obj_f.shape[1]
 
     def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
         s = unpack(theta)
@@ -446,7 +453,8 @@ def fit_severities(data: FlagData, frame_errors: np.ndarray, labelled: np.ndarra
     base0 = max(float(y[frames].mean()) / 2.0, 0.05)
     theta0 = np.concatenate([np.log(pr[fit] / (1.0 - pr[fit])), [np.log(base0)], np.full(K, np.log(0.01))])
     res = minimize(nll, theta0, jac=True, method="L-BFGS-B")
-    return unpack(res.x)
+    rates = np.exp(np.clip(res.x[n_fit:], -12, 6))
+    return SeverityFit(unpack(res.x), float(rates[0]), rates[1:])
 
 
 def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = None, *, source: str = "",
@@ -469,7 +477,10 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
     right_flags = np.bincount(rc_flag, weights=right_flag.astype(np.float64), minlength=prior.size)
     code = np.arange(prior.size)
     fit = (flagged >= MIN_FLAGGED) & (code % N_CLS < len(CLASSES))
-    sev = fit_severities(data, truth.frame_errors, truth.labelled, prior, fit, strength, truth.care_objects)
+    sf = fit_severities(data, truth.frame_errors, truth.labelled, prior, fit, strength, truth.care_objects)
+    sev = sf.severities
+    seen = truth.care_objects[truth.labelled].sum(axis=0)  # a class with no labelled object has no rate
+    per_object = {c: round(float(sf.per_object[i]), 4) for i, c in enumerate(CLASSES) if fit.any() and seen[i] > 0}
     rows = []
     fitted: dict[str, dict[str, FittedSeverity]] = {}
     class_sev: dict[str, dict[str, float]] = {}
@@ -487,7 +498,9 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
             class_sev.setdefault(reason, {})[CLASSES[c]] = value
     rows.sort(key=lambda r: (r["reason"], r["class"]))
     cal = Calibration(fitted=fitted, source=source, fitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                      labelled_frames=int(truth.labelled.sum()), rules=RULES)
+                      labelled_frames=int(truth.labelled.sum()), rules=RULES,
+                      unexplained_per_frame=round(sf.per_frame, 4) if fit.any() else 0.0,
+                      unexplained_per_object=per_object)
     new = params.model_copy(update={"class_severities": class_sev, "calibration": cal})
     return CalibrationResult(MiningParams.model_validate(new.model_dump()), pa.Table.from_pylist(rows, schema=TABLE_SCHEMA),
                              truth.totals)

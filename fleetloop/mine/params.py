@@ -103,6 +103,9 @@ class Calibration(BaseModel):
     fitted_at: str = ""  # UTC ISO time
     labelled_frames: int = 0
     rules: str = ""  # the matching rules used (see fleetloop.mine.calibrate)
+    unexplained_per_frame: float = Field(0.0, ge=0, description="errors on a labelled frame that no flag explains")
+    unexplained_per_object: dict[str, float] = Field(
+        default_factory=dict, description="... and per labelled object of each class: where the miner is blind")
 
     @field_validator("fitted")
     @classmethod

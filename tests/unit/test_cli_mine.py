@@ -147,3 +147,22 @@ def test_mine_with_budget_cost(sample_dir, tmp_path):
     res = runner.invoke(app, ["mine", str(sample_dir), "-f", "parquet", "-o", str(out), "--budget-cost", "40",
                               "--budget", "3"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+@pytest.mark.kitti
+def test_mine_calibrate_writes_fitted_severities_and_the_blind_spots(kitti_root, tmp_path):
+    from fleetloop.params import load_params
+
+    params_file = tmp_path / "params.yaml"
+    res = runner.invoke(app, ["mine", "calibrate", str(kitti_root), "--camera-tracker", "yolox_sort", "--log", "0006",
+                              "--log", "0010", "--params-file", str(params_file), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "errors no flag explains" in res.output and not params_file.exists()
+    res = runner.invoke(app, ["mine", "calibrate", str(kitti_root), "--camera-tracker", "yolox_sort", "--log", "0006",
+                              "--log", "0010", "--params-file", str(params_file)])
+    assert res.exit_code == 0, res.output
+    mine = load_params(params_file).mine
+    assert mine.class_severities and mine.calibration is not None
+    assert mine.calibration.labelled_frames == 270 + 294  # every frame of both sequences
+    assert set(mine.calibration.unexplained_per_object) >= {"car"}
+    assert all(v >= 0 for v in mine.calibration.unexplained_per_object.values())

@@ -299,8 +299,8 @@ def test_calibration_does_not_credit_a_flag_with_the_errors_of_crowded_frames():
     errors, objects = np.zeros(n_frames), np.ones(n_frames)
     errors[crowded], objects[crowded] = 2.0, 10.0
     prior, fit, labelled = np.array([0.05]), np.array([True]), np.ones(n_frames, bool)
-    assert fit_severities(data, errors, labelled, prior, fit)[0] > 0.3
-    assert fit_severities(data, errors, labelled, prior, fit, objects=objects)[0] < 0.1
+    assert fit_severities(data, errors, labelled, prior, fit).severities[0] > 0.3
+    assert fit_severities(data, errors, labelled, prior, fit, objects=objects).severities[0] < 0.1
 
 
 def test_calibration_gives_each_class_its_own_rate_of_errors_no_flag_explains():
@@ -322,5 +322,7 @@ def test_calibration_gives_each_class_its_own_rate_of_errors_no_flag_explains():
     per_class[peds, 1] = 2.0
     per_class[100:, 0] = 4.0
     prior, fit, labelled = np.array([0.05]), np.array([True]), np.ones(n_frames, bool)
-    assert fit_severities(data, errors, labelled, prior, fit, objects=per_class.sum(axis=1))[0] > 0.3
-    assert fit_severities(data, errors, labelled, prior, fit, objects=per_class)[0] < 0.1
+    assert fit_severities(data, errors, labelled, prior, fit, objects=per_class.sum(axis=1)).severities[0] > 0.3
+    by_class = fit_severities(data, errors, labelled, prior, fit, objects=per_class)
+    assert by_class.severities[0] < 0.1
+    assert by_class.per_object[0] < 0.05 and by_class.per_object[1] == pytest.approx(1.0, abs=0.1)  # 2 errors / 2 pedestrians
