@@ -49,11 +49,13 @@ so that these expected errors, plus errors no flag explains (a rate per frame an
 labelled object of each class, fitted with them: objects no sensor saw cannot be blamed on the
 flags that are there, which would otherwise push every severity up, most of all the flags that
 come with crowded frames; the labels give each frame's objects exactly, and a pedestrian brings
-far more unexplained errors than a car, so the rate is per class), explain each labelled frame's error count (Poisson likelihood), each severity shrunk
-towards its default by a Beta prior worth ``STRENGTH`` flags (mode at the default): a pair
-flagged a handful of times stays near its default, and a flag's severity also absorbs the errors
-that come with it in the same frame (the frame, not the flag, is what is ranked). The per-flag
-counts (how often each flag's own hypothesis was right) are reported with each value.
+far more unexplained errors than a car, so the rate is per class), explain each labelled frame's
+error count (Poisson likelihood), each severity shrunk towards its default by a Beta prior worth
+``STRENGTH`` flags (mode at the default): a pair flagged a handful of times stays near its
+default, and a flag's severity also absorbs the errors that come with it in the same frame (the
+frame, not the flag, is what is ranked). The per-flag counts (how often each flag's own hypothesis
+was right) are reported with each value, and the fitted rates of errors no flag explains with the
+calibration (where the miner is blind).
 """
 
 from __future__ import annotations
