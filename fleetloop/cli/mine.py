@@ -198,10 +198,11 @@ def register(app: typer.Typer) -> None:
 def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     """A KITTI layout names its camera trackers (``camera_trk/<name>/``): a judged one that is not
     there is a usage error, not a silent fallback to another stream."""
-    trackers = root / "camera_trk"
-    names = sorted(p.name for p in trackers.iterdir() if p.is_dir()) if trackers.is_dir() else []
+    from fleetloop.ingest.importers.kitti import KittiTrackingImporter
+
+    names = KittiTrackingImporter.source_names(root, "camera_trk")
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
-        raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {trackers}; available: {names}",
+        raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
 
 

@@ -501,7 +501,7 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
     rows.sort(key=lambda r: (r["reason"], r["class"]))
     cal = Calibration(fitted=fitted, source=source, fitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
                       labelled_frames=int(truth.labelled.sum()), rules=RULES,
-                      unexplained_per_frame=round(sf.per_frame, 4) if fit.any() else 0.0,
+                      unexplained_per_frame=round(sf.per_frame, 4),
                       unexplained_per_object=per_object)
     new = params.model_copy(update={"class_severities": class_sev, "calibration": cal})
     return CalibrationResult(MiningParams.model_validate(new.model_dump()), pa.Table.from_pylist(rows, schema=TABLE_SCHEMA),

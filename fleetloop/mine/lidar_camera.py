@@ -43,7 +43,7 @@ from scipy.special import logit
 
 from fleetloop.mine.flags import KEY_LIDAR, REF_LIDAR, Flags, object_key
 from fleetloop.mine.params import MiningParams
-from fleetloop.mine.streams import Association, Side, associate_boxes, substream
+from fleetloop.mine.streams import Association, Side, associate_boxes, substream, take_matched
 from fleetloop.perception.batch import Batch
 from fleetloop.perception.geometry import ground_range, occlusion_slots, project_columns, visible_share
 from fleetloop.schema import CLASSES
@@ -141,7 +141,7 @@ def _associate_lidar(batch: Batch, geo: LidarGeometry, side: Side, lid_ok: np.nd
     lidar_iou = np.full(len(L), np.nan)
     lidar_match[l_idx] = a.a_match
     lidar_iou[l_idx] = a.a_q
-    cam_match = np.where(a.b_match >= 0, l_idx[np.maximum(a.b_match, 0)], -1) if l_idx.size else np.full(a.b_match.size, -1, np.int64)
+    cam_match = take_matched(l_idx, a.b_match, -1)
     return Association(lidar_match, lidar_iou, cam_match)
 
 
@@ -211,12 +211,12 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
 
     # hypothesis keys of every side's rows: the lidar partner's, else the judged box's, else its own
     keys: list[np.ndarray] = []
-    j_key = np.where(lassoc[0].b_match >= 0, lid_key[np.maximum(lassoc[0].b_match, 0)], object_key(J.key_space, J.idx))
+    j_key = take_matched(lid_key, lassoc[0].b_match, object_key(J.key_space, J.idx))
     keys.append(j_key)
     for s, la, sa in zip(E, lassoc[1:], sassoc, strict=True):
         own = object_key(s.key_space, s.idx)
-        k = np.where(la.b_match >= 0, lid_key[np.maximum(la.b_match, 0)], own)
-        k = np.where(sa.b_match >= 0, j_key[np.maximum(sa.b_match, 0)], k)
+        k = take_matched(lid_key, la.b_match, own)
+        k = take_matched(j_key, sa.b_match, k)
         keys.append(k)
 
     # the judged camera's boxes
@@ -237,7 +237,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
         is the lidar's measured one, else it is guessed from the box height."""
         rng = camera_range(s)
         if lidar_match is not None:
-            rng = np.where(lidar_match >= 0, geo.range_m[np.maximum(lidar_match, 0)], rng)
+            rng = take_matched(geo.range_m, lidar_match, rng)
         return size_factor(s.boxes[:, 3] - s.boxes[:, 1], params, rng)
 
     road_z = road_height(batch, confident)

@@ -119,6 +119,14 @@ class Association:
     b_match: np.ndarray  # (n_b,) index into a, -1 none
 
 
+def take_matched(values: np.ndarray, match: np.ndarray, fill) -> np.ndarray:
+    """``values[match]`` where ``match >= 0``, else ``fill`` (a scalar, or an array shaped like
+    ``match``). Safe when ``values`` is empty (every match is then -1): a batch with no lidar
+    detection below the operating point, or none usable at all, has empty subsets."""
+    src = values if values.size else np.zeros(1, values.dtype)
+    return np.where(match >= 0, src[np.maximum(match, 0)], fill)
+
+
 def associate_boxes(a_start: np.ndarray, a_box: np.ndarray, a_cls: np.ndarray, b_start: np.ndarray,
                     b_box: np.ndarray, b_cls: np.ndarray, iou: float, class_bonus: float = 0.05) -> Association:
     """Optimal per-frame association of two sets of image boxes (IoU >= ``iou``)."""

@@ -23,7 +23,7 @@ import numpy as np
 from fleetloop.mine.flags import KEY_LIDAR, KEY_VIRTUAL, REF_LIDAR, REF_LIDAR_PREV, REF_TRACK, Flags, object_key
 from fleetloop.mine.lidar_camera import LidarGeometry, closeness, lidar_thresholds, size_factor
 from fleetloop.mine.params import MiningParams
-from fleetloop.mine.streams import substream
+from fleetloop.mine.streams import substream, take_matched
 from fleetloop.perception.batch import Batch
 from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots
 from fleetloop.schema import CLASSES
@@ -47,8 +47,6 @@ def _link(batch: Batch, rows_a: np.ndarray, rows_b: np.ndarray, step: int, gate:
     """Associate lidar rows ``rows_a`` of frame g with rows ``rows_b`` of frame g + step (same
     log, consecutive frame indices), bird's-eye view. Returns, per row of ``rows_a``, the matched
     lidar row or -1. Both row lists must be ordered by frame."""
-    if rows_a.size == 0 or rows_b.size == 0:  # e.g. a stack that logs no detection below its operating point
-        return np.full(rows_a.size, -1, np.int64)
     F = batch.n_frames
     L = batch.lidar
     nxt = batch.next_frame()
@@ -66,7 +64,7 @@ def _link(batch: Batch, rows_a: np.ndarray, rows_b: np.ndarray, step: int, gate:
     q = np.full(rows_a.size, np.nan)
     associate_slots(a_start[:-1], a_start[1:], bs, be, np.ascontiguousarray(pts[rows_a]),
                     np.ascontiguousarray(pts[rows_b]), cls[rows_a], cls[rows_b], MODE_BEV, gate, 0.5, fwd, bwd, q)
-    return np.where(fwd >= 0, rows_b[np.maximum(fwd, 0)], -1)
+    return take_matched(rows_b, fwd, -1)
 
 
 def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: LidarGeometry,
@@ -125,9 +123,9 @@ def check_lidar_temporal(batch: Batch, params: MiningParams, flags: Flags, geo: 
     mid_a, mid_c = nxt[a], prev[c]
     t = nf[g[a]]
     mid = np.where(mid_a >= 0, mid_a, mid_c)
-    obj = np.where(mid >= 0, key[np.maximum(mid, 0)], object_key(KEY_VIRTUAL, a))
+    obj = take_matched(key, mid, object_key(KEY_VIRTUAL, a))
     ref = (np.where(mid >= 0, REF_LIDAR, REF_LIDAR_PREV).astype(np.int8),
-           np.where(mid >= 0, det_id[np.maximum(mid, 0)], det_id[a]))
+           take_matched(det_id, mid, det_id[a]))
     flags.add("flicker", t, factor[a], obj, ref, cls=L.cls[a])
     return LidarLinks(prev, nxt)
 

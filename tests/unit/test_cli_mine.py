@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetloop.cli import app
+from tests.unit.test_multistream import CALIB
 
 runner = CliRunner()
 
@@ -82,8 +83,7 @@ def test_mine_names_the_kitti_trackers_when_the_judged_one_is_missing(tmp_path):
     to another stream."""
     root = tmp_path / "k"
     (root / "calib").mkdir(parents=True)
-    (root / "calib" / "0000.txt").write_text("P2: 721.5 0 609.6 44.9 0 721.5 172.9 0.2 0 0 1 0.003\n"
-                                             "R0_rect: 1 0 0 0 1 0 0 0 1\nTr_velo_to_cam: 0 -1 0 0 0 0 -1 -0.08 1 0 0 -0.27\n")
+    (root / "calib" / "0000.txt").write_text(CALIB)
     for tracker in ("ciwt", "yolox_sort"):
         (root / "camera_trk" / tracker).mkdir(parents=True)
         (root / "camera_trk" / tracker / "0000.txt").write_text("0 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")

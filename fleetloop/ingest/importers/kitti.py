@@ -541,13 +541,20 @@ class KittiTrackingImporter:
         return Path(root) / "calib" / f"{log_id}.txt"
 
     @staticmethod
+    def source_names(root: Path, kind: str) -> list[str]:
+        """The sources of one kind in a layout, e.g. ``source_names(root, "camera_trk")`` = the
+        camera trackers (``[]`` when the layout has no such directory)."""
+        base = Path(root) / kind
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
+    @staticmethod
     def _sources(root: Path, kind: str, chosen: str | None, every: bool = False) -> list[Path]:
         base = root / kind
         if not base.is_dir():
             if chosen:
                 raise LogFormatError(base, f"{kind} source {chosen!r} requested but {base} does not exist")
             return []
-        names = sorted(p.name for p in base.iterdir() if p.is_dir())
+        names = KittiTrackingImporter.source_names(root, kind)
         if chosen:
             if chosen not in names:
                 raise LogFormatError(base, f"no {kind} source {chosen!r}; available: {names}")
