@@ -239,7 +239,7 @@ def _project_lidar(logs: DriveLogs, lid: pa.Table, lid_log: np.ndarray, log_ids:
 def _associated(a_fi: np.ndarray, a_box: np.ndarray, b_fi: np.ndarray, b_box: np.ndarray, n: int, iou: float) -> np.ndarray:
     """For each ``a`` row: is it matched to a ``b`` box of the same frame (optimal one-to-one
     assignment by 2D IoU, pairs need IoU >= ``iou``)?"""
-    from fleetloop.perception.geometry import MODE_IOU, associate_slots
+    from fleetloop.perception.geometry import MODE_IOU, associate_slots, class_gates
 
     matched = np.zeros(len(a_fi), bool)
     if len(a_fi) == 0 or len(b_fi) == 0:
@@ -256,7 +256,7 @@ def _associated(a_fi: np.ndarray, a_box: np.ndarray, b_fi: np.ndarray, b_box: np
     a_match = np.empty(len(a), np.int64)
     b_match = np.empty(len(b), np.int64)
     a_q = np.empty(len(a), np.float64)
-    associate_slots(a_start, a_end, b_start, b_end, a, b, zeros_a, zeros_b, MODE_IOU, float(iou), 0.0,
+    associate_slots(a_start, a_end, b_start, b_end, a, b, zeros_a, zeros_b, MODE_IOU, class_gates(float(iou)), 0.0,
                     a_match, b_match, a_q)
     matched[ao] = a_match >= 0
     return matched

@@ -83,7 +83,7 @@ from fleetloop.mine.lidar_camera import lidar_geometry, lidar_thresholds
 from fleetloop.mine.params import Calibration, FittedSeverity, MiningParams
 from fleetloop.mine.streams import Side
 from fleetloop.perception.batch import Batch, build_batch
-from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots, ioa_slots, nearest_slots
+from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots, class_gates, ioa_slots, nearest_slots
 from fleetloop.schema import CLASSES, DriveLogs
 
 MATCH_IOU = 0.5
@@ -187,7 +187,7 @@ def _match(a_start, a, b_start, b, mode, gate) -> np.ndarray:
     a_match, b_match, q = np.full(n, -1, np.int64), np.full(m, -1, np.int64), np.full(n, np.nan)
     if n and m:
         associate_slots(a_start[:-1], a_start[1:], b_start[:-1], b_start[1:], np.ascontiguousarray(a),
-                        np.ascontiguousarray(b), np.zeros(n, np.int64), np.zeros(m, np.int64), mode, gate, 0.0,
+                        np.ascontiguousarray(b), np.zeros(n, np.int64), np.zeros(m, np.int64), mode, class_gates(gate), 0.0,
                         a_match, b_match, q)
     return a_match
 

@@ -136,7 +136,8 @@ class Evidence:
 def _associate_lidar(batch: Batch, geo: LidarGeometry, side: Side, lid_ok: np.ndarray, params: MiningParams) -> Association:
     L = batch.lidar
     l_start, l_idx = substream(L, lid_ok, batch.n_frames)
-    a = associate_boxes(l_start, geo.box[l_idx], L.cls[l_idx], side.start, side.boxes, side.cls, params.association_iou)
+    a = associate_boxes(l_start, geo.box[l_idx], L.cls[l_idx], side.start, side.boxes, side.cls,
+                       params.association_gates())
     lidar_match = np.full(len(L), -1, np.int64)
     lidar_iou = np.full(len(L), np.nan)
     lidar_match[l_idx] = a.a_match
@@ -176,7 +177,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     lid_ok = (L.score >= params.lidar_min_score) & (geo.visible > 0)
     lassoc = [_associate_lidar(batch, geo, s, lid_ok, params) for s in sides]
     sassoc: list[Association] = [associate_boxes(J.start, J.boxes, J.cls, s.start, s.boxes, s.cls,
-                                                 params.association_iou) for s in E]
+                                                 params.association_gates()) for s in E]
     lid_cov = _lidar_cover(batch, params)
     lid_key = object_key(KEY_LIDAR, np.arange(len(L)))
     det_id = L.cols["det_id"]

@@ -9,9 +9,12 @@ a detection is used downstream) and the sensors' useful ranges.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetloop.perception.geometry import class_gates
 from fleetloop.schema import CLASSES
 
 SLICE_KEYS = ("weather", "time_of_day", "vehicle", "place", "class")
@@ -139,7 +142,15 @@ class MiningParams(BaseModel):
     camera_uncertainty_band: tuple[float, float] = (0.0, 0.5)  # camera scores inside it are "uncertain"
 
     # lidar <-> camera association
-    association_iou: float = Field(0.3, gt=0, le=1, description="min IoU of a projected lidar box and a camera box")
+    association_iou: float = Field(0.3, gt=0, le=1, description="min IoU of a projected lidar box and a camera box, "
+                                   "and of the judged camera's box and an evidence stream's, to be one object")
+    class_association_iou: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: {"car": 0.4},
+        description="per-class association_iou (the class of the lidar detection, or of the judged camera's box). On "
+        "KITTI no right pair of a car falls below 0.45 (0 of ~5,100: a confident lidar car or a second camera's box "
+        "against the judged camera's box of the same labelled car), while a box overlapping its car less than 0.5 is "
+        "a miss and a false alarm by the evaluation's rule; a pedestrian's narrow box loses more IoU to a few pixels "
+        "(18 % of right pairs below 0.5), so it keeps association_iou")
     geometry_iou: float = Field(0.5, gt=0, le=1, description="associated pairs below this IoU are flagged")
     min_visible: float = Field(0.25, ge=0, le=1, description="share of a lidar box the camera images (in front of it, inside the "
                                "image) to expect a camera box; KITTI counts partly truncated objects, whose share is often "
@@ -224,7 +235,7 @@ class MiningParams(BaseModel):
             raise ValueError(f"height_ratio is (low, high) with 0 < low <= 1 <= high, got {v}")
         return v
 
-    @field_validator("lidar_class_thresholds", "class_temporal_gate_m")
+    @field_validator("lidar_class_thresholds", "class_temporal_gate_m", "class_association_iou")
     @classmethod
     def _per_class(cls, v: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(v) - set(CLASSES))
@@ -244,6 +255,10 @@ class MiningParams(BaseModel):
                 if not 0.0 <= x < 1.0:
                     raise ValueError(f"class_severities.{reason}.{c}: a severity is a probability in [0, 1)")
         return v
+
+    def association_gates(self) -> np.ndarray:
+        """association_iou per class code (CLASSES, then 'other'), for the association kernels."""
+        return class_gates(self.association_iou, self.class_association_iou)
 
     def lidar_threshold(self, cls: str) -> float:
         return self.lidar_class_thresholds.get(cls, self.lidar_score_threshold)

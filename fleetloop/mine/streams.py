@@ -128,8 +128,9 @@ def take_matched(values: np.ndarray, match: np.ndarray, fill) -> np.ndarray:
 
 
 def associate_boxes(a_start: np.ndarray, a_box: np.ndarray, a_cls: np.ndarray, b_start: np.ndarray,
-                    b_box: np.ndarray, b_cls: np.ndarray, iou: float, class_bonus: float = 0.05) -> Association:
-    """Optimal per-frame association of two sets of image boxes (IoU >= ``iou``)."""
+                    b_box: np.ndarray, b_cls: np.ndarray, iou: np.ndarray, class_bonus: float = 0.05) -> Association:
+    """Optimal per-frame association of two sets of image boxes (IoU >= ``iou`` of the ``a`` row's class,
+    see :func:`fleetloop.perception.geometry.class_gates`)."""
     a_match = np.full(a_box.shape[0], -1, np.int64)
     a_q = np.full(a_box.shape[0], np.nan)
     b_match = np.full(b_box.shape[0], -1, np.int64)

@@ -25,7 +25,7 @@ from fleetloop.mine.lidar_camera import LidarGeometry, closeness, lidar_threshol
 from fleetloop.mine.params import MiningParams
 from fleetloop.mine.streams import substream, take_matched
 from fleetloop.perception.batch import Batch
-from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots
+from fleetloop.perception.geometry import MODE_BEV, MODE_IOU, associate_slots, class_gates
 from fleetloop.schema import CLASSES
 
 
@@ -63,7 +63,7 @@ def _link(batch: Batch, rows_a: np.ndarray, rows_b: np.ndarray, step: int, gate:
     bwd = np.full(rows_b.size, -1, np.int64)
     q = np.full(rows_a.size, np.nan)
     associate_slots(a_start[:-1], a_start[1:], bs, be, np.ascontiguousarray(pts[rows_a]),
-                    np.ascontiguousarray(pts[rows_b]), cls[rows_a], cls[rows_b], MODE_BEV, gate, 0.5, fwd, bwd, q)
+                    np.ascontiguousarray(pts[rows_b]), cls[rows_a], cls[rows_b], MODE_BEV, class_gates(gate), 0.5, fwd, bwd, q)
     return take_matched(rows_b, fwd, -1)
 
 
@@ -214,7 +214,7 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
     q = np.full(ends.size, np.nan)
     cls = T.cls[r]
     associate_slots(e_start[:-1], e_start[1:], bs, be, np.ascontiguousarray(box[ends]), np.ascontiguousarray(box[begins]),
-                    cls[ends], cls[begins], MODE_IOU, params.temporal_iou, 0.0, em, bm, q)
+                    cls[ends], cls[begins], MODE_IOU, class_gates(params.temporal_iou), 0.0, em, bm, q)
     k = np.flatnonzero(em >= 0)
     newer = begins[em[k]]
     flags.add("id_switch", g[newer], 1.0, hyp_key[r[newer]], (REF_TRACK, ref_id[r[newer]]),
@@ -243,7 +243,7 @@ def check_tracker_detector(batch: Batch, params: MiningParams, flags: Flags, tra
     q = np.full(t_idx.size, np.nan)
     associate_slots(t_start[:-1], t_start[1:], d_start[:-1], d_start[1:], tbox, np.ascontiguousarray(det_box),
                     T.cls[t_idx], np.full(det_g.size, -1, np.int64),
-                    MODE_IOU, params.track_detection_iou, 0.0, tm, dm, q)
+                    MODE_IOU, class_gates(params.track_detection_iou), 0.0, tm, dm, q)
     i = np.flatnonzero((tm < 0) & (T.cols["confirmed"][t_idx] == 1))
     flags.add("track_unsupported", T.g[t_idx[i]], 1.0, track_key[t_idx[i]],
               (REF_TRACK, T.cols["track_id"][t_idx[i]]), cls=T.cls[t_idx[i]])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from fleetloop.schema import CLASSES
+
 #: Points nearer than this (metres along the optical axis) are treated as being on that plane.
 MIN_DEPTH = 0.1
 
@@ -391,17 +393,25 @@ def _pair_score(mode, a, i, b, j, a_cls, b_cls, class_bonus):
     return sim, q
 
 
+def class_gates(gate: float, per_class: dict[str, float] | None = None) -> np.ndarray:
+    """The ``gates`` argument of :func:`associate_slots`: ``gate`` for every class code (CLASSES,
+    then 'other'), ``per_class`` overriding it by class name."""
+    per_class = per_class or {}
+    return np.array([per_class.get(c, gate) for c in CLASSES] + [gate], np.float64)
+
+
 @njit(cache=True, nogil=True)
 def associate_slots(
-    a_start, a_end, b_start, b_end, a, b, a_cls, b_cls, mode, gate, class_bonus,
+    a_start, a_end, b_start, b_end, a, b, a_cls, b_cls, mode, gates, class_bonus,
     a_match, b_match, a_q,
 ):
     """Optimal one-to-one association inside every slot (a slot is usually one frame).
 
     For slot s the rows ``a[a_start[s]:a_end[s]]`` are matched to ``b[b_start[s]:b_end[s]]``.
-    ``mode`` MODE_IOU: ``a``/``b`` are (N, 4) image boxes, pairs need IoU >= ``gate``, the sum
+    ``gates`` holds the gate of each class code (:func:`class_gates`); the ``a`` row's class picks
+    it. ``mode`` MODE_IOU: ``a``/``b`` are (N, 4) image boxes, pairs need IoU >= the gate, the sum
     of IoU is maximised. MODE_BEV: ``a`` holds (x, y, scale) and ``b`` (x, y) in their first columns;
-    pairs need distance / scale <= ``gate`` (a per-row gate), the sum of those is minimised. Same-class pairs get
+    pairs need distance / scale <= the gate (scaled per row), the sum of those is minimised. Same-class pairs get
     ``class_bonus`` added to their similarity (ties and near-ties go to the same class).
 
     Writes global indices into ``a_match`` (-1: unmatched; the index into ``b``) and
@@ -436,6 +446,7 @@ def associate_slots(
             continue
         any_ok = False
         for i in range(n):
+            gate = gates[a_cls[a0 + i]]
             for j in range(m):
                 sim, q = _pair_score(mode, a, a0 + i, b, b0 + j, a_cls, b_cls, class_bonus)
                 quant[i, j] = q

@@ -11,6 +11,7 @@ from fleetloop.perception.geometry import (
     MODE_IOU,
     associate_slots,
     box_corners,
+    class_gates,
     ground_range,
     iou_matrix,
     linear_assignment,
@@ -161,10 +162,25 @@ def test_associate_slots_is_optimal_not_greedy_and_gated():
     a_start, a_end, b_start, b_end = _slots([2, 1], [2, 1])
     am, bm, q = np.empty(3, np.int64), np.empty(3, np.int64), np.empty(3)
     cls = np.zeros(3, np.int64)
-    associate_slots(a_start, a_end, b_start, b_end, a, b, cls, cls, MODE_IOU, 0.3, 0.0, am, bm, q)
+    associate_slots(a_start, a_end, b_start, b_end, a, b, cls, cls, MODE_IOU, class_gates(0.3), 0.0, am, bm, q)
     assert am.tolist() == [1, 0, -1]  # frame 1: no pair above the gate
     assert bm.tolist() == [1, 0, -1]
     assert q[0] == pytest.approx(iou[0, 1]) and np.isnan(q[2])
+
+
+def test_associate_slots_gates_by_the_class_of_the_a_row():
+    from fleetloop.schema import CLASSES
+
+    car, ped = CLASSES.index("car"), CLASSES.index("pedestrian")
+    a = np.array([[0, 0, 10, 10], [100, 0, 110, 10]], float)
+    b = np.array([[3.5, 0, 13.5, 10], [103.5, 0, 113.5, 10]], float)  # IoU 6.5 / 13.5 = 0.48 each
+    a_start, a_end, b_start, b_end = _slots([2], [2])
+    am, bm, q = np.empty(2, np.int64), np.empty(2, np.int64), np.empty(2)
+    gates = class_gates(0.3, {"car": 0.5})
+    assert gates.tolist() == [0.5 if c == "car" else 0.3 for c in CLASSES] + [0.3]
+    cls = np.array([car, ped])
+    associate_slots(a_start, a_end, b_start, b_end, a, b, cls, cls, MODE_IOU, gates, 0.0, am, bm, q)
+    assert am.tolist() == [-1, 1] and bm.tolist() == [-1, 1]
 
 
 def test_associate_slots_bev_gate_scales_per_row():
@@ -173,7 +189,7 @@ def test_associate_slots_bev_gate_scales_per_row():
     a_start, a_end, b_start, b_end = _slots([2], [2])
     am, bm, q = np.empty(2, np.int64), np.empty(2, np.int64), np.empty(2)
     cls = np.zeros(2, np.int64)
-    associate_slots(a_start, a_end, b_start, b_end, a, b, cls, cls, MODE_BEV, 1.0, 0.0, am, bm, q)
+    associate_slots(a_start, a_end, b_start, b_end, a, b, cls, cls, MODE_BEV, class_gates(1.0), 0.0, am, bm, q)
     assert am.tolist() == [-1, 1]  # 1.5 m > 1 m gate; 2 m < 3 m gate
     assert q[1] == pytest.approx(2 / 3)
 

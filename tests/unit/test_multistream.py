@@ -129,6 +129,42 @@ def test_per_class_operating_points():
         MiningParams(lidar_class_thresholds={"truck": 0.5})
 
 
+def _shifted(box: list[float], iou: float) -> list[float]:
+    """The box moved sideways until it overlaps the original by ``iou``: (w - d) / (w + d) = iou."""
+    x1, y1, x2, y2 = box
+    d = (x2 - x1) * (1 - iou) / (1 + iou)
+    return [x1 + d, y1, x2 + d, y2]
+
+
+def test_association_gates_are_per_class():
+    """A camera box overlapping a confident lidar car's projection by 0.35 is not that car (cars
+    associate at 0.4), so each sensor has an object the other lacks; a pedestrian's box at 0.35
+    is the pedestrian (pedestrians keep association_iou, 0.3), only misaligned."""
+    from tests.unit.test_mining import PED
+
+    p = MiningParams(camera_classes=["car", "pedestrian"], lidar_classes=["car", "pedestrian"])
+    assert p.class_association_iou == {"car": 0.4} and p.association_iou == 0.3
+    car = make_logs(n_frames=1, lidar=[(0, "car", 0.99, 15.0, 0.0)], camera=[(0, "car", 0.9, _shifted(BOX, 0.35))])
+    res = mine(car, p)
+    assert [o for _, o, _ in flags_of(res, "lidar_only")] == [["lidar:0"]]
+    assert [o for _, o, _ in flags_of(res, "camera_only")] == [["camera:0"]]
+    assert not flags_of(res, "geometry")
+    # with one gate for every class the same pair is one object whose boxes disagree
+    res = mine(car, p.model_copy(update={"class_association_iou": {}}))
+    assert not flags_of(res, "lidar_only") and not flags_of(res, "camera_only")
+    assert [o for _, o, _ in flags_of(res, "geometry")] == [["lidar:0", "camera:0"]]
+    ped_box = image_box(8.0, 0.0, PED)
+    ped = make_logs(n_frames=1, lidar=[(0, "pedestrian", 0.99, 8.0, 0.0)],
+                    camera=[(0, "pedestrian", 0.9, _shifted(ped_box, 0.35))])
+    res = mine(ped, p)
+    assert not flags_of(res, "lidar_only") and not flags_of(res, "camera_only")
+    assert [o for _, o, _ in flags_of(res, "geometry")] == [["lidar:0", "camera:0"]]
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        MiningParams(class_association_iou={"car": 1.5})
+    with pytest.raises(ValueError, match="unknown classes"):
+        MiningParams(class_association_iou={"truck": 0.5})
+
+
 def _calibration_fixture(n_logs: int, n_real: int) -> tuple[DriveLogs, pa.Table]:
     """``n_logs`` one-frame logs, each with one confident lidar car the camera lacks (a
     lidar_only flag) and one car both sensors see, which a label confirms. In ``n_real`` logs there
