@@ -86,9 +86,16 @@ def recalibrate(store: Store, config: DatasetConfig, params: MiningParams) -> Re
                        source=f"dataset-v{manifest.version} ({labelled.num_rows} labelled frames of {len(parts)} logs)",
                        labelled_frames=labelled)
     pairs = sum(len(v) for v in result.params.class_severities.values())
+    unstable = sum(1 for r in result.table.to_pylist() if r["fitted"] and not r["stable"])
+    if pairs:
+        reason = f"{pairs} reason/class severities fitted on {labelled.num_rows} labelled frames of dataset-v{manifest.version}"
+        reason += f" ({unstable} more left at their defaults: unstable across its logs)" if unstable else ""
+    elif unstable:
+        reason = (f"dataset-v{manifest.version}: no fitted severity was stable across its {len(parts)} logs "
+                  f"({unstable} tried); the defaults stay")
+    else:
+        reason = (f"dataset-v{manifest.version}: no flag raised often enough on its {labelled.num_rows} labelled frames "
+                  "to fit; the defaults stay")
     return base.model_copy(update={
-        "params": result.params, "fitted": pairs > 0, "labelled_frames": labelled.num_rows,
-        "reason": (f"{pairs} reason/class severities fitted on {labelled.num_rows} labelled frames of dataset-v{manifest.version}"
-                   if pairs else f"dataset-v{manifest.version}: no flag raised often enough on its {labelled.num_rows} "
-                   "labelled frames to fit; the defaults stay"),
+        "params": result.params, "fitted": pairs > 0, "labelled_frames": labelled.num_rows, "reason": reason,
         "table": result.table.to_pylist(), "errors": dict(result.truth or {})})

@@ -160,10 +160,13 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]calibrate failed:[/] {exc}")
             raise typer.Exit(1) from None
         result = calibrate(logs, labels, mp, source=f"{path} logs {sorted(logs.log_ids)}")
-        table = Table("reason", "class", "flagged", "errors", "precision", "default", "severity")
+        table = Table("reason", "class", "flagged", "errors", "precision", "default", "severity", "kept",
+                      caption="kept: fitted; 'too few' flags to fit, or 'unstable' (refits without one group of the "
+                              "labelled logs move it different ways from the default): the default stays")
         for r in result.table.to_pylist():
             table.add_row(r["reason"], r["class"], str(r["flagged"]), str(r["errors"]), f"{r['precision']:.2f}",
-                          f"{r['prior']:.2f}", f"{r['severity']:.3f}" + ("" if r["fitted"] else " (too few)"))
+                          f"{r['prior']:.2f}", f"{r['severity']:.3f}",
+                          "fitted" if r["stable"] else "unstable" if r["fitted"] else "too few")
         Console().print(table)
         if result.truth:
             console.print("errors on the labelled frames (the matching rules of fleetloop.mine.calibrate): "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -203,6 +204,40 @@ def test_calibration_recovers_known_flag_precision():
     res = calibrate(*_calibration_fixture(4, 1), MiningParams())
     row = next(r for r in res.table.to_pylist() if r["reason"] == "lidar_only")
     assert not row["fitted"] and row["severity"] == 0.7 and "lidar_only" not in res.params.class_severities
+
+
+def test_calibration_keeps_only_what_every_group_of_labelled_logs_agrees_on():
+    """Ten logs, dealt into five groups of two (log_folds). lidar_only is right in every frame of
+    eight logs (one frame each) and wrong in every frame of the two logs of one group (six frames
+    each): 8 of 20 overall, so the fit moves it down from 0.7, but without that group it is right
+    every time and the refit moves it up. A value that hangs on one group of logs is not kept."""
+    from fleetloop.mine.calibrate import log_folds
+
+    other = image_box(15.0, 6.0)
+    parts, labels = [], []
+    for k in range(10):
+        wrong = k % 5 == 0
+        n = 6 if wrong else 1
+        parts.append(make_logs(n_frames=n, lidar=[(f, "car", 0.995, 15.0, y) for f in range(n) for y in (0.0, 6.0)],
+                               camera=[(f, "car", 0.9, other) for f in range(n)], log_id=f"L{k:03d}"))
+        for f in range(n):
+            labels.append({"log_id": f"L{k:03d}", "frame": f, "cls": "car", **dict(zip(("x1", "y1", "x2", "y2"), other, strict=True)),
+                           "care": True})
+            if wrong:  # an object the convention ignores: the lidar car is no false alarm
+                labels.append({"log_id": f"L{k:03d}", "frame": f, "cls": "car",
+                               **dict(zip(("x1", "y1", "x2", "y2"), BOX, strict=True)), "care": False})
+    logs, labels = DriveLogs.concat(parts), pa.Table.from_pylist(labels)
+    res = calibrate(logs, labels, MiningParams())
+    row = next(r for r in res.table.to_pylist() if r["reason"] == "lidar_only")
+    assert (row["flagged"], row["errors"], row["fitted"], row["stable"]) == (20, 8, True, False)
+    assert row["severity"] == 0.7 and "lidar_only" not in res.params.class_severities
+    # the same precision spread evenly over the groups is kept
+    even = calibrate(*_calibration_fixture(10, 3), MiningParams())
+    row = next(r for r in even.table.to_pylist() if r["reason"] == "lidar_only")
+    assert row["stable"] and even.params.class_severities["lidar_only"]["car"] < 0.7
+    # groups are whole logs, dealt round-robin; unlabelled frames belong to none
+    folds = log_folds(np.array([0, 0, 1, 2, 2, 3]), np.array([True, True, True, True, False, False]), k=2)
+    assert folds.tolist() == [0, 0, 1, 0, -1, -1]
 
 
 def test_calibration_judges_the_lidar_by_centre_distance_when_labels_have_positions():
