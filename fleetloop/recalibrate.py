@@ -86,7 +86,8 @@ def recalibrate(store: Store, config: DatasetConfig, params: MiningParams) -> Re
                        source=f"dataset-v{manifest.version} ({labelled.num_rows} labelled frames of {len(parts)} logs)",
                        labelled_frames=labelled)
     pairs = sum(len(v) for v in result.params.class_severities.values())
-    unstable = sum(1 for r in result.table.to_pylist() if r["fitted"] and not r["stable"])
+    table = result.table.to_pylist()
+    unstable = sum(1 for r in table if r["fitted"] and not r["stable"])
     if pairs:
         reason = f"{pairs} reason/class severities fitted on {labelled.num_rows} labelled frames of dataset-v{manifest.version}"
         reason += f" ({unstable} more left at their defaults: unstable across its logs)" if unstable else ""
@@ -98,4 +99,4 @@ def recalibrate(store: Store, config: DatasetConfig, params: MiningParams) -> Re
                   "to fit; the defaults stay")
     return base.model_copy(update={
         "params": result.params, "fitted": pairs > 0, "labelled_frames": labelled.num_rows, "reason": reason,
-        "table": result.table.to_pylist(), "errors": dict(result.truth or {})})
+        "table": table, "errors": dict(result.truth or {})})

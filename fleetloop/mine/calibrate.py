@@ -477,10 +477,10 @@ def log_folds(frame_log: np.ndarray, labelled: np.ndarray, k: int = STABILITY_FO
     batch order, dealt round-robin into ``min(k, logs)`` groups, so a group is whole logs."""
     if not labelled.any():
         return np.full(frame_log.size, -1, np.int64)
-    logs = np.unique(frame_log[labelled])
-    group = np.full(int(frame_log.max()) + 1, -1, np.int64)
-    group[logs] = np.arange(logs.size) % min(k, logs.size)
-    return np.where(labelled, group[frame_log], -1)
+    logs, of_log = np.unique(frame_log[labelled], return_inverse=True)
+    folds = np.full(frame_log.size, -1, np.int64)
+    folds[labelled] = of_log % min(k, logs.size)
+    return folds
 
 
 def stable_pairs(data: FlagData, frame_errors: np.ndarray, folds: np.ndarray, prior: np.ndarray, fit: np.ndarray,

@@ -133,11 +133,10 @@ class Evidence:
         return self.sides[0] if self.sides else None
 
 
-def _associate_lidar(batch: Batch, geo: LidarGeometry, side: Side, lid_ok: np.ndarray, params: MiningParams) -> Association:
+def _associate_lidar(batch: Batch, geo: LidarGeometry, side: Side, lid_ok: np.ndarray, gates: np.ndarray) -> Association:
     L = batch.lidar
     l_start, l_idx = substream(L, lid_ok, batch.n_frames)
-    a = associate_boxes(l_start, geo.box[l_idx], L.cls[l_idx], side.start, side.boxes, side.cls,
-                       params.association_gates())
+    a = associate_boxes(l_start, geo.box[l_idx], L.cls[l_idx], side.start, side.boxes, side.cls, gates)
     lidar_match = np.full(len(L), -1, np.int64)
     lidar_iou = np.full(len(L), np.nan)
     lidar_match[l_idx] = a.a_match
@@ -175,9 +174,9 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     thr = lidar_thresholds(batch, params)
     confident = L.score >= thr
     lid_ok = (L.score >= params.lidar_min_score) & (geo.visible > 0)
-    lassoc = [_associate_lidar(batch, geo, s, lid_ok, params) for s in sides]
-    sassoc: list[Association] = [associate_boxes(J.start, J.boxes, J.cls, s.start, s.boxes, s.cls,
-                                                 params.association_gates()) for s in E]
+    gates = params.association_gates()
+    lassoc = [_associate_lidar(batch, geo, s, lid_ok, gates) for s in sides]
+    sassoc: list[Association] = [associate_boxes(J.start, J.boxes, J.cls, s.start, s.boxes, s.cls, gates) for s in E]
     lid_cov = _lidar_cover(batch, params)
     lid_key = object_key(KEY_LIDAR, np.arange(len(L)))
     det_id = L.cols["det_id"]

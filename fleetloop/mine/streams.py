@@ -128,12 +128,12 @@ def take_matched(values: np.ndarray, match: np.ndarray, fill) -> np.ndarray:
 
 
 def associate_boxes(a_start: np.ndarray, a_box: np.ndarray, a_cls: np.ndarray, b_start: np.ndarray,
-                    b_box: np.ndarray, b_cls: np.ndarray, iou: np.ndarray, class_bonus: float = 0.05) -> Association:
-    """Optimal per-frame association of two sets of image boxes (IoU >= ``iou`` of the ``a`` row's class,
-    see :func:`fleetloop.perception.geometry.class_gates`)."""
+                    b_box: np.ndarray, b_cls: np.ndarray, gates: np.ndarray, class_bonus: float = 0.05) -> Association:
+    """Optimal per-frame association of two sets of image boxes (IoU >= the gate of the ``a`` row's
+    class, see :func:`fleetloop.perception.geometry.class_gates`)."""
     a_match = np.full(a_box.shape[0], -1, np.int64)
     a_q = np.full(a_box.shape[0], np.nan)
     b_match = np.full(b_box.shape[0], -1, np.int64)
     associate_slots(a_start[:-1], a_start[1:], b_start[:-1], b_start[1:], np.ascontiguousarray(a_box),
-                    np.ascontiguousarray(b_box), a_cls, b_cls, MODE_IOU, iou, class_bonus, a_match, b_match, a_q)
+                    np.ascontiguousarray(b_box), a_cls, b_cls, MODE_IOU, gates, class_bonus, a_match, b_match, a_q)
     return Association(a_match, a_q, b_match)
