@@ -1,14 +1,16 @@
 """Validate drive logs with Great Expectations before anything uses them.
 
-:func:`validate_logs` runs each table's suite (``fleetloop/checks/suites/<table>.json``) ONCE
+:func:`validate_logs` runs each table's suite (``fleetloop/ingest/suites/<table>.json``) ONCE
 over the whole batch (GX has a per-run overhead; per-log runs would multiply it), then
 attributes every failing row back to its log through an index column, so each log gets an exact
 report: which expectation, which rows and frames, sample values. A log with a *critical*
 failure is quarantined; *warnings* keep the log and list the rows (the miner flags them, e.g.
 ``invalid_box``). The severity model is written down in ``docs/schema.md`` ("Validation").
 
-GX is imported lazily and its ephemeral context, data assets and validation definitions are
-built once per process (see :func:`_runner`).
+Every suite is first screened by :mod:`fleetloop.ingest.screen`, which evaluates the same
+expectations with pyarrow and clears the ones GX would pass; GX runs only the others and writes
+their report. A clean batch never reaches GX. GX is imported lazily and its ephemeral context,
+data assets and validation definitions are built once per process (see :func:`_runner`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, Field
 
+from fleetloop.ingest.screen import screen
+from fleetloop.ingest.suites import load_suite_dict
 from fleetloop.schema import LABELS, STREAMS, DriveLogs
 from fleetloop.verdict import Verdict
 
@@ -161,7 +165,7 @@ class ValidationResult:
 
 _LOCK = threading.Lock()
 _RUNNERS: dict[str, Any] = {}  # table -> GX ValidationDefinition
-_EXPECTATIONS: dict[str, Any] = {}  # expectation id -> Expectation (to re-run failures)
+_EXPECTATIONS: dict[str, list] = {}  # table -> its suite's Expectations, in file order (to run some of them)
 
 
 def _runner(table: str):
@@ -172,7 +176,7 @@ def _runner(table: str):
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
-            from fleetloop.ingest.suites import TABLES, load_suite_dict
+            from fleetloop.ingest.suites import TABLES
 
             ctx = gx.get_context(mode="ephemeral")
             ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -184,18 +188,29 @@ def _runner(table: str):
                 for e in d["expectations"]:
                     e.pop("id", None)
                 suite = ctx.suites.add(gx.ExpectationSuite(**d))
-                _EXPECTATIONS.update({e.id: e for e in suite.expectations if e.id is not None})  # ids set by add()
+                _EXPECTATIONS[name] = list(suite.expectations)
                 _RUNNERS[name] = ctx.validation_definitions.add(
                     gx.ValidationDefinition(name=f"{name}-validation", data=batch, suite=suite)
                 )
         return _RUNNERS[table]
 
 
+_SUITES: dict[str, dict] = {}  # table -> suite dict, for the screen
+
+
+def _suite(table: str) -> dict:
+    with _LOCK:
+        if table not in _SUITES:
+            _SUITES[table] = load_suite_dict(table)
+        return _SUITES[table]
+
+
 def reset_cache() -> None:
-    """Forget the cached GX context (after regenerating suites in a running process)."""
+    """Forget the cached suites and GX context (after regenerating suites in a running process)."""
     with _LOCK:
         _RUNNERS.clear()
         _EXPECTATIONS.clear()
+        _SUITES.clear()
 
 
 _COMPLETE = {
@@ -206,29 +221,31 @@ _COMPLETE = {
 }
 
 
-def _run_suite(table: str, df) -> list:
-    """The failed expectation results of ``table``'s suite on ``df``, with every failing row.
+def _run_suite(table: str, prepared: pa.Table) -> list:
+    """The failed expectation results of ``table``'s suite on ``prepared``, with every failing row.
 
-    Two passes: the whole suite with ``BOOLEAN_ONLY`` (a third cheaper than ``COMPLETE`` on a
-    clean batch, the common case), then only the failed expectations with ``COMPLETE``."""
+    First the suite's vectorised screen (:mod:`fleetloop.ingest.screen`): it clears the
+    expectations GX would pass (``tests/unit/test_validation.py`` checks the two agree). GX runs
+    only the ones it cannot clear, with ``COMPLETE`` results, and only then is it imported: on a
+    clean batch GX is not run at all."""
     import copy
 
+    flagged = screen(_suite(table), prepared)
+    if not flagged:
+        return []
     import great_expectations as gx
     import pandas as pd
 
+    df = prepared.to_pandas()
     vd = _runner(table)
+    again = []
+    for i in flagged:
+        e = copy.copy(_EXPECTATIONS[table][i])
+        e.id = None
+        again.append(e)
     # GX filters the whole batch frame per column expectation (df[df[col].notnull()]); without
     # copy-on-write pandas deep-copies every column each time. With it the copies are lazy.
     with _LOCK, pd.option_context("mode.copy_on_write", True):
-        res = vd.run(batch_parameters={"dataframe": df}, result_format={"result_format": "BOOLEAN_ONLY"})
-        failed = [r for r in res.results if not r.success]
-        if not failed:
-            return []
-        again = []
-        for r in failed:
-            e = copy.copy(_EXPECTATIONS[r.expectation_config.id])
-            e.id = None
-            again.append(e)
         batch = vd.batch_definition.get_batch(batch_parameters={"dataframe": df})
         res = batch.validate(gx.ExpectationSuite(name=f"{table}-failures", expectations=again), result_format=_COMPLETE)
     return [r for r in res.results if not r.success]
@@ -256,10 +273,8 @@ def _frame_keys(log_id: pa.ChunkedArray, frame: pa.ChunkedArray, logs: pa.Array)
     return np.where(code < 0, -1, (code << 32) | f)
 
 
-def _prepare(name: str, t: pa.Table, logs: DriveLogs | None):
-    """The pandas frame GX validates: scalar columns plus the derived ``_`` columns."""
-    import pandas as pd
-
+def _prepare(name: str, t: pa.Table, logs: DriveLogs | None) -> pa.Table:
+    """The table GX validates (as pandas): scalar columns plus the derived ``_`` columns."""
     n = t.num_rows
     cols: dict[str, Any] = {}
     for f in t.schema:
@@ -275,9 +290,9 @@ def _prepare(name: str, t: pa.Table, logs: DriveLogs | None):
         elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
             # categorical: no Python str per row, and null checks / set membership on codes
             col = col.dictionary_encode()
-        cols[f.name] = col.to_pandas()
+        cols[f.name] = col
     cols["_pos"] = np.arange(n, dtype=np.int64)
-    cols["_missing"] = _missing(t, LABELS if name == "labels" else STREAMS[name]).to_pandas()
+    cols["_missing"] = _missing(t, LABELS if name == "labels" else STREAMS[name])
     if name == "frames":
         order = pc.sort_indices(t, sort_keys=[("log_id", "ascending"), ("frame", "ascending")]).to_numpy()
         log_sorted = t["log_id"].take(order)
@@ -313,7 +328,7 @@ def _prepare(name: str, t: pa.Table, logs: DriveLogs | None):
                 cols["_fy"] = np.array([_at(v, 5) for v in values], np.float64)
             else:
                 cols["_rot_err"] = np.array([_rotation_error(v) for v in values], np.float64)
-    return pd.DataFrame(cols)
+    return pa.table(cols)
 
 
 def _missing(t: pa.Table, schema: pa.Schema) -> pa.Array:

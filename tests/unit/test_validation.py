@@ -252,3 +252,64 @@ def test_many_logs_one_run_per_table(good: DriveLogs) -> None:
     dup = {f.expectation for f in result.quarantined["L59"].critical}
     assert "expect_compound_columns_to_be_unique" in dup
     assert np.isin(["L07", "L33", "L59"], result.good.log_ids).sum() == 0
+
+
+def _gx_failures(table: str, prepared: pa.Table) -> set[int]:
+    """Indices of the suite's expectations GX itself fails on ``prepared`` (the whole suite, no screen)."""
+    from fleetloop.ingest.validation import _runner
+
+    suite = load_suite_dict(table)["expectations"]
+    key = [(e["type"], json.dumps(e["kwargs"], sort_keys=True)) for e in suite]
+    res = _runner(table).run(batch_parameters={"dataframe": prepared.to_pandas()}, result_format={"result_format": "BOOLEAN_ONLY"})
+    failed = set()
+    for r in res.results:
+        if not r.success:
+            cfg = r.expectation_config
+            kw = {k: v for k, v in dict(cfg.kwargs).items() if k not in ("result_format", "batch_id")}
+            failed.add(key.index((cfg.type, json.dumps(kw, sort_keys=True))))
+    return failed
+
+
+def test_the_screen_agrees_with_gx_expectation_by_expectation(good: DriveLogs) -> None:
+    """The vectorised screen (fleetloop.ingest.screen) clears exactly what GX passes: on the clean
+    batch, with legal nulls, and under random corruption of every column of every table (nulls,
+    NaN, out-of-range, duplicates, unknown values), expectation by expectation."""
+    from fleetloop.ingest.screen import screen
+    from fleetloop.ingest.validation import _prepare
+
+    rng = np.random.default_rng(3)
+    tracks = good.tracks
+    legal_null = tracks.set_column(tracks.schema.get_field_index("score"), "score",
+                                   pa.array([None] * 3 + tracks["score"].to_pylist()[3:], pa.float32()))
+    cases = [("clean", good, list(good.tables())), ("legal nulls", DriveLogs(**{**good.tables(), "tracks": legal_null}), ["tracks"])]
+    pools: dict[str, list] = {"int": [-1, 0, 10**6, None], "float": [-1e5, -0.5, 0.0, 1.5, 1e5, float("nan"), None],
+                              "str": ["bogus", "", "camera:", "lidar:x", None]}
+    for name, t in good.tables().items():
+        for f in t.schema:
+            if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type):
+                continue
+            kind = "int" if pa.types.is_integer(f.type) else "float" if pa.types.is_floating(f.type) else "str"
+            for _ in range(3):
+                log_id = LOGS[int(rng.integers(len(LOGS)))]
+                n = pc.sum(pc.equal(t["log_id"], log_id)).as_py()
+                rows = [int(rng.integers(n))]
+                pool = pools[kind] + t[f.name].to_pylist()[:5]  # other rows' values: duplicates
+                value = pool[int(rng.integers(len(pool)))]
+                if f.name == "log_id" and value is None:
+                    continue
+                try:
+                    bad = replace_values(good, name, f.name, log_id, rows, value)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    continue
+                # frames and calibration feed the other tables' derived columns
+                cases.append((f"{name}.{f.name}={value!r}", bad, list(good.tables()) if name == "frames" else [name]))
+    disagreements, failing = [], 0
+    for what, logs, names in cases:
+        for name in names:
+            prepared = _prepare(name, logs.tables()[name], logs)
+            got, want = set(screen(load_suite_dict(name), prepared)), _gx_failures(name, prepared)
+            failing += bool(want)
+            if got != want:
+                disagreements.append((what, name, sorted(got), sorted(want)))
+    assert len(cases) > 60 and failing > 30  # the corruptions do break expectations
+    assert disagreements == []

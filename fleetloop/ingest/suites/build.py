@@ -218,7 +218,7 @@ def build_suite_dict(table: str) -> dict:
     for e in d["expectations"]:
         e.pop("id", None)
     # no GX version stamp: a patch release would make every file "stale"
-    d["meta"] = {"generated_by": "fleetloop/checks/suites/build.py", "docs": "docs/schema.md#validation"}
+    d["meta"] = {"generated_by": "fleetloop/ingest/suites/build.py", "docs": "docs/schema.md#validation"}
     return d
 
 
