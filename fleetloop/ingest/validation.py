@@ -315,7 +315,9 @@ def _prepare(name: str, t: pa.Table, logs: DriveLogs | None) -> pa.Table:
         known_logs = pc.unique(frames["log_id"])
         frame_keys = _frame_keys(frames["log_id"], frames["frame"], known_logs)
         keys = _frame_keys(t["log_id"], t["frame"], known_logs)
-        cols["_frame_known"] = (keys >= 0) & np.isin(keys, frame_keys)
+        frame_keys.sort()
+        at = np.minimum(np.searchsorted(frame_keys, keys), max(frame_keys.size - 1, 0))
+        cols["_frame_known"] = (keys >= 0) & (frame_keys[at] == keys) if frame_keys.size else np.zeros(n, bool)
     elif name == "calibration":
         for col, short in (("P", "_P"), ("lidar_to_cam", "_lidar_to_cam")):
             values = t[col].to_pylist()
