@@ -272,8 +272,8 @@ def _gx_failures(table: str, prepared: pa.Table) -> set[int]:
 
 def test_the_screen_agrees_with_gx_expectation_by_expectation(good: DriveLogs) -> None:
     """The vectorised screen (fleetloop.ingest.screen) clears exactly what GX passes: on the clean
-    batch, with legal nulls, and under random corruption of every column of every table (nulls,
-    NaN, out-of-range, duplicates, unknown values), expectation by expectation."""
+    batch, with legal nulls, and under random corruption of every column of every table and of
+    labels (nulls, NaN, out-of-range, duplicates, unknown values), expectation by expectation."""
     from fleetloop.ingest.screen import screen
     from fleetloop.ingest.validation import _prepare
 
@@ -303,13 +303,32 @@ def test_the_screen_agrees_with_gx_expectation_by_expectation(good: DriveLogs) -
                     continue
                 # frames and calibration feed the other tables' derived columns
                 cases.append((f"{name}.{f.name}={value!r}", bad, list(good.tables()) if name == "frames" else [name]))
+    row = {"log_id": "log-a", "frame": 3, "cls": "car", "x1": 10.0, "y1": 20.0, "x2": 50.0, "y2": 60.0,
+           "campaign": "c1", "task_id": 7, "annotation_id": 70, "annotator": None,
+           "updated_at": pa.scalar(1_700_000_000_000_000, pa.timestamp("us", tz="UTC")).as_py(), "revision": 1}
+    labels = pa.Table.from_pylist([{**row, "frame": i, "log_id": LOGS[i % 3], "annotation_id": i} for i in range(12)],
+                                  schema=LABELS)
+    label_cases = [("labels clean", labels)]
+    for f in LABELS:
+        kind = "int" if pa.types.is_integer(f.type) else "float" if pa.types.is_floating(f.type) else "str"
+        if pa.types.is_timestamp(f.type):
+            continue
+        for _ in range(3):
+            values = labels[f.name].to_pylist()
+            pool = pools[kind] + values[:3]
+            values[int(rng.integers(len(values)))] = pool[int(rng.integers(len(pool)))]
+            try:
+                bad_labels = labels.set_column(labels.schema.get_field_index(f.name), f, pa.array(values, f.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                continue
+            label_cases.append((f"labels.{f.name}", bad_labels))
+    runs = [(what, name, _prepare(name, logs.tables()[name], logs)) for what, logs, names in cases for name in names]
+    runs += [(what, "labels", _prepare("labels", t, None)) for what, t in label_cases]
     disagreements, failing = [], 0
-    for what, logs, names in cases:
-        for name in names:
-            prepared = _prepare(name, logs.tables()[name], logs)
-            got, want = set(screen(load_suite_dict(name), prepared)), _gx_failures(name, prepared)
-            failing += bool(want)
-            if got != want:
-                disagreements.append((what, name, sorted(got), sorted(want)))
-    assert len(cases) > 60 and failing > 30  # the corruptions do break expectations
+    for what, name, prepared in runs:
+        got, want = set(screen(load_suite_dict(name), prepared)), _gx_failures(name, prepared)
+        failing += bool(want)
+        if got != want:
+            disagreements.append((what, name, sorted(got), sorted(want)))
+    assert len(runs) > 100 and failing > 40  # the corruptions do break expectations
     assert disagreements == []
