@@ -36,6 +36,7 @@ class MineFilesReport:
     flags: int = 0
     written: int = 0
     quarantined: dict[str, str] = field(default_factory=dict)  # log_id -> reason
+    warnings: dict[str, str] = field(default_factory=dict)  # log_id -> validation warnings (the log is mined)
     skipped: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # stage -> CPU seconds of this process (all threads)
@@ -128,6 +129,10 @@ def mine_files(
                 first = rep.critical[0] if rep.critical else None
                 report.quarantined[log_id] = (f"{first.table}: {first.expectation}: {first.description}"
                                               if first else "failed validation")
+            for log_id, rep in result.warnings.items():
+                report.warnings[log_id] = "; ".join(
+                    f"{w.table}: {w.unexpected_count} {'row fails' if w.unexpected_count == 1 else 'rows fail'} '{w.description}'"
+                    + (f" (flagged {w.flag})" if w.flag else "") for w in rep.warnings)
             logs = result.good if result.good.num_frames else None
         if logs is not None and logs.num_frames:
             if progress:

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -52,6 +54,8 @@ def register(app: typer.Typer) -> None:
         shard_logs: Annotated[int, typer.Option(min=1, help="Logs per shard (memory holds one shard; validation has a "
                                                 "fixed cost per shard).")] = 128,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON on stdout (no progress "
+                                              "bar): logs, frames, flags, quarantined and warned logs, seconds.")] = False,
         from_store: Annotated[bool, typer.Option("--from-store", help="Mine logs in the configured store (with the "
                               "query options below) instead of PATH.")] = False,
         since: Annotated[datetime | None, typer.Option(help="--from-store: arrived at or after (UTC).")] = None,
@@ -88,7 +92,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]bad --params {params}:[/] {exc}")
             raise typer.Exit(2) from None
         if from_store:
-            _mine_store(mp, out, budget, budget_cost, quiet, since=since, until=until, drive_since=drive_since,
+            _mine_store(mp, out, budget, budget_cost, quiet, as_json, since=since, until=until, drive_since=drive_since,
                         drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
             return
         if path is None:
@@ -101,7 +105,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("only for --format kitti-tracking", param_hint="--lidar-detector")
 
         with Progress(TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TextColumn("logs"),
-                      TimeElapsedColumn(), console=console, disable=quiet, transient=True) as bar:
+                      TimeElapsedColumn(), console=console, disable=quiet or as_json, transient=True) as bar:
             task = bar.add_task("starting", total=None)
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -113,8 +117,12 @@ def register(app: typer.Typer) -> None:
                                            progress=progress)
             except (LogFormatError, MiningInputError, MiningOutputError, FileNotFoundError) as exc:
                 bar.stop()
-                console.print(f"[red]mine failed:[/] {exc}")
-                raise typer.Exit(1) from None
+                _fail(f"mine failed: {exc}", 1, as_json)
+        if as_json:
+            print(json.dumps({"ok": True, "out": str(out), "budget": budget, "budget_cost": budget_cost,
+                              **dataclasses.asdict(report)}, indent=2))
+            _exit_now()
+            return
         if quiet:
             _exit_now()
             return
@@ -124,6 +132,8 @@ def register(app: typer.Typer) -> None:
                       f"(validation: {report.validation}; seconds: {report.seconds}; cpu seconds: {report.cpu_seconds})")
         for log_id, why in report.quarantined.items():
             console.print(f"  [red]quarantined {log_id}[/]: {why}")
+        for log_id, why in report.warnings.items():
+            console.print(f"  [yellow]warning {log_id}[/] (mined): {why}")
         for s in report.skipped:
             console.print(f"  skipped {s}")
         _exit_now()
@@ -209,6 +219,14 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
                                  param_hint="--camera-tracker")
 
 
+def _fail(message: str, code: int, as_json: bool) -> NoReturn:
+    """Say what went wrong (on stderr; with ``--json`` also as JSON on stdout) and exit with ``code``."""
+    if as_json:
+        print(json.dumps({"ok": False, "error": message}))
+    console.print(message, style="red", markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
 def _exit_now(code: int = 0) -> None:
     """End the process without the interpreter's teardown once ``fleetloop mine`` has written
     its output: with Great Expectations, pandas and numba loaded, freeing every module's objects
@@ -228,7 +246,7 @@ def _exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, **query) -> None:
+def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, as_json: bool, **query) -> None:
     """``fleetloop mine --from-store``: the mining step over the store's logs that match a query."""
     from pydantic import ValidationError
 
@@ -242,20 +260,17 @@ def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, **query) -> Non
     try:
         q = LogQuery.model_validate(query)
     except ValidationError as exc:
-        console.print(f"[red]bad query:[/] {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}")
-        raise typer.Exit(2) from None
+        _fail(f"bad query: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", 2, as_json)
     try:
         store = get_store(get_settings())
         ids = select_logs(list_logs(store, since=None), q, store)
         if not ids:
-            console.print(f"[yellow]no stored logs match[/] ({q.describe()})")
-            raise typer.Exit(1)
+            _fail(f"no stored logs match ({q.describe()})", 1, as_json)
         run = mining.plan_mining(store, mp, budget, log_ids=ids)
         shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
         summary = mining.finish_mining(store, run, shards, mp)
     except (LogQueryError, LookupError, StorageError) as exc:
-        console.print(f"[red]mine failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        _fail(f"mine failed: {exc}", 1, as_json)
     import pyarrow as pa
 
     from fleetloop.mine.ranking import select, select_cost
@@ -269,6 +284,9 @@ def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, **query) -> Non
     else:
         table = ranked.append_column("rank", pa.array(range(1, ranked.num_rows + 1), pa.int64()))
     write_frames(table, out)
-    if not quiet:
+    if as_json:
+        print(json.dumps({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
+                          "run": summary.run_key}, indent=2))
+    elif not quiet:
         console.print(f"[green]wrote {out}[/]: {table.num_rows:,} frames from {len(ids)} logs matching "
                       f"({q.describe()}); run {summary.run_key}")

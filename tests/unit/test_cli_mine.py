@@ -166,3 +166,39 @@ def test_mine_calibrate_writes_fitted_severities_and_the_blind_spots(kitti_root,
     assert mine.calibration.labelled_frames == 270 + 294  # every frame of both sequences
     assert set(mine.calibration.unexplained_per_object) >= {"car"}
     assert all(v >= 0 for v in mine.calibration.unexplained_per_object.values())
+
+
+def test_mine_json_summary_names_quarantined_and_warned_logs(sample_dir, tmp_path):
+    """``--json`` prints the run's summary for machines; a log with a validation warning (an
+    inverted tracker box) is mined and named, a corrupt one is quarantined, both in the summary."""
+    import json
+
+    import pyarrow as pa
+
+    src = tmp_path / "logs"
+    shutil.copytree(sample_dir, src)
+    tracks = pq.read_table(src / "sample-000" / "tracks.parquet")
+    x1 = tracks["x1"].to_pylist()
+    x2 = [x1[0] - 2.0, *tracks["x2"].to_pylist()[1:]]  # the first box inverted
+    tracks = tracks.set_column(tracks.schema.get_field_index("x2"), tracks.schema.field("x2"),
+                               pa.array(x2, tracks.schema.field("x2").type))
+    pq.write_table(tracks, src / "sample-000" / "tracks.parquet")
+    (src / "sample-001" / "frames.parquet").write_bytes(b"not parquet")
+    out = tmp_path / "ranked.csv"
+    res = runner.invoke(app, ["mine", str(src), "-f", "parquet", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["ok"] and summary["out"] == str(out) and summary["logs"] == 1 and summary["frames"] == 60
+    assert list(summary["quarantined"]) == ["sample-001"] and "frames.parquet" in summary["quarantined"]["sample-001"]
+    assert list(summary["warnings"]) == ["sample-000"]
+    assert summary["warnings"]["sample-000"].startswith("tracks: 1 row fails")
+    assert summary["warnings"]["sample-000"].endswith("(flagged invalid_box)")
+    assert summary["validation"] == "great-expectations" and set(summary["cpu_seconds"]) >= {"load", "validate", "mine"}
+    assert {r["log_id"] for r in read_csv(out)} == {"sample-000"}  # the warned log is mined
+
+    res = runner.invoke(app, ["mine", str(src), "-f", "parquet", "-o", str(out)])  # the same, for people
+    assert res.exit_code == 0 and "warning sample-000" in res.output and "quarantined sample-001" in res.output
+
+    res = runner.invoke(app, ["mine", str(tmp_path / "nope"), "-o", str(out), "--json"])
+    failed = json.loads(res.stdout)
+    assert res.exit_code == 1 and failed["ok"] is False and "does not exist" in failed["error"]
