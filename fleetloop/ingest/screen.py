@@ -42,20 +42,17 @@ def _all(mask: Any) -> bool:
 
 def _between(t: pa.Table, kw: dict) -> bool:
     col = _values(t[kw["column"]])
-    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) or (lo is None and hi is None):
         return False
     col = col.cast(pa.float64(), safe=False)  # numpy compares int64 with a float bound as float64, too
-    ok: Any = _present(col)
-    lo, hi = kw.get("min_value"), kw.get("max_value")
-    if lo is None and hi is None:
-        return False
     conds = []
     if lo is not None:
         conds.append(pc.greater(col, lo) if kw.get("strict_min") else pc.greater_equal(col, lo))
     if hi is not None:
         conds.append(pc.less(col, hi) if kw.get("strict_max") else pc.less_equal(col, hi))
     inside = conds[0] if len(conds) == 1 else pc.and_(conds[0], conds[1])
-    return _all(pc.or_kleene(pc.invert(ok), inside))
+    return _all(pc.or_kleene(pc.invert(_present(col)), inside))
 
 
 def _uniques(col: pa.ChunkedArray) -> list:

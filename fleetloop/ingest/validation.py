@@ -236,7 +236,7 @@ def _run_suite(table: str, prepared: pa.Table) -> list:
     import great_expectations as gx
     import pandas as pd
 
-    df = prepared.to_pandas()
+    df = _for_gx(prepared)
     vd = _runner(table)
     again = []
     for i in flagged:
@@ -249,6 +249,23 @@ def _run_suite(table: str, prepared: pa.Table) -> list:
         batch = vd.batch_definition.get_batch(batch_parameters={"dataframe": df})
         res = batch.validate(gx.ExpectationSuite(name=f"{table}-failures", expectations=again), result_format=_COMPLETE)
     return [r for r in res.results if not r.success]
+
+
+def _for_gx(prepared: pa.Table):
+    """The pandas frame GX runs on. GX 1.24 vectorises between-checks only for int64/float64
+    columns; narrower dtypes go through a per-value Python map (~25x slower), so they are widened.
+    Strings become categoricals: no Python str per row, null checks and set membership on codes."""
+    cols = {}
+    for f in prepared.schema:
+        col = prepared[f.name]
+        if pa.types.is_floating(f.type):
+            col = col.cast(pa.float64())
+        elif pa.types.is_integer(f.type):
+            col = col.cast(pa.int64())
+        elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            col = col.dictionary_encode()
+        cols[f.name] = col
+    return pa.table(cols).to_pandas()
 
 
 # --------------------------------------------------------------------------- derived columns
@@ -274,23 +291,10 @@ def _frame_keys(log_id: pa.ChunkedArray, frame: pa.ChunkedArray, logs: pa.Array)
 
 
 def _prepare(name: str, t: pa.Table, logs: DriveLogs | None) -> pa.Table:
-    """The table GX validates (as pandas): scalar columns plus the derived ``_`` columns."""
+    """The table a suite validates: scalar columns plus the derived ``_`` columns."""
     n = t.num_rows
-    cols: dict[str, Any] = {}
-    for f in t.schema:
-        if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type):
-            continue
-        col = t[f.name]
-        # GX 1.24 vectorises between-checks only for int64/float64 columns; narrower dtypes go
-        # through a per-value Python map (~25x slower): widen them here.
-        if pa.types.is_floating(f.type):
-            col = col.cast(pa.float64())
-        elif pa.types.is_integer(f.type):
-            col = col.cast(pa.int64())
-        elif pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
-            # categorical: no Python str per row, and null checks / set membership on codes
-            col = col.dictionary_encode()
-        cols[f.name] = col
+    cols: dict[str, Any] = {f.name: t[f.name] for f in t.schema
+                            if not (pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type))}
     cols["_pos"] = np.arange(n, dtype=np.int64)
     cols["_missing"] = _missing(t, LABELS if name == "labels" else STREAMS[name])
     if name == "frames":

@@ -256,11 +256,11 @@ def test_many_logs_one_run_per_table(good: DriveLogs) -> None:
 
 def _gx_failures(table: str, prepared: pa.Table) -> set[int]:
     """Indices of the suite's expectations GX itself fails on ``prepared`` (the whole suite, no screen)."""
-    from fleetloop.ingest.validation import _runner
+    from fleetloop.ingest.validation import _for_gx, _runner
 
     suite = load_suite_dict(table)["expectations"]
     key = [(e["type"], json.dumps(e["kwargs"], sort_keys=True)) for e in suite]
-    res = _runner(table).run(batch_parameters={"dataframe": prepared.to_pandas()}, result_format={"result_format": "BOOLEAN_ONLY"})
+    res = _runner(table).run(batch_parameters={"dataframe": _for_gx(prepared)}, result_format={"result_format": "BOOLEAN_ONLY"})
     failed = set()
     for r in res.results:
         if not r.success:
