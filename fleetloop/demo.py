@@ -13,7 +13,11 @@
   → the ``weekly-cycle`` flow: drift → sync last week's labels → grow → retrain → gate → promote
   → calibrate the miner on the dataset's labels → mine this week (lidar ↔ camera disagreement
   first) → push to Label Studio with the model's boxes as pre-annotations → the simulated
-  labeling team answers the tasks through the API.
+  labeling team answers the tasks through the API → their labels are synced, grown into the
+  next dataset version, trained on (``dvc repro``), registered, judged by the gate and promoted
+  when better, so each week's row shows what its own labels did. (Real labelers take days: in
+  production the next weekly cycle's sync → grow → retrain picks the labels up; in the demo it
+  finds nothing new and skips.)
 
 It ends with one row per week: labels spent, dataset version, mAP overall / rain / night /
 green cones of the production model, and whether the week's candidate was promoted and why; a
@@ -378,15 +382,50 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     row = WeekRow(week=k, iso_week=iso, labels_spent=state.labels_spent,
                   dataset_version=int((grow.details if grow else {}).get("version", 0)),
                   mined=int((record.steps["mine"].details if "mine" in record.steps else {}).get("selected", 0)),
-                  labeled=labeled, seconds={k2: round(v, 1) for k2, v in t.items()})
+                  labeled=labeled)
     if retrain is not None and retrain.status == "ran":
         row.model_version = retrain.details.get("model_version")
         row.promoted = bool(retrain.details.get("promoted"))
         row.why = "promoted" if row.promoted else "; ".join(retrain.details.get("reasons", [])[:2])
     elif retrain is not None:
         row.why = retrain.reason
+    if labeled:
+        _train_on_labels(row, campaign, k, t, say)
+    row.seconds = {k2: round(v, 1) for k2, v in t.items()}
     _fill_metrics(row, *_production_metrics(settings))
     return row
+
+
+def _train_on_labels(row: WeekRow, campaign: str, k: int, t: dict[str, float], say: Say) -> None:
+    """The simulated team labels within the week, so the week ends as the issue's loop does:
+    sync its labels → a new dataset version → ``dvc repro`` → registry → gate → promotion (the
+    same flows the weekly cycle chains; its next run finds nothing new to sync)."""
+    from fleetloop.flows.dataset import grow_dataset
+    from fleetloop.flows.label import label_sync
+    from fleetloop.flows.train import retrain_flow
+
+    t0 = time.perf_counter()
+    synced = label_sync(campaign=campaign)
+    t["sync"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    grown = grow_dataset()
+    t["grow"] = time.perf_counter() - t1
+    say(f"week {k}: {synced.delivered} annotations of {campaign} synced; "
+        + (f"dataset-v{grown.version} stays (nothing new)" if grown.nothing_new else
+           f"{grown.tag or f'dataset-v{grown.version}'}: +{grown.frames_added} frames ({grown.frames} in all); retraining"))
+    if synced.failed:
+        say(f"week {k}: sync failed for {', '.join(f'{c} ({why})' for c, why in synced.failed.items())}")
+    if grown.nothing_new or grown.version < 1:
+        return
+    row.dataset_version = grown.version
+    t2 = time.perf_counter()
+    out = retrain_flow(dataset_version=grown.version, why=f"demo week {k}: {campaign}'s labels")
+    t["retrain"] = time.perf_counter() - t2
+    row.model_version = out.model_version
+    row.promoted = out.promoted
+    row.why = "promoted" if out.promoted else "; ".join(out.reasons[:2])
+    say(f"week {k}: model v{out.model_version} on dataset-v{grown.version}: "
+        + ("promoted" if out.promoted else f"{out.action}: {'; '.join(out.reasons[:2])}"))
 
 
 def plot(rows: list[WeekRow], path: Path) -> Path:

@@ -2,8 +2,9 @@
 Label Studio started by ``fleetloop services``, week 0 (seed set, dataset-v1, first model trained
 with dvc repro, registered, promoted), then two weekly cycles: the fleet drives with the
 production model through ONNX, logs are ingested, the weekly cycle runs drift → sync → grow →
-retrain → gate → mine → push, and a simulated team labels through Label Studio's API. A rerun
-continues with the next week."""
+retrain → gate → mine → push, a simulated team labels through Label Studio's API, and the week's
+labels are synced, grown into a new dataset version, trained on and judged. A rerun continues with
+the next week."""
 
 from __future__ import annotations
 
@@ -63,13 +64,17 @@ def test_demo_closes_the_loop_and_continues_on_rerun(demo_home):
         w0, w1, w2 = rows
         assert w0.dataset_version == 1 and w0.production == 1 and w0.promoted
         assert w0.map_overall is not None and w0.map_rain is not None and w0.map_green is not None
-        # week 1: nothing labeled yet since week 0, so no new version and no retrain; mining + push + labeling ran
-        assert w1.dataset_version == 1 and w1.mined == 24 and w1.labeled >= 20
-        # week 2: last week's labels synced, grown into dataset-v2, a candidate trained and judged by the gate
-        assert w2.dataset_version == 2 and w2.model_version == 2 and w2.why
+        # week 1: mined, pushed, labeled by the team; its labels synced, grown into dataset-v2, a candidate
+        # trained and judged by the gate within the week
+        assert w1.mined == 24 and w1.labeled >= 20
+        assert w1.dataset_version == 2 and w1.model_version == 2 and w1.why
+        assert {"sync", "grow", "retrain"} <= set(w1.seconds)
+        # week 2: the weekly cycle's own sync finds nothing new (week 1's labels are in), week 2's labels -> v3
+        assert w2.dataset_version == 3 and w2.model_version == 3 and w2.why
         assert w2.labels_spent == w0.labels_spent + w1.labeled + w2.labeled
         reg = Registry(get_store(get_settings()))
         assert reg.get(2).lineage.dataset_version == 2 and reg.decisions(2)
+        assert reg.get(3).lineage.dataset_version == 3 and reg.decisions(3)
         assert first.plot and Path(first.plot).stat().st_size > 10_000
         assert first.prefect_ui.startswith("http://127.0.0.1:") and first.label_studio.startswith("http://127.0.0.1:")
         state = json.loads(Path(first.state).read_text())
@@ -82,9 +87,9 @@ def test_demo_closes_the_loop_and_continues_on_rerun(demo_home):
         assert keys <= {a["key"] for a in found}
         table = next(a for a in found if a["key"] == "candidate-vs-production")
         assert "weather=rain" in json.dumps(table["data"])
-        decision = next(a for a in found if a["key"] == "promotion-decision" and "v2" in a["data"])
-        assert "dataset-v2" in decision["data"]
+        decision = next(a for a in found if a["key"] == "promotion-decision" and "v3" in a["data"])
+        assert "dataset-v3" in decision["data"]
 
         again = run_demo(settings, config, weeks=1, say=lambda *_: None)  # continues with week 3
     assert [r.week for r in again.rows] == [0, 1, 2, 3]
-    assert again.rows[3].dataset_version == 3  # week 2's labels became dataset-v3
+    assert again.rows[3].dataset_version == 4  # week 3's labels became dataset-v4
