@@ -7,23 +7,22 @@ dataset_config`); what a growth step does from ``params.yaml`` ``grow:``. Exit c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fleetloop.cli.output import JsonOpt, fail, print_json
+
 if TYPE_CHECKING:
     from fleetloop.dataset.config import DatasetConfig
 
 app = typer.Typer(help="The versioned dataset (git + DVC): grow, status, history, checkout.", no_args_is_help=True)
 console = Console()
-err = Console(stderr=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
 def _boundary_errors() -> tuple[type[Exception], ...]:
@@ -33,15 +32,6 @@ def _boundary_errors() -> tuple[type[Exception], ...]:
     from fleetloop.store.objects import StorageError
 
     return (DatasetError, ParamsError, StorageError, LockTimeout, OSError)
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str))
 
 
 def _config() -> DatasetConfig:
@@ -65,9 +55,9 @@ def grow(as_json: JsonOpt = False) -> None:
         params = load_params().grow
         result = do_grow(get_store(get_settings()), _config(), params, validate=validate_labels)
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print_json(result.model_dump(mode="json"))
+        print_json(result.model_dump(mode="json"))
         return
     for note in result.recovered:
         console.print(f"  recovered: {escape(note)}", highlight=False)
@@ -91,9 +81,9 @@ def status(as_json: JsonOpt = False) -> None:
     try:
         st = do_status(_config())
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print_json(st.model_dump(mode="json"))
+        print_json(st.model_dump(mode="json"))
         return
     if st.version == 0:
         console.print(f"no version yet (repository {st.repo}, DVC remote {st.remote})", highlight=False)
@@ -114,9 +104,9 @@ def history(as_json: JsonOpt = False) -> None:
     try:
         versions = do_history(_config())
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print_json([v.model_dump(mode="json") for v in versions])
+        print_json([v.model_dump(mode="json") for v in versions])
         return
     table = Table("version", "tag", "frames", "objects", "batches", "campaigns", "created_at")
     for v in versions:
@@ -137,9 +127,9 @@ def checkout(
     try:
         result = do_checkout(version, to, _config())
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print_json({"version": result.version, "frames": result.frames, "path": result.path,
+        print_json({"version": result.version, "frames": result.frames, "path": result.path,
                      "tag": result.tag, "objects": result.objects, "batches": result.batches})
         return
     console.print(f"{result.tag}: {result.frames:,} frames, {result.objects:,} objects in {result.path}",

@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleetloop.cli.output import JsonOpt, err, fail
+
 console = Console()
-err = Console(stderr=True)
 
 
 def _f(x: float | None) -> str:
@@ -21,7 +22,7 @@ def register(app: typer.Typer) -> None:
     def demo(
         weeks: Annotated[int, typer.Option(min=0, max=52, help="Simulated weeks to run after week 0.")] = 3,
         reset: Annotated[bool, typer.Option("--reset", help="Start over: remove the demo's data first.")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the weekly table as JSON.")] = False,
+        as_json: JsonOpt = False,
         seed: Annotated[int, typer.Option(help="Seed of the simulated world.")] = 0,
         logs_per_week: Annotated[int, typer.Option(min=2, max=200, help="Drive logs per week.")] = 12,
         frames_per_log: Annotated[int, typer.Option(min=8, max=1000, help="Frames per log (10 Hz).")] = 40,
@@ -43,8 +44,7 @@ def register(app: typer.Typer) -> None:
         try:
             result = run_demo(get_settings(), config, weeks=weeks, reset_first=reset, say=say)
         except Exception as exc:  # the demo's boundary: say what failed, not a traceback
-            err.print(f"[red]demo failed:[/] {type(exc).__name__}: {exc}", highlight=False)
-            raise typer.Exit(1) from None
+            raise fail(f"{type(exc).__name__}: {exc}", 1, as_json=as_json, prefix="demo failed") from None
         if as_json:
             typer.echo(rows_json(result))
             return

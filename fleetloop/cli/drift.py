@@ -9,8 +9,9 @@ import typer
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
+from fleetloop.cli.output import JsonOpt, err, fail, print_json
+
 console = Console()
-err = Console(stderr=True)
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -34,6 +35,7 @@ def register(app: typer.Typer) -> None:
         drift_share: Annotated[float, typer.Option(help="Dataset drift when at least this share of features drifted.")] = 0.5,
         display_sample: Annotated[int, typer.Option(help="At most this many rows per window are drawn in the HTML (statistics use all).")] = 50_000,
         fail_on_drift: Annotated[bool, typer.Option(help="Exit with code 3 when dataset drift is detected.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """Compute per-frame features of both log sets, compare them with Evidently, write the HTML
         report and summary.json (per-feature score and verdict, share of drifted features, tests,
@@ -45,17 +47,22 @@ def register(app: typer.Typer) -> None:
         if format not in FORMATS:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
         try:
-            with console.status("Loading logs"):
+            with err.status("Loading logs"):
                 ref = load_logs(reference, format, _split(reference_logs))
                 cur = load_logs(current, format, _split(current_logs))
-            with console.status(f"Comparing {cur.num_frames:,} current frames with {ref.num_frames:,} reference frames"):
+            with err.status(f"Comparing {cur.num_frames:,} current frames with {ref.num_frames:,} reference frames"):
                 result = monitor_drift(ref, cur, out, params=FeatureParams(), threshold=threshold,
                                        drift_share=drift_share, display_sample=display_sample)
         except (LogFormatError, FileNotFoundError, DriftInputError, FeatureError) as exc:
-            err.print(f"[red]drift failed:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(exc, 1, as_json=as_json, prefix="drift failed") from None
 
         s = result.summary
+        if as_json:
+            print_json({"ok": True, "report": str(out / (s.report_html or "")), "summary_json": str(out / "summary.json"),
+                        **s.model_dump(mode="json")})
+            if fail_on_drift and s.dataset_drift:
+                raise typer.Exit(3)
+            return
         table = Table(title=f"Drift: {s.current_rows:,} current vs {s.reference_rows:,} reference frames")
         columns: tuple[tuple[str, JustifyMethod], ...] = (
             ("feature", "left"), ("method", "left"), ("score", "right"), ("drift", "center"),

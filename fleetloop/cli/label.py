@@ -7,12 +7,13 @@ Label Studio is ``settings.label_studio`` (URL + token) or else the local server
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
+
+from fleetloop.cli.output import JsonOpt, fail, print_json
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -21,15 +22,8 @@ app = typer.Typer(
     help="Labeling campaigns in Label Studio: push, sync, status, simulate, listen.", no_args_is_help=True
 )
 console = Console()
-err = Console(stderr=True)
 
 CampaignOpt = Annotated[str, typer.Option("--campaign", "-c", help="Campaign name (= Label Studio project title).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/] {exc}")
-    return typer.Exit(2)
 
 
 def _boundary_errors() -> tuple[type[Exception], ...]:
@@ -69,7 +63,7 @@ def _client():
 
 def _print(obj: dict, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(obj, indent=2, default=str))
+        print_json(obj)
 
 
 @app.command()
@@ -103,7 +97,7 @@ def push(
         report = push_selection(selection, campaign, settings, logs=logs, batch_size=batch_size,
                                 model_version=model_version, camera_stream=load_params().mine.camera_stream)
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
         _print(report.model_dump(), True)
     else:
@@ -145,7 +139,7 @@ def sync(
         report = sync_campaign(campaign, _settings(), validate=label_failures, page_size=page_size,
                                shard_size=shard_size)
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
         _print(report.model_dump(), True)
     else:
@@ -175,7 +169,7 @@ def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
     try:
         st = campaign_status(campaign, _settings())
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
         _print(st, True)
         return
@@ -211,7 +205,7 @@ def simulate(
                 team=TeamConfig(latency_s=latency, noise_px=noise, skip_rate=skip_rate, seed=seed),
             )
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
         _print(report.model_dump(exclude={"submissions"}), True)
     else:
@@ -281,7 +275,7 @@ def listen(
                 hook = register_webhook(client, name, url, secret)
                 console.print(f"webhook {hook} of campaign {name} -> {url}")
     except errors as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     console.print(f"listening on {receiver.url} (Ctrl-C to stop)")
     try:
         receiver.serve_forever()

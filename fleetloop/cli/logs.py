@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fleetloop.cli.output import JsonOpt, err, fail, print_json
+
 console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 logs_app = typer.Typer(help="Logs in the configured store.", no_args_is_help=True)
 
 
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
         path: Annotated[Path, typer.Argument(exists=True, help="Directory of logs to bring in.")],
         format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
         log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
+        as_json: JsonOpt = False,
     ) -> None:
         """Validate logs and store them (the function the ingest-logs flow calls). Bad logs are
         quarantined with a report; the rest go on. Rerunning stores nothing twice; a log id
@@ -41,11 +43,13 @@ def register(app: typer.Typer) -> None:
         except InvalidLogIdError as exc:
             raise typer.BadParameter(str(exc), param_hint="--log") from None
         try:
-            with console.status(f"Ingesting {path} ({format})"):
+            with err.status(f"Ingesting {path} ({format})"):
                 report = do_ingest(get_store(get_settings()), path, format, wanted)
         except (LogFormatError, StorageError, FileNotFoundError) as exc:
-            err.print(f"[red]ingest failed:[/] {escape(str(exc))}")
-            raise typer.Exit(1) from None
+            raise fail(exc, 1, as_json=as_json, prefix="ingest failed") from None
+        if as_json:
+            print_json({"ok": not report.conflicts, **report.model_dump(mode="json")})
+            raise typer.Exit(1 if report.conflicts else 0)
         console.print(
             f"[green]{len(report.registered)} new[/], {len(report.unchanged)} unchanged, "
             f"[red]{len(report.quarantined)} quarantined[/], {len(report.conflicts)} conflicts; "
@@ -61,6 +65,7 @@ def register(app: typer.Typer) -> None:
     @logs_app.command("list")
     def list_cmd(
         since: Annotated[datetime | None, typer.Option(help="Only logs that arrived at or after this time (UTC).")] = None,
+        as_json: JsonOpt = False,
     ) -> None:
         """The logs in the store, oldest arrival first."""
         from fleetloop.settings import get_settings
@@ -70,8 +75,10 @@ def register(app: typer.Typer) -> None:
         try:
             manifests = list_logs(get_store(get_settings()), since=since)
         except (StorageError, LogIntegrityError) as exc:
-            err.print(f"[red]{escape(str(exc))}[/]")
-            raise typer.Exit(1) from None
+            raise fail(exc, 1, as_json=as_json) from None
+        if as_json:
+            print_json([m.model_dump(mode="json") for m in manifests])
+            return
         table = Table("log_id", "frames", "arrived_at", "source")
         for m in manifests:
             table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), escape(m.source))

@@ -8,11 +8,13 @@ import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
+
+from fleetloop.cli.output import JsonOpt, fail, print_json
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -89,8 +91,7 @@ def register(app: typer.Typer) -> None:
             if camera_tracker:
                 mp = MiningParams.model_validate({**mp.model_dump(), "camera_stream": camera_tracker})
         except (OSError, ValidationError) as exc:
-            console.print(f"[red]bad --params {params}:[/] {exc}")
-            raise typer.Exit(2) from None
+            raise fail(exc, 2, as_json=as_json, prefix=f"bad --params {params}") from None
         if from_store:
             _mine_store(mp, out, budget, budget_cost, quiet, as_json, since=since, until=until, drive_since=drive_since,
                         drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
                                            progress=progress)
             except (LogFormatError, MiningInputError, MiningOutputError, FileNotFoundError) as exc:
                 bar.stop()
-                _fail(f"mine failed: {exc}", 1, as_json)
+                raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
         if as_json:
             print(json.dumps({"ok": True, "out": str(out), "budget": budget, "budget_cost": budget_cost,
                               **dataclasses.asdict(report)}, indent=2))
@@ -146,6 +147,7 @@ def register(app: typer.Typer) -> None:
         camera_tracker: Annotated[str | None, typer.Option(help="The camera stream whose errors count.")] = None,
         log: Annotated[list[str] | None, typer.Option("--log", help="Fit on these log ids only (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table, write nothing.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """Fit each flag's severity per class from labelled frames (how often it marked a real
         error, with the counts) and write them into the mine: section of params.yaml."""
@@ -167,9 +169,15 @@ def register(app: typer.Typer) -> None:
             logs = load_logs(path, "kitti-tracking", log or None)
             labels = kitti_labels(read_kitti_truth(path, log or None), logs)
         except (ParamsError, LogFormatError, FileNotFoundError) as exc:
-            console.print(f"[red]calibrate failed:[/] {exc}")
-            raise typer.Exit(1) from None
+            raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
         result = calibrate(logs, labels, mp, source=f"{path} logs {sorted(logs.log_ids)}")
+        cal = result.params.calibration
+        if not dry_run:
+            params_file.write_text(dump_params(loop.model_copy(update={"mine": result.params})))
+        if as_json:
+            print_json({"ok": True, "params_file": None if dry_run else str(params_file), "rows": result.table.to_pylist(),
+                        "errors": result.truth, "calibration": cal.model_dump(mode="json") if cal else None})
+            return
         table = Table("reason", "class", "flagged", "errors", "precision", "default", "severity", "kept",
                       caption="kept: fitted; 'too few' flags to fit, or 'unstable' (refits without one group of the "
                               "labelled logs move it different ways from the default): the default stays")
@@ -181,14 +189,11 @@ def register(app: typer.Typer) -> None:
         if result.truth:
             console.print("errors on the labelled frames (the matching rules of fleetloop.mine.calibrate): "
                           + ", ".join(f"{k} {v}" for k, v in result.truth.items()))
-        cal = result.params.calibration
         if cal is not None and cal.unexplained_per_object:
             console.print(f"errors no flag explains (where the miner is blind): {cal.unexplained_per_frame:.2f} per frame, "
                           + ", ".join(f"{v:.2f} per {c}" for c, v in cal.unexplained_per_object.items()))
         if dry_run:
             return
-        loop = loop.model_copy(update={"mine": result.params})
-        params_file.write_text(dump_params(loop))
         console.print(f"[green]wrote {params_file}[/]: mine.class_severities for "
                       f"{sum(len(v) for v in result.params.class_severities.values())} reason/class pairs")
 
@@ -217,14 +222,6 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
         raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
-
-
-def _fail(message: str, code: int, as_json: bool) -> NoReturn:
-    """Say what went wrong (on stderr; with ``--json`` also as JSON on stdout) and exit with ``code``."""
-    if as_json:
-        print(json.dumps({"ok": False, "error": message}))
-    console.print(message, style="red", markup=False, highlight=False)
-    raise typer.Exit(code)
 
 
 def _exit_now(code: int = 0) -> None:
@@ -260,17 +257,17 @@ def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, as_json: bool, 
     try:
         q = LogQuery.model_validate(query)
     except ValidationError as exc:
-        _fail(f"bad query: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", 2, as_json)
+        raise fail(f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", 2, as_json=as_json, prefix="bad query") from None
     try:
         store = get_store(get_settings())
         ids = select_logs(list_logs(store, since=None), q, store)
         if not ids:
-            _fail(f"no stored logs match ({q.describe()})", 1, as_json)
+            raise fail(f"no stored logs match ({q.describe()})", 1, as_json=as_json)
         run = mining.plan_mining(store, mp, budget, log_ids=ids)
         shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
         summary = mining.finish_mining(store, run, shards, mp)
     except (LogQueryError, LookupError, StorageError) as exc:
-        _fail(f"mine failed: {exc}", 1, as_json)
+        raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
     import pyarrow as pa
 
     from fleetloop.mine.ranking import select, select_cost

@@ -14,12 +14,13 @@ from uuid import UUID
 import typer
 from rich.console import Console
 
+from fleetloop.cli.output import JsonOpt, err, fail, print_json
+
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.objects import FlowRun, State
 
 console = Console()
-err = Console(stderr=True)
 
 #: flow name -> its deployment name (see fleetloop.flows.deployments)
 DEPLOYMENTS = {
@@ -34,16 +35,15 @@ DEPLOYMENTS = {
 }
 
 
-def _prefect_env():
+def _prefect_env(as_json: bool = False):
     from fleetloop.local.services import ensure_prefect_env
     from fleetloop.settings import get_settings
 
     settings = get_settings()
     url = ensure_prefect_env(settings)
     if not url:
-        err.print("[red]No Prefect API:[/] start the local one with `fleetloop services up`, "
-                  "or set FLEETLOOP_PREFECT__API_URL / PREFECT_API_URL.")
-        raise typer.Exit(2)
+        raise fail("start the local one with `fleetloop services up`, or set FLEETLOOP_PREFECT__API_URL / "
+                   "PREFECT_API_URL.", 2, as_json=as_json, prefix="No Prefect API")
     return settings, url
 
 
@@ -136,13 +136,15 @@ def register(app: typer.Typer) -> None:
             help="With --wait: after this many seconds still Scheduled/Pending, check that a worker "
                  "polls for the run and say how to start one if none does.",
         )] = 20,
+        as_json: JsonOpt = False,
     ) -> None:
-        """Trigger a deployed flow on demand and print its URL in the Prefect UI."""
+        """Trigger a deployed flow on demand and print its URL in the Prefect UI (with --wait,
+        its final state: exit 1 when it did not complete, 3 on timeout)."""
         if flow not in DEPLOYMENTS:
             raise typer.BadParameter(f"unknown flow {flow!r}; expected one of {list(DEPLOYMENTS)}", param_hint="FLOW")
         parameters = parse_params(param or [])
         check_parameters(flow, parameters)
-        _, api_url = _prefect_env()
+        _, api_url = _prefect_env(as_json)
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
         from prefect.settings import PREFECT_UI_URL
@@ -151,30 +153,34 @@ def register(app: typer.Typer) -> None:
         try:
             fr = cast("FlowRun", run_deployment(name=name, parameters=parameters, timeout=0, as_subflow=False))
         except ObjectNotFound:
-            err.print(f"[red]No deployment {name}:[/] register them with `fleetloop deploy`.")
-            raise typer.Exit(2) from None
+            raise fail("register them with `fleetloop deploy`.", 2, as_json=as_json,
+                       prefix=f"No deployment {name}") from None
         except PrefectHTTPStatusError as exc:
-            detail = exc.response.text[:500]
-            err.print(f"[red]The Prefect API refused the run of {name}:[/] {detail}")
-            raise typer.Exit(2) from None
+            raise fail(exc.response.text[:500], 2, as_json=as_json,
+                       prefix=f"The Prefect API refused the run of {name}") from None
         except Exception as exc:  # parameter validation happens client-side too
             if type(exc).__name__ in ("ParameterTypeError", "SignatureMismatchError", "ValidationError"):
-                err.print(f"[red]Invalid parameters for {name}:[/] {exc}")
-                raise typer.Exit(2) from None
+                raise fail(exc, 2, as_json=as_json, prefix=f"Invalid parameters for {name}") from None
             raise
         ui = (PREFECT_UI_URL.value() or api_url.removesuffix("/api")).rstrip("/")
-        console.print(f"flow run {fr.name}: {ui}/runs/flow-run/{fr.id}", soft_wrap=True)
+        run_doc = {"flow_run": fr.name, "id": str(fr.id), "url": f"{ui}/runs/flow-run/{fr.id}"}
+        if not as_json:
+            console.print(f"flow run {fr.name}: {run_doc['url']}", soft_wrap=True)
         if not wait:
+            if as_json:
+                print_json({"ok": True, **run_doc, "state": "Scheduled"})
             return
-        state = _wait_for_run(fr, timeout, no_worker_after)
+        state = _wait_for_run(fr, timeout, no_worker_after, as_json)
+        if as_json:
+            print_json({"ok": state.is_completed(), **run_doc, "state": state.name, "message": state.message or ""})
+            raise typer.Exit(0 if state.is_completed() else 1)
         if state.is_completed():
             console.print(f"[green]{state.name}[/]")
             return
-        err.print(f"[red]{state.name}:[/] {state.message or ''}")
-        raise typer.Exit(1)
+        raise fail(state.message or "", 1, prefix=state.name or "not completed")
 
 
-def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float) -> State:
+def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json: bool = False) -> State:
     """Poll the run until it is final. While it sits in Scheduled/Pending, check every
     ``hint_after`` seconds that something polls for it and say once, on stderr, when nothing
     does. Exit 3 after ``timeout`` seconds."""
@@ -198,9 +204,8 @@ def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float) -> State
                               f"({state.name if state else 'Scheduled'}, {elapsed:.0f} s).",
                               highlight=False, soft_wrap=True)
             if elapsed > timeout:
-                err.print(f"[yellow]Still {state.name if state else 'Scheduled'} after {timeout:.0f} s[/]",
-                          highlight=False)
-                raise typer.Exit(3)
+                raise fail(f"Still {state.name if state else 'Scheduled'} after {timeout:.0f} s", 3, as_json=as_json,
+                           prefix=f"flow run {flow_run.name}")
             time.sleep(1.0)
 
 

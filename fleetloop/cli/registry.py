@@ -8,13 +8,14 @@ Exit codes: 0 done; 1 ``promote`` rejected by the gate (the reasons name each fa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from fleetloop.cli.output import JsonOpt, fail, print_json
 
 if TYPE_CHECKING:
     from fleetloop.registry import Decision, Registry
@@ -24,19 +25,10 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-err = Console(stderr=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model name in the registry.")]
 WhoOpt = Annotated[str | None, typer.Option("--who", help="Who acts (default: $FLEETLOOP_ACTOR or user@host).")]
 WhyOpt = Annotated[str, typer.Option("--why", help="Why: recorded in the decision and the history.")]
-
-
-def _fail(exc: BaseException) -> typer.Exit:
-    from rich.markup import escape
-
-    err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-    return typer.Exit(2)
 
 
 def _boundary_errors() -> tuple[type[BaseException], ...]:
@@ -53,10 +45,6 @@ def _registry(model: str) -> Registry:
     from fleetloop.store.objects import get_store
 
     return Registry(get_store(get_settings()), model=model)
-
-
-def _echo_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 def _load_train_params(path: Path) -> dict[str, Any]:
@@ -139,10 +127,10 @@ def register(
         if candidate:
             reg.set_candidate(card.version, who=who, why="registered")
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     primary = card.metrics.primary or "map50"
     if as_json:
-        _echo_json({
+        print_json({
             "version": card.version,
             "model": card.model,
             "created_at": card.created_at.isoformat(),
@@ -180,10 +168,10 @@ def promote(
         gate_params = load_params(params_file).promote
         decision = _registry(model).promote(version, gate_params, who=who, why=why)
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     ok = decision.promoted or decision.action == "noop"
     if as_json:
-        _echo_json({**_decision_json(decision), "already_production": decision.action == "noop"})
+        print_json({**_decision_json(decision), "already_production": decision.action == "noop"})
     else:
         table = _slice_table(decision.verdict.details)
         if table is not None:
@@ -207,9 +195,9 @@ def rollback(model: ModelOpt = "camera", who: WhoOpt = None, why: WhyOpt = "", a
     try:
         decision = _registry(model).rollback(who=who, why=why)
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _echo_json({
+        print_json({
             "rolled_back": True,
             "model": decision.model,
             "from": decision.production_before,
@@ -239,9 +227,9 @@ def candidate(
         move = reg.set_candidate(version, who=who, why=why)
         target = move.to_version if move is not None else reg.get("candidate").version
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _echo_json({"candidate": target, "moved": move is not None, "history_seq": move.seq if move else None})
+        print_json({"candidate": target, "moved": move is not None, "history_seq": move.seq if move else None})
     else:
         console.print(f"candidate → v{target}" + ("" if move is not None else " (already)"))
 
@@ -258,7 +246,7 @@ def list_cmd(
         cards = reg.list(limit=limit)
         aliases = reg.aliases()
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     by_version: dict[int, list[str]] = {}
     for name, state in aliases.items():
         by_version.setdefault(state.version, []).append(name)
@@ -279,7 +267,7 @@ def list_cmd(
             "size_bytes": c.size_bytes,
         })
     if as_json:
-        _echo_json(rows)
+        print_json(rows)
         return
     table = Table("version", "aliases", "created", "dataset", "primary", "latency ms", "files")
     for r in rows:
@@ -306,13 +294,13 @@ def show(
         decisions = reg.decisions(card.version)
         aliases = [name for name, state in reg.aliases().items() if state.version == card.version]
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     out = card.model_dump(mode="json")
     out["aliases"] = aliases
     out["decision"] = decisions[-1].model_dump(mode="json") if decisions else None
     out["decisions"] = [d.model_dump(mode="json") for d in decisions]
     if as_json:
-        _echo_json(out)
+        print_json(out)
         return
     primary = card.metrics.primary or "map50"
     value = card.primary_value(primary)
@@ -347,9 +335,9 @@ def history(
     try:
         moves = _registry(model).history(alias, limit=limit)
     except _boundary_errors() as exc:
-        raise _fail(exc) from None
+        raise fail(exc, as_json=as_json) from None
     if as_json:
-        _echo_json([m.dump() for m in moves])
+        print_json([m.dump() for m in moves])
         return
     table = Table("seq", "alias", "from", "to", "kind", "who", "when", "why")
     for m in moves:

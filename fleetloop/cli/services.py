@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from fleetloop.cli.output import JsonOpt, fail, print_json
 
 if TYPE_CHECKING:
     from fleetloop.local.server import ServiceStatus
@@ -19,12 +20,11 @@ ServiceOpt = Annotated[
     list[str] | None,
     typer.Option("--service", "-s", help="Only this service (repeatable). Default: all."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def _print(statuses: list[ServiceStatus], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps({s.name: s.model_dump(exclude={"name"}) for s in statuses}, indent=2))
+        print_json({s.name: s.model_dump(exclude={"name"}) for s in statuses})
         return
     from rich.console import Console
     from rich.table import Table
@@ -41,13 +41,6 @@ def _print(statuses: list[ServiceStatus], as_json: bool) -> None:
     Console().print(table)
 
 
-def _fail(exc: Exception) -> NoReturn:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
-
-
 @app.command()
 def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
     """Start the services unless they are running (idempotent) and wait until they are healthy.
@@ -60,7 +53,7 @@ def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
     try:
         statuses = services_up(names=service)
     except ServiceError as exc:
-        _fail(exc)
+        raise fail(exc, 1, as_json=as_json) from None
     _print(statuses, as_json)
     if not all(s.healthy for s in statuses):  # only an external server can be unhealthy here
         raise typer.Exit(1)
@@ -77,7 +70,7 @@ def down(service: ServiceOpt = None) -> None:
     try:
         stopped = services_down(names=service)
     except ServiceError as exc:
-        _fail(exc)
+        raise fail(exc, 1) from None
     Console().print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
@@ -90,7 +83,7 @@ def status(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
     try:
         statuses = services_status(names=service)
     except ServiceError as exc:
-        _fail(exc)
+        raise fail(exc, 1, as_json=as_json) from None
     _print(statuses, as_json)
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)

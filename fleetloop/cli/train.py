@@ -3,22 +3,22 @@ The same step runs in Prefect as the ``retrain`` flow (``fleetloop run retrain -
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleetloop.cli.output import JsonOpt, err, fail, print_json
+
 console = Console()
-err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def retrain(
         dataset: Annotated[int | None, typer.Option("--dataset", min=1, help="Dataset version (default: the latest).")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """dvc repro on a dataset version, register the model, run the promotion gate against
         production: exit 0 when promoted (or already production), 1 when rejected, 2 on errors."""
@@ -35,10 +35,9 @@ def register(app: typer.Typer) -> None:
                 err.print(f"training on dataset-v{dataset or 'latest'} (dvc repro; minutes) ...")
             out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)")
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False)
-            raise typer.Exit(2) from None
+            raise fail(exc, as_json=as_json) from None
         if as_json:
-            typer.echo(json.dumps(out.model_dump(mode="json"), indent=2))
+            print_json(out.model_dump(mode="json"))
         else:
             head = "[green]promoted to production[/]" if out.promoted else f"[red]not promoted[/] ({out.action})"
             console.print(f"model v{out.model_version} on dataset-v{out.dataset_version}: {head}")

@@ -116,10 +116,12 @@ def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, t
             bad = subprocess.run([*FLEETLOOP, "run", "mine", "--param", "budget=lots"], env=env,
                                  capture_output=True, text=True, cwd=ROOT, timeout=120)
             assert bad.returncode == 2, bad.stdout + bad.stderr
-            # a run that fails makes `run --wait` exit non-zero
-            failing = subprocess.run([*FLEETLOOP, "run", "mine", "--param", 'log_ids=["9999"]', "--wait", "--timeout", "240"],
-                                     env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+            # a run that fails makes `run --wait` exit non-zero; with --json stdout says so as JSON
+            failing = subprocess.run([*FLEETLOOP, "run", "mine", "--param", 'log_ids=["9999"]', "--wait", "--timeout", "240",
+                                      "--json"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
             assert failing.returncode == 1, failing.stdout + failing.stderr
+            doc = json.loads(failing.stdout)
+            assert doc["ok"] is False and doc["state"] == "Failed" and "/runs/flow-run/" in doc["url"], doc
         finally:
             server.terminate()
             try:

@@ -66,3 +66,18 @@ def test_ingest_bad_arguments_give_clear_errors(home, tmp_path):
     assert res.exit_code == 2 and "--format" in res.output
     res = runner.invoke(app, ["ingest", str(tmp_path), "--format", "kitti-tracking"])
     assert res.exit_code == 1 and "calib" in res.output
+
+
+def test_ingest_and_logs_list_print_json_for_machines(home, broken_kitti):
+    runner = CliRunner()
+    res = runner.invoke(app, ["ingest", str(broken_kitti), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)  # stdout is the JSON document alone (the spinner goes to stderr)
+    assert doc["ok"] is True and sorted(doc["registered"]) == ["0001", "0008", "0012"]
+    assert sorted(doc["quarantined"]) == ["0006", "0010"] and doc["conflicts"] == {} and doc["frames"] > 0
+    listed = json.loads(runner.invoke(app, ["logs", "list", "--json"]).stdout)
+    assert sorted(m["log_id"] for m in listed) == ["0001", "0008", "0012"]
+    assert all(m["n_frames"] > 0 and m["sha256"] for m in listed)
+    assert json.loads(runner.invoke(app, ["logs", "list", "--json", "--since", "2999-01-01"]).stdout) == []
+    res = runner.invoke(app, ["ingest", str(broken_kitti / "calib"), "--json"])  # not a KITTI root
+    assert res.exit_code == 1 and json.loads(res.stdout)["ok"] is False and "ingest failed" in res.stderr
