@@ -329,6 +329,12 @@ def test_kitti_two_weeks_through_the_cli(kitti_root: Path, tmp_path: Path):
     assert all(k.startswith("class=") and v > 1 for k, v in s.slice_boost.items())
     html = out / "drift_report.html"
     assert html.stat().st_size < 10 * 1024 * 1024 and not s.html_from_sample
+    as_json = CliRunner().invoke(app, ["drift", k, k, "--out", str(tmp_path / "drift2"), "--reference-logs",
+                                       ",".join(WEEK1), "--current-logs", ",".join(WEEK2), "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is True and doc["n_drifted"] == s.n_drifted and doc["slice_boost"] == s.slice_boost
+    assert Path(doc["report"]).is_file() and Path(doc["summary_json"]).is_file()
 
 
 def test_cli_reports_bad_input(tmp_path: Path):
@@ -337,6 +343,9 @@ def test_cli_reports_bad_input(tmp_path: Path):
     res = CliRunner().invoke(app, ["drift", str(tmp_path / "nope"), str(tmp_path / "nope"), "--out", str(tmp_path)])
     assert res.exit_code == 1
     assert "drift failed" in res.output and "does not exist" in res.output
+    res = CliRunner().invoke(app, ["drift", str(tmp_path / "nope"), str(tmp_path / "nope"), "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 1 and json.loads(res.stdout) == {"ok": False, "error": json.loads(res.stdout)["error"]}
+    assert json.loads(res.stdout)["error"].startswith("drift failed: ")
 
 
 def test_a_drift_alert_reads_as_news_with_where_mining_is_steered_not_as_a_failure() -> None:
