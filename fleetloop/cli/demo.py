@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from fleetloop.cli.output import JsonOpt, err, fail
+
+if TYPE_CHECKING:
+    from fleetloop.demo import DemoResult, WeekRow
 
 console = Console()
 
@@ -48,17 +51,39 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(rows_json(result))
             return
-        t = Table("week", "labels spent", "dataset", "candidate", "production", "mAP", "rain", "night",
-                  "green cones", "promoted", "why", title="fleetloop demo: the production model, week by week")
-        for r in result.rows:
-            t.add_row(f"{r.week} ({r.iso_week})", str(r.labels_spent), f"v{r.dataset_version}",
-                      f"v{r.model_version}" if r.model_version else "", f"v{r.production}" if r.production else "",
-                      _f(r.map_overall), _f(r.map_rain), _f(r.map_night), _f(r.map_green),
-                      "yes" if r.promoted else "no", r.why)
-        console.print(t)
+        print_table(result)
         console.print(f"Prefect UI:   {result.prefect_ui}  (flow runs, artifacts: promotion decisions, mined frames)")
         console.print(f"Label Studio: {result.label_studio}  (login {result.label_studio_login})")
         if result.plot:
             console.print(f"Plot:         {result.plot}")
         console.print(f"State:        {result.state}  (rerun: next week; --reset: start over; "
                       "fleetloop services down stops the services)")
+
+
+def _outcome(r: WeekRow) -> str:
+    if not r.model_version:
+        return r.why
+    if r.promoted:
+        return f"v{r.model_version} promoted" + (f": {r.why}" if r.why and r.why != "promoted" else "")
+    return f"v{r.model_version} not promoted: {r.why}"
+
+
+def print_table(result: DemoResult) -> None:
+    """The weekly table as a person reads it in 80 columns: numbers never wrap, the week's
+    outcome (the candidate model, promoted or not and why) takes what is left."""
+    from rich import box
+
+    t = Table(title="fleetloop demo: mAP@0.5 of the production model, week by week", box=box.SIMPLE_HEAD,
+              pad_edge=False, collapse_padding=True,
+              caption="labels: frames labeled so far, seed set included")
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("week", "left"), ("labels", "right"), ("data", "left"), ("prod.", "left"), ("mAP", "right"),
+        ("rain", "right"), ("night", "right"), ("green", "right"))
+    for name, justify in columns:
+        t.add_column(name, justify=justify, no_wrap=True)
+    t.add_column("model", ratio=1, min_width=12, overflow="fold")
+    for r in result.rows:
+        t.add_row(f"{r.week} {r.iso_week.rpartition('-')[2]}", f"{r.labels_spent:,}", f"v{r.dataset_version}",
+                  f"v{r.production}" if r.production else "", _f(r.map_overall), _f(r.map_rain), _f(r.map_night),
+                  _f(r.map_green), _outcome(r))
+    console.print(t)

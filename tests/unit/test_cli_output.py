@@ -51,3 +51,26 @@ def test_errors_of_json_commands_are_json_on_stdout(empty_home, tmp_path, argv, 
     doc = json.loads(res.stdout)
     assert doc["ok"] is False and needle in doc["error"]
     assert needle in res.stderr
+
+
+def test_the_demo_table_fits_80_columns_without_cutting_a_number(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import fleetloop.cli.demo as cli_demo
+    from fleetloop.demo import DemoResult, WeekRow
+
+    rows = [WeekRow(week=0, iso_week="2025-W41", labels_spent=960, dataset_version=1, model_version=1, promoted=True,
+                    why="map50 0.234 reaches the floor 0.100 (first production model)", production=1,
+                    map_overall=0.234, map_rain=0.009, map_night=0.012, map_green=0.001),
+            WeekRow(week=1, iso_week="2025-W42", labels_spent=1080, dataset_version=2, model_version=2, promoted=False,
+                    why="slice weather=rain regressed by 0.031", production=1, map_overall=0.297, map_rain=0.160,
+                    map_night=0.016, map_green=0.0)]
+    out = io.StringIO()
+    monkeypatch.setattr(cli_demo, "console", Console(file=out, width=80, color_system=None))
+    cli_demo.print_table(DemoResult(rows=rows, prefect_ui="", label_studio="", label_studio_login="", plot=None, state=""))
+    text = out.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("0 W41", "1,080", "0.234", "0.160", "0.016", "v1 promoted", "v2 not promoted"):
+        assert cell in text, text
