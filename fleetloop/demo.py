@@ -369,7 +369,8 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     campaign = campaign_name(iso)
     t3 = time.perf_counter()
     labeled = 0
-    if record.steps.get("push") and record.steps["push"].status == "ran":
+    pushed = bool(record.steps.get("push") and record.steps["push"].status == "ran")
+    if pushed:  # the team answers the tasks still open
         with client_for(settings) as client:
             team = simulate(campaign, week.truth, client=client,
                             team=TeamConfig(noise_px=c.noise_px, seed=c.seed + k))
@@ -389,7 +390,7 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
         row.why = "promoted" if row.promoted else "; ".join(retrain.details.get("reasons", [])[:2])
     elif retrain is not None:
         row.why = retrain.reason
-    if labeled:
+    if pushed:  # also when a rerun of the week finds the tasks already answered: sync delivers what is new
         _train_on_labels(row, campaign, k, t, say)
     row.seconds = {k2: round(v, 1) for k2, v in t.items()}
     _fill_metrics(row, *_production_metrics(settings))
