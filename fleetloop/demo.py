@@ -414,8 +414,6 @@ def _train_on_labels(row: WeekRow, campaign: str, k: int, t: dict[str, float], s
     say(f"week {k}: {synced.delivered} annotations of {campaign} synced; "
         + (f"dataset-v{grown.version} stays (nothing new)" if grown.nothing_new else
            f"{grown.tag or f'dataset-v{grown.version}'}: +{grown.frames_added} frames ({grown.frames} in all); retraining"))
-    if synced.failed:
-        say(f"week {k}: sync failed for {', '.join(f'{c} ({why})' for c, why in synced.failed.items())}")
     if grown.nothing_new or grown.version < 1:
         return
     row.dataset_version = grown.version

@@ -61,11 +61,6 @@ def _client():
     return client_for(_settings())
 
 
-def _print(obj: dict, as_json: bool) -> None:
-    if as_json:
-        print_json(obj)
-
-
 @app.command()
 def push(
     selection: Annotated[
@@ -99,7 +94,7 @@ def push(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print(report.model_dump(), True)
+        print_json(report.model_dump())
     else:
         console.print(
             f"campaign [bold]{campaign}[/] (project {report.project_id}): {report.selected} frames selected, "
@@ -129,7 +124,7 @@ def sync(
         if campaign is None:
             out = sync_open_campaigns(_settings(), validate=label_failures)
             if as_json:
-                _print({**out.model_dump(), "delivered": out.delivered}, True)
+                print_json({**out.model_dump(), "delivered": out.delivered})
             else:
                 console.print(f"{len(out.campaigns)} open campaigns synced: [green]{out.delivered} delivered[/]"
                               + (f"; complete now: {', '.join(out.completed)}" if out.completed else ""))
@@ -141,7 +136,7 @@ def sync(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print(report.model_dump(), True)
+        print_json(report.model_dump())
     else:
         console.print(
             f"campaign [bold]{campaign}[/]: {report.annotations_seen} annotations seen, "
@@ -171,7 +166,7 @@ def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print(st, True)
+        print_json(st)
         return
     console.print(
         f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
@@ -207,7 +202,7 @@ def simulate(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        _print(report.model_dump(exclude={"submissions"}), True)
+        print_json(report.model_dump(exclude={"submissions"}))
     else:
         console.print(
             f"simulated team on [bold]{campaign}[/]: {report.answered} labeled ({report.boxes} boxes), "

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -120,8 +119,8 @@ def register(app: typer.Typer) -> None:
                 bar.stop()
                 raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
         if as_json:
-            print(json.dumps({"ok": True, "out": str(out), "budget": budget, "budget_cost": budget_cost,
-                              **dataclasses.asdict(report)}, indent=2))
+            print_json({"ok": True, "out": str(out), "budget": budget, "budget_cost": budget_cost,
+                        **dataclasses.asdict(report)})
             _exit_now()
             return
         if quiet:
@@ -282,8 +281,8 @@ def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, as_json: bool, 
         table = ranked.append_column("rank", pa.array(range(1, ranked.num_rows + 1), pa.int64()))
     write_frames(table, out)
     if as_json:
-        print(json.dumps({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
-                          "run": summary.run_key}, indent=2))
+        print_json({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
+                    "run": summary.run_key})
     elif not quiet:
         console.print(f"[green]wrote {out}[/]: {table.num_rows:,} frames from {len(ids)} logs matching "
                       f"({q.describe()}); run {summary.run_key}")
