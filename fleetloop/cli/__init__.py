@@ -22,6 +22,24 @@ app.add_typer(dataset.app, name="dataset")
 app.add_typer(registry.app, name="registry")
 
 
+def _one_line_summaries(group: typer.Typer) -> None:
+    """Give each command a one-line summary for the command lists of ``--help``: typer's rich
+    formatter keeps a docstring's single line breaks there, so a wrapped first paragraph came out
+    as ragged lines. The command's own ``--help`` still shows the whole docstring."""
+    import inspect
+
+    for info in group.registered_commands:
+        if info.short_help is None and info.callback is not None:
+            first = (info.help or inspect.getdoc(info.callback) or "").split("\n\n")[0]
+            info.short_help = " ".join(first.split()) or None
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_summaries(sub.typer_instance)
+
+
+_one_line_summaries(app)
+
+
 def main() -> None:
     """The console script: errors that reach the top become one clear line (exit 1), not a
     traceback. ``FLEETLOOP_DEBUG=1`` shows the traceback."""

@@ -74,3 +74,25 @@ def test_the_demo_table_fits_80_columns_without_cutting_a_number(monkeypatch):
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for cell in ("0 W41", "1,080", "0.234", "0.160", "0.016", "v1 promoted", "v2 not promoted"):
         assert cell in text, text
+
+
+def test_every_command_list_entry_is_one_paragraph_without_ragged_line_breaks():
+    """typer's rich formatter keeps a docstring's single line breaks in the command lists of
+    ``--help``; each command's summary is its first paragraph on one line."""
+    def walk(cmd, path: str):
+        if hasattr(cmd, "commands"):  # a group (typer may vendor click: no isinstance)
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, f"{path} {name}")
+        else:
+            yield path, cmd
+
+    commands = list(walk(typer.main.get_command(app), "fleetloop"))
+    assert len(commands) > 20
+    for path, cmd in commands:
+        summary = cmd.short_help or ""
+        assert summary and "\n" not in summary, path
+        assert "  " not in summary, path
+    result = runner.invoke(app, ["label", "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    line = next(x for x in result.output.splitlines() if "watermark)," in x)
+    assert not line.rstrip(" │").endswith("watermark),"), line  # the sentence goes on on the same line
