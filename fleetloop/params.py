@@ -81,6 +81,35 @@ def load_params(path: Path | str | None = None) -> LoopParams:
         raise ParamsError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
 
 
+def mining_params(path: Path | str | None = None) -> MiningParams:
+    """Mining params for ``fleetloop mine``: without ``path``, the ``mine:`` section of
+    params.yaml (:func:`load_params`), as the mine flow and the weekly cycle read it; with it, a
+    file (YAML or JSON) holding either a whole params file (its ``mine:`` section is used) or
+    mining params alone."""
+    if path is None:
+        return load_params().mine
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ParamsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is neither YAML nor JSON: {exc}") from exc
+    if data is None:
+        data = {}
+    if isinstance(data, dict) and "mine" in data:
+        data = data["mine"] or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected mining params (or a params file with a mine: section), got {type(data).__name__}")
+    try:
+        return MiningParams.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ParamsError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
+
+
 def dump_params(params: LoopParams) -> str:
     """``params.yaml`` text for these params (every value spelled out)."""
     import yaml

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         camera_tracker: Annotated[str | None, typer.Option(help="The camera stream whose errors count (e.g. "
                                   "yolox_sort, ciwt); every other camera stream is evidence.")] = None,
         lidar_detector: Annotated[str | None, typer.Option(help="KITTI layout: lidar detector to read (e.g. pointrcnn).")] = None,
-        params: Annotated[Path | None, typer.Option("--params", help="MiningParams as JSON (thresholds, severities, ...).")] = None,
+        params: Annotated[Path | None, typer.Option("--params", help="Mining params (thresholds, severities, ...): a params file (its mine: section) or the mining params alone, YAML or JSON. Default: params.yaml's mine: section ($FLEETLOOP_PARAMS, else the nearest params.yaml), as the mine flow reads it.")] = None,
         log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
         validate: Annotated[bool, typer.Option(help="Validate every table with Great Expectations first.")] = True,
         shard_logs: Annotated[int, typer.Option(min=1, help="Logs per shard (memory holds one shard; validation has a "
@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
         from fleetloop.mine.files import MiningOutputError
         from fleetloop.mine.params import MiningParams
         from fleetloop.mine_files import mine_files
+        from fleetloop.params import ParamsError, find_params_file, mining_params
         from fleetloop.perception.batch import MiningInputError
 
         if tag is None:
@@ -86,13 +87,14 @@ def register(app: typer.Typer) -> None:
         if budget is not None and budget_cost is not None:
             raise typer.BadParameter("give --budget or --budget-cost, not both", param_hint="--budget-cost")
         try:
-            mp = MiningParams.model_validate_json(params.read_text()) if params else MiningParams()
+            mp = mining_params(params)
+            source = params or find_params_file()
             if camera_tracker:
                 mp = MiningParams.model_validate({**mp.model_dump(), "camera_stream": camera_tracker})
-        except (OSError, ValidationError) as exc:
-            raise fail(exc, 2, as_json=as_json, prefix=f"bad --params {params}") from None
+        except (ParamsError, ValidationError) as exc:
+            raise fail(exc, 2, as_json=as_json, prefix="bad mining params") from None
         if from_store:
-            _mine_store(mp, out, budget, budget_cost, quiet, as_json, since=since, until=until, drive_since=drive_since,
+            _mine_store(mp, source, out, budget, budget_cost, quiet, as_json, since=since, until=until, drive_since=drive_since,
                         drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
             return
         if path is None:
@@ -120,7 +122,7 @@ def register(app: typer.Typer) -> None:
                 raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
         if as_json:
             print_json({"ok": True, "out": str(out), "budget": budget, "budget_cost": budget_cost,
-                        **dataclasses.asdict(report)})
+                        "params": str(source) if source else None, **dataclasses.asdict(report)})
             _exit_now()
             return
         if quiet:
@@ -129,7 +131,7 @@ def register(app: typer.Typer) -> None:
         what = (f"top {report.written:,} frames (budget {budget})" if budget else
                 f"{report.written:,} frames (cost budget {budget_cost:g})" if budget_cost else f"all {report.written:,} frames, ranked")
         console.print(f"[green]wrote {out}[/]: {what} from {report.logs} logs, {report.flags:,} flags "
-                      f"(validation: {report.validation}; seconds: {report.seconds}; cpu seconds: {report.cpu_seconds})")
+                      f"(params: {source or 'defaults'}; validation: {report.validation}; seconds: {report.seconds}; cpu seconds: {report.cpu_seconds})")
         for log_id, why in report.quarantined.items():
             console.print(f"  [red]quarantined {log_id}[/]: {why}")
         for log_id, why in report.warnings.items():
@@ -242,7 +244,7 @@ def _exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, as_json: bool, **query) -> None:
+def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: bool, as_json: bool, **query) -> None:
     """``fleetloop mine --from-store``: the mining step over the store's logs that match a query."""
     from pydantic import ValidationError
 
@@ -282,7 +284,7 @@ def _mine_store(mp, out: Path, budget, budget_cost, quiet: bool, as_json: bool, 
     write_frames(table, out)
     if as_json:
         print_json({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
-                    "run": summary.run_key})
+                    "run": summary.run_key, "params": str(source) if source else None})
     elif not quiet:
         console.print(f"[green]wrote {out}[/]: {table.num_rows:,} frames from {len(ids)} logs matching "
-                      f"({q.describe()}); run {summary.run_key}")
+                      f"({q.describe()}); run {summary.run_key}; params: {source or 'defaults'}")

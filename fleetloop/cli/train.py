@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             if not as_json:
-                err.print(f"training on dataset-v{dataset or 'latest'} (dvc repro; minutes) ...")
+                err.print(f"training on {f'dataset-v{dataset}' if dataset else 'the latest dataset version'} (dvc repro; minutes) ...")
             out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)")
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             raise fail(exc, as_json=as_json) from None

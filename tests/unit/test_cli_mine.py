@@ -78,6 +78,38 @@ def test_mine_bad_arguments_are_clear_errors(sample_dir, tmp_path):
     assert res.exit_code == 2 and "lidar_score_threshold" in res.output
 
 
+def test_mine_reads_params_yaml_mine_section_like_the_flow(sample_dir, tmp_path, monkeypatch):
+    """Without --params, ``fleetloop mine`` uses params.yaml's mine: section (where ``mine
+    calibrate`` writes); --params takes a whole params file or the mining params alone."""
+    import json
+
+    def scores(*extra: str) -> tuple[dict, list[float]]:
+        out = tmp_path / "r.csv"
+        res = runner.invoke(app, ["mine", str(sample_dir), "-f", "parquet", "-o", str(out), "--no-validate", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        return doc, [float(r["score"]) for r in read_csv(out)]
+
+    monkeypatch.delenv("FLEETLOOP_PARAMS", raising=False)
+    default_doc, default = scores()
+    assert default_doc["params"].endswith("params.yaml")  # the repository's, equal to the defaults
+    whole = tmp_path / "params.yaml"
+    whole.write_text("mine:\n  cost_exponent: 1.0\ntrain:\n  epochs: 3\n")
+    monkeypatch.setenv("FLEETLOOP_PARAMS", str(whole))
+    doc, from_env = scores()
+    assert doc["params"] == str(whole) and from_env != default
+    monkeypatch.delenv("FLEETLOOP_PARAMS")
+    alone = tmp_path / "mine.json"
+    alone.write_text('{"cost_exponent": 1.0}')
+    for file in (whole, alone):
+        doc, given = scores("--params", str(file))
+        assert doc["params"] == str(file) and given == from_env
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mine:\n  cost_exponent: [1]\n")
+    res = runner.invoke(app, ["mine", str(sample_dir), "-f", "parquet", "--params", str(bad), "--json"])
+    assert res.exit_code == 2 and "cost_exponent" in json.loads(res.stdout)["error"]
+
+
 def test_mine_names_the_kitti_trackers_when_the_judged_one_is_missing(tmp_path):
     """A typo in --camera-tracker is an error naming the trackers there, not a silent fallback
     to another stream."""
