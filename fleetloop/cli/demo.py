@@ -68,10 +68,24 @@ def _outcome(r: WeekRow) -> str:
     return f"v{r.model_version} not promoted: {r.why}"
 
 
+#: Below this width the table's number columns would be cut: print a paragraph per week.
+NARROW = 72
+
+
 def print_table(result: DemoResult) -> None:
     """The weekly table as a person reads it in 80 columns: numbers never wrap, the week's
-    outcome (the candidate model, promoted or not and why) takes what is left."""
+    outcome (the candidate model, promoted or not and why) takes what is left. In a terminal
+    narrower than the numbers need, one paragraph per week instead."""
     from rich import box
+
+    if console.width < NARROW:
+        console.print("fleetloop demo: mAP@0.5 of the production model, week by week", style="bold")
+        for r in result.rows:
+            console.print(f"week {r.week} ({r.iso_week}): {r.labels_spent:,} labels, dataset v{r.dataset_version}, "
+                          f"production {f'v{r.production}' if r.production else '-'}; mAP {_f(r.map_overall)}, rain "
+                          f"{_f(r.map_rain)}, night {_f(r.map_night)}, green cones {_f(r.map_green)}; {_outcome(r)}",
+                          highlight=False)
+        return
 
     t = Table(title="fleetloop demo: mAP@0.5 of the production model, week by week", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True,

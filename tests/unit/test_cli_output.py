@@ -74,6 +74,15 @@ def test_the_demo_table_fits_80_columns_without_cutting_a_number(monkeypatch):
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for cell in ("0 W41", "1,080", "0.234", "0.160", "0.016", "v1 promoted", "v2 not promoted"):
         assert cell in text, text
+    for width in (71, 50):  # narrower than the numbers need: a paragraph per week, nothing cut
+        out = io.StringIO()
+        monkeypatch.setattr(cli_demo, "console", Console(file=out, width=width, color_system=None))
+        cli_demo.print_table(DemoResult(rows=rows, prefect_ui="", label_studio="", label_studio_login="", plot=None, state=""))
+        text = " ".join(out.getvalue().split())
+        assert "…" not in text and max(len(line) for line in out.getvalue().splitlines()) <= width
+        for cell in ("week 1 (2025-W42)", "1,080 labels", "dataset v2", "mAP 0.297", "rain 0.160", "night 0.016",
+                     "green cones 0.000", "v2 not promoted: slice weather=rain regressed by 0.031"):
+            assert cell in text, text
 
 
 def test_every_command_list_entry_is_one_paragraph_without_ragged_line_breaks():
