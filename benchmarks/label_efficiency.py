@@ -466,7 +466,7 @@ def print_table(title: str, curves: dict[str, dict[str, list[float]]], with_mix:
     if with_mix:
         head += f"   {'picked: rain':>12} {'night':>6} {'green':>6}"
     say(head)
-    weeks = len(curves["random"]["labels"])
+    weeks = len(next(iter(curves.values()))["labels"])
     for w in range(weeks):
         for strategy in curves:
             c = curves[strategy]
