@@ -552,28 +552,6 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
                              truth.totals)
 
 
-def flag_outcomes(logs: DriveLogs, labels: pa.Table, params: MiningParams) -> pa.Table:
-    """Every flag the miner raises on labelled frames, with ``error`` (bool): was its object
-    hypothesis right under the matching rules (module doc)? Columns: log_id, frame, reason,
-    class, error (a flag accusing both sensors is right when either is wrong)."""
-    from fleetloop.mine.mining import run_checks
-
-    checked = run_checks(logs, params, build_batch(logs))
-    truth = judge(checked.batch, params, labels, checked.sides)
-    batch = checked.batch
-    cols = checked.flags.columns()
-    keep = truth.labelled[cols["g"]] if cols["g"].size else np.zeros(0, bool)
-    data = flag_data(checked, truth)
-    g = cols["g"][keep]
-    _, err = data.per_flag(int(keep.sum()))
-    cls = cols["cls"][keep].astype(np.int64)
-    cls_names = pa.array([*CLASSES, None], pa.string()).take(pa.array(np.where(cls < 0, len(CLASSES), cls)))
-    log_ids = pa.array(batch.log_ids, pa.string()).take(pa.array(batch.frame_log[g]))
-    return pa.table({"log_id": log_ids, "frame": pa.array(batch.frame_no[g], pa.int32()),
-                     "reason": pa.array([REASONS[r] for r in cols["reason"][keep]], pa.string()), "class": cls_names,
-                     "error": pa.array(err)})
-
-
 def _only_frames(logs: DriveLogs, frames: pa.Table) -> DriveLogs:
     keys = pc.binary_join_element_wise(frames.column("log_id"), pc.cast(frames.column("frame"), pa.string()), "/")
 

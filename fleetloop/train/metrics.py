@@ -89,16 +89,6 @@ PREDICTIONS_SCHEMA = pa.schema(
 )
 
 
-def prepared_schema() -> pa.Schema:
-    """The schema of a prepared split file (same object as :data:`PREPARED_SCHEMA`)."""
-    return PREPARED_SCHEMA
-
-
-def predictions_schema() -> pa.Schema:
-    """The schema of a predictions file (same object as :data:`PREDICTIONS_SCHEMA`)."""
-    return PREDICTIONS_SCHEMA
-
-
 class Score(BaseModel):
     """AP at IoU 0.5 of one class and its number of ground-truth objects."""
 

@@ -20,7 +20,6 @@ from fleetloop.train.metrics import (
     PREDICTIONS_SCHEMA,
     PREPARED_SCHEMA,
     evaluate,
-    prepared_schema,
     read_metrics,
     write_metrics,
 )
@@ -206,4 +205,3 @@ def test_json_layout_and_round_trip(metrics, tmp_path):
     assert {"weather=rain", "time_of_day=night", "class=car", "attr=green"} <= set(data["slices"])
     assert data["slices"]["weather=fog"]["map50"] is None
     assert read_metrics(path) == metrics
-    assert prepared_schema() is PREPARED_SCHEMA
