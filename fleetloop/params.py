@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,6 +21,7 @@ from fleetloop.registry.params import PromoteParams
 from fleetloop.train.params import TrainParams
 
 PARAMS_FILE = "params.yaml"
+M = TypeVar("M", bound=BaseModel)
 
 
 class ParamsError(ValueError):
@@ -58,27 +59,35 @@ def find_params_file(start: Path | None = None) -> Path | None:
     return packaged if packaged.is_file() else None
 
 
-def load_params(path: Path | str | None = None) -> LoopParams:
-    """The loop's params from ``path`` (default :func:`find_params_file`); defaults without a file."""
+def _read_yaml(path: Path | str) -> Any:
     import yaml
 
-    path = Path(path) if path is not None else find_params_file()
-    if path is None:
-        return LoopParams()
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        return yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ParamsError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected sections (mine, drift, grow, train, promote), got {type(data).__name__}")
+        raise ParamsError(f"{path} is not valid YAML (or JSON): {exc}") from exc
+
+
+def _validate(model: type[M], data: dict[str, Any], path: Path | str) -> M:
     try:
-        return LoopParams.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ParamsError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
+
+
+def load_params(path: Path | str | None = None) -> LoopParams:
+    """The loop's params from ``path`` (default :func:`find_params_file`); defaults without a file."""
+    path = Path(path) if path is not None else find_params_file()
+    if path is None:
+        return LoopParams()
+    data = _read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected sections (mine, drift, grow, train, promote), got {type(data).__name__}")
+    return _validate(LoopParams, data, path)
 
 
 def mining_params(path: Path | str | None = None) -> MiningParams:
@@ -88,26 +97,12 @@ def mining_params(path: Path | str | None = None) -> MiningParams:
     mining params alone."""
     if path is None:
         return load_params().mine
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ParamsError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is neither YAML nor JSON: {exc}") from exc
-    if data is None:
-        data = {}
+    data = _read_yaml(path) or {}
     if isinstance(data, dict) and "mine" in data:
         data = data["mine"] or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected mining params (or a params file with a mine: section), got {type(data).__name__}")
-    try:
-        return MiningParams.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ParamsError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
+    return _validate(MiningParams, data, path)
 
 
 def dump_params(params: LoopParams) -> str:
