@@ -122,7 +122,7 @@ def sync(
 
     try:
         if campaign is None:
-            out = sync_open_campaigns(_settings(), validate=label_failures)
+            out = sync_open_campaigns(_settings(), validate=label_failures, page_size=page_size, shard_size=shard_size)
             if as_json:
                 print_json({**out.model_dump(), "delivered": out.delivered})
             else:

@@ -105,14 +105,16 @@ class OpenSync(BaseModel):
         return sum(r.delivered for r in self.reports)
 
 
-def sync_open_campaigns(settings: Settings, *, validate: LabelValidator | None = None) -> OpenSync:
+def sync_open_campaigns(settings: Settings, *, validate: LabelValidator | None = None, page_size: int = 100,
+                        shard_size: int = 5000) -> OpenSync:
     """Sync every open campaign of the index (oldest first). One campaign that fails (e.g. its
     project was deleted) is reported and the others go on."""
     store = get_store(settings)
     out = OpenSync()
     for record in index.campaigns(store, "open"):
         try:
-            out.reports.append(sync_campaign(record.name, settings, validate=validate))
+            out.reports.append(sync_campaign(record.name, settings, validate=validate, page_size=page_size,
+                                             shard_size=shard_size))
         except Exception as exc:  # one campaign's failure never stops the others
             out.failed[record.name] = f"{type(exc).__name__}: {exc}"
             continue

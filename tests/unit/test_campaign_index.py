@@ -64,3 +64,42 @@ def test_the_labels_suite_speaks_through_verdicts() -> None:
     assert failures and failures[0].startswith("log a: labels:")
     verdict = validate_labels(bad)["a"].verdict()
     assert verdict.name == "validation:a" and not verdict.passed and verdict.reasons
+
+
+def test_sync_of_every_open_campaign_passes_page_and_shard_sizes_and_goes_on_after_a_failure(tmp_path, monkeypatch) -> None:
+    """``fleetloop label sync --page-size P --shard-size S`` without --campaign: each open
+    campaign is synced with those sizes (they were dropped), and one failing campaign is reported
+    while the next is still synced. Label Studio itself is outside this test: the per-campaign
+    sync is recorded, not run (tests/integration covers it against a real server)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fleetloop.cli import app
+    from fleetloop.label import api
+    from fleetloop.label.sync import SyncReport
+    from fleetloop.settings import get_settings
+
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+    get_settings.cache_clear()
+    store = LocalStore(get_settings().store_root)
+    for name in ("fleetloop-2026-w48", "fleetloop-2026-w49"):
+        index.register(store, name)
+    calls: list[tuple[str, int, int]] = []
+
+    def fake_sync(campaign, settings, *, validate=None, page_size=100, shard_size=5000):
+        calls.append((campaign, page_size, shard_size))
+        if campaign.endswith("w48"):
+            raise RuntimeError("project 7 was deleted")
+        return SyncReport(campaign=campaign, project_id=8)
+
+    monkeypatch.setattr(api, "sync_campaign", fake_sync)
+    try:
+        res = CliRunner().invoke(app, ["label", "sync", "--page-size", "250", "--shard-size", "40", "--json"])
+    finally:
+        get_settings.cache_clear()
+    assert calls == [("fleetloop-2026-w48", 250, 40), ("fleetloop-2026-w49", 250, 40)]
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 3 and doc["campaigns"] == ["fleetloop-2026-w49"]
+    assert "project 7 was deleted" in doc["failed"]["fleetloop-2026-w48"]
