@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1000, help="frames pushed (and annotations synced)")
     ap.add_argument("--single", type=int, default=100, help="frames pushed with one request per task")
     ap.add_argument("--simulated", type=int, default=100, help="tasks answered by the simulated team")
+    ap.add_argument("--page-size", type=int, default=100, help="tasks per page when syncing (label sync --page-size)")
     ap.add_argument("--url")
     ap.add_argument("--token")
     ap.add_argument("--json", action="store_true")
@@ -129,14 +130,14 @@ def main() -> None:
             for i in range(0, len(annotated), 250):
                 client.request("POST", f"/api/projects/{c.project_id}/import", json=annotated[i : i + 250])
             store = LocalStore(tmp / "store")
-            r = sync(campaign, client=client, store=store, home=home, page_size=100)
+            r = sync(campaign, client=client, store=store, home=home, page_size=args.page_size)
             assert r.delivered == len(rows) and not r.problems, r
             out["sync_annotations"] = r.delivered
             out["sync_label_rows"] = r.labels
             out["sync_seconds"] = r.seconds
             out["sync_annotations_per_s"] = round(r.delivered / r.seconds, 1)
             out["sync_label_rows_per_s"] = round(r.labels / r.seconds, 1)
-            r = sync(campaign, client=client, store=store, home=home, page_size=100)
+            r = sync(campaign, client=client, store=store, home=home, page_size=args.page_size)
             assert r.delivered == 0
             out["resync_noop_seconds"] = r.seconds
     finally:
