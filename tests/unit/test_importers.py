@@ -251,7 +251,7 @@ def _error(root: Path, **kw) -> LogFormatError:
     ("line_no", "replacement", "field", "message"),
     [
         (2, "1,1,300.0,160.0,330.0,230.0,abc,1.7,0.6,0.8,-4.0,1.7,15.0,0.1,0.2", "score", "not a number: 'abc'"),
-        (2, "1,1,300.0,160.0,330.0,230.0,2.0,1.7,0.6", "l", "expected at least 15 fields, found 9"),
+        (2, "1,1,300.0,160.0,330.0,230.0,2.0,1.7,0.6", "l", "expected at least 15 comma-separated fields, found 9"),
         (3, "2,3,500.0,165.0,540.0,240.0,-0.5,1.7,0.6,1.8,nan,1.7,18.0,1.5,1.4", "x", "not a finite number: 'nan'"),
         (3, "2,3,500.0,165.0,540.0,240.0,-0.5,1.7,inf,1.8,-2.0,1.7,18.0,1.5,1.4", "w", "not a finite number: 'inf'"),
         (1, "-1,2,700.0,170.0,800.0,250.0,9.5,1.5,1.6,3.9,1.0,1.6,20.0,-1.57,-1.6", "frame", "must not be negative"),
@@ -274,7 +274,7 @@ def test_corrupt_lidar_line_names_file_line_field(tiny_kitti: Path, line_no, rep
     ("line_no", "replacement", "field", "message"),
     [
         (2, "2 0 Bus -1 -1 -1.8 361.7 196.7 447.1 252.5 1.6 1.6 4.0 -5.8 2.2 20.4 -10 0.87", "type", "unknown value 'Bus'"),
-        (3, "2 1 Pedestrian -1 -1 -1.8 100.0 150.0 130.0", "y2", "expected at least 10 fields, found 9"),
+        (3, "2 1 Pedestrian -1 -1 -1.8 100.0 150.0 130.0", "y2", "expected at least 10 space-separated fields, found 9"),
         (3, "2 1 Pedestrian -1 -1 -1.8 100.0 150.0 130.0 230.0 1.7 0.6 0.8 -5.8 2.2 20.4 -10", "score",
          "expected 18 fields (as on most lines), found 17"),
         (1, "1 0.5 Car -1 -1 -1.8 360.7 196.7 446.1 252.5 1.6 1.6 4.0 -5.8 2.2 20.4 -10 0.56", "track_id", "not an integer"),

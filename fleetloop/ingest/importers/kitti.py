@@ -248,7 +248,8 @@ def _read_slow(path: Path, layout: _Layout, max_frames: int) -> dict[str, np.nda
         if len(parts) < layout.min_cols:
             missing = columns[len(parts)] if len(parts) < len(columns) else None
             raise LogFormatError(
-                path, f"expected at least {layout.min_cols} fields, found {len(parts)}", line=lineno, field=missing
+                path, f"expected at least {layout.min_cols} {'comma-separated' if layout.sep == ',' else 'space-separated'} "
+                      f"fields, found {len(parts)}", line=lineno, field=missing
             )
         if len(parts) != width:  # a short line names its first missing field
             missing = columns[len(parts)] if len(parts) < min(width, len(columns)) else None
