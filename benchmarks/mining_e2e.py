@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         # (fleetloop/perception/__pycache__); a one-copy run first keeps that out of the figure.
         cold = not any((ROOT / "fleetloop" / "perception" / "__pycache__").glob("geometry.*.nbi"))
         warm_src = Path(tmp) / "warm"
-        write_copies(warm_src, 1)
+        warm_frames = write_copies(warm_src, 1)
         warm = child([str(Path(sys.executable).parent / "fleetloop"), "mine", str(warm_src), "--camera-tracker",
                       "yolox_sort", "--out", str(Path(tmp) / "warm.csv")])
-        print(f"warm-up on one copy (1,479 frames): {warm['cpu_s']} s CPU"
+        print(f"warm-up on one copy ({warm_frames:,} frames): {warm['cpu_s']} s CPU"
               + (" (numba's kernel cache was empty: this includes compiling them, once per install)" if cold else ""), flush=True)
         src = Path(tmp) / "kitti"
         frames = write_copies(src, args.copies)

@@ -33,7 +33,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,16 @@ def _detector(settings: Settings) -> Callable[[np.ndarray], list[np.ndarray]]:
     return det.detect
 
 
+@contextmanager
+def _timed(t: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the wall seconds of the block as ``t[stage]`` (the per-stage times of a week's row)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        t[stage] = time.perf_counter() - t0
+
+
 def bootstrap(settings: Settings, state: DemoState, say: Say) -> WeekRow:
     """Week 0: seed labels, dataset-v1, the first model trained, registered and promoted."""
     from fleetloop.flows.dataset import grow_dataset
@@ -306,15 +317,14 @@ def bootstrap(settings: Settings, state: DemoState, say: Say) -> WeekRow:
 
     c = state.config
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    scen = Path(settings.home).resolve() / "scenarios" / "eval.parquet"
-    if not scen.is_file():
-        write_scenarios(scen, c.seed + 1000, c.eval_frames)
-        say(f"week 0: fixed evaluation scenario set, {c.eval_frames} frames (clear/rain x day/night, green cones)")
-    week, out = _drive(settings, state, 0, _no_model, c.seed_logs)
-    store = get_store(settings)
-    rep = ingest(store, out / "logs", "parquet", arrived_at=_arrival(state, 0))
-    t["drive+ingest"] = time.perf_counter() - t0
+    with _timed(t, "drive+ingest"):
+        scen = Path(settings.home).resolve() / "scenarios" / "eval.parquet"
+        if not scen.is_file():
+            write_scenarios(scen, c.seed + 1000, c.eval_frames)
+            say(f"week 0: fixed evaluation scenario set, {c.eval_frames} frames (clear/rain x day/night, green cones)")
+        week, out = _drive(settings, state, 0, _no_model, c.seed_logs)
+        store = get_store(settings)
+        rep = ingest(store, out / "logs", "parquet", arrived_at=_arrival(state, 0))
     f = week.logs.frames
     clear = f.filter(pc.and_(pc.equal(f["weather"], "clear"), pc.equal(f["time_of_day"], "day")))
     frames = list(zip(clear["log_id"].to_pylist(), clear["frame"].to_pylist(), strict=True))
@@ -322,13 +332,11 @@ def bootstrap(settings: Settings, state: DemoState, say: Say) -> WeekRow:
                          validate=label_failures)
     say(f"week 0: {len(rep.registered)} logs ingested; seed set of {len(frames)} clear-weather frames "
         f"({seed.labels} boxes) imported as campaign seed-w00")
-    t1 = time.perf_counter()
-    grown = grow_dataset()
-    t["grow"] = time.perf_counter() - t1
+    with _timed(t, "grow"):
+        grown = grow_dataset()
     say(f"week 0: {grown.tag or f'dataset-v{grown.version}'} with {grown.frames} frames; training the first model")
-    t2 = time.perf_counter()
-    out_r = retrain_flow(dataset_version=grown.version, why="week 0: the first model")
-    t["retrain"] = time.perf_counter() - t2
+    with _timed(t, "retrain"):
+        out_r = retrain_flow(dataset_version=grown.version, why="week 0: the first model")
     state.labels_spent += len(frames)
     row = WeekRow(week=0, iso_week=state.base_week, labels_spent=state.labels_spent, dataset_version=grown.version,
                   model_version=out_r.model_version, promoted=out_r.promoted,
@@ -350,33 +358,29 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     c = state.config
     iso = _week_of(state, k)
     t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    week, out = _drive(settings, state, k, _detector(settings), c.logs_per_week)
-    t["drive"] = time.perf_counter() - t0
+    with _timed(t, "drive"):
+        week, out = _drive(settings, state, k, _detector(settings), c.logs_per_week)
     say(f"week {k} ({iso}): the fleet drove {week.logs.num_frames} frames ({week.mix.theme}: "
         f"rain {week.mix.rain:.0%}, night {week.mix.night:.0%}, green cones {week.mix.green_cones:.0%})")
-    t1 = time.perf_counter()
-    ingested = ingest_logs(str(out / "logs"), "parquet", arrived_at=_arrival(state, k))
-    t["ingest"] = time.perf_counter() - t1
+    with _timed(t, "ingest"):
+        ingested = ingest_logs(str(out / "logs"), "parquet", arrived_at=_arrival(state, k))
     say(f"week {k}: {len(ingested.registered)} logs ingested, {len(ingested.quarantined)} quarantined; "
         "weekly cycle: drift -> sync -> grow -> retrain -> promote -> calibrate -> mine -> push")
-    t2 = time.perf_counter()
-    record = weekly_cycle(week=iso, budget=c.budget)
-    t["cycle"] = time.perf_counter() - t2
+    with _timed(t, "cycle"):
+        record = weekly_cycle(week=iso, budget=c.budget)
     for name, step in record.steps.items():
         say(f"  {name}: {step.status} - {step.reason}")
         t[f"cycle.{name}"] = step.seconds
     campaign = campaign_name(iso)
-    t3 = time.perf_counter()
     labeled = 0
     pushed = bool(record.steps.get("push") and record.steps["push"].status == "ran")
-    if pushed:  # the team answers the tasks still open
-        with client_for(settings) as client:
-            team = simulate(campaign, week.truth, client=client,
-                            team=TeamConfig(noise_px=c.noise_px, seed=c.seed + k))
-        labeled = team.answered
-        say(f"week {k}: the labeling team answered {team.answered} tasks of {campaign} ({team.boxes} boxes)")
-    t["labeling"] = time.perf_counter() - t3
+    with _timed(t, "labeling"):
+        if pushed:  # the team answers the tasks still open
+            with client_for(settings) as client:
+                team = simulate(campaign, week.truth, client=client,
+                                team=TeamConfig(noise_px=c.noise_px, seed=c.seed + k))
+            labeled = team.answered
+            say(f"week {k}: the labeling team answered {team.answered} tasks of {campaign} ({team.boxes} boxes)")
     state.labels_spent += labeled
     grow = record.steps.get("grow")
     retrain = record.steps.get("retrain")
@@ -387,7 +391,7 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     if retrain is not None and retrain.status == "ran":
         row.model_version = retrain.details.get("model_version")
         row.promoted = bool(retrain.details.get("promoted"))
-        row.why = "promoted" if row.promoted else "; ".join(retrain.details.get("reasons", [])[:2])
+        row.why = _why(row.promoted, retrain.details.get("reasons", []))
     elif retrain is not None:
         row.why = retrain.reason
     if pushed:  # also when a rerun of the week finds the tasks already answered: sync delivers what is new
@@ -395,6 +399,11 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     row.seconds = {k2: round(v, 1) for k2, v in t.items()}
     _fill_metrics(row, *_production_metrics(settings))
     return row
+
+
+def _why(promoted: bool, reasons: list[str]) -> str:
+    """A week's row: "promoted", or the gate's first two reasons."""
+    return "promoted" if promoted else "; ".join(reasons[:2])
 
 
 def _train_on_labels(row: WeekRow, campaign: str, k: int, t: dict[str, float], say: Say) -> None:
@@ -405,24 +414,21 @@ def _train_on_labels(row: WeekRow, campaign: str, k: int, t: dict[str, float], s
     from fleetloop.flows.label import label_sync
     from fleetloop.flows.train import retrain_flow
 
-    t0 = time.perf_counter()
-    synced = label_sync(campaign=campaign)
-    t["sync"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    grown = grow_dataset()
-    t["grow"] = time.perf_counter() - t1
+    with _timed(t, "sync"):
+        synced = label_sync(campaign=campaign)
+    with _timed(t, "grow"):
+        grown = grow_dataset()
     say(f"week {k}: {synced.delivered} annotations of {campaign} synced; "
         + (f"dataset-v{grown.version} stays (nothing new)" if grown.nothing_new else
            f"{grown.tag or f'dataset-v{grown.version}'}: +{grown.frames_added} frames ({grown.frames} in all); retraining"))
     if grown.nothing_new or grown.version < 1:
         return
     row.dataset_version = grown.version
-    t2 = time.perf_counter()
-    out = retrain_flow(dataset_version=grown.version, why=f"demo week {k}: {campaign}'s labels")
-    t["retrain"] = time.perf_counter() - t2
+    with _timed(t, "retrain"):
+        out = retrain_flow(dataset_version=grown.version, why=f"demo week {k}: {campaign}'s labels")
     row.model_version = out.model_version
     row.promoted = out.promoted
-    row.why = "promoted" if out.promoted else "; ".join(out.reasons[:2])
+    row.why = _why(out.promoted, out.reasons)
     say(f"week {k}: model v{out.model_version} on dataset-v{grown.version}: "
         + ("promoted" if out.promoted else f"{out.action}: {'; '.join(out.reasons[:2])}"))
 

@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"flow run {fr.name}: {run_doc['url']}", soft_wrap=True)
         if not wait:
             if as_json:
-                print_json({"ok": True, **run_doc, "state": "Scheduled"})
+                print_json({"ok": True, **run_doc, "state": fr.state.name if fr.state else "Scheduled"})
             return
         state = _wait_for_run(fr, timeout, no_worker_after, as_json)
         if as_json:

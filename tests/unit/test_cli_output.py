@@ -67,19 +67,21 @@ def test_the_demo_table_fits_80_columns_without_cutting_a_number(monkeypatch):
             WeekRow(week=1, iso_week="2025-W42", labels_spent=1080, dataset_version=2, model_version=2, promoted=False,
                     why="slice weather=rain regressed by 0.031", production=1, map_overall=0.297, map_rain=0.160,
                     map_night=0.016, map_green=0.0)]
-    out = io.StringIO()
-    monkeypatch.setattr(cli_demo, "console", Console(file=out, width=80, color_system=None))
-    cli_demo.print_table(DemoResult(rows=rows, prefect_ui="", label_studio="", label_studio_login="", plot=None, state=""))
-    text = out.getvalue()
+
+    def render(width: int) -> str:
+        out = io.StringIO()
+        monkeypatch.setattr(cli_demo, "console", Console(file=out, width=width, color_system=None))
+        cli_demo.print_table(DemoResult(rows=rows, prefect_ui="", label_studio="", label_studio_login="", plot=None, state=""))
+        return out.getvalue()
+
+    text = render(80)
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for cell in ("0 W41", "1,080", "0.234", "0.160", "0.016", "v1 promoted", "v2 not promoted"):
         assert cell in text, text
     for width in (71, 50):  # narrower than the numbers need: a paragraph per week, nothing cut
-        out = io.StringIO()
-        monkeypatch.setattr(cli_demo, "console", Console(file=out, width=width, color_system=None))
-        cli_demo.print_table(DemoResult(rows=rows, prefect_ui="", label_studio="", label_studio_login="", plot=None, state=""))
-        text = " ".join(out.getvalue().split())
-        assert "…" not in text and max(len(line) for line in out.getvalue().splitlines()) <= width
+        printed = render(width)
+        text = " ".join(printed.split())
+        assert "…" not in text and max(len(line) for line in printed.splitlines()) <= width
         for cell in ("week 1 (2025-W42)", "1,080 labels", "dataset v2", "mAP 0.297", "rain 0.160", "night 0.016",
                      "green cones 0.000", "v2 not promoted: slice weather=rain regressed by 0.031"):
             assert cell in text, text
@@ -105,3 +107,31 @@ def test_every_command_list_entry_is_one_paragraph_without_ragged_line_breaks():
     assert result.exit_code == 0
     line = next(x for x in result.output.splitlines() if "watermark)," in x)
     assert not line.rstrip(" │").endswith("watermark),"), line  # the sentence goes on on the same line
+
+
+def test_sync_of_every_open_campaign_passes_page_and_shard_sizes_and_goes_on_after_a_failure(empty_home, monkeypatch) -> None:
+    """``fleetloop label sync --page-size P --shard-size S`` without --campaign: each open
+    campaign is synced with those sizes (they were dropped), and one failing campaign is reported
+    while the next is still synced. Label Studio itself is outside this test: the per-campaign
+    sync is recorded, not run (tests/integration covers it against a real server)."""
+    from fleetloop.label import api, index
+    from fleetloop.label.sync import SyncReport
+    from fleetloop.store.objects import LocalStore
+
+    store = LocalStore(get_settings().store_root)
+    for name in ("fleetloop-2026-w48", "fleetloop-2026-w49"):
+        index.register(store, name)
+    calls: list[tuple[str, int, int]] = []
+
+    def fake_sync(campaign, settings, *, validate=None, page_size=100, shard_size=5000):
+        calls.append((campaign, page_size, shard_size))
+        if campaign.endswith("w48"):
+            raise RuntimeError("project 7 was deleted")
+        return SyncReport(campaign=campaign, project_id=8)
+
+    monkeypatch.setattr(api, "sync_campaign", fake_sync)
+    res = runner.invoke(app, ["label", "sync", "--page-size", "250", "--shard-size", "40", "--json"])
+    assert calls == [("fleetloop-2026-w48", 250, 40), ("fleetloop-2026-w49", 250, 40)]
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 3 and doc["campaigns"] == ["fleetloop-2026-w49"]
+    assert "project 7 was deleted" in doc["failed"]["fleetloop-2026-w48"]
