@@ -215,13 +215,86 @@ def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ra
             write_ranking(path, keys, sc)
             out[name] = yardstick_score(path, truth)
         out["reference"] = yardstick_score(ref, truth)
+        with open(ref) as fh:
+            ref_score = {(r["sequence"].zfill(4), int(r["frame"])): float(r["score"]) for r in csv.DictReader(fh)}
+        by_class = lidar_misses_by_class(root)
+        kinds = error_type_lifts({**{k: scores[k] for k in ("fleetloop", "low confidence", "number of detections")},
+                                  "reference": np.array([ref_score.get((s.zfill(4), f), -np.inf) for s, f in keys])},
+                                 rows, by_class, keys)
+        kind_totals = {k: int(sum(float(r[k]) for r in rows)) for k in ERROR_TYPES}
+        kind_totals.update({f"lidar_fn {c.lower()}": int(sum(m.values())) for c, m in by_class.items()})
         write_ranking(work / "oracle.csv", keys, errors)
         write_ranking(work / "oracle_cost.csv", keys, errors / cost)
         o, oc = yardstick_score(work / "oracle.csv", truth), yardstick_score(work / "oracle_cost.csv", truth)
         out["oracle"] = {k: (oc[k] if k.startswith("cost-lift") else o[k]) for k in o}
         tot = {k: int(sum(int(r[k]) for r in rows)) for k in ("lidar_fn", "lidar_fp", "camera_fn", "camera_fp", "error_count")}
     return {"camera_tracker": camera_tracker, "truth": "yardstick", "frames": len(keys), "errors": tot,
-            "cost": int(cost.sum()), "mine_seconds": round(mine_s, 3), "skipped": result.skipped, "rankers": out}
+            "cost": int(cost.sum()), "mine_seconds": round(mine_s, 3), "skipped": result.skipped, "rankers": out,
+            "error_types": kinds, "error_totals": kind_totals}
+
+
+ERROR_TYPES = ("lidar_fn", "lidar_fp", "camera_fn", "camera_fp")
+
+
+def lidar_misses_by_class(root: Path) -> dict[str, dict[tuple[str, int], int]]:
+    """Per class, the lidar misses of every frame, counted by the yardstick's own rule
+    (``truth.py``'s care objects, operating points, range and bird's-eye gates)."""
+    sys.path.insert(0, str(YARDSTICK))
+    import kitti_common as K
+    import truth as T
+
+    out: dict[str, dict[tuple[str, int], int]] = {c: {} for c in K.LIDAR_CLASSES}
+    empty = np.zeros(0, int)
+    for seq, n in K.read_seqmap(str(root)):
+        lab = K.load_labels(str(root / "label_02" / f"{seq}.txt"))
+        det = K.load_lidar(str(root / "lidar_det" / "pointrcnn" / f"{seq}.txt"))
+        gl, gd = K.group_by_frame(lab["frame"]), K.group_by_frame(det["frame"])
+        for f in range(n):
+            gi, di = gl.get(f, empty), gd.get(f, empty)
+            for c in K.LIDAR_CLASSES:
+                g = gi[T.care_mask(lab, gi, c)]
+                d = di[(det["cls"][di] == c) & (det["score"][di] >= K.LIDAR_SCORE_THR[c])] if len(di) else di
+                d = d[K.bev_range(det["loc"][d]) <= K.MAX_RANGE + 2.0]
+                out[c][(seq, f)] = len(g) - len(K.hungarian(K.bev_dist(det["loc"][d], lab["loc"][g]), K.BEV_GATE[c]))
+    return out
+
+
+def lift_at(score: np.ndarray, values: np.ndarray, p: float = 0.10) -> float:
+    """Lift of ``values`` in the top ``p`` of frames by ``score``, ties at the cut by expectation
+    over a random order inside the tie (``score.py``'s rule)."""
+    n = len(score)
+    k = max(1, round(p * n))
+    if values.sum() == 0:
+        return float("nan")
+    order = np.argsort(-score, kind="stable")
+    s, v = score[order], values[order].astype(np.float64)
+    cut = s[k - 1]
+    above = s > cut
+    tie = s == cut
+    selected = v[above].sum() + (k - above.sum()) / tie.sum() * v[tie].sum()
+    return float((selected / k) / (v.sum() / n))
+
+
+def error_type_lifts(scores: dict[str, np.ndarray], truth_rows: list[dict], by_class: dict[str, dict],
+                     keys: list[tuple[str, int]]) -> dict[str, dict[str, float]]:
+    """Per ranker, lift@10 % of each kind of error alone (and of the lidar's misses per class)."""
+    cols = {k: np.array([float(r[k]) for r in truth_rows]) for k in ERROR_TYPES}
+    cols.update({f"lidar_fn {c.lower()}": np.array([float(m.get(key, 0)) for key in keys]) for c, m in by_class.items()})
+    return {name: {col: lift_at(np.nan_to_num(sc, nan=-np.inf), v) for col, v in cols.items()} for name, sc in scores.items()}
+
+
+def format_error_types(rep: dict) -> str:
+    by = rep.get("error_types")
+    if not by:
+        return ""
+    cols = list(next(iter(by.values())))
+    totals = rep.get("error_totals", {})
+    lines = ["lift@10% of each kind of error alone (errors of that kind in the top 10 % per frame / overall per frame; "
+             "nan: none of that kind):",
+             "| ranker | " + " | ".join(f"{c} ({totals.get(c, '?')})" for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, m in by.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[c]:.2f}" for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def format_report(rep: dict) -> str:
@@ -259,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = evaluate(args.root, args.camera_tracker, args.truth, params.model_copy(update={"camera_stream": args.camera_tracker}),
                        args.ranked)
     print(format_report(rep))
+    if rep.get("error_types"):
+        print(format_error_types(rep))
     m = rep["rankers"]["fleetloop"]
     verdict = all(m[k] >= v for k, v in TARGET.items())
     print(f"fleetloop lift@10% = {m['lift@10%']:.2f}, cost-lift@10% = {m['cost-lift@10%']:.2f} "

@@ -311,6 +311,19 @@ def test_kitti_ranking_under_the_yardstick(kitti_root):
     for other in ("reference", "low confidence", "number of detections", "equal-weight disagreement", "random"):
         assert m["lift@10%"] > r[other]["lift@10%"] and m["cost-lift@10%"] > r[other]["cost-lift@10%"], other
     assert "tracker<->detector (camera): no camera detections" in rep["skipped"]
+    # the breakdown by kind of error: the lidar's misses per class add up to the yardstick's own count
+    tot = rep["error_totals"]
+    assert tot["lidar_fn"] == rep["errors"]["lidar_fn"] == sum(tot[f"lidar_fn {c}"] for c in ("car", "pedestrian", "cyclist"))
+    assert set(rep["error_types"]) == {"fleetloop", "low confidence", "number of detections", "reference"}
+
+
+def test_lift_at_scores_ties_by_expectation_like_the_yardstick() -> None:
+    from benchmarks.mining_quality import lift_at
+
+    values = np.array([3.0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    assert lift_at(np.zeros(10), values) == pytest.approx(1.0)  # a constant score is random order
+    assert lift_at(-np.arange(10.0), values) == pytest.approx(3.0 / 0.4)  # top 1 of 10 holds 3 of 4 errors
+    assert lift_at(np.r_[1.0, 1.0, np.zeros(8)], values, p=0.1) == pytest.approx(1.5 / 0.4)  # half of a two-way tie
 
 
 @pytest.mark.kitti
