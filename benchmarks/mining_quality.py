@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -246,8 +247,10 @@ def lidar_misses_by_class(root: Path) -> dict[str, dict[tuple[str, int], int]]:
     out: dict[str, dict[tuple[str, int], int]] = {c: {} for c in K.LIDAR_CLASSES}
     empty = np.zeros(0, int)
     for seq, n in K.read_seqmap(str(root)):
-        lab = K.load_labels(str(root / "label_02" / f"{seq}.txt"))
-        det = K.load_lidar(str(root / "lidar_det" / "pointrcnn" / f"{seq}.txt"))
+        with warnings.catch_warnings():  # the yardstick's readers leave their files to the collector
+            warnings.simplefilter("ignore", ResourceWarning)
+            lab = K.load_labels(str(root / "label_02" / f"{seq}.txt"))
+            det = K.load_lidar(str(root / "lidar_det" / "pointrcnn" / f"{seq}.txt"))
         gl, gd = K.group_by_frame(lab["frame"]), K.group_by_frame(det["frame"])
         for f in range(n):
             gi, di = gl.get(f, empty), gd.get(f, empty)
