@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from fleetloop.drift.params import DriftParams
 from fleetloop.drift.summary import DriftSummary
 from fleetloop.schema import DriveLogs
+from fleetloop.store.keys import DRIFT
 from fleetloop.store.objects import Store
 from fleetloop.verdict import Verdict
 
@@ -69,7 +70,7 @@ def compare(
     if not ref_ids or not cur_ids:
         why = f"nothing to compare: {len(ref_ids)} reference logs, {len(cur_ids)} current logs"
         return DriftOutcome(status="skipped", reason=why, reference_logs=ref_ids, current_logs=cur_ids)
-    prefix = f"drift/reports/{stamp}"
+    prefix = f"{DRIFT}reports/{stamp}"
     with tempfile.TemporaryDirectory() as tmp:
         result = monitor_drift(reference, current, tmp, threshold=params.threshold, drift_share=params.alert_share)
         for name in ("drift_report.html", "summary.json"):

@@ -205,14 +205,6 @@ def _suite(table: str) -> dict:
         return _SUITES[table]
 
 
-def reset_cache() -> None:
-    """Forget the cached suites and GX context (after regenerating suites in a running process)."""
-    with _LOCK:
-        _RUNNERS.clear()
-        _EXPECTATIONS.clear()
-        _SUITES.clear()
-
-
 _COMPLETE = {
     "result_format": "COMPLETE",
     "unexpected_index_column_names": ["_pos"],

@@ -31,6 +31,7 @@ from fleetloop.label.convert import box_to_result
 from fleetloop.label.images import ImageProblem, LocalFilesPublisher, Publisher, resolve_image
 from fleetloop.label.render import group_boxes, prediction_source, render_frame, save_png, sensor_boxes
 from fleetloop.schema import CLASSES, DriveLogs
+from fleetloop.store.keys import LABELING_IMAGES
 from fleetloop.store.locks import file_lock, lock_path
 from fleetloop.store.objects import Store
 
@@ -245,7 +246,7 @@ def default_publisher(
         raise ValueError("task images need Label Studio's local-files document root or an object store to publish to")
     from fleetloop.label.images import StorePublisher
 
-    return StorePublisher(store, "labeling/images"), image_dir
+    return StorePublisher(store, LABELING_IMAGES), image_dir
 
 
 def push(

@@ -217,7 +217,7 @@ def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch
         keep = ~(C.score < params.camera_score_threshold)
         i = np.flatnonzero(keep)
         rows = sides[1].idx if len(sides) > 1 and sides[1].key_space == KEY_TRACK else cam_track_rows
-        check_tracker_detector(batch, params, flags, rows, box[i], i, C.g[i], (REF_CAMERA, C.cols["det_id"][i]),
+        check_tracker_detector(batch, params, flags, rows, box[i], C.g[i], (REF_CAMERA, C.cols["det_id"][i]),
                                cam_keys[i], track_keys)
     else:
         skipped.append("tracker<->detector (camera): " + ("no camera detections" if cam_track_rows.size else
@@ -225,7 +225,7 @@ def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch
                                                           "no camera detections and no camera tracks"))
     if lidar_track_rows.size and geo is not None:
         i = np.flatnonzero((L.score >= thr) & (geo.visible > 0))
-        check_tracker_detector(batch, params, flags, lidar_track_rows, geo.box[i], i, L.g[i],
+        check_tracker_detector(batch, params, flags, lidar_track_rows, geo.box[i], L.g[i],
                                (REF_LIDAR, L.cols["det_id"][i]), lidar_keys[i], track_keys)
     else:
         skipped.append("tracker<->detector (lidar): " + ("no lidar tracks (lidar detections are self-associated "

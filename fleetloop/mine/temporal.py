@@ -223,7 +223,7 @@ def check_tracks(batch: Batch, params: MiningParams, flags: Flags, hyp_key: np.n
 
 
 def check_tracker_detector(batch: Batch, params: MiningParams, flags: Flags, track_rows: np.ndarray, det_box: np.ndarray,
-                           det_rows: np.ndarray, det_g: np.ndarray, det_ref: tuple[int, np.ndarray],
+                           det_g: np.ndarray, det_ref: tuple[int, np.ndarray],
                            det_key: np.ndarray, track_key: np.ndarray) -> None:
     """Tracks of one sensor against that sensor's detections, frame by frame (image IoU).
 

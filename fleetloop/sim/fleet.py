@@ -39,7 +39,6 @@ from fleetloop.sim.tracker import TrackerConfig, track_camera
 from fleetloop.sim.world import Camera, Scene, Snapshot, WeekMix, draw_conditions, make_scene, week_mix
 
 FRAME_NS = 100_000_000  # 10 Hz
-WEEK = timedelta(days=7)
 _CLASS_NAMES = np.array(CLASSES, dtype=object)
 
 #: Ground-truth 2D boxes (pixels, clipped to the image), one row per visible object per frame.

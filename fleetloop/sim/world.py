@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,12 +29,7 @@ CAR, PEDESTRIAN, CYCLIST, CONE = (CLASSES.index(c) for c in ("car", "pedestrian"
 #: Box size (l, w, h) in metres per class index.
 SIZES = np.array([[4.2, 1.8, 1.5], [0.6, 0.6, 1.75], [1.8, 0.6, 1.7], [0.4, 0.4, 0.7]], np.float64)
 FRAME_DT = 0.1  # seconds between frames (10 Hz)
-WEATHERS: tuple[str, ...] = ("clear", "rain")
-TIMES_OF_DAY: tuple[str, ...] = ("day", "night")
 PLACES: tuple[str, ...] = ("downtown", "suburb", "highway", "industrial")
-Weather = Literal["clear", "rain"]
-TimeOfDay = Literal["day", "night"]
-Place = Literal["downtown", "suburb", "highway", "industrial"]
 
 ORANGE = (245.0, 112.0, 18.0)
 GREEN = (40.0, 190.0, 70.0)
