@@ -254,28 +254,41 @@ def test_many_logs_one_run_per_table(good: DriveLogs) -> None:
     assert np.isin(["L07", "L33", "L59"], result.good.log_ids).sum() == 0
 
 
-def _gx_failures(table: str, prepared: pa.Table) -> set[int]:
-    """Indices of the suite's expectations GX itself fails on ``prepared`` (the whole suite, no screen)."""
-    from fleetloop.ingest.validation import _for_gx, _runner
-
+def _failed_rows(table: str, results: list) -> dict[int, list]:
+    """Suite index of each failed expectation -> its failing rows as GX lists them (each row's
+    ``_pos`` and the values of the columns the expectation names)."""
     suite = load_suite_dict(table)["expectations"]
     key = [(e["type"], json.dumps(e["kwargs"], sort_keys=True)) for e in suite]
-    res = _runner(table).run(batch_parameters={"dataframe": _for_gx(prepared)}, result_format={"result_format": "BOOLEAN_ONLY"})
-    failed = set()
-    for r in res.results:
+    failed = {}
+    for r in results:
         if not r.success:
             cfg = r.expectation_config
             kw = {k: v for k, v in dict(cfg.kwargs).items() if k not in ("result_format", "batch_id")}
-            failed.add(key.index((cfg.type, json.dumps(kw, sort_keys=True))))
+            rows = (r.result or {}).get("unexpected_index_list") or []
+            # values by repr: a NaN equals itself
+            failed[key.index((cfg.type, json.dumps(kw, sort_keys=True)))] = sorted(
+                [sorted((k, repr(v)) for k, v in d.items()) for d in rows])
     return failed
+
+
+def _gx_failures(table: str, prepared: pa.Table, rows: bool = False) -> dict[int, list]:
+    """The suite's expectations GX itself fails on the whole of ``prepared`` (every column, the
+    whole suite, no screen), with their failing rows when ``rows``."""
+    from fleetloop.ingest.validation import _COMPLETE, _for_gx, _runner
+
+    fmt = _COMPLETE if rows else {"result_format": "BOOLEAN_ONLY"}
+    res = _runner(table).run(batch_parameters={"dataframe": _for_gx(prepared)}, result_format=fmt)
+    return _failed_rows(table, res.results)
 
 
 def test_the_screen_agrees_with_gx_expectation_by_expectation(good: DriveLogs) -> None:
     """The vectorised screen (fleetloop.ingest.screen) clears exactly what GX passes: on the clean
     batch, with legal nulls, and under random corruption of every column of every table and of
-    labels (nulls, NaN, out-of-range, duplicates, unknown values), expectation by expectation."""
+    labels (nulls, NaN, out-of-range, duplicates, unknown values), expectation by expectation; and
+    GX run as validation runs it (those expectations only, on the columns they name) lists the
+    same failing rows, with the same values, as GX on every column."""
     from fleetloop.ingest.screen import screen
-    from fleetloop.ingest.validation import _prepare
+    from fleetloop.ingest.validation import _prepare, _run_suite
 
     rng = np.random.default_rng(3)
     tracks = good.tracks
@@ -324,11 +337,18 @@ def test_the_screen_agrees_with_gx_expectation_by_expectation(good: DriveLogs) -
             label_cases.append((f"labels.{f.name}", bad_labels))
     runs = [(what, name, _prepare(name, logs.tables()[name], logs)) for what, logs, names in cases for name in names]
     runs += [(what, "labels", _prepare("labels", t, None)) for what, t in label_cases]
-    disagreements, failing = [], 0
+    disagreements, failing, patterns = [], 0, set()
     for what, name, prepared in runs:
-        got, want = set(screen(load_suite_dict(name), prepared)), _gx_failures(name, prepared)
+        want = _gx_failures(name, prepared)
+        got = set(screen(load_suite_dict(name), prepared))
         failing += bool(want)
-        if got != want:
+        if got != set(want):
             disagreements.append((what, name, sorted(got), sorted(want)))
-    assert len(runs) > 100 and failing > 40  # the corruptions do break expectations
+        # what validation runs: GX on the screen's expectations and only the columns they name
+        # (once per table and set of failed expectations: the full-frame run is the slow part)
+        elif want and (name, frozenset(want)) not in patterns:
+            patterns.add((name, frozenset(want)))
+            if _failed_rows(name, _run_suite(name, prepared)) != _gx_failures(name, prepared, rows=True):
+                disagreements.append((what, name, "GX on the narrow frame reports other rows"))
+    assert len(runs) > 100 and failing > 40 and len(patterns) > 20  # the corruptions do break expectations
     assert disagreements == []
