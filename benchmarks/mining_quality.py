@@ -224,6 +224,7 @@ def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ra
                                  rows, by_class, keys)
         kind_totals = {k: int(sum(float(r[k]) for r in rows)) for k in ERROR_TYPES}
         kind_totals.update({f"lidar_fn {c.lower()}": int(sum(m.values())) for c, m in by_class.items()})
+        kind_totals.update({f"lidar_fn {c.lower()} in its sequences": int(sum(m.values())) for c, m in by_class.items()})
         write_ranking(work / "oracle.csv", keys, errors)
         write_ranking(work / "oracle_cost.csv", keys, errors / cost)
         o, oc = yardstick_score(work / "oracle.csv", truth), yardstick_score(work / "oracle_cost.csv", truth)
@@ -280,10 +281,26 @@ def lift_at(score: np.ndarray, values: np.ndarray, p: float = 0.10) -> float:
 
 def error_type_lifts(scores: dict[str, np.ndarray], truth_rows: list[dict], by_class: dict[str, dict],
                      keys: list[tuple[str, int]]) -> dict[str, dict[str, float]]:
-    """Per ranker, lift@10 % of each kind of error alone (and of the lidar's misses per class)."""
+    """Per ranker, lift@10 % of each kind of error alone, of the lidar's misses per class, and of
+    those misses within the sequences where the lidar misses that class at all (``in its
+    sequences``: ranked among those sequences' frames only, as a sequence set made of that class
+    would be)."""
     cols = {k: np.array([float(r[k]) for r in truth_rows]) for k in ERROR_TYPES}
-    cols.update({f"lidar_fn {c.lower()}": np.array([float(m.get(key, 0)) for key in keys]) for c, m in by_class.items()})
-    return {name: {col: lift_at(np.nan_to_num(sc, nan=-np.inf), v) for col, v in cols.items()} for name, sc in scores.items()}
+    seq = np.array([s for s, _ in keys])
+    subsets: dict[str, np.ndarray] = {}
+    for c, m in by_class.items():
+        v = np.array([float(m.get(key, 0)) for key in keys])
+        cols[f"lidar_fn {c.lower()}"] = v
+        subsets[f"lidar_fn {c.lower()} in its sequences"] = v
+    out: dict[str, dict[str, float]] = {}
+    for name, sc in scores.items():
+        sc = np.nan_to_num(sc, nan=-np.inf)
+        row = {col: lift_at(sc, v) for col, v in cols.items()}
+        for col, v in subsets.items():
+            inside = np.isin(seq, np.unique(seq[v > 0]))
+            row[col] = lift_at(sc[inside], v[inside]) if inside.any() else float("nan")
+        out[name] = row
+    return out
 
 
 def format_error_types(rep: dict) -> str:
