@@ -220,7 +220,8 @@ def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ra
             ref_score = {(r["sequence"].zfill(4), int(r["frame"])): float(r["score"]) for r in csv.DictReader(fh)}
         by_class = lidar_misses_by_class(root)
         kinds = error_type_lifts({**{k: scores[k] for k in ("fleetloop", "low confidence", "number of detections")},
-                                  "reference": np.array([ref_score.get((s.zfill(4), f), -np.inf) for s, f in keys])},
+                                  "reference": np.array([ref_score.get((s.zfill(4), f), -np.inf) for s, f in keys]),
+                                  "oracle (true errors)": errors},
                                  rows, by_class, keys)
         kind_totals = {k: int(sum(float(r[k]) for r in rows)) for k in ERROR_TYPES}
         kind_totals.update({f"lidar_fn {c.lower()}": int(sum(m.values())) for c, m in by_class.items()})

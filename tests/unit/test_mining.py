@@ -314,7 +314,7 @@ def test_kitti_ranking_under_the_yardstick(kitti_root):
     # the breakdown by kind of error: the lidar's misses per class add up to the yardstick's own count
     tot = rep["error_totals"]
     assert tot["lidar_fn"] == rep["errors"]["lidar_fn"] == sum(tot[f"lidar_fn {c}"] for c in ("car", "pedestrian", "cyclist"))
-    assert set(rep["error_types"]) == {"fleetloop", "low confidence", "number of detections", "reference"}
+    assert set(rep["error_types"]) == {"fleetloop", "low confidence", "number of detections", "reference", "oracle (true errors)"}
 
 
 def test_lift_at_scores_ties_by_expectation_like_the_yardstick() -> None:
