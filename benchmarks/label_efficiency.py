@@ -298,16 +298,21 @@ def select_errors(week: Any, budget: int, rng: np.random.Generator) -> list[tupl
 
 def _mix(week: Any, keys: list[tuple[str, int]]) -> dict[str, float]:
     if not keys:
-        return {"rain": 0.0, "night": 0.0, "green": 0.0}
+        return {"rain": 0.0, "night": 0.0, "green": 0.0, "green_cones": 0.0}
     f = week.logs.frames
     tags = {(r["log_id"], int(r["frame"])): (r["weather"], r["time_of_day"])
             for r in f.select(["log_id", "frame", "weather", "time_of_day"]).to_pylist()}
     t = week.truth.filter(pc.equal(week.truth["attr"], "green"))
-    green = set(zip(t["log_id"].to_pylist(), [int(x) for x in t["frame"].to_pylist()], strict=True))
+    at = list(zip(t["log_id"].to_pylist(), [int(x) for x in t["frame"].to_pylist()], strict=True))
+    green = set(at)
+    picked = set(keys)
+    # distinct green cones (log, track) seen in the picked frames: a week holds only a few dozen
+    cones = {(k[0], tr) for k, tr in zip(at, t["track_id"].to_pylist(), strict=True) if k in picked}
     n = len(keys)
     return {"rain": round(sum(tags[k][0] == "rain" for k in keys) / n, 3),
             "night": round(sum(tags[k][1] == "night" for k in keys) / n, 3),
-            "green": round(sum(k in green for k in keys) / n, 3)}
+            "green": round(sum(k in green for k in keys) / n, 3),
+            "green_cones": float(len(cones))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +394,9 @@ def run_seed(seed: int, cfg: Config, work: Path, timer: Timer, mine_params: Any,
                                    picked=len(keys), picked_mix=picked_mix, pool_mix=pool_mix, mining=mining))
             say(f"seed {seed} {strategy:<10} week {k} ({week.mix.theme}): +{len(keys)} labels "
                 f"(rain {picked_mix['rain']:.0%} night {picked_mix['night']:.0%} green {picked_mix['green']:.0%}; "
-                f"pool {pool_mix['rain']:.0%}/{pool_mix['night']:.0%}/{pool_mix['green']:.0%}), "
+                f"pool {pool_mix['rain']:.0%}/{pool_mix['night']:.0%}/{pool_mix['green']:.0%}"
+                + (f"; {picked_mix['green_cones']:.0f} of the week's {pool_mix['green_cones']:.0f} green cones"
+                   if pool_mix.get("green_cones") else "") + "), "
                 f"trained {rep.n_images} frames in {rep.train_seconds:.0f}s: mAP {s.overall:.3f} rare {s.rare:.3f} "
                 f"(rain {s.rain:.3f} night {s.night:.3f} green {s.green:.3f})"
                 + (f"; drift steered mining toward {describe_steering(mining['slice_boost'])}"

@@ -349,3 +349,25 @@ def test_the_label_efficiency_errors_reference_counts_misses_and_false_alarms_by
 
     picked = select_errors(week, 2, np.random.default_rng(0))
     assert sorted(picked) == [("a", 0), ("a", 2)]
+
+
+def test_the_label_efficiency_mix_counts_the_distinct_green_cones_picked() -> None:
+    """benchmarks/label_efficiency.py's per-week mix: shares of rain, night and green-cone frames,
+    and how many distinct green cones (log, track) the picked frames hold."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from benchmarks.label_efficiency import _mix
+
+    frames = pa.table({"log_id": ["a", "a", "a", "b"], "frame": pa.array([0, 1, 2, 0], pa.int32()),
+                       "weather": ["rain", "clear", "clear", "rain"], "time_of_day": ["day", "night", "day", "day"]})
+    # cone 7 of log a in frames 0-2, cone 8 of log a in frame 2, cone 7 of log b (another cone) in frame 0
+    truth = pa.table({"log_id": ["a", "a", "a", "a", "b", "a"], "frame": pa.array([0, 1, 2, 2, 0, 1], pa.int32()),
+                      "track_id": pa.array([7, 7, 7, 8, 7, 9], pa.int64()),
+                      "attr": ["green", "green", "green", "green", "green", None]})
+    week = SimpleNamespace(logs=SimpleNamespace(frames=frames), truth=truth)
+    assert _mix(week, [("a", 0), ("a", 1)]) == {"rain": 0.5, "night": 0.5, "green": 1.0, "green_cones": 1.0}
+    assert _mix(week, [("a", 2), ("b", 0)])["green_cones"] == 3.0
+    assert _mix(week, [("a", 0), ("a", 1), ("a", 2), ("b", 0)])["green_cones"] == 3.0
+    assert _mix(week, []) == {"rain": 0.0, "night": 0.0, "green": 0.0, "green_cones": 0.0}
