@@ -49,6 +49,7 @@ from fleetloop.mine.mining import mine, rank
 from fleetloop.mine.params import MiningParams
 
 PCTS = (0.01, 0.05, 0.10, 0.20)
+ERROR_TYPES = ("lidar_fn", "lidar_fp", "camera_fn", "camera_fp")  # the yardstick truth's kinds of error
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "kitti-tracking"
 YARDSTICK = Path(__file__).resolve().parents[2] / "shared" / "tools" / "kitti_eval"
 #: Issue 11's targets, under the yardstick with YOLOX-SORT judged (the project's own rule: 2.8 / 2.2).
@@ -223,25 +224,23 @@ def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ra
                                   "reference": np.array([ref_score.get((s.zfill(4), f), -np.inf) for s, f in keys]),
                                   "oracle (true errors)": errors},
                                  rows, by_class, keys)
-        kind_totals = {k: int(sum(float(r[k]) for r in rows)) for k in ERROR_TYPES}
-        kind_totals.update({f"lidar_fn {c.lower()}": int(sum(m.values())) for c, m in by_class.items()})
-        kind_totals.update({f"lidar_fn {c.lower()} in its sequences": int(sum(m.values())) for c, m in by_class.items()})
         write_ranking(work / "oracle.csv", keys, errors)
         write_ranking(work / "oracle_cost.csv", keys, errors / cost)
         o, oc = yardstick_score(work / "oracle.csv", truth), yardstick_score(work / "oracle_cost.csv", truth)
         out["oracle"] = {k: (oc[k] if k.startswith("cost-lift") else o[k]) for k in o}
-        tot = {k: int(sum(int(r[k]) for r in rows)) for k in ("lidar_fn", "lidar_fp", "camera_fn", "camera_fp", "error_count")}
+        tot = {k: int(sum(int(r[k]) for r in rows)) for k in (*ERROR_TYPES, "error_count")}
+        kind_totals = {k: tot[k] for k in ERROR_TYPES}
+        for c, m in by_class.items():
+            kind_totals[f"lidar_fn {c.lower()}"] = kind_totals[f"lidar_fn {c.lower()} in its sequences"] = sum(m.values())
     return {"camera_tracker": camera_tracker, "truth": "yardstick", "frames": len(keys), "errors": tot,
             "cost": int(cost.sum()), "mine_seconds": round(mine_s, 3), "skipped": result.skipped, "rankers": out,
             "error_types": kinds, "error_totals": kind_totals}
 
 
-ERROR_TYPES = ("lidar_fn", "lidar_fp", "camera_fn", "camera_fp")
-
 
 def lidar_misses_by_class(root: Path) -> dict[str, dict[tuple[str, int], int]]:
-    """Per class, the lidar misses of every frame, counted by the yardstick's own rule
-    (``truth.py``'s care objects, operating points, range and bird's-eye gates)."""
+    """Per class, the lidar misses of every frame, counted by the yardstick's own function
+    (``truth.lidar_errors``) on that class's labels and detections alone."""
     sys.path.insert(0, str(YARDSTICK))
     import kitti_common as K
     import truth as T
@@ -257,10 +256,7 @@ def lidar_misses_by_class(root: Path) -> dict[str, dict[tuple[str, int], int]]:
         for f in range(n):
             gi, di = gl.get(f, empty), gd.get(f, empty)
             for c in K.LIDAR_CLASSES:
-                g = gi[T.care_mask(lab, gi, c)]
-                d = di[(det["cls"][di] == c) & (det["score"][di] >= K.LIDAR_SCORE_THR[c])] if len(di) else di
-                d = d[K.bev_range(det["loc"][d]) <= K.MAX_RANGE + 2.0]
-                out[c][(seq, f)] = len(g) - len(K.hungarian(K.bev_dist(det["loc"][d], lab["loc"][g]), K.BEV_GATE[c]))
+                out[c][(seq, f)] = T.lidar_errors(lab, gi[lab["type"][gi] == c], det, di[det["cls"][di] == c])[0]
     return out
 
 

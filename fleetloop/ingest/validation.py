@@ -250,11 +250,9 @@ def _gx_columns(expectations: list, columns: list[str]) -> list[str]:
     is the same: every expectation sees the columns it names, row for row)."""
     need = {"_pos"}
     for e in expectations:
-        kw = e.configuration.kwargs
         if e.expectation_type.startswith("expect_table_"):
             return columns
-        need.update(kw[k] for k in ("column", "column_A", "column_B") if k in kw)
-        need.update(kw.get("column_list") or [])
+        need.update(_named_columns(e.configuration.kwargs))
     return [c for c in columns if c in need]
 
 
@@ -454,11 +452,14 @@ class _Table:
         return self.table[col].take(pa.array(pos)).to_pylist()
 
 
+def _named_columns(kwargs) -> list[str]:
+    """The columns an expectation's kwargs name (column, column_A/B, column_list)."""
+    return [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs] + list(kwargs.get("column_list") or [])
+
+
 def _failure_kwargs(cfg) -> tuple[list[str], dict]:
     kwargs = {k: _jsonable(v) for k, v in dict(cfg.kwargs).items() if k not in ("result_format", "batch_id")}
-    columns = [kwargs[k] for k in ("column", "column_A", "column_B") if k in kwargs]
-    columns += kwargs.get("column_list", [])
-    return columns, kwargs
+    return _named_columns(kwargs), kwargs
 
 
 def _attribute(name: str, tab: _Table, results: list, sink: dict[str, dict[str, list[Failure]]], flagged: list) -> None:
