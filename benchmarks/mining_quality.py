@@ -220,10 +220,13 @@ def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ra
         with open(ref) as fh:
             ref_score = {(r["sequence"].zfill(4), int(r["frame"])): float(r["score"]) for r in csv.DictReader(fh)}
         by_class = lidar_misses_by_class(root)
+        kinds_ref = np.array([ref_score.get((s.zfill(4), f), -np.inf) for s, f in keys])
         kinds = error_type_lifts({**{k: scores[k] for k in ("fleetloop", "low confidence", "number of detections")},
-                                  "reference": np.array([ref_score.get((s.zfill(4), f), -np.inf) for s, f in keys]),
+                                  "reference": kinds_ref,
                                   "oracle (true errors)": errors},
                                  rows, by_class, keys)
+        per_seq = sequence_lifts({"fleetloop": scores["fleetloop"], "reference": kinds_ref,
+                                  "oracle (true errors)": errors}, errors, by_class, keys)
         write_ranking(work / "oracle.csv", keys, errors)
         write_ranking(work / "oracle_cost.csv", keys, errors / cost)
         o, oc = yardstick_score(work / "oracle.csv", truth), yardstick_score(work / "oracle_cost.csv", truth)
@@ -234,7 +237,7 @@ def evaluate_yardstick(root: Path, camera_tracker: str, params: MiningParams, ra
             kind_totals[f"lidar_fn {c.lower()}"] = kind_totals[f"lidar_fn {c.lower()} in its sequences"] = sum(m.values())
     return {"camera_tracker": camera_tracker, "truth": "yardstick", "frames": len(keys), "errors": tot,
             "cost": int(cost.sum()), "mine_seconds": round(mine_s, 3), "skipped": result.skipped, "rankers": out,
-            "error_types": kinds, "error_totals": kind_totals}
+            "error_types": kinds, "error_totals": kind_totals, "sequences": per_seq}
 
 
 
@@ -300,6 +303,34 @@ def error_type_lifts(scores: dict[str, np.ndarray], truth_rows: list[dict], by_c
     return out
 
 
+def sequence_lifts(scores: dict[str, np.ndarray], errors: np.ndarray, by_class: dict[str, dict],
+                   keys: list[tuple[str, int]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per sequence and ranker, lift@10 % of all errors and of the lidar's pedestrian misses with the
+    sequence's frames ranked among themselves (a set made of that sequence alone)."""
+    seq = np.array([s for s, _ in keys])
+    ped = np.array([float(by_class.get("Pedestrian", {}).get(k, 0)) for k in keys])
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for s in np.unique(seq):
+        m = seq == s
+        out[str(s)] = {name: {"errors": lift_at(np.nan_to_num(sc[m], nan=-np.inf), errors[m]),
+                              "lidar_fn pedestrian": lift_at(np.nan_to_num(sc[m], nan=-np.inf), ped[m])}
+                       for name, sc in scores.items()}
+    return out
+
+
+def format_sequences(rep: dict) -> str:
+    by = rep.get("sequences")
+    if not by:
+        return ""
+    names = list(next(iter(by.values())))
+    lines = ["lift@10% within each sequence (its frames ranked among themselves): all errors / the lidar's "
+             "pedestrian misses (nan: none):", "| sequence | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for s, row in by.items():
+        lines.append(f"| {s} | " + " | ".join(f"{row[n]['errors']:.2f} / {row[n]['lidar_fn pedestrian']:.2f}"
+                                                for n in names) + " |")
+    return "\n".join(lines)
+
+
 def format_error_types(rep: dict) -> str:
     by = rep.get("error_types")
     if not by:
@@ -351,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(rep))
     if rep.get("error_types"):
         print(format_error_types(rep))
+        print(format_sequences(rep))
     m = rep["rankers"]["fleetloop"]
     verdict = all(m[k] >= v for k, v in TARGET.items())
     print(f"fleetloop lift@10% = {m['lift@10%']:.2f}, cost-lift@10% = {m['cost-lift@10%']:.2f} "

@@ -299,7 +299,8 @@ def test_generated_sample_ranks_injected_errors_first():
 def test_kitti_ranking_under_the_yardstick(kitti_root):
     """Judged by ../shared/tools/kitti_eval (YOLOX-SORT the judged stream): the default beats the
     reference ranker and the simple baselines, and holds the figures reported in
-    benchmarks/README.md (a regression guard; the issue's lift target of 3.0 is not met yet)."""
+    benchmarks/README.md (a regression guard a little below them: 3.01 / 2.46 meet the issue's
+    3.0 / 2.2 by one error, and this guards against losing more than a few)."""
     from benchmarks.mining_quality import YARDSTICK, evaluate_yardstick
 
     if not (YARDSTICK / "score.py").exists():
@@ -315,6 +316,24 @@ def test_kitti_ranking_under_the_yardstick(kitti_root):
     tot = rep["error_totals"]
     assert tot["lidar_fn"] == rep["errors"]["lidar_fn"] == sum(tot[f"lidar_fn {c}"] for c in ("car", "pedestrian", "cyclist"))
     assert set(rep["error_types"]) == {"fleetloop", "low confidence", "number of detections", "reference", "oracle (true errors)"}
+    # within each sequence, ranking by the true errors is the ceiling of every ranker
+    assert sorted(rep["sequences"]) == ["0001", "0006", "0008", "0010", "0012"]
+    for row in rep["sequences"].values():
+        assert all(row["oracle (true errors)"]["errors"] >= m["errors"] - 1e-9 for m in row.values())
+
+
+def test_sequence_lifts_rank_each_sequence_among_itself() -> None:
+    from benchmarks.mining_quality import sequence_lifts
+
+    keys = [("a", i) for i in range(10)] + [("b", i) for i in range(10)]
+    errors = np.r_[np.zeros(9), 2.0, 1.0, np.zeros(9)]
+    score = np.r_[np.arange(10.0), -np.arange(10.0) - 100]  # a's best frame first; b's frames all below a's
+    ped = {"Pedestrian": {("b", 0): 1, ("b", 5): 1}}
+    out = sequence_lifts({"x": score}, errors, ped, keys)
+    assert out["a"]["x"]["errors"] == pytest.approx(2.0 / 0.2)  # the top 1 of 10 holds both of a's errors
+    assert out["b"]["x"]["errors"] == pytest.approx(1.0 / 0.1)  # ranked among b alone, its first frame is on top
+    assert out["b"]["x"]["lidar_fn pedestrian"] == pytest.approx(1.0 / 0.2)
+    assert np.isnan(out["a"]["x"]["lidar_fn pedestrian"])
 
 
 def test_lift_at_scores_ties_by_expectation_like_the_yardstick() -> None:
