@@ -38,6 +38,7 @@ class MineFilesReport:
     quarantined: dict[str, str] = field(default_factory=dict)  # log_id -> reason
     warnings: dict[str, str] = field(default_factory=dict)  # log_id -> validation warnings (the log is mined)
     skipped: list[str] = field(default_factory=list)
+    judged_camera: list[str] = field(default_factory=list)  # the judged camera stream (one per shard that has cameras)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # stage -> CPU seconds of this process (all threads)
     validation: str = "off"  # "great-expectations" | "off" | "unavailable"
@@ -145,6 +146,8 @@ def mine_files(
             report.flags += res.flags.num_rows
             report.logs += len(logs.log_ids)
             skipped.update(res.skipped)
+            if res.camera_streams and res.camera_streams[0] not in report.judged_camera:
+                report.judged_camera.append(res.camera_streams[0])
         done += len(ids)
         if progress:
             progress("mined", done, len(available))

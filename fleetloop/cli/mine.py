@@ -136,6 +136,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"  [red]quarantined {log_id}[/]: {why}")
         for log_id, why in report.warnings.items():
             console.print(f"  [yellow]warning {log_id}[/] (mined): {why}")
+        if report.judged_camera:
+            console.print(f"  judged camera stream: {', '.join(report.judged_camera)} (the others are evidence)")
         for s in report.skipped:
             console.print(f"  skipped {s}")
         _exit_now()
@@ -284,7 +286,9 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
     write_frames(table, out)
     if as_json:
         print_json({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
-                    "run": summary.run_key, "params": str(source) if source else None})
+                    "run": summary.run_key, "params": str(source) if source else None,
+                    "judged_camera": summary.judged_camera})
     elif not quiet:
         console.print(f"[green]wrote {out}[/]: {table.num_rows:,} frames from {len(ids)} logs matching "
-                      f"({q.describe()}); run {summary.run_key}; params: {source or 'defaults'}")
+                      f"({q.describe()}); run {summary.run_key}; params: {source or 'defaults'}; judged camera stream: "
+                      f"{', '.join(summary.judged_camera) or 'none'}")

@@ -103,6 +103,7 @@ def publish_mining_artifacts(summary: mining.MiningSummary, query: str = "all lo
 **Flagged:** {summary.flags:,} flags on {summary.flagged_frames:,} frames.
 **Selected:** {summary.selected:,} frames (budget {summary.budget if summary.budget else 'none: every frame ranked'}).
 **Drift boosts:** {boosts}
+**Judged camera stream:** {', '.join(summary.judged_camera) or 'none (no camera stream)'} (every other camera stream is evidence)
 
 | reason | frames |
 |---|---|

@@ -75,6 +75,7 @@ class MiningResult:
     flags: pa.Table  # FLAGS_SCHEMA
     frames: pa.Table  # FRAMES_SCHEMA, in log/frame order (use rank() for priority order)
     skipped: list[str] = field(default_factory=list)
+    camera_streams: list[str] = field(default_factory=list)  # the judged one first, then the evidence streams
 
 
 def _estimated_objects(batch: Batch, params: MiningParams, ev: Evidence | None, thr: np.ndarray) -> np.ndarray:
@@ -168,7 +169,9 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
     """Run every applicable check over ``logs`` and score each frame (see module doc)."""
     params = params or MiningParams()
     c = run_checks(logs, params)
-    return _assemble(c.batch, logs, c.flags, c.skipped, params, c.est_objects)
+    result = _assemble(c.batch, logs, c.flags, c.skipped, params, c.est_objects)
+    result.camera_streams = [s.name for s in c.sides]
+    return result
 
 
 def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch | None = None) -> Checked:

@@ -40,6 +40,7 @@ class ShardOutput(BaseModel):
     frames: int
     flags: int
     skipped: list[str] = Field(default_factory=list)
+    judged_camera: str | None = None  # the camera stream whose errors count (None: no camera)
     resumed: bool = False
 
 
@@ -53,6 +54,7 @@ class MiningSummary(BaseModel):
     budget: int | None
     reasons: dict[str, int]  # reason -> number of frames flagged with it
     skipped: list[str]
+    judged_camera: list[str] = Field(default_factory=list)  # the judged camera stream of the shards
     slice_boost: dict[str, float]
     ranked_key: str
     selected_key: str
@@ -113,7 +115,8 @@ def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> S
     result = mine(logs, params)
     store.put_bytes(key, table_to_bytes(result.frames))
     out = ShardOutput(index=index, key=key, frames=result.frames.num_rows, flags=result.flags.num_rows,
-                      skipped=list(result.skipped))
+                      skipped=list(result.skipped),
+                      judged_camera=result.camera_streams[0] if result.camera_streams else None)
     store.put_bytes(meta_key, out.model_dump_json().encode())  # written last: marks the shard done
     return out
 
@@ -146,6 +149,7 @@ def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_
         run_key=run.key, logs=len(run.log_ids), frames=ranked.num_rows, flags=sum(s.flags for s in shards),
         flagged_frames=int((scores > 0).sum()), selected=selected.num_rows, budget=run.budget,
         reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])), skipped=skipped,
+        judged_camera=list(dict.fromkeys(s.judged_camera for s in shards if s.judged_camera)),
         slice_boost=dict(getattr(params, "slice_boost", {}) or {}), ranked_key=ranked_key, selected_key=selected_key,
         top=_top(selected, top_n),
     )

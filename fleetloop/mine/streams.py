@@ -107,6 +107,9 @@ def camera_sides(batch: Batch, params: MiningParams, skipped: list[str] | None =
         elif skipped is not None:
             skipped.append(f"camera stream {wanted!r} not in the batch (streams: {[s.name for s in sides]}); "
                            f"judging {sides[0].name}")
+    elif len(sides) > 1 and sides[0].name != DETECTIONS and skipped is not None:
+        skipped.append(f"no judged camera stream named (mine.camera_stream, --camera-tracker): judging "
+                       f"{sides[0].name}, the first of {[s.name for s in sides]} by name")
     return sides
 
 

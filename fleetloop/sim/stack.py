@@ -5,6 +5,8 @@ operating points, 375-pixel-high images). The simulated fleet is a different sta
 demo and the label-efficiency benchmark mine it with this profile over params.yaml, as a team
 writes its own stack's values into its params.yaml:
 
+* **the judged camera stream is the fleet's own detector** (``camera_stream`` unset: the camera
+  detections the production model logs; params.yaml names KITTI's judged tracker, YOLOX-SORT);
 * **lidar operating point 0.9** for every class: the simulated lidar scores a true object
   ``sigmoid(2.6 + 1.5 (1 - r / half) - 2.5 occ - 0.4 rain + noise)`` (:mod:`fleetloop.sim.sensors`),
   so an unoccluded object in range scores 0.93-0.98 and PointRCNN's 0.94-0.97 would call a large
@@ -45,6 +47,7 @@ def mine_profile(camera: Camera | None = None) -> dict[str, Any]:
     scale = (camera or Camera()).height / KITTI_IMAGE_HEIGHT
     kitti = MiningParams()
     return {
+        "camera_stream": None,
         "lidar_score_threshold": LIDAR_OPERATING_POINT,
         "lidar_class_thresholds": dict.fromkeys(CLASSES, LIDAR_OPERATING_POINT),
         "uncertainty_band": list(LIDAR_UNCERTAINTY_BAND),

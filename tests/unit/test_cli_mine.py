@@ -92,7 +92,7 @@ def test_mine_reads_params_yaml_mine_section_like_the_flow(sample_dir, tmp_path,
 
     monkeypatch.delenv("FLEETLOOP_PARAMS", raising=False)
     default_doc, default = scores()
-    assert default_doc["params"].endswith("params.yaml")  # the repository's, equal to the defaults
+    assert default_doc["params"].endswith("params.yaml")  # the repository's (the defaults, judging YOLOX-SORT)
     whole = tmp_path / "params.yaml"
     whole.write_text("mine:\n  cost_exponent: 1.0\ntrain:\n  epochs: 3\n")
     monkeypatch.setenv("FLEETLOOP_PARAMS", str(whole))
@@ -127,6 +127,33 @@ def test_mine_names_the_kitti_trackers_when_the_judged_one_is_missing(tmp_path):
     for name in ("yolox_sort", "camera:ciwt"):
         res = runner.invoke(app, ["mine", str(root), "--camera-tracker", name, "-o", str(tmp_path / "r.csv"), "-q"])
         assert res.exit_code == 0, res.output
+
+
+def test_mine_judges_the_stream_params_yaml_names_and_says_which(tmp_path, monkeypatch):
+    """params.yaml names the yardstick's judged tracker (YOLOX-SORT), so ``fleetloop mine`` on KITTI
+    judges it without --camera-tracker; the summary says which stream was judged, and a run that
+    names none among several trackers says that it took the first by name."""
+    import json
+
+    root = tmp_path / "k"
+    (root / "calib").mkdir(parents=True)
+    (root / "calib" / "0000.txt").write_text(CALIB)
+    for tracker in ("ciwt", "yolox_sort"):
+        (root / "camera_trk" / tracker).mkdir(parents=True)
+        (root / "camera_trk" / tracker / "0000.txt").write_text("0 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
+    monkeypatch.delenv("FLEETLOOP_PARAMS", raising=False)
+    res = runner.invoke(app, ["mine", str(root), "-o", str(tmp_path / "r.csv"), "--no-validate", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["judged_camera"] == ["camera:yolox_sort"] and not any("first of" in s for s in doc["skipped"])
+    res = runner.invoke(app, ["mine", str(root), "-o", str(tmp_path / "r.csv"), "--no-validate"])
+    assert "judged camera stream: camera:yolox_sort" in res.output
+    unnamed = tmp_path / "p.yaml"
+    unnamed.write_text("camera_stream: null\n")
+    res = runner.invoke(app, ["mine", str(root), "-o", str(tmp_path / "r.csv"), "--no-validate", "--json", "--params", str(unnamed)])
+    doc = json.loads(res.stdout)
+    assert doc["judged_camera"] == ["camera:ciwt"]
+    assert any("judging camera:ciwt, the first of ['camera:ciwt', 'camera:yolox_sort'] by name" in s for s in doc["skipped"])
 
 
 @pytest.mark.kitti
