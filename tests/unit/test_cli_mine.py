@@ -166,6 +166,29 @@ def test_mine_kitti_csv(kitti_root, tmp_path):
     assert len(rows) == 1479
     assert {r["log_id"] for r in rows} == {"0001", "0006", "0008", "0010", "0012"}
     assert float(rows[0]["score"]) >= float(rows[-1]["score"])
+    assert all(r["sequence"] == r["log_id"] for r in rows)  # KITTI's column name, for the yardstick
+
+
+@pytest.mark.kitti
+def test_the_readme_mine_command_is_scored_by_the_yardstick_as_it_is(kitti_root, tmp_path, monkeypatch):
+    """The README's plain command (params.yaml, no --camera-tracker) writes a CSV the yardstick's
+    score.py reads without conversion, and it scores what benchmarks/README.md reports."""
+    import subprocess
+    import sys
+
+    from benchmarks.mining_quality import YARDSTICK
+
+    if not (YARDSTICK / "score.py").exists():
+        pytest.skip("the yardstick (../shared/tools/kitti_eval) is not available")
+    monkeypatch.delenv("FLEETLOOP_PARAMS", raising=False)
+    out, truth = tmp_path / "ranked.csv", tmp_path / "truth.csv"
+    res = runner.invoke(app, ["mine", str(kitti_root), "--format", "kitti-tracking", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    subprocess.run([sys.executable, str(YARDSTICK / "truth.py"), "--data", str(kitti_root), "--out", str(truth)],
+                   check=True, capture_output=True)
+    scored = subprocess.run([sys.executable, str(YARDSTICK / "score.py"), "--ranking", str(out), "--truth", str(truth),
+                             "--min-lift", "3.0", "--min-clift", "2.2", "--at", "10%"], capture_output=True, text=True)
+    assert scored.returncode == 0, scored.stdout + scored.stderr
 
 
 def test_select_cost_takes_errors_per_unit_of_cost_until_the_budget():
