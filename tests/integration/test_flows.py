@@ -101,6 +101,7 @@ def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, t
 
             summary = _artifacts("mining-summary")[0]
             assert "1,479 frames" in summary["data"] and "40 frames" in summary["data"]
+            assert "**Judged camera stream:** camera:yolox_sort" in summary["data"]  # params.yaml's
             table = _artifacts("top-mined-frames")[0]
             rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
             assert len(rows) == 20 and {r["log_id"] for r in rows} <= {"0001", "0006", "0008", "0010", "0012"}
@@ -204,6 +205,7 @@ def test_s3_outage_mid_run_fails_clearly_and_next_run_completes(prefect_api, kit
     monkeypatch.setattr(mining, "mine_shard", real)
     summary = mine_flow_module.mine(budget=25, frames_per_shard=300)
     assert summary.frames == 1479 and summary.selected == 25
+    assert summary.judged_camera == ["camera:yolox_sort"]  # every shard judged params.yaml's stream
     ranked = table_from_bytes(kitti_in_s3.get_bytes(summary.ranked_key))
     keys = pc.binary_join_element_wise(ranked["log_id"], pc.cast(ranked["frame"], "string"), ":")
     assert len(pc.unique(keys)) == ranked.num_rows == 1479
