@@ -110,15 +110,21 @@ def test_mine_reads_params_yaml_mine_section_like_the_flow(sample_dir, tmp_path,
     assert res.exit_code == 2 and "cost_exponent" in json.loads(res.stdout)["error"]
 
 
-def test_mine_names_the_kitti_trackers_when_the_judged_one_is_missing(tmp_path):
-    """A typo in --camera-tracker is an error naming the trackers there, not a silent fallback
-    to another stream."""
+def _two_tracker_root(tmp_path):
+    """A one-frame KITTI layout with both of KITTI's camera trackers (one car box each)."""
     root = tmp_path / "k"
     (root / "calib").mkdir(parents=True)
     (root / "calib" / "0000.txt").write_text(CALIB)
     for tracker in ("ciwt", "yolox_sort"):
         (root / "camera_trk" / tracker).mkdir(parents=True)
         (root / "camera_trk" / tracker / "0000.txt").write_text("0 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
+    return root
+
+
+def test_mine_names_the_kitti_trackers_when_the_judged_one_is_missing(tmp_path):
+    """A typo in --camera-tracker is an error naming the trackers there, not a silent fallback
+    to another stream."""
+    root = _two_tracker_root(tmp_path)
     res = runner.invoke(app, ["mine", str(root), "--camera-tracker", "yolo_sort", "-o", str(tmp_path / "r.csv")])
     assert res.exit_code == 2 and "yolo_sort" in res.output and "yolox_sort" in res.output
     assert not (tmp_path / "r.csv").exists()
@@ -135,12 +141,7 @@ def test_mine_judges_the_stream_params_yaml_names_and_says_which(tmp_path, monke
     names none among several trackers says that it took the first by name."""
     import json
 
-    root = tmp_path / "k"
-    (root / "calib").mkdir(parents=True)
-    (root / "calib" / "0000.txt").write_text(CALIB)
-    for tracker in ("ciwt", "yolox_sort"):
-        (root / "camera_trk" / tracker).mkdir(parents=True)
-        (root / "camera_trk" / tracker / "0000.txt").write_text("0 1 Car -1 -1 -1 1 2 30 40 -1 -1 -1 -1 -1 -1 -1 0.5\n")
+    root = _two_tracker_root(tmp_path)
     monkeypatch.delenv("FLEETLOOP_PARAMS", raising=False)
     res = runner.invoke(app, ["mine", str(root), "-o", str(tmp_path / "r.csv"), "--no-validate", "--json"])
     assert res.exit_code == 0, res.output
