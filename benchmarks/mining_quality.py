@@ -310,11 +310,11 @@ def sequence_lifts(scores: dict[str, np.ndarray], errors: np.ndarray, by_class: 
     seq = np.array([s for s, _ in keys])
     ped = np.array([float(by_class.get("Pedestrian", {}).get(k, 0)) for k in keys])
     out: dict[str, dict[str, dict[str, float]]] = {}
+    ranked = {name: np.nan_to_num(sc, nan=-np.inf) for name, sc in scores.items()}
     for s in np.unique(seq):
         m = seq == s
-        out[str(s)] = {name: {"errors": lift_at(np.nan_to_num(sc[m], nan=-np.inf), errors[m]),
-                              "lidar_fn pedestrian": lift_at(np.nan_to_num(sc[m], nan=-np.inf), ped[m])}
-                       for name, sc in scores.items()}
+        out[str(s)] = {name: {"errors": lift_at(sc[m], errors[m]), "lidar_fn pedestrian": lift_at(sc[m], ped[m])}
+                       for name, sc in ranked.items()}
     return out
 
 

@@ -146,8 +146,8 @@ def mine_files(
             report.flags += res.flags.num_rows
             report.logs += len(logs.log_ids)
             skipped.update(res.skipped)
-            if res.camera_streams and res.camera_streams[0] not in report.judged_camera:
-                report.judged_camera.append(res.camera_streams[0])
+            if res.judged_camera and res.judged_camera not in report.judged_camera:
+                report.judged_camera.append(res.judged_camera)
         done += len(ids)
         if progress:
             progress("mined", done, len(available))

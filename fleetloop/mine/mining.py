@@ -75,7 +75,7 @@ class MiningResult:
     flags: pa.Table  # FLAGS_SCHEMA
     frames: pa.Table  # FRAMES_SCHEMA, in log/frame order (use rank() for priority order)
     skipped: list[str] = field(default_factory=list)
-    camera_streams: list[str] = field(default_factory=list)  # the judged one first, then the evidence streams
+    judged_camera: str | None = None  # the camera stream whose errors count (None: no camera stream)
 
 
 def _estimated_objects(batch: Batch, params: MiningParams, ev: Evidence | None, thr: np.ndarray) -> np.ndarray:
@@ -169,9 +169,7 @@ def mine(logs: DriveLogs, params: MiningParams | None = None) -> MiningResult:
     """Run every applicable check over ``logs`` and score each frame (see module doc)."""
     params = params or MiningParams()
     c = run_checks(logs, params)
-    result = _assemble(c.batch, logs, c.flags, c.skipped, params, c.est_objects)
-    result.camera_streams = [s.name for s in c.sides]
-    return result
+    return _assemble(c.batch, logs, c.flags, c.skipped, params, c.est_objects, c.sides[0].name if c.sides else None)
 
 
 def run_checks(logs: DriveLogs, params: MiningParams | None = None, batch: Batch | None = None) -> Checked:
@@ -279,7 +277,7 @@ def severity_matrix(params: MiningParams) -> np.ndarray:
 
 
 def _assemble(batch: Batch, logs: DriveLogs, flags: Flags, skipped: list[str], params: MiningParams,
-              est: np.ndarray) -> MiningResult:
+              est: np.ndarray, judged_camera: str | None) -> MiningResult:
     F = batch.n_frames
     cols = flags.columns(severity_matrix(params))
     g = cols["g"]
@@ -309,7 +307,7 @@ def _assemble(batch: Batch, logs: DriveLogs, flags: Flags, skipped: list[str], p
          pa.array(est.astype(np.int32)), *(tags[t] for t in TAGS), classes],
         schema=FRAMES_SCHEMA,
     )
-    return MiningResult(flags=flags_t, frames=frames_t, skipped=skipped)
+    return MiningResult(flags=flags_t, frames=frames_t, skipped=skipped, judged_camera=judged_camera)
 
 
 def _frame_tags(batch: Batch, logs: DriveLogs) -> dict[str, pa.Array]:

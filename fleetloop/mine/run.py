@@ -115,8 +115,7 @@ def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> S
     result = mine(logs, params)
     store.put_bytes(key, table_to_bytes(result.frames))
     out = ShardOutput(index=index, key=key, frames=result.frames.num_rows, flags=result.flags.num_rows,
-                      skipped=list(result.skipped),
-                      judged_camera=result.camera_streams[0] if result.camera_streams else None)
+                      skipped=list(result.skipped), judged_camera=result.judged_camera)
     store.put_bytes(meta_key, out.model_dump_json().encode())  # written last: marks the shard done
     return out
 
