@@ -3,6 +3,8 @@ heavy libraries are imported inside the commands, so ``fleetloop --help`` is ins
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import typer
 
 app = typer.Typer(
@@ -42,12 +44,19 @@ _one_line_summaries(app)
 
 def main() -> None:
     """The console script: errors that reach the top become one clear line (exit 1), not a
-    traceback. ``FLEETLOOP_DEBUG=1`` shows the traceback."""
+    traceback. ``FLEETLOOP_DEBUG=1`` shows the traceback. A usage error (an unknown or missing
+    option, a bad value) is shown as typer shows it, exit 2; with ``--json`` stdout also gets
+    ``{"ok": false, "error": ...}``, like every other error of a ``--json`` command."""
     import os
     import sys
 
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)  # typer.Exit(n) comes back as n; a finished command as None
+    except typer.TyperException as exc:  # click's ClickException: the command line itself is wrong
+        _usage_error(exc, as_json="--json" in sys.argv[1:])
+    except typer.Abort:
+        print("Aborted!", file=sys.stderr)
+        raise SystemExit(1) from None
     except SystemExit:
         raise
     except Exception as exc:
@@ -62,3 +71,17 @@ def main() -> None:
             raise SystemExit(2) from None
         print(f"fleetloop: {type(exc).__name__}: {exc}\n(FLEETLOOP_DEBUG=1 shows the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: typer.TyperException, *, as_json: bool) -> NoReturn:
+    """Show a usage error as typer does (usage, hint, the message in a panel; with no arguments
+    at all, the help) and exit with its code; with ``--json`` also one JSON document on stdout."""
+    import json
+
+    from typer import rich_utils
+
+    if as_json and exc.__class__.__name__ != "NoArgsIsHelpError":
+        typer.echo(json.dumps({"ok": False, "error": f"usage: {exc.format_message()}"}))
+    rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
+    raise SystemExit(getattr(exc, "exit_code", 2))

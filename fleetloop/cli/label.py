@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetloop.cli.output import JsonOpt, fail, print_json
 
@@ -157,21 +158,51 @@ def sync(
 
 
 @app.command()
-def status(campaign: CampaignOpt, as_json: JsonOpt = False) -> None:
-    """Counts of tasks, annotated tasks and synced tasks of a campaign."""
+def status(
+    campaign: Annotated[str | None, typer.Option(
+        "--campaign", "-c", help="Campaign name (= Label Studio project title); without it, every campaign pushed so far.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Counts of tasks, annotated tasks and synced tasks of a campaign, or of every campaign
+    (oldest first, with its state: open until every task's annotation is synced, then complete)."""
     from fleetloop.label.api import status as campaign_status
+    from fleetloop.label.api import statuses
 
     try:
-        st = campaign_status(campaign, _settings())
+        if campaign is None:
+            rows = statuses(_settings())
+        else:
+            st = campaign_status(campaign, _settings())
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
-    if as_json:
-        print_json(st)
+    if campaign is not None:
+        if as_json:
+            print_json(st)
+            return
+        console.print(
+            f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
+            f"{st['synced']} synced ({st['annotations_delivered']} annotations delivered in {st['shards']} shards)"
+        )
         return
-    console.print(
-        f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
-        f"{st['synced']} synced ({st['annotations_delivered']} annotations delivered in {st['shards']} shards)"
-    )
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no campaigns yet: `fleetloop label push` creates one (the weekly cycle pushes one a week)")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col, just in (("campaign", "left"), ("state", "left"), ("tasks", "right"), ("annotated", "right"),
+                      ("synced", "right"), ("created", "left")):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        counts = ("-", "-", "-") if "error" in r else (f"{r['tasks']:,}", f"{r['annotated']:,}", f"{r['synced']:,}")
+        table.add_row(escape(r["campaign"]), r["state"], *counts, r["created_at"][:10])
+    console.print(table)
+    for r in rows:
+        if "error" in r:
+            console.print(f"[yellow]{escape(r['campaign'])}[/]: {escape(r['error'])}", highlight=False)
 
 
 @app.command()

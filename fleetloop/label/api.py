@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from fleetloop.label import index
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.push import PushReport, load_logs_for, push, read_selection, read_selection_text
-from fleetloop.label.sync import LabelValidator, SyncReport, campaign_status, sync
+from fleetloop.label.sync import LabelValidator, SyncError, SyncReport, campaign_status, sync
 from fleetloop.schema import DriveLogs
 from fleetloop.settings import Settings
 from fleetloop.store.objects import ObjectNotFound, Store, get_store
@@ -128,3 +128,24 @@ def status(campaign: str, settings: Settings) -> dict[str, Any]:
     """``fleetloop label status``: tasks, annotated, synced (and a few more counts)."""
     with client_for(settings) as client:
         return campaign_status(campaign, client=client, store=get_store(settings))
+
+
+def statuses(settings: Settings) -> list[dict[str, Any]]:
+    """``fleetloop label status`` without a campaign: every campaign of the index (oldest first),
+    its state (open / complete) and dates, and :func:`status`'s counts. A campaign Label Studio
+    no longer has (its project deleted) keeps its row, with ``error`` saying so; the others go on."""
+    store = get_store(settings)
+    records = index.campaigns(store)
+    if not records:
+        return []
+    rows = []
+    with client_for(settings) as client:
+        for r in records:
+            row: dict[str, Any] = {"campaign": r.name, "state": r.state, "created_at": r.created_at,
+                                   "completed_at": r.completed_at}
+            try:
+                row.update(campaign_status(r.name, client=client, store=store))
+            except SyncError as exc:
+                row["error"] = str(exc)
+            rows.append(row)
+    return rows

@@ -72,3 +72,57 @@ def test_last_weeks_campaign_is_delivered_by_the_scheduled_poll(prefect_api, env
 
     again = label_sync()  # complete campaigns are not polled any more
     assert again.campaigns == [] and again.delivered == 0
+
+
+def test_label_status_without_a_campaign_lists_every_campaign(env, tmp_path, kitti_root, ls_server):
+    """``fleetloop label status``: every campaign pushed so far, oldest first, with its state and
+    counts; a campaign whose project was deleted in Label Studio keeps its row, with the error."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from fleetloop.cli import app
+    from fleetloop.ingest.importers import load_logs
+    from fleetloop.ingest.importers.kitti import read_kitti_truth
+    from fleetloop.label import api
+    from fleetloop.label.campaigns import find_campaign
+    from fleetloop.label.client import LabelStudioClient
+
+    runner = CliRunner()
+    empty = runner.invoke(app, ["label", "status", "--json"])
+    assert empty.exit_code == 0 and json.loads(empty.stdout) == []
+    assert "no campaigns yet" in runner.invoke(app, ["label", "status"]).stdout
+
+    logs = load_logs(kitti_root, format="kitti-tracking", log_ids=["0012"])
+    names = ["status-a", "status-b", "status-c"]
+    for k, name in enumerate(names):
+        sel = tmp_path / f"{name}.csv"
+        with sel.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["log_id", "frame", "score", "reasons"])
+            w.writerows(["0012", fr, 1.0, "lidar_only:car"] for fr in range(k, 40, 10))
+        assert api.push_selection(sel, name, env, logs=logs).created == 4
+    with LabelStudioClient(ls_server.url, ls_server.token) as client:
+        assert simulate("status-a", read_kitti_truth(kitti_root), client=client).answered == 4
+        assert simulate("status-b", read_kitti_truth(kitti_root), client=client, limit=1).answered == 1
+        gone = find_campaign(client, "status-c")
+        assert gone is not None
+        client.request("DELETE", f"/api/projects/{gone.project_id}")
+    api.sync_campaign("status-a", env)
+
+    res = runner.invoke(app, ["label", "status", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["campaign"] for r in rows] == names
+    a, b, c = rows
+    assert (a["state"], a["tasks"], a["annotated"], a["synced"]) == ("complete", 4, 4, 4) and a["completed_at"]
+    assert (b["state"], b["tasks"], b["annotated"], b["synced"]) == ("open", 4, 1, 0) and b["completed_at"] is None
+    assert c["state"] == "open" and "no campaign 'status-c'" in c["error"] and "tasks" not in c
+
+    text = runner.invoke(app, ["label", "status"])
+    assert text.exit_code == 0, text.output
+    for name in names:
+        assert name in text.stdout
+    assert "no campaign 'status-c'" in text.stdout
+    one = json.loads(runner.invoke(app, ["label", "status", "--campaign", "status-b", "--json"]).stdout)
+    assert (one["tasks"], one["annotated"]) == (4, 1)

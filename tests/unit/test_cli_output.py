@@ -135,3 +135,35 @@ def test_sync_of_every_open_campaign_passes_page_and_shard_sizes_and_goes_on_aft
     doc = json.loads(res.stdout)
     assert res.exit_code == 3 and doc["campaigns"] == ["fleetloop-2026-w49"]
     assert "project 7 was deleted" in doc["failed"]["fleetloop-2026-w48"]
+
+
+@pytest.mark.parametrize("argv, code, json_needle, err_needle", [
+    (["registry", "list", "--bogus", "--json"], 2, "No such option: --bogus", "No such option"),
+    (["mine", "x", "--out", "y.csv", "--budget", "0", "--json"], 2, "greater than or equal to 1", "--budget"),
+    (["registry", "list", "--json"], 0, None, None),
+    (["retrain", "--json"], 2, "no version yet", "no version yet"),
+    (["registry", "list", "--bogus"], 2, None, "No such option"),
+])
+def test_the_console_script_keeps_exit_codes_and_answers_usage_errors_in_json(empty_home, monkeypatch, capsys, argv,
+                                                                             code, json_needle, err_needle):
+    """``main()`` (the ``fleetloop`` script): a usage error is shown as typer shows it, exit 2, and
+    with ``--json`` stdout is still one JSON document; a command's own exit code comes through."""
+    import sys
+
+    from fleetloop.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["fleetloop", *argv])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == code
+    out, err = capsys.readouterr()
+    if json_needle is not None:
+        doc = json.loads(out)
+        assert doc["ok"] is False and json_needle in doc["error"]
+    elif "--json" in argv:
+        assert json.loads(out) == []
+    else:
+        assert out == ""
+    if err_needle is not None:
+        assert err_needle in err
