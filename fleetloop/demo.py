@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -482,9 +482,40 @@ Plot of mAP per slice against labels spent: [{png.name}]({png.as_uri()}) (`{png}
 """)
 
 
+class DemoBusy(RuntimeError):
+    """Another ``fleetloop demo`` is running on the same home."""
+
+
+@contextmanager
+def _one_demo(settings: Settings) -> Iterator[None]:
+    """One demo per home at a time (a lock file at its root, which ``--reset`` keeps): a second
+    ``fleetloop demo`` would drive, label and train the same weeks again beside the first and
+    race it for the demo's state, so it stops at once, naming the one that runs."""
+    from fleetloop.store.locks import LockTimeout, file_lock
+
+    path = Path(settings.home).resolve() / ".demo.lock"
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout=0))
+        except LockTimeout:
+            try:
+                pid = path.read_text().strip() or "?"
+            except OSError:
+                pid = "?"
+            raise DemoBusy(f"another `fleetloop demo` (pid {pid}) is running on {path.parent}: wait for it to "
+                           "finish (a rerun then continues with the next week) or stop it") from None
+        yield
+
+
 def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_first: bool = False,
              say: Say = print) -> DemoResult:
-    """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks."""
+    """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks (one demo
+    per home at a time: :class:`DemoBusy` otherwise)."""
+    with _one_demo(settings):
+        return _run_demo(settings, config, weeks=weeks, reset_first=reset_first, say=say)
+
+
+def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first: bool, say: Say) -> DemoResult:
     from fleetloop.cycle import iso_week
     from fleetloop.local import services
     from fleetloop.local.connect import resolve_settings

@@ -4,7 +4,8 @@ Trains on ``dataset-vN`` in the training workspace (``dvc repro``, :mod:`fleetlo
 registers the model with its lineage and per-slice metrics (and its ONNX CPU latency when it
 has one), makes it the candidate, and runs the promotion gate against production: promoted, or
 rejected with one reason per failing slice. Idempotent: a dataset version already trained with
-the same training params is not trained again (the registered version is reported). With
+the same training params is not trained again (the registered version is reported). One retrain
+per training workspace at a time: a second one waits for the first and reuses its model. With
 ``train.warm_start`` the candidate starts from the production model's weights.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,9 @@ from fleetloop.params import LoopParams, ParamsError, find_params_file
 from fleetloop.registry.api import Registry
 from fleetloop.registry.models import Decision, ModelVersion
 from fleetloop.settings import Settings
+from fleetloop.store.locks import LockTimeout, file_lock
 from fleetloop.store.objects import Store, get_store
+from fleetloop.train.workspace import TrainingFailed
 from fleetloop.train.workspace import retrain as train_on
 
 
@@ -53,6 +58,24 @@ def onnx_latency_ms(model_dir: Path) -> float | None:
         return None
 
 
+@contextmanager
+def _workspace_lock(workspace: Path, timeout_s: float) -> Iterator[None]:
+    """Hold the training workspace's lock (a file beside it); :class:`TrainingFailed` naming the
+    holder when another retrain keeps it longer than ``timeout_s``."""
+    path = workspace.resolve().parent / f".{workspace.name}.lock"
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout=timeout_s))
+        except LockTimeout:
+            try:
+                pid = path.read_text().strip() or "?"
+            except OSError:
+                pid = "?"
+            raise TrainingFailed(f"another retrain (pid {pid}) has held the training workspace {workspace} for "
+                                 f"{timeout_s:.0f} s; try again when it has finished") from None
+        yield
+
+
 def _trained(registry: Registry, version: int, params: dict[str, Any]) -> ModelVersion | None:
     for v in reversed(registry.list()):
         if v.lineage.dataset_version == version and v.lineage.params == params:
@@ -76,20 +99,25 @@ def retrain(
     registry = Registry(store, model=model)
     train_params = loop.train.model_dump(mode="json")
     t0 = time.perf_counter()
-    existing = _trained(registry, version, train_params)
-    if existing is not None:
-        mv, reused, latency = existing, True, existing.latency_ms
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            init = None
-            if loop.train.warm_start and "production" in registry.aliases():
-                init = registry.download("production", Path(tmp) / "production")
-            out = train_on(workspace, dataset, version, template=template, init=init, scenarios=scenarios,
-                           timeout_s=loop.train.timeout_s * 2 + 600)
-        latency = onnx_latency_ms(out.model_dir)
-        mv = registry.register(out.model_dir, out.metrics, dataset_version=version, params=train_params,
-                               trainer=loop.train.command, latency_ms=latency, training_seconds=out.training_seconds)
-        reused = False
+    timeout_s = loop.train.timeout_s * 2 + 600
+    # one retrain per workspace at a time (the weekly cycle and an engineer's `fleetloop retrain`
+    # may overlap): the second waits, then finds the first's model registered and reuses it
+    with _workspace_lock(Path(workspace), timeout_s + 300):
+        existing = _trained(registry, version, train_params)
+        if existing is not None:
+            mv, reused, latency = existing, True, existing.latency_ms
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                init = None
+                if loop.train.warm_start and "production" in registry.aliases():
+                    init = registry.download("production", Path(tmp) / "production")
+                out = train_on(workspace, dataset, version, template=template, init=init, scenarios=scenarios,
+                               timeout_s=timeout_s)
+            latency = onnx_latency_ms(out.model_dir)
+            mv = registry.register(out.model_dir, out.metrics, dataset_version=version, params=train_params,
+                                   trainer=loop.train.command, latency_ms=latency,
+                                   training_seconds=out.training_seconds)
+            reused = False
     seconds = time.perf_counter() - t0
     aliases = registry.aliases()
     if "production" in aliases and aliases["production"].version == mv.version:

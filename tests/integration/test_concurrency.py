@@ -7,7 +7,9 @@ for separate machines sharing a bucket.
 - two real ``fleetloop ingest`` processes of the same 60 log ids with different content;
 - a stream changed behind the registry's back is refused on read, naming the log;
 - a kill at any write of ``put_log`` leaves the log listed and readable, or not stored at all;
-- two real ``fleetloop mine --out same.csv`` processes.
+- two real ``fleetloop mine --out same.csv`` processes;
+- three real ``fleetloop retrain`` processes on one training workspace (the weekly cycle and an
+  engineer's on-demand retrain overlapping).
 """
 
 from __future__ import annotations
@@ -278,3 +280,27 @@ def test_two_mine_processes_writing_one_out_never_mix_rows(tmp_path: Path) -> No
         assert [r.returncode for r in runs] == [0, 0], "\n".join(r.stdout + r.stderr for r in runs)
         assert out.read_bytes() in expected
         assert [p.name for p in out_dir.iterdir()] == ["same.csv"]
+
+
+def test_three_retrains_at_once_train_once_and_all_report_that_model(tmp_path: Path) -> None:
+    """Before the workspace lock the second ``dvc init`` failed with no output; now the others wait
+    for the first, find its model registered for this dataset version and these params, and
+    report it (exit 0: already production)."""
+    import json
+
+    from tests.production.world import build, pipeline_params
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")},
+           "FLEETLOOP_HOME": str(tmp_path / "home"), "FLEETLOOP_STORAGE__BACKEND": "local",
+           "FLEETLOOP_PARAMS": str(pipeline_params(tmp_path / "pipeline"))}
+    build(env, tmp_path / "world")  # dataset-v1 from a small simulated seed set
+    procs = [subprocess.Popen([*FLEETLOOP, "retrain", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-2000:] for _, e in outs]
+    docs = [json.loads(o) for o, _ in outs]
+    assert {d["model_version"] for d in docs} == {1}
+    assert sorted(d["reused"] for d in docs) == [False, True, True]
+    assert sorted(d["action"] for d in docs) == ["noop", "noop", "promote"]
+    listed = subprocess.run([*FLEETLOOP, "registry", "list", "--json"], env=env, capture_output=True, text=True, check=True)
+    assert [v["version"] for v in json.loads(listed.stdout)] == [1]

@@ -167,3 +167,30 @@ def test_the_console_script_keeps_exit_codes_and_answers_usage_errors_in_json(em
         assert out == ""
     if err_needle is not None:
         assert err_needle in err
+
+
+def test_a_second_demo_on_the_same_home_stops_at_once_naming_the_first(empty_home, tmp_path):
+    """While a demo runs on a home (it holds ``<home>/.demo.lock``), ``fleetloop demo`` there fails
+    before it starts anything, naming the running one's pid; once that ends the lock is free."""
+    import subprocess
+    import sys
+
+    from fleetloop.demo import DemoBusy, _one_demo
+    from fleetloop.settings import get_settings
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom fleetloop.store.locks import file_lock\n"
+         f"with file_lock(Path({str(empty_home / '.demo.lock')!r})):\n    print('held', flush=True)\n    sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        res = runner.invoke(app, ["demo", "--json"])
+        assert res.exit_code == 1, res.output
+        error = json.loads(res.stdout)["error"]
+        assert f"another `fleetloop demo` (pid {holder.pid}) is running on {empty_home.resolve()}" in error
+        assert not (empty_home / "services").exists() and not (empty_home / "demo").exists()  # nothing started
+    finally:
+        holder.communicate("", timeout=30)
+    # free again; and while this process holds it, a second one is refused
+    with _one_demo(get_settings()), pytest.raises(DemoBusy), _one_demo(get_settings()):
+        pass
