@@ -110,3 +110,35 @@ def dump_params(params: LoopParams) -> str:
     import yaml
 
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=False, width=110)
+
+
+def write_params(path: Path | str, params: LoopParams) -> None:
+    """Write ``params`` to ``path`` (:func:`dump_params`), keeping the comment lines that open
+    the file, atomically: a temporary file beside it, renamed over it, so a kill or a full disk
+    leaves the old file whole. :class:`ParamsError` naming the file when it cannot be written."""
+    import tempfile
+
+    path = Path(path)
+    header, mode = "", 0o644
+    if path.is_file():
+        mode = path.stat().st_mode & 0o777
+        for line in path.read_text().splitlines(keepends=True):
+            if not line.startswith("#"):
+                break
+            header += line
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot write: {exc}") from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(header + dump_params(params))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ParamsError(f"{path}: cannot write: {exc}") from None
+        raise

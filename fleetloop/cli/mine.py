@@ -159,7 +159,7 @@ def register(app: typer.Typer) -> None:
         from fleetloop.ingest.importers import LogFormatError, load_logs
         from fleetloop.ingest.importers.kitti import read_kitti_truth
         from fleetloop.mine.calibrate import calibrate, kitti_labels
-        from fleetloop.params import LoopParams, ParamsError, dump_params, load_params
+        from fleetloop.params import LoopParams, ParamsError, load_params, write_params
 
         if log is None:
             log = []
@@ -176,7 +176,10 @@ def register(app: typer.Typer) -> None:
         result = calibrate(logs, labels, mp, source=f"{path} logs {sorted(logs.log_ids)}")
         cal = result.params.calibration
         if not dry_run:
-            params_file.write_text(dump_params(loop.model_copy(update={"mine": result.params})))
+            try:
+                write_params(params_file, loop.model_copy(update={"mine": result.params}))
+            except ParamsError as exc:
+                raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
         if as_json:
             print_json({"ok": True, "params_file": None if dry_run else str(params_file), "rows": result.table.to_pylist(),
                         "errors": result.truth, "calibration": cal.model_dump(mode="json") if cal else None})

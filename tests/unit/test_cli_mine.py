@@ -249,6 +249,9 @@ def test_mine_calibrate_writes_fitted_severities_and_the_blind_spots(kitti_root,
     assert mine.calibration.labelled_frames == 270 + 294  # every frame of both sequences
     assert set(mine.calibration.unexplained_per_object) >= {"car"}
     assert all(v >= 0 for v in mine.calibration.unexplained_per_object.values())
+    res = runner.invoke(app, ["mine", "calibrate", str(kitti_root), "--log", "0006", "--params-file",
+                              str(tmp_path / "missing" / "params.yaml"), "--json"])
+    assert res.exit_code == 1 and "calibrate failed" in res.stdout and "cannot write" in res.stdout
 
 
 def test_mine_json_summary_names_quarantined_and_warned_logs(sample_dir, tmp_path):

@@ -47,6 +47,35 @@ def test_params_errors_are_one_line(tmp_path) -> None:
         load_params(bad)
 
 
+def test_write_params_keeps_the_opening_comments_and_never_leaves_a_half_file(tmp_path, monkeypatch) -> None:
+    import os
+
+    import pytest
+
+    from fleetloop.params import ParamsError, write_params
+
+    target = tmp_path / "params.yaml"
+    target.write_text((ROOT / "params.yaml").read_text())
+    before = target.read_text()
+    loop = load_params(target)
+    changed = loop.model_copy(update={"promote": loop.promote.model_copy(update={"floor": 0.25})})
+    write_params(target, changed)
+    text = target.read_text()
+    head = [line for line in before.splitlines() if line.startswith("#")]
+    assert head and text.splitlines()[: len(head)] == head, "the opening comments are kept"
+    assert load_params(target) == changed and yaml.safe_load(text)["mine"] == yaml.safe_load(before)["mine"]
+
+    def no_rename(*_a: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(ParamsError, match=r"params\.yaml: cannot write: .*No space left"):
+        write_params(target, loop)
+    assert target.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["params.yaml"]
+    with pytest.raises(ParamsError, match="cannot write"):
+        write_params(tmp_path / "missing" / "params.yaml", loop)
+
+
 def test_readme_layout_names_the_packages_that_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
