@@ -23,11 +23,16 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 def flow_specs(settings: Settings) -> list[dict]:
     """(entrypoint, deployment name, schedule) for every deployment, in one place."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
     weekly = Cron(settings.prefect.weekly_cron, timezone=settings.prefect.timezone)
+    # one weekly cycle at a time: a second fire (a redeploy's duplicate schedule, a manual run
+    # during the scheduled one) waits for the first, then finds the week done (its key) and does nothing
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     return [
-        {"entrypoint": "fleetloop/flows/weekly.py:weekly_cycle", "name": "weekly", "schedules": [weekly]},
+        {"entrypoint": "fleetloop/flows/weekly.py:weekly_cycle", "name": "weekly", "schedules": [weekly],
+         "concurrency_limit": one_at_a_time},
         {"entrypoint": "fleetloop/flows/mine.py:ingest_logs", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/mine.py:mine", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/drift.py:monitor_drift", "name": "daily",
@@ -60,7 +65,8 @@ def to_deployments(settings: Settings) -> list:
     out = []
     for spec in flow_specs(settings):
         fl = _load(spec["entrypoint"])
-        out.append(fl.to_deployment(name=spec["name"], schedules=spec.get("schedules"), tags=["fleetloop"]))
+        out.append(fl.to_deployment(name=spec["name"], schedules=spec.get("schedules"), tags=["fleetloop"],
+                                    concurrency_limit=spec.get("concurrency_limit")))
     return out
 
 
@@ -91,6 +97,6 @@ def deploy_to_pool(settings: Settings) -> list[str]:
         # async_dispatch types it Flow | Coroutine; called from sync code it returns the Flow
         fl = cast("Flow[..., Any]", prefect_flow.from_source(source=str(SOURCE_ROOT), entrypoint=spec["entrypoint"]))
         dep_id = fl.deploy(name=spec["name"], work_pool_name=pool, schedules=spec.get("schedules"),
-                           tags=["fleetloop"], print_next_steps=False)
+                           concurrency_limit=spec.get("concurrency_limit"), tags=["fleetloop"], print_next_steps=False)
         ids.append(str(dep_id))
     return ids

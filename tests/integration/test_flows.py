@@ -132,6 +132,42 @@ def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, t
                 server.wait(10)
 
 
+def test_the_weekly_deployment_runs_one_cycle_at_a_time(prefect_api, tmp_path, monkeypatch):
+    """The weekly cycle's deployment holds a concurrency limit of 1 that enqueues: while one run
+    is going, the server refuses a second run's start (AwaitingConcurrencySlot) and lets it start
+    once the first is done (where it finds the week done and does nothing)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+    from prefect.states import Completed, Pending, Running
+
+    from fleetloop.flows.deployments import deploy_to_pool
+
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_PREFECT__WORK_POOL", "one-at-a-time")  # no worker polls this pool
+    get_settings.cache_clear()
+    deploy_to_pool(get_settings())
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("weekly-cycle/weekly")
+        assert dep.global_concurrency_limit is not None and dep.global_concurrency_limit.limit == 1
+        assert dep.concurrency_options is not None
+        assert dep.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
+        first, second = (client.create_flow_run_from_deployment(dep.id, parameters={"week": "2026-W01"}) for _ in "ab")
+        try:
+            assert client.set_flow_run_state(first.id, Pending()).state.name == "Pending"
+            refused = client.set_flow_run_state(second.id, Pending())
+            assert refused.status.value == "REJECT" and client.read_flow_run(second.id).state.name == "AwaitingConcurrencySlot"
+            client.set_flow_run_state(first.id, Running())
+            assert client.set_flow_run_state(second.id, Pending()).status.value == "REJECT"
+            client.set_flow_run_state(first.id, Completed())
+            assert client.set_flow_run_state(second.id, Pending()).state.name == "Pending"
+        finally:
+            for run in (first, second):
+                client.delete_flow_run(run.id)
+    mine_dep = _wait_for_deployments(["mine/on-demand"], timeout=10)["mine/on-demand"]
+    assert mine_dep.global_concurrency_limit is None  # on-demand steps are not limited
+    get_settings.cache_clear()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """A process worker ignores a single SIGTERM: SIGTERM, then SIGINT, then kill."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
