@@ -187,13 +187,17 @@ def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json:
     from prefect.client.orchestration import get_client
 
     started = time.monotonic()
-    next_check, hinted = hint_after, False
+    next_check, hinted, queued = hint_after, False, False
     with get_client(sync_client=True) as client:
         while True:
             state = client.read_flow_run(flow_run.id).state
             if state is not None and state.is_final():
                 return state
             elapsed = time.monotonic() - started
+            if state is not None and state.name == "AwaitingConcurrencySlot" and not queued:
+                queued = True  # the weekly cycle runs one at a time (fleetloop.flows.deployments)
+                err.print(f"[yellow]Another run of this deployment is going:[/] run {flow_run.name} starts when it "
+                          "has finished (one at a time).", highlight=False, soft_wrap=True)
             waiting = state is None or state.is_scheduled() or state.is_pending()
             if waiting and not hinted and elapsed >= next_check and flow_run.deployment_id is not None:
                 next_check += hint_after

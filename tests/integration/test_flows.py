@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
+import typer
 
 from fleetloop.ingest.ingest import ingest
 from fleetloop.mine import run as mining
@@ -132,7 +133,7 @@ def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, t
                 server.wait(10)
 
 
-def test_the_weekly_deployment_runs_one_cycle_at_a_time(prefect_api, tmp_path, monkeypatch):
+def test_the_weekly_deployment_runs_one_cycle_at_a_time(prefect_api, tmp_path, monkeypatch, capsys):
     """The weekly cycle's deployment holds a concurrency limit of 1 that enqueues: while one run
     is going, the server refuses a second run's start (AwaitingConcurrencySlot) and lets it start
     once the first is done (where it finds the week done and does nothing)."""
@@ -140,6 +141,7 @@ def test_the_weekly_deployment_runs_one_cycle_at_a_time(prefect_api, tmp_path, m
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
     from prefect.states import Completed, Pending, Running
 
+    from fleetloop.cli.orchestration import _wait_for_run
     from fleetloop.flows.deployments import deploy_to_pool
 
     monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
@@ -156,6 +158,11 @@ def test_the_weekly_deployment_runs_one_cycle_at_a_time(prefect_api, tmp_path, m
             assert client.set_flow_run_state(first.id, Pending()).state.name == "Pending"
             refused = client.set_flow_run_state(second.id, Pending())
             assert refused.status.value == "REJECT" and client.read_flow_run(second.id).state.name == "AwaitingConcurrencySlot"
+            with pytest.raises(typer.Exit) as waited:  # `fleetloop run weekly-cycle --wait` says why it waits
+                _wait_for_run(client.read_flow_run(second.id), timeout=1.5, hint_after=3600)
+            assert waited.value.exit_code == 3
+            said = capsys.readouterr().err
+            assert "Another run of this deployment is going" in said and "AwaitingConcurrencySlot after" in said
             client.set_flow_run_state(first.id, Running())
             assert client.set_flow_run_state(second.id, Pending()).status.value == "REJECT"
             client.set_flow_run_state(first.id, Completed())
