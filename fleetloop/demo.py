@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -491,19 +491,12 @@ def _one_demo(settings: Settings) -> Iterator[None]:
     """One demo per home at a time (a lock file at its root, which ``--reset`` keeps): a second
     ``fleetloop demo`` would drive, label and train the same weeks again beside the first and
     race it for the demo's state, so it stops at once, naming the one that runs."""
-    from fleetloop.store.locks import LockTimeout, file_lock
+    from fleetloop.store.locks import held_or
 
-    path = Path(settings.home).resolve() / ".demo.lock"
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(file_lock(path, timeout=0))
-        except LockTimeout:
-            try:
-                pid = path.read_text().strip() or "?"
-            except OSError:
-                pid = "?"
-            raise DemoBusy(f"another `fleetloop demo` (pid {pid}) is running on {path.parent}: wait for it to "
-                           "finish (a rerun then continues with the next week) or stop it") from None
+    home = Path(settings.home).resolve()
+    with held_or(home / ".demo.lock", 0, lambda pid: DemoBusy(
+            f"another `fleetloop demo` (pid {pid}) is running on {home}: wait for it to finish (a rerun then "
+            "continues with the next week) or stop it")):
         yield
 
 

@@ -116,7 +116,7 @@ def write_params(path: Path | str, params: LoopParams) -> None:
     """Write ``params`` to ``path`` (:func:`dump_params`), keeping the comment lines that open
     the file, atomically: a temporary file beside it, renamed over it, so a kill or a full disk
     leaves the old file whole. :class:`ParamsError` naming the file when it cannot be written."""
-    import tempfile
+    from fleetloop.store.atomic import write_atomic
 
     path = Path(path)
     header, mode = "", 0o644
@@ -127,18 +127,6 @@ def write_params(path: Path | str, params: LoopParams) -> None:
                 break
             header += line
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        write_atomic(path, lambda fh: fh.write((header + dump_params(params)).encode()), mode=mode)
     except OSError as exc:
         raise ParamsError(f"{path}: cannot write: {exc}") from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(header + dump_params(params))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ParamsError(f"{path}: cannot write: {exc}") from None
-        raise

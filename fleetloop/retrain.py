@@ -14,7 +14,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from fleetloop.params import LoopParams, ParamsError, find_params_file
 from fleetloop.registry.api import Registry
 from fleetloop.registry.models import Decision, ModelVersion
 from fleetloop.settings import Settings
-from fleetloop.store.locks import LockTimeout, file_lock
+from fleetloop.store.locks import held_or
 from fleetloop.store.objects import Store, get_store
 from fleetloop.train.workspace import TrainingFailed
 from fleetloop.train.workspace import retrain as train_on
@@ -63,16 +63,9 @@ def _workspace_lock(workspace: Path, timeout_s: float) -> Iterator[None]:
     """Hold the training workspace's lock (a file beside it); :class:`TrainingFailed` naming the
     holder when another retrain keeps it longer than ``timeout_s``."""
     path = workspace.resolve().parent / f".{workspace.name}.lock"
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(file_lock(path, timeout=timeout_s))
-        except LockTimeout:
-            try:
-                pid = path.read_text().strip() or "?"
-            except OSError:
-                pid = "?"
-            raise TrainingFailed(f"another retrain (pid {pid}) has held the training workspace {workspace} for "
-                                 f"{timeout_s:.0f} s; try again when it has finished") from None
+    with held_or(path, timeout_s, lambda pid: TrainingFailed(
+            f"another retrain (pid {pid}) has held the training workspace {workspace} for {timeout_s:.0f} s; "
+            "try again when it has finished")):
         yield
 
 

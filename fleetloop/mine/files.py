@@ -5,14 +5,14 @@ the ingest and mine steps, so it lives above both)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from fleetloop.store.atomic import write_atomic
 
 FIRST_COLUMNS = ["log_id", "frame", "score", "reasons", "rank"]
 
@@ -39,25 +39,17 @@ def write_frames(table: pa.Table, out: Path) -> None:
     kind = out_kind(out)
     cols = FIRST_COLUMNS + [c for c in table.column_names if c not in FIRST_COLUMNS]
     table = table.select([c for c in cols if c in table.column_names])
+
+    def write(fh: BinaryIO) -> None:
+        if kind == "csv":
+            _write_csv(table, fh)
+        else:
+            pq.write_table(table, fh)
+
     try:
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise MiningOutputError(f"--out {out}: cannot create a file in {out.parent}: {exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if kind == "csv":
-                _write_csv(table, fh)
-            else:
-                pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the output from other users
-        os.replace(tmp, out)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, (OSError, pa.ArrowException)):
-            raise MiningOutputError(f"--out {out}: cannot write: {exc}") from None
-        raise
+        write_atomic(out, write)
+    except (OSError, pa.ArrowException) as exc:
+        raise MiningOutputError(f"--out {out}: cannot write: {exc}") from None
 
 
 def _write_csv(table: pa.Table, fh: BinaryIO) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 
@@ -37,6 +37,23 @@ def file_lock(path: Path, timeout: float = 600.0, poll: float = 0.2) -> Iterator
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+@contextmanager
+def held_or(path: Path, timeout: float, busy: Callable[[str], Exception]) -> Iterator[None]:
+    """:func:`file_lock`, but when another process holds ``path`` past ``timeout`` raise
+    ``busy(pid)`` (the holder's pid, which it wrote into the file; "?" when unreadable) instead
+    of :class:`LockTimeout`. Errors inside the block pass through untouched."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(file_lock(path, timeout=timeout))
+        except LockTimeout:
+            try:
+                pid = path.read_text().strip() or "?"
+            except OSError:
+                pid = "?"
+            raise busy(pid) from None
+        yield
 
 
 def lock_path(home: Path, kind: str, campaign: str) -> Path:
