@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from fleetloop.cli.output import JsonOpt, fail, print_json
@@ -132,10 +133,10 @@ def register(app: typer.Typer) -> None:
                 f"{report.written:,} frames (cost budget {budget_cost:g})" if budget_cost else f"all {report.written:,} frames, ranked")
         console.print(f"[green]wrote {out}[/]: {what} from {report.logs} logs, {report.flags:,} flags "
                       f"(params: {source or 'defaults'}; validation: {report.validation}; seconds: {report.seconds}; cpu seconds: {report.cpu_seconds})")
-        for log_id, why in report.quarantined.items():
-            console.print(f"  [red]quarantined {log_id}[/]: {why}")
-        for log_id, why in report.warnings.items():
-            console.print(f"  [yellow]warning {log_id}[/] (mined): {why}")
+        for line in grouped(report.quarantined, "[red]quarantined[/]", ""):
+            console.print(line, highlight=False)
+        for line in grouped(report.warnings, "[yellow]warning[/]", " (mined)"):
+            console.print(line, highlight=False)
         if report.judged_camera:
             console.print(f"  judged camera stream: {', '.join(report.judged_camera)} (the others are evidence)")
         for s in report.skipped:
@@ -228,6 +229,24 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
         raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
+
+
+def grouped(reasons: dict[str, str], label: str, note: str, most: int = 10, examples: int = 3) -> list[str]:
+    """Lines for people of ``log_id -> reason``: logs with the same reason on one line (its count
+    and a few ids), at most ``most`` lines; the rest is counted (``--json`` lists every log)."""
+    by_reason: dict[str, list[str]] = {}
+    for log_id, why in reasons.items():
+        by_reason.setdefault(why, []).append(log_id)
+    lines = []
+    for why, ids in list(by_reason.items())[:most]:
+        who = (escape(ids[0]) if len(ids) == 1 else
+               f"{len(ids)} logs ({', '.join(escape(i) for i in ids[:examples])}{', ...' if len(ids) > examples else ''})")
+        lines.append(f"  {label} {who}{note}: {escape(why)}")
+    rest = list(by_reason.values())[most:]
+    if rest:
+        lines.append(f"  {label} ... and {sum(map(len, rest))} more logs for {len(rest)} other reasons "
+                     "(--json lists every log)")
+    return lines
 
 
 def _exit_now(code: int = 0) -> None:

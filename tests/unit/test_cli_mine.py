@@ -288,3 +288,18 @@ def test_mine_json_summary_names_quarantined_and_warned_logs(sample_dir, tmp_pat
     res = runner.invoke(app, ["mine", str(tmp_path / "nope"), "-o", str(out), "--json"])
     failed = json.loads(res.stdout)
     assert res.exit_code == 1 and failed["ok"] is False and "does not exist" in failed["error"]
+
+
+def test_warnings_and_quarantines_for_people_are_grouped_by_reason_and_capped():
+    """136 copies of KITTI's one inverted CIWT box are one line, not 136; more than ``most``
+    distinct reasons end in a count (``--json`` keeps every log)."""
+    from fleetloop.cli.mine import grouped
+
+    same = {f"{k:04d}0006": "tracks: 1 row fails 'x2 > x1'" for k in range(136)}
+    assert grouped(same, "warning", " (mined)") == [
+        "  warning 136 logs (00000006, 00010006, 00020006, ...) (mined): tracks: 1 row fails 'x2 > x1'"]
+    assert grouped({"a": "bad [x]"}, "quarantined", "") == ["  quarantined a: bad \\[x]"]  # literal, not markup
+    many = {f"log{k}": f"reason {k}" for k in range(12)} | {"log12": "reason 0"}
+    lines = grouped(many, "quarantined", "", most=10)
+    assert len(lines) == 11 and lines[0] == "  quarantined 2 logs (log0, log12): reason 0"
+    assert lines[-1] == "  quarantined ... and 2 more logs for 2 other reasons (--json lists every log)"
