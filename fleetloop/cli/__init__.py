@@ -3,11 +3,29 @@ heavy libraries are imported inside the commands, so ``fleetloop --help`` is ins
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+
+class _LoopOrder(TyperGroup):
+    """``fleetloop --help`` lists the commands in the loop's order (:data:`PANELS`)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        order = [name for names in PANELS.values() for name in names]
+        return sorted(super().list_commands(ctx), key=lambda n: order.index(n) if n in order else len(order))
+
+
+#: ``fleetloop --help`` lists the commands in these panels, in this order.
+PANELS = {
+    "The loop, step by step": ["ingest", "mine", "label", "dataset", "retrain", "registry", "drift"],
+    "Running it": ["demo", "services", "deploy", "worker", "run"],
+    "Looking around": ["logs", "sample"],
+}
 
 app = typer.Typer(
+    cls=_LoopOrder,
     name="fleetloop",
     help="fleetloop: mine fleet logs, label, version, retrain, promote, monitor drift.",
     no_args_is_help=True,
@@ -40,6 +58,18 @@ def _one_line_summaries(group: typer.Typer) -> None:
 
 
 _one_line_summaries(app)
+
+
+def _panels(group: typer.Typer) -> None:
+    """Each command's panel in ``--help`` (:data:`PANELS`; "Other" for one not listed there)."""
+    panel = {name: title for title, names in PANELS.items() for name in names}
+    infos: list[Any] = [*group.registered_commands, *group.registered_groups]
+    for info in infos:
+        name = info.name or (info.callback.__name__.replace("_", "-") if info.callback else "")
+        info.rich_help_panel = panel.get(name, "Other")
+
+
+_panels(app)
 
 
 def main() -> None:

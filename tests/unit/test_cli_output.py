@@ -194,3 +194,14 @@ def test_a_second_demo_on_the_same_home_stops_at_once_naming_the_first(empty_hom
     # free again; and while this process holds it, a second one is refused
     with _one_demo(get_settings()), pytest.raises(DemoBusy), _one_demo(get_settings()):
         pass
+
+
+def test_help_lists_every_command_in_the_loops_order_and_panels():
+    from fleetloop.cli import PANELS
+
+    res = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    listed = [line.split()[1] for line in res.stdout.splitlines()
+              if line.startswith("│ ") and line[2] not in " -"]  # a command's first line, not an option
+    assert listed == [name for names in PANELS.values() for name in names], "every command sits in one panel, in order"
+    assert all(title in res.stdout for title in PANELS) and "Other" not in res.stdout
