@@ -135,13 +135,16 @@ def retrain_latest(
     """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
     (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the pipeline beside
     params.yaml, the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call."""
+    from fleetloop.dataset.versions import history, status
+
     cfg = dataset_config(settings)
     if version is None:
-        from fleetloop.dataset.versions import status
-
         version = status(cfg).version
     if version < 1:
         raise DatasetError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
+    known = [v.version for v in history(cfg)]
+    if known and version not in known:
+        raise DatasetError(f"no dataset version {version} (dataset-v{version}): it has versions {known[0]}..{known[-1]}")
     found = find_params_file()
     if found is None:
         raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")

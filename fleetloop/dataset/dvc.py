@@ -182,10 +182,11 @@ class Repo:
         raise AssertionError("unreachable")
 
     def dvc(self, *args: str) -> str:
-        """Run the ``dvc`` command line of this interpreter (``python -m dvc <args> --quiet``) in the
+        """Run the ``dvc`` command line of this interpreter (``python -m dvc <args>``) in the
         repository, retrying while another DVC process holds the repository lock; its stdout. For
-        long or pipeline commands (``repro``, ``import``, ``update``) that belong in a subprocess."""
-        argv = [sys.executable, "-m", "dvc", *args, "--quiet"]
+        long or pipeline commands (``repro``, ``import``, ``update``) that belong in a subprocess.
+        Its output is captured and quoted when it fails (not ``--quiet``: that hides DVC's error)."""
+        argv = [sys.executable, "-m", "dvc", *args]
         what = "dvc " + " ".join(args)
         env = {**self._env(), "DVC_NO_ANALYTICS": "1"}
         overrides = self._dvc_overrides().get("remote", {}).get(DVC_REMOTE, {})

@@ -304,3 +304,16 @@ def test_three_retrains_at_once_train_once_and_all_report_that_model(tmp_path: P
     assert sorted(d["action"] for d in docs) == ["noop", "noop", "promote"]
     listed = subprocess.run([*FLEETLOOP, "registry", "list", "--json"], env=env, capture_output=True, text=True, check=True)
     assert [v["version"] for v in json.loads(listed.stdout)] == [1]
+
+    # a version the dataset does not have is named as such, before anything runs
+    missing = subprocess.run([*FLEETLOOP, "retrain", "--dataset", "5", "--json"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert json.loads(missing.stdout)["error"] == "no dataset version 5 (dataset-v5): it has versions 1..1"
+    # and a DVC command that fails is quoted with DVC's own error, not "no output"
+    from fleetloop.dataset.config import DatasetError, dataset_config
+    from fleetloop.dataset.dvc import Repo
+    from tests.production.world import settings_from
+
+    workspace = Repo(tmp_path / "home" / "train", dataset_config(settings_from(env)))
+    with pytest.raises(DatasetError, match="unknown Git revision 'dataset-v9'"):
+        workspace.dvc("update", "--rev", "dataset-v9", "data/dataset.dvc")
