@@ -85,11 +85,19 @@ def read_selection_text(text: str, where: str) -> list[dict[str, Any]]:
     if missing:
         raise SelectionError(f"{where}: missing columns {missing} (have {reader.fieldnames})")
     for lineno, row in enumerate(reader, start=2):
+        if None in row or row["frame"] is None:  # more cells than the header names, or fewer
+            raise SelectionError(f"{where}, line {lineno}: {len(reader.fieldnames or [])} columns in the header, "
+                                 "another number of cells on this line")
         try:
             row["frame"] = int(row["frame"])
+        except ValueError:
+            raise SelectionError(f"{where}, line {lineno}: frame {row['frame']!r} is not a whole number") from None
+        if row["frame"] < 0:
+            raise SelectionError(f"{where}, line {lineno}: frame {row['frame']} is negative")
+        try:
             row["score"] = float(row["score"]) if row.get("score") not in (None, "") else None
-        except ValueError as exc:
-            raise SelectionError(f"{where}, line {lineno}: {exc}") from exc
+        except ValueError:
+            raise SelectionError(f"{where}, line {lineno}: score {row['score']!r} is not a number") from None
         row["reasons"] = row.get("reasons") or ""
         rows.append(row)
     return rows

@@ -155,9 +155,16 @@ def test_read_selection_keeps_log_ids_as_strings(tmp_path):
     assert rows[0]["reasons"] == "lidar_only:car;uncertain" and rows[0]["run"] == "r1"
     assert rows[1]["score"] is None and rows[1]["reasons"] == ""
     assert task_key("c", "0001", 5) == "c/0001/5"
-    p.write_text("log_id,frame\n0001,five\n")
-    with pytest.raises(SelectionError, match="line 2"):
-        read_selection(p)
+    for text, message in [
+        ("log_id,frame\n0001,five\n", "line 2: frame 'five' is not a whole number"),
+        ("log_id,frame,score\n0001,3,0.5\n0001,4,high\n", "line 3: score 'high' is not a number"),
+        ("log_id,frame\n0001,-2\n", "line 2: frame -2 is negative"),
+        ("log_id,frame\n0001,2,9\n", "line 2: 2 columns in the header, another number of cells"),
+        ("log_id,frame\n0001\n", "line 2: 2 columns in the header, another number of cells"),
+    ]:
+        p.write_text(text)
+        with pytest.raises(SelectionError, match=f"sel.csv, {message}"):
+            read_selection(p)
     with pytest.raises(SelectionError, match="does not exist"):
         read_selection(tmp_path / "nope.csv")
 
