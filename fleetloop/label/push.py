@@ -89,11 +89,12 @@ def read_selection_text(text: str, where: str) -> list[dict[str, Any]]:
             raise SelectionError(f"{where}, line {lineno}: {len(reader.fieldnames or [])} columns in the header, "
                                  "another number of cells on this line")
         try:
-            row["frame"] = int(row["frame"])
+            frame = int(row["frame"])
         except ValueError:
             raise SelectionError(f"{where}, line {lineno}: frame {row['frame']!r} is not a whole number") from None
-        if row["frame"] < 0:
-            raise SelectionError(f"{where}, line {lineno}: frame {row['frame']} is negative")
+        if frame < 0:
+            raise SelectionError(f"{where}, line {lineno}: frame {frame} is negative")
+        row["frame"] = frame
         try:
             row["score"] = float(row["score"]) if row.get("score") not in (None, "") else None
         except ValueError:
