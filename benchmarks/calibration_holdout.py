@@ -61,6 +61,59 @@ def subset_truth(truth: Path, seqs: list[str], out: Path) -> Path:
     return out
 
 
+def bootstrap(truth: Path, uncal: Path, cal: Path, per_seq: dict[str, tuple[Path, Path]], replicates: int,
+              block: int = 20, seed: int = 0) -> str:
+    """How far the leave-one-out change of lift / cost-lift @10 % could move by chance: a paired
+    block bootstrap. Each sequence's frames are cut into blocks of ``block`` consecutive frames
+    (neighbouring frames share their scene, so they are resampled together), the blocks resampled
+    with replacement within their sequence, and both rankings scored on the same resampled frames
+    with the yardstick's own ``score.evaluate`` (its tie and cost rules). Returns the lines to print."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("kitti_score", YARDSTICK / "score.py")
+    assert spec is not None and spec.loader is not None
+    sc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sc)
+    keys, anyerr, cnt, ngt = sc.read_truth(truth)
+    seq_of = np.array([k[0] for k in keys])
+    rank_u, rank_c = sc.read_ranking(uncal), sc.read_ranking(cal)
+    per = {s: (sc.read_ranking(u), sc.read_ranking(c)) for s, (u, c) in per_seq.items()}
+    blocks = {s: [np.flatnonzero(seq_of == s)[i:i + block] for i in range(0, int((seq_of == s).sum()), block)]
+              for s in per}
+    rng = np.random.default_rng(seed)
+
+    def at10(idx: np.ndarray, ranking: dict) -> tuple[float, float]:
+        m = sc.evaluate([keys[i] for i in idx], anyerr[idx], cnt[idx], ranking, ks=("10%",), warn=False,
+                        ngt=ngt[idx])["at"]["10%"]
+        return m["lift"], m["clift"]
+
+    def changes(picks: dict[str, np.ndarray]) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(pooled, mean of the five) change of (lift, cost-lift) on these frames."""
+        idx = np.concatenate(list(picks.values()))
+        (ul, uc), (cl, cc) = at10(idx, rank_u), at10(idx, rank_c)
+        d = np.array([np.subtract(at10(picks[s], per[s][1]), at10(picks[s], per[s][0])) for s in per])
+        return (cl - ul, cc - uc), tuple(d.mean(axis=0))
+
+    seen = changes({s: np.concatenate(bs) for s, bs in blocks.items()})
+    pooled, mean5 = [], []
+    for _ in range(replicates):
+        p, m = changes({s: np.concatenate([bs[i] for i in rng.integers(len(bs), size=len(bs))])
+                        for s, bs in blocks.items()})
+        pooled.append(p)
+        mean5.append(m)
+    lines = [f"\npaired block bootstrap of the leave-one-out change ({replicates} replicates; blocks of {block} frames "
+             "resampled within each sequence; calibrated - uncalibrated, @10 %):"]
+    for name, point, diffs in (("mean of the five", seen[1], mean5), ("all five, pooled", seen[0], pooled)):
+        a = np.array(diffs)
+        lo, hi = np.percentile(a, [2.5, 97.5], axis=0)
+        both = float(((a[:, 0] > 0) & (a[:, 1] > 0)).mean())
+        lines.append(f"  {name}: lift {point[0]:+.3f} (95 % of replicates: {lo[0]:+.3f} .. {hi[0]:+.3f}), cost-lift "
+                     f"{point[1]:+.3f} ({lo[1]:+.3f} .. {hi[1]:+.3f}); better on both in {both:.0%} of replicates")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -75,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-tracker", default="yolox_sort", help="the judged camera stream of the miner")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "out" / "calibration_holdout")
     ap.add_argument("--no-subsets", action="store_true", help="leave-one-out only")
+    ap.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates of the leave-one-out change")
     args = ap.parse_args(argv)
     require_kitti()
     out = args.out_dir
@@ -117,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     u, c = at10(u_rep), at10(c_rep)
     lines.append(f"| all five, pooled | {u[0]:.2f} / {u[1]:.2f} | {c[0]:.2f} / {c[1]:.2f} |")
     print("\n".join(lines), flush=True)
+
+    print(bootstrap(truth, out / "uncalibrated.csv", out / "calibrated_heldout.csv",
+                    {x: (out / f"uncal_{x}.csv", out / f"cal_{x}.csv") for x in seqs}, args.replicates), flush=True)
 
     if not args.no_subsets:
         print("\nfit on k sequences, one model ranks the other 5 - k (change of lift / cost-lift @10 % vs uncalibrated):")
