@@ -123,11 +123,11 @@ def load_state(settings: Settings) -> DemoState | None:
 
 
 def _save_state(settings: Settings, state: DemoState) -> None:
+    from fleetloop.store.atomic import write_atomic
+
     path = _state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.model_dump_json(indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, lambda fh: fh.write(state.model_dump_json(indent=2).encode()))
 
 
 def _week_of(state: DemoState, k: int) -> str:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from fleetloop.ingest.screen import screen
 from fleetloop.ingest.suites import load_suite_dict
 from fleetloop.schema import LABELS, STREAMS, DriveLogs
+from fleetloop.store.atomic import write_atomic
 from fleetloop.verdict import Verdict
 
 Severity = Literal["critical", "warning"]
@@ -625,14 +626,7 @@ def quarantine(dest, report: LogReport) -> str:
     d = Path(dest) / base
     d.mkdir(parents=True, exist_ok=True)
     for fname, data in (("report.json", js), ("report.md", md)):
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{fname}.", suffix=".tmp")  # unique: writers never share it
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, d / fname)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(d / fname, _writer(data))  # unique temporary names: writers never share one
     return str(d / "report.md")
 
 
@@ -712,3 +706,7 @@ def label_failures(labels: pa.Table) -> list[str]:
     per failing expectation, empty when every row is valid."""
     return [f"log {log_id}: {reason}" for log_id, report in validate_labels(labels).items()
             for reason in report.verdict().reasons if not report.verdict().passed]
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], object]:
+    return lambda fh: fh.write(data)

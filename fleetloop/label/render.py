@@ -200,17 +200,8 @@ def render_frame(by_sensor: dict[str, list[dict]], width: int, height: int, capt
 
 def save_png(img, path: Path) -> Path:
     """Write atomically (a reader never sees half a PNG)."""
-    import os
-    import tempfile
+    from fleetloop.store.atomic import write_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG", compress_level=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: img.save(f, format="PNG", compress_level=1))
     return path

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from fleetloop.local import process
 from fleetloop.settings import Settings
+from fleetloop.store.atomic import write_atomic
 from fleetloop.store.locks import LockTimeout, file_lock
 
 __all__ = [
@@ -128,12 +129,8 @@ class ServerProcess:
     def write_state(self, state: dict[str, Any]) -> None:
         """Replace the state file atomically; mode 0600 from the first byte."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(f".state.json.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, self.state_path)
+        text = json.dumps(state, indent=2) + "\n"
+        write_atomic(self.state_path, lambda f: f.write(text.encode()), mode=0o600)  # mkstemp: 0600 from the start
 
     def running(self, state: dict[str, Any] | None) -> bool:
         """The process ``state`` records is alive and is ours (see the class docstring)."""

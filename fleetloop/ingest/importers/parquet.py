@@ -12,7 +12,6 @@ are the validation's job (``fleetloop.ingest.validation``), not the importer's.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 
 from fleetloop.ingest.importers import LogFormatError
 from fleetloop.schema import STREAMS, DriveLogs
+from fleetloop.store.atomic import write_atomic
 
 REQUIRED = ("frames", "calibration")
 
@@ -42,14 +42,7 @@ def write_parquet_log(logs: DriveLogs, root: Path | str) -> list[Path]:
 
 def _write_atomically(table: pa.Table, path: Path) -> None:
     """Write to a unique temporary name beside ``path``, then rename (removed on any failure)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 class ParquetImporter:
