@@ -127,7 +127,7 @@ def _save_state(settings: Settings, state: DemoState) -> None:
 
     path = _state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda fh: fh.write(state.model_dump_json(indent=2).encode()))
+    write_atomic(path, state.model_dump_json(indent=2).encode())
 
 
 def _week_of(state: DemoState, k: int) -> str:

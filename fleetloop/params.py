@@ -127,6 +127,6 @@ def write_params(path: Path | str, params: LoopParams) -> None:
                 break
             header += line
     try:
-        write_atomic(path, lambda fh: fh.write((header + dump_params(params)).encode()), mode=mode)
+        write_atomic(path, (header + dump_params(params)).encode(), mode=mode)
     except OSError as exc:
         raise ParamsError(f"{path}: cannot write: {exc}") from None

@@ -135,15 +135,15 @@ def retrain_latest(
     """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
     (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the pipeline beside
     params.yaml, the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call."""
-    from fleetloop.dataset.versions import history, status
+    from fleetloop.dataset.versions import history
 
     cfg = dataset_config(settings)
-    if version is None:
-        version = status(cfg).version
-    if version < 1:
+    known = [v.version for v in history(cfg)]  # the newest manifest's list of every version
+    if not known:
         raise DatasetError("the dataset has no version yet: grow it first (fleetloop dataset grow)")
-    known = [v.version for v in history(cfg)]
-    if known and version not in known:
+    if version is None:
+        version = known[-1]
+    if version not in known:
         raise DatasetError(f"no dataset version {version} (dataset-v{version}): it has versions {known[0]}..{known[-1]}")
     found = find_params_file()
     if found is None:

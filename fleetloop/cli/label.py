@@ -169,24 +169,23 @@ def status(
     from fleetloop.label.api import statuses
 
     try:
-        if campaign is None:
-            rows = statuses(_settings())
-        else:
-            st = campaign_status(campaign, _settings())
+        result = statuses(_settings()) if campaign is None else campaign_status(campaign, _settings())
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
-    if campaign is not None:
-        if as_json:
-            print_json(st)
-            return
-        console.print(
-            f"campaign [bold]{campaign}[/] ({st['url']}): {st['tasks']} tasks, {st['annotated']} annotated, "
-            f"{st['synced']} synced ({st['annotations_delivered']} annotations delivered in {st['shards']} shards)"
-        )
-        return
     if as_json:
-        print_json(rows)
-        return
+        print_json(result)
+    elif isinstance(result, dict):
+        console.print(
+            f"campaign [bold]{campaign}[/] ({result['url']}): {result['tasks']} tasks, {result['annotated']} annotated, "
+            f"{result['synced']} synced ({result['annotations_delivered']} annotations delivered in "
+            f"{result['shards']} shards)"
+        )
+    else:
+        _print_campaigns(result)
+
+
+def _print_campaigns(rows: list[dict]) -> None:
+    """``fleetloop label status`` without a campaign, for people: one row per campaign."""
     if not rows:
         console.print("no campaigns yet: `fleetloop label push` creates one (the weekly cycle pushes one a week)")
         return

@@ -19,11 +19,10 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -626,7 +625,7 @@ def quarantine(dest, report: LogReport) -> str:
     d = Path(dest) / base
     d.mkdir(parents=True, exist_ok=True)
     for fname, data in (("report.json", js), ("report.md", md)):
-        write_atomic(d / fname, _writer(data))  # unique temporary names: writers never share one
+        write_atomic(d / fname, data)  # unique temporary names: writers never share one
     return str(d / "report.md")
 
 
@@ -707,6 +706,3 @@ def label_failures(labels: pa.Table) -> list[str]:
     return [f"log {log_id}: {reason}" for log_id, report in validate_labels(labels).items()
             for reason in report.verdict().reasons if not report.verdict().passed]
 
-
-def _writer(data: bytes) -> Callable[[BinaryIO], object]:
-    return lambda fh: fh.write(data)

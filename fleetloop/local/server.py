@@ -129,8 +129,7 @@ class ServerProcess:
     def write_state(self, state: dict[str, Any]) -> None:
         """Replace the state file atomically; mode 0600 from the first byte."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(state, indent=2) + "\n"
-        write_atomic(self.state_path, lambda f: f.write(text.encode()), mode=0o600)  # mkstemp: 0600 from the start
+        write_atomic(self.state_path, (json.dumps(state, indent=2) + "\n").encode(), mode=0o600)
 
     def running(self, state: dict[str, Any] | None) -> bool:
         """The process ``state`` records is alive and is ours (see the class docstring)."""

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleetloop.store.atomic import write_atomic
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -149,22 +151,12 @@ class LocalStore(Store):
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}{_TMP_MARK}")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(target, write, tmp_mark=_TMP_MARK)
         except OSError as exc:
             raise self._error("write", key, exc) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._atomic_write(key, lambda f: f.write(data))
+        self._atomic_write(key, data)
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
