@@ -127,9 +127,7 @@ def mine_files(
             t["validate"] += time.perf_counter() - t0
             cpu["validate"] += clock() - c0
             for log_id, rep in result.quarantined.items():
-                first = rep.critical[0] if rep.critical else None
-                report.quarantined[log_id] = (f"{first.table}: {first.expectation}: {first.description}"
-                                              if first else "failed validation")
+                report.quarantined[log_id] = rep.reason
             for log_id, rep in result.warnings.items():
                 report.warnings[log_id] = "; ".join(
                     f"{w.table}: {w.unexpected_count} {'row fails' if w.unexpected_count == 1 else 'rows fail'} '{w.description}'"

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fleetloop.cli.output import JsonOpt, err, fail, print_json
+from fleetloop.cli.output import JsonOpt, err, fail, grouped, print_json
 
 console = Console(soft_wrap=True)
 logs_app = typer.Typer(help="Logs in the configured store.", no_args_is_help=True)
@@ -55,8 +55,13 @@ def register(app: typer.Typer) -> None:
             f"[red]{len(report.quarantined)} quarantined[/], {len(report.conflicts)} conflicts; "
             f"{report.frames:,} frames in {report.seconds:.1f} s"
         )
-        for log_id, key in report.quarantined.items():
-            console.print(f"  quarantined {escape(repr(log_id) if not log_id.isprintable() else log_id)}: {escape(key)}")
+        named = {(log_id if log_id.isprintable() else repr(log_id)): why for log_id, why in report.reasons.items()}
+        for line in grouped(named, "[red]quarantined[/]", ""):
+            console.print(line, highlight=False)
+        if report.quarantined:
+            console.print(f"  reports in the store: {escape(next(iter(report.quarantined.values())))}"
+                          + (" and one per other log (--json lists them)" if len(report.quarantined) > 1 else ""),
+                          highlight=False)
         for log_id, why in report.conflicts.items():
             console.print(f"  [yellow]not stored {escape(log_id)}:[/] {escape(why)}")
         if report.conflicts:

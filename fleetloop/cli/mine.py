@@ -11,10 +11,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from fleetloop.cli.output import JsonOpt, fail, print_json
+from fleetloop.cli.output import JsonOpt, fail, grouped, print_json
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -229,24 +228,6 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
         raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
-
-
-def grouped(reasons: dict[str, str], label: str, note: str, most: int = 10, examples: int = 3) -> list[str]:
-    """Lines for people of ``log_id -> reason``: logs with the same reason on one line (its count
-    and a few ids), at most ``most`` lines; the rest is counted (``--json`` lists every log)."""
-    by_reason: dict[str, list[str]] = {}
-    for log_id, why in reasons.items():
-        by_reason.setdefault(why, []).append(log_id)
-    lines = []
-    for why, ids in list(by_reason.items())[:most]:
-        who = (escape(ids[0]) if len(ids) == 1 else
-               f"{len(ids)} logs ({', '.join(escape(i) for i in ids[:examples])}{', ...' if len(ids) > examples else ''})")
-        lines.append(f"  {label} {who}{note}: {escape(why)}")
-    rest = list(by_reason.values())[most:]
-    if rest:
-        lines.append(f"  {label} ... and {sum(map(len, rest))} more logs for {len(rest)} other reasons "
-                     "(--json lists every log)")
-    return lines
 
 
 def _exit_now(code: int = 0) -> None:

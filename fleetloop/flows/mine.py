@@ -31,7 +31,7 @@ def ingest_logs(
         f"- frames: {report.frames:,}",
         f"- quarantined: **{len(report.quarantined)}**",
     ]
-    lines += [f"  - `{log_id}`: report at `{key}`" for log_id, key in report.quarantined.items()]
+    lines += [f"  - `{log_id}`: {report.reasons.get(log_id, '')} (report at `{key}`)" for log_id, key in report.quarantined.items()]
     create_markdown_artifact(key="ingest-summary", markdown="\n".join(lines), description="What came in")
     return report
 

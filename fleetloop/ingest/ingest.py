@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from fleetloop.store.objects import StorageError, Store
 
 if TYPE_CHECKING:
-    from fleetloop.ingest.validation import ValidationResult
+    from fleetloop.ingest.validation import LogReport, ValidationResult
     from fleetloop.schema import DriveLogs
 
 
@@ -34,6 +34,7 @@ class IngestReport(BaseModel):
     registered: list[str] = Field(default_factory=list)  # newly stored logs
     unchanged: list[str] = Field(default_factory=list)  # already stored with the same content
     quarantined: dict[str, str] = Field(default_factory=dict)  # log_id -> report key
+    reasons: dict[str, str] = Field(default_factory=dict)  # log_id -> why it is quarantined, one line
     conflicts: dict[str, str] = Field(default_factory=dict)  # log_id -> why (same id, other content)
     frames: int = 0
     seconds: float = 0.0
@@ -45,25 +46,25 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
     ones with a report. A bad log never stops the batch. ``arrived_at`` (default now) backdates
     the arrival of a backfill."""
     from fleetloop.ingest.importers import load_logs_isolated
-    from fleetloop.ingest.validation import LogReport, quarantine
+    from fleetloop.ingest.validation import LogReport
 
     t0 = time.perf_counter()
     report = IngestReport(source=str(source), format=fmt)
     loaded = load_logs_isolated(source, fmt, log_ids, **importer_options)
     for log_id, error in loaded.errors.items():  # logs that do not load: quarantined, the rest goes on
-        report.quarantined[log_id] = quarantine(store, LogReport.from_format_error(log_id, error))
+        _quarantine(store, LogReport.from_format_error(log_id, error), report)
     result = _validate(loaded.logs)
     for log_id in result.good.log_ids:
         _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
-    for log_id, log_report in result.quarantined.items():
-        report.quarantined[log_id] = quarantine(store, log_report)
+    for log_report in result.quarantined.values():
+        _quarantine(store, log_report, report)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
 
 def _store_one(store: Store, one: DriveLogs, source: str, arrived_at: datetime | None, report: IngestReport) -> None:
     """Store one validated log and record what happened in ``report``."""
-    from fleetloop.ingest.validation import LogReport, quarantine
+    from fleetloop.ingest.validation import LogReport
     from fleetloop.store.logs import LogConflictError, commit_log
 
     log_id = one.log_ids[0]
@@ -76,10 +77,18 @@ def _store_one(store: Store, one: DriveLogs, source: str, arrived_at: datetime |
         raise
     except Exception as exc:  # anything else is this log's problem
         failure = _Failure(source, f"the log cannot be stored: {type(exc).__name__}: {exc}")
-        report.quarantined[log_id] = quarantine(store, LogReport.from_format_error(log_id, failure))
+        _quarantine(store, LogReport.from_format_error(log_id, failure), report)
         return
     (report.registered if result.created else report.unchanged).append(log_id)
     report.frames += one.num_frames
+
+
+def _quarantine(store: Store, log_report: LogReport, report: IngestReport) -> None:
+    """Write the log's quarantine report to the store; record where it is and why in ``report``."""
+    from fleetloop.ingest.validation import quarantine
+
+    report.quarantined[log_report.log_id] = quarantine(store, log_report)
+    report.reasons[log_report.log_id] = log_report.reason
 
 
 class _Failure(ValueError):

@@ -111,6 +111,18 @@ class LogReport(BaseModel):
         )
         return cls(log_id=log_id, status="quarantined", critical=[failure])
 
+    @property
+    def reason(self) -> str:
+        """Why the log is quarantined, in one line: its first critical failure (the parse error
+        with its file and line, or ``table: expectation: description``) and how many more."""
+        if not self.critical:
+            return "failed validation"
+        first = self.critical[0]
+        text = (first.detail if first.expectation == "parse" and first.detail
+                else f"{first.table}: {first.expectation}: {first.description}")
+        more = len(self.critical) - 1
+        return text + (f" (and {more} more critical failure{'s' if more > 1 else ''})" if more else "")
+
     def to_markdown(self) -> str:
         return _markdown(self)
 

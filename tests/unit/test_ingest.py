@@ -41,6 +41,12 @@ def test_ingest_quarantines_bad_logs_and_keeps_the_rest(home, broken_kitti):
     first = runner.invoke(app, ["ingest", str(broken_kitti), "--format", "kitti-tracking"])
     assert first.exit_code == 0, first.output
     assert "3 new" in first.output and "2 quarantined" in first.output
+    # each quarantined log says why on its own line (the file and line that did not parse), and
+    # where the reports are, without opening them
+    why = {line.split()[1].rstrip(":"): line for line in first.output.splitlines() if line.strip().startswith("quarantined ")}
+    assert sorted(why) == ["0006", "0010"], first.output
+    assert "0006.txt" in why["0006"] and "line 5" in why["0006"] and "Tr_velo_to_cam" in why["0010"]
+    assert "reports in the store: quarantine/" in first.output
 
     reports = {p.parent.name: p for p in (home / "store" / "quarantine").glob("*/report.json")}
     assert sorted(reports) == ["0006", "0010"]
@@ -75,6 +81,7 @@ def test_ingest_and_logs_list_print_json_for_machines(home, broken_kitti):
     doc = json.loads(res.stdout)  # stdout is the JSON document alone (the spinner goes to stderr)
     assert doc["ok"] is True and sorted(doc["registered"]) == ["0001", "0008", "0012"]
     assert sorted(doc["quarantined"]) == ["0006", "0010"] and doc["conflicts"] == {} and doc["frames"] > 0
+    assert sorted(doc["reasons"]) == ["0006", "0010"] and "line 5" in doc["reasons"]["0006"]
     listed = json.loads(runner.invoke(app, ["logs", "list", "--json"]).stdout)
     assert sorted(m["log_id"] for m in listed) == ["0001", "0008", "0012"]
     assert all(m["n_frames"] > 0 and m["sha256"] for m in listed)
