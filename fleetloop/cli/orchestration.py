@@ -100,11 +100,16 @@ def register(app: typer.Typer) -> None:
             from fleetloop.local.process import reaping_descendants
 
             console.print(f"Serving fleetloop deployments against {url} (Ctrl-C to stop)")
+            def replacing(names: list[str]) -> None:
+                console.print(f"Replacing {len(names)} deployments registered in a work pool by `fleetloop deploy` "
+                              f"with served ones ({', '.join(names)})", highlight=False)
+
             with reaping_descendants():  # flow runs still going when serving stops are stopped too
-                deployments.serve(settings)
+                deployments.serve(settings, on_replace=replacing)
             return
         ids = deployments.deploy_to_pool(settings)
-        console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {url}.")
+        console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {url}: "
+                      f"{', '.join(ids)}.", highlight=False, soft_wrap=True)
         console.print("Run them with: [bold]fleetloop worker[/]")
 
     @app.command()
@@ -143,6 +148,10 @@ def register(app: typer.Typer) -> None:
         if flow not in DEPLOYMENTS:
             raise typer.BadParameter(f"unknown flow {flow!r}; expected one of {list(DEPLOYMENTS)}", param_hint="FLOW")
         parameters = parse_params(param or [])
+        from fleetloop.local.services import ensure_prefect_env
+        from fleetloop.settings import get_settings
+
+        ensure_prefect_env(get_settings())  # before check_parameters imports prefect, which reads its API URL then
         check_parameters(flow, parameters)
         _, api_url = _prefect_env(as_json)
         from prefect.deployments import run_deployment

@@ -10,6 +10,8 @@ Two ways to run them, neither needs Docker:
 from __future__ import annotations
 
 import contextlib
+import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -70,14 +72,45 @@ def to_deployments(settings: Settings) -> list:
     return out
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, on_replace: Callable[[list[str]], None] | None = None) -> None:
+    """Register the deployments and run their flow runs in this process. Deployments of the same
+    names that ``fleetloop deploy`` put in a work pool are deleted first (``on_replace`` hears
+    their names): served over, they would keep the pool's code-loading steps and every run would
+    crash loading its flow."""
     from prefect import serve as prefect_serve
 
-    prefect_serve(*to_deployments(settings), print_starting_message=True)
+    runner_deployments = to_deployments(settings)
+    replaced = _delete_pool_deployments([f"{d.flow_name}/{d.name}" for d in runner_deployments])
+    if replaced and on_replace is not None:
+        on_replace(replaced)
+    prefect_serve(*runner_deployments, print_starting_message=True)
 
 
-def deploy_to_pool(settings: Settings) -> list[str]:
-    """Register every deployment in the process work pool (created when missing)."""
+def _delete_pool_deployments(names: list[str]) -> list[str]:
+    """Delete the deployments of ``names`` that belong to a work pool; returns their names."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async def delete() -> list[str]:
+        deleted = []
+        async with get_client() as client:
+            for name in names:
+                try:
+                    existing = await client.read_deployment_by_name(name)
+                except ObjectNotFound:
+                    continue
+                if existing.work_pool_name:
+                    await client.delete_deployment(existing.id)
+                    deleted.append(name)
+        return deleted
+
+    return anyio.run(delete)
+
+
+def deploy_to_pool(settings: Settings) -> dict[str, str]:
+    """Register every deployment in the process work pool (created when missing); returns each
+    deployment's ``flow/name`` and id."""
     import anyio
     from prefect import flow as prefect_flow
     from prefect.client.orchestration import get_client
@@ -92,11 +125,13 @@ def deploy_to_pool(settings: Settings) -> list[str]:
                 await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
 
     anyio.run(ensure_pool)
-    ids = []
+    ids = {}
     for spec in flow_specs(settings):
         # async_dispatch types it Flow | Coroutine; called from sync code it returns the Flow
         fl = cast("Flow[..., Any]", prefect_flow.from_source(source=str(SOURCE_ROOT), entrypoint=spec["entrypoint"]))
-        dep_id = fl.deploy(name=spec["name"], work_pool_name=pool, schedules=spec.get("schedules"),
-                           concurrency_limit=spec.get("concurrency_limit"), tags=["fleetloop"], print_next_steps=False)
-        ids.append(str(dep_id))
+        with contextlib.redirect_stdout(io.StringIO()):  # Prefect's own table, once per deployment
+            dep_id = fl.deploy(name=spec["name"], work_pool_name=pool, schedules=spec.get("schedules"),
+                               concurrency_limit=spec.get("concurrency_limit"), tags=["fleetloop"],
+                               print_next_steps=False, ignore_warnings=True)
+        ids[f"{fl.name}/{spec['name']}"] = str(dep_id)
     return ids

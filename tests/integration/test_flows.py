@@ -85,11 +85,21 @@ def _wait_for_deployments(names: list[str], timeout: float = 90) -> dict:
 
 def test_deploy_serve_and_run_mine_on_demand(prefect_api, kitti_in_s3, s3_env, tmp_path):
     env = {**os.environ, **s3_env, "PREFECT_API_URL": prefect_api}
+    # the README offers `fleetloop deploy` (a work pool) or `deploy --serve`: switching from the
+    # first to the second replaces the pool's deployments (served over, their runs crashed)
+    dep = subprocess.run([*FLEETLOOP, "deploy"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert dep.returncode == 0, dep.stdout + dep.stderr
     with open(tmp_path / "serve.log", "w") as log:
-        server = subprocess.Popen([*FLEETLOOP, "deploy", "--serve"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        server = subprocess.Popen([*FLEETLOOP, "deploy", "--serve"], env={**env, "PYTHONUNBUFFERED": "1"}, stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=ROOT)
         try:
+            deadline = time.monotonic() + 90
+            while "Replacing 8 deployments registered in a work pool" not in (tmp_path / "serve.log").read_text():
+                assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                time.sleep(0.5)
             deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand", "ingest-logs/on-demand",
                                           "monitor-drift/daily", "label-push/on-demand", "label-sync/poll"])
+            assert deps["mine/on-demand"].work_pool_name is None  # the served one
             weekly = deps["weekly-cycle/weekly"]
             crons = [(s.schedule.cron, s.schedule.timezone) for s in weekly.schedules]
             assert crons == [("0 3 * * 1", "UTC")]
@@ -190,14 +200,19 @@ def test_deploy_to_work_pool_and_run_through_a_process_worker(prefect_api, kitti
     env = {**os.environ, **s3_env, "PREFECT_API_URL": prefect_api}
     dep = subprocess.run([*FLEETLOOP, "deploy"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=180)
     assert dep.returncode == 0 and "Registered 8 deployments in work pool fleetloop" in dep.stdout, dep.stdout + dep.stderr
+    assert "mine/on-demand" in dep.stdout and "Looks like you're deploying" not in dep.stdout + dep.stderr
+    assert dep.stdout.count("\n") <= 3, dep.stdout  # one summary, not Prefect's table per deployment
     deps = _wait_for_deployments(["weekly-cycle/weekly", "mine/on-demand"], timeout=10)
     assert deps["mine/on-demand"].work_pool_name == "fleetloop"
     with open(tmp_path / "worker.log", "w") as log:
         worker = subprocess.Popen([*FLEETLOOP, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
                                   start_new_session=True)
         try:
+            # as a user runs it: the Prefect server comes from fleetloop's settings (or the local
+            # services' state), not from PREFECT_API_URL
+            user_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"FLEETLOOP_PREFECT__API_URL": prefect_api}
             run = subprocess.run([*FLEETLOOP, "run", "mine", "--param", "budget=7", "--wait", "--timeout", "240"],
-                                 env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                                 env=user_env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
             assert run.returncode == 0, run.stdout + run.stderr + (tmp_path / "worker.log").read_text()[-3000:]
             latest = json.loads(kitti_in_s3.get_bytes("mining/latest.json"))
             summary = json.loads(kitti_in_s3.get_bytes(f"mining/{latest['run_key']}/summary.json"))
