@@ -281,6 +281,10 @@ def list_cmd(
     console.print(f"{len(rows)} versions")
 
 
+def _known(value: object) -> str:
+    return "unknown" if value is None else str(value)
+
+
 @app.command()
 def show(
     version: Annotated[str, typer.Argument(help="Version number, 'production' or 'candidate'.")],
@@ -308,8 +312,11 @@ def show(
     console.print(f"  created {card.created_at.isoformat()}  {primary} {'—' if value is None else f'{value:.3f}'}"
                   f"  latency {'—' if card.latency_ms is None else f'{card.latency_ms:.2f} ms'}")
     lin = card.lineage
-    console.print(f"  dataset {lin.dataset_version}  code {lin.code_revision}  trainer {lin.trainer}  "
-                  f"training {lin.training_seconds} s")
+    console.print(
+        f"  dataset {_known(lin.dataset_version)}  code {_known(lin.code_revision)}  trainer {_known(lin.trainer)}  "
+        f"training {'unknown' if lin.training_seconds is None else f'{lin.training_seconds:g} s'}",
+        highlight=False, markup=False,
+    )
     table = Table("slice", primary, "objects")
     for name, block in card.metrics.slices.items():
         v = block.value(primary)

@@ -12,6 +12,7 @@ from pydantic import Field
 from fleetloop.drift.steer import latest_slice_boost
 from fleetloop.flows.common import SettingsDaskTaskRunner, store
 from fleetloop.flows.common import params as loop_params
+from fleetloop.flows.param_types import DriveUntil, LogId, Tag, Until, Vehicle
 from fleetloop.ingest.ingest import IngestReport, ingest
 from fleetloop.mine import run as mining
 from fleetloop.mine.params import MiningParams
@@ -48,14 +49,14 @@ def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: Mining
 def mine(
     budget: Annotated[int, Field(ge=1, description="frames to select; None ranks every frame")] | None = 200,
     since: datetime | None = None,
-    log_ids: list[str] | None = None,
+    log_ids: list[LogId] | None = None,
     params: MiningParams | None = None,
     frames_per_shard: Annotated[int, Field(ge=1)] = 50_000,
-    until: datetime | None = None,
+    until: Until | None = None,  # after `since`: declared after it (param_types)
     drive_since: datetime | None = None,
-    drive_until: datetime | None = None,
-    vehicle: str | None = None,
-    tags: list[str] | None = None,
+    drive_until: DriveUntil | None = None,
+    vehicle: Vehicle | None = None,
+    tags: list[Tag] | None = None,
 ) -> mining.MiningSummary:
     """Run the sanity checks over stored logs by shard, rank frames, select under ``budget``.
 

@@ -6,15 +6,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from fleetloop.flows.common import params, settings
+from fleetloop.flows.param_types import DatasetVersion
 from fleetloop.retrain import RetrainOutcome, retrain_latest
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(dataset_version: int | None = None, why: str = "") -> RetrainOutcome:
+def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -> RetrainOutcome:
     """Train on ``dataset-v<dataset_version>`` (default: the latest version), register the
     model, and promote it if it passes the gate against production."""
-    if dataset_version is not None and dataset_version < 1:
-        raise ValueError(f"dataset_version must be >= 1, got {dataset_version}")
     out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why)
     publish_retrain(out)
     return out

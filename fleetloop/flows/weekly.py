@@ -28,6 +28,7 @@ from fleetloop.flows.dataset import grow_dataset
 from fleetloop.flows.drift import load_logs, publish_drift
 from fleetloop.flows.label import label_push, label_sync
 from fleetloop.flows.mine import mine
+from fleetloop.flows.param_types import IsoWeek
 from fleetloop.flows.train import retrain_flow
 from fleetloop.recalibrate import Recalibration, recalibrate
 
@@ -64,7 +65,7 @@ class _Steps:
 
 @flow(name="weekly-cycle", log_prints=True)
 def weekly_cycle(
-    week: Annotated[str, Field(pattern=r"^\d{4}-W\d{2}$")] | None = None,
+    week: IsoWeek | None = None,
     budget: Annotated[int, Field(ge=1)] = 200,
     label: bool = True,
     retrain_unchanged: bool = False,

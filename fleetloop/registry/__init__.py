@@ -13,6 +13,7 @@ docs/registry.md describes the layout and why it is safe under concurrent writer
 from fleetloop.registry.api import DEFAULT_MODEL, Registry, load_metrics
 from fleetloop.registry.errors import (
     IntegrityError,
+    InvalidRegistration,
     MetricsError,
     NoPreviousProduction,
     RegistryConflict,
@@ -20,7 +21,7 @@ from fleetloop.registry.errors import (
     VersionNotFound,
 )
 from fleetloop.registry.gate import decide
-from fleetloop.registry.models import AliasMove, AliasState, Decision, Lineage, Metrics, ModelVersion
+from fleetloop.registry.models import AliasMove, AliasState, Decision, Lineage, Metrics, ModelVersion, Registration
 from fleetloop.registry.params import PromoteParams
 
 __all__ = [
@@ -29,12 +30,14 @@ __all__ = [
     "AliasState",
     "Decision",
     "IntegrityError",
+    "InvalidRegistration",
     "Lineage",
     "Metrics",
     "MetricsError",
     "ModelVersion",
     "NoPreviousProduction",
     "PromoteParams",
+    "Registration",
     "Registry",
     "RegistryConflict",
     "RegistryError",

@@ -31,6 +31,7 @@ from fleetloop.registry import aliases as _aliases
 from fleetloop.registry import versions as _versions
 from fleetloop.registry.blobs import download_files, scan_model_dir, upload_files
 from fleetloop.registry.errors import (
+    InvalidRegistration,
     MetricsError,
     NoPreviousProduction,
     RegistryConflict,
@@ -39,12 +40,13 @@ from fleetloop.registry.errors import (
 from fleetloop.registry.gate import decide
 from fleetloop.registry.keys import ALIASES, Layout
 from fleetloop.registry.models import (
+    REGISTERING,
     AliasMove,
     AliasState,
     Decision,
-    Lineage,
     Metrics,
     ModelVersion,
+    Registration,
     utcnow,
 )
 from fleetloop.registry.params import PromoteParams
@@ -82,26 +84,62 @@ def git_revision(cwd: Path | None = None) -> str | None:
     return rev if out.returncode == 0 and rev else None
 
 
-def load_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> Metrics:
-    """Parse ``metrics.json`` (a path or its parsed content)."""
+def _read_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> tuple[str, dict[str, Any]]:
+    """(where it came from, its parsed content) of ``metrics.json``; :class:`MetricsError` when
+    it cannot be read or is not a JSON object."""
     if isinstance(metrics, Metrics):
-        return metrics
-    source = "metrics"
+        return "metrics", metrics.model_dump()
+    if isinstance(metrics, dict):
+        return "metrics", metrics
+    source = str(metrics)
     try:
-        if isinstance(metrics, dict):
-            data = metrics
-        else:
-            source = str(metrics)
-            data = json.loads(Path(metrics).read_text())
-        return Metrics.model_validate(data)
+        data = json.loads(Path(metrics).read_text())
     except OSError as exc:
         raise MetricsError(f"cannot read {source}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise MetricsError(f"{source} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MetricsError(f"{source}: expected a JSON object (the evaluate stage's metrics.json), "
+                           f"got {type(data).__name__}")
+    return source, data
+
+
+def _first_error(exc: ValidationError, skip: int = 0) -> tuple[str, str]:
+    """(``"where: "`` or ``""`` for the whole object, what) of a validation error's first
+    problem, for a one-line message."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"][skip:])
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return (f"{where}: " if where else ""), msg
+
+
+def load_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> Metrics:
+    """Parse ``metrics.json`` (a path or its parsed content), as stored cards hold it (lenient:
+    :class:`~fleetloop.registry.models.Registration` checks the metrics of a new version)."""
+    if isinstance(metrics, Metrics):
+        return metrics
+    source, data = _read_metrics(metrics)
+    try:
+        return Metrics.model_validate(data)
+    except ValidationError as exc:
+        where, msg = _first_error(exc)
+        raise MetricsError(f"{source}: {where}{msg} (expected the evaluate stage's metrics.json)") from exc
+
+
+def check_registration(metrics: Path | str | dict[str, Any] | Metrics, **lineage: Any) -> Registration:
+    """The checked inputs of a new version (metrics, lineage, latency): :class:`MetricsError`
+    (bad metrics) or :class:`InvalidRegistration` (bad lineage or latency), one line each."""
+    source, data = _read_metrics(metrics)
+    try:
+        return Registration.model_validate({"metrics": data, **lineage}, context=REGISTERING)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top)"
-        raise MetricsError(f"{source}: {where}: {first['msg']} (expected the evaluate stage's metrics.json)") from exc
+        if first["loc"] and first["loc"][0] == "metrics":
+            where, msg = _first_error(exc, skip=1)
+            layout = "" if first["type"] == "value_error" else " (expected the evaluate stage's metrics.json)"
+            raise MetricsError(f"{source}: {where}{msg}{layout}") from None
+        where, msg = _first_error(exc)
+        raise InvalidRegistration(f"cannot register: {where.removesuffix(': ')} {first['input']!r}: {msg}") from None
 
 
 class Registry:
@@ -131,22 +169,21 @@ class Registry:
     ) -> ModelVersion:
         """A new immutable version of the model in ``model_dir`` (every file under it) with its
         metrics and lineage. ``code_revision`` defaults to the git HEAD of the working directory."""
-        parsed = load_metrics(metrics)
+        # everything is checked before anything is written: the card is create-only
+        checked = check_registration(
+            metrics, dataset_version=dataset_version, params=dict(params or {}), trainer=trainer,
+            latency_ms=latency_ms, training_seconds=training_seconds,
+            code_revision=code_revision if code_revision is not None else git_revision(),
+        )
         files = scan_model_dir(Path(model_dir))
         hashes, size, _written = upload_files(self.store, self.layout, files)
-        lineage = Lineage(
-            dataset_version=dataset_version,
-            code_revision=code_revision if code_revision is not None else git_revision(),
-            params=dict(params or {}),
-            training_seconds=training_seconds,
-            trainer=trainer,
-        )
+        lineage = checked.lineage()
         created = utcnow()
 
         def build(version: int) -> ModelVersion:
             return ModelVersion(
                 model=self.model, version=version, created_at=created, files=hashes, size_bytes=size,
-                lineage=lineage, metrics=parsed, latency_ms=latency_ms,
+                lineage=lineage, metrics=checked.metrics, latency_ms=checked.latency_ms,
             )
 
         start = _versions.highest_indexed(self.store, self.layout)

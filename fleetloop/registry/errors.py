@@ -23,5 +23,10 @@ class MetricsError(RegistryError, ValueError):
     """metrics.json is missing, not JSON, or not in the evaluate stage's format."""
 
 
+class InvalidRegistration(RegistryError, ValueError):
+    """A new version's lineage or latency is impossible (a dataset version below 1, a negative
+    or non-finite time): nothing is registered."""
+
+
 class RegistryConflict(RegistryError):
     """Too many concurrent writers won the same compare-and-swap in a row: retry later."""

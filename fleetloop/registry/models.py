@@ -1,6 +1,7 @@
 """What the registry stores, as pydantic models.
 
 * :class:`Metrics` — ``metrics.json`` from the evaluate stage (extra keys tolerated, kept).
+* :class:`Registration` — what :meth:`Registry.register` is given, checked before anything is written.
 * :class:`ModelVersion` — the immutable version card: files, lineage, metrics, latency.
 * :class:`AliasState` — the small object an alias is (moved only by compare-and-swap).
 * :class:`AliasMove` — one history entry (``from``/``to`` in JSON).
@@ -14,23 +15,75 @@ import math
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fleetloop.verdict import Verdict
+
+#: The validation context of the write boundary (:class:`Registration`, ``Registry.register``):
+#: metrics are checked (counts, finite values, fractions within [0, 1], the primary metric) only
+#: under it, so version cards stored before these checks still load (cards are immutable).
+REGISTERING: dict[str, Any] = {"registering": True}
+
+#: Metrics whose names start with one of these (case-insensitive) are fractions: average
+#: precision / recall summaries (the evaluate stage's ``map50``, COCO-style ``map``, ``ap50``,
+#: ``mar100``), precision, recall, F1, accuracy, IoU. Their values must lie in [0, 1]. Any other
+#: metric (a loss, a latency, frames per second...) only has to be finite.
+FRACTION_METRIC_PREFIXES = ("map", "ap", "mar", "precision", "recall", "f1", "accuracy", "iou", "miou")
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _registering(info: ValidationInfo) -> bool:
+    return bool(isinstance(info.context, dict) and info.context.get("registering"))
+
+
+def is_fraction_metric(name: str) -> bool:
+    return name.lower().startswith(FRACTION_METRIC_PREFIXES)
+
+
+def metric_value_problem(name: str, raw: Any) -> str | None:
+    """Why ``raw`` cannot be the value of metric ``name`` in a new version, or ``None``: a metric
+    value is null (not measured) or a finite number; a fraction metric's within [0, 1]."""
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        # other extra keys of a block are tolerated (kept, never gated); a fraction must be a number
+        return f"{name} is {raw!r}: a metric value is a number or null" if is_fraction_metric(name) else None
+    v = float(raw)
+    if not math.isfinite(v):
+        return f"{name} is {v}: a metric value is a finite number or null (not measured)"
+    if is_fraction_metric(name) and not 0.0 <= v <= 1.0:
+        return f"{name} is {v:g}: it is a fraction, within [0, 1]"
+    return None
+
+
 class MetricBlock(BaseModel):
     """One row of metrics: named metric values (``map50``: float or null) plus the counts behind
-    them. Metric values are extra keys, so any metric name works."""
+    them. Metric values are extra keys, so any metric name works. Under :data:`REGISTERING` the
+    counts must be >= 0 and the values pass :func:`metric_value_problem`."""
 
     model_config = ConfigDict(extra="allow")
 
     support: int = 0  # objects counted
     frames: int | None = None
+
+    @field_validator("support", "frames")
+    @classmethod
+    def _count(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v < 0 and _registering(info):
+            raise ValueError(f"a count cannot be negative, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _values(self, info: ValidationInfo) -> MetricBlock:
+        if _registering(info):
+            for name, raw in (self.model_extra or {}).items():
+                problem = metric_value_problem(name, raw)
+                if problem is not None:
+                    raise ValueError(problem)
+        return self
 
     def value(self, metric: str) -> float | None:
         """The metric's value; ``None`` when absent, null, not a number, or NaN."""
@@ -51,6 +104,21 @@ class Metrics(BaseModel):
     per_class: dict[str, MetricBlock] = Field(default_factory=dict)
     slices: dict[str, MetricBlock] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _primary(self, info: ValidationInfo) -> Metrics:
+        """Under :data:`REGISTERING`: ``primary`` names a metric of ``overall`` (a number, or null
+        when the evaluation had nothing to measure it on: the gate then rejects the version)."""
+        if not _registering(info) or self.primary is None:
+            return self
+        extra = self.overall.model_extra or {}
+        if self.primary not in extra:
+            have = ", ".join(sorted(k for k, v in extra.items() if v is None or isinstance(v, int | float))) or "none"
+            raise ValueError(f"primary metric {self.primary!r} is not in overall (its metrics: {have})")
+        raw = extra[self.primary]
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int | float)):
+            raise ValueError(f"primary metric {self.primary!r} of overall is {raw!r}, not a number")
+        return self
+
     def gated_slices(self) -> dict[str, MetricBlock]:
         """The slices the gate compares: ``slices``, plus ``class=<c>`` from ``per_class`` for
         classes the slices do not already name."""
@@ -68,6 +136,27 @@ class Lineage(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     training_seconds: float | None = None
     trainer: str | None = None
+
+
+class Registration(BaseModel):
+    """What a new version is registered with, validated under :data:`REGISTERING` before any file
+    is uploaded or any card claimed (the write boundary: a version card is create-only, so what
+    is wrong here could never be corrected). :class:`Lineage` and :class:`ModelVersion` stay
+    lenient so cards stored before these checks still load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: Metrics
+    dataset_version: int | None = Field(None, ge=1, description="the dataset version trained on (dataset-vN)")
+    code_revision: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    training_seconds: float | None = Field(None, ge=0, allow_inf_nan=False)
+    trainer: str | None = None
+    latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False, description="CPU latency per image")
+
+    def lineage(self) -> Lineage:
+        return Lineage(dataset_version=self.dataset_version, code_revision=self.code_revision,
+                       params=self.params, training_seconds=self.training_seconds, trainer=self.trainer)
 
 
 class ModelVersion(BaseModel):

@@ -32,6 +32,20 @@ class PrepareReport(BaseModel):
     frames: dict[str, int] = Field(default_factory=dict)  # per split (and "scenarios")
     objects: dict[str, int] = Field(default_factory=dict)
     without_image: int = 0
+    without_image_by_split: dict[str, int] = Field(default_factory=dict)
+
+
+def _check_trainable(with_image: pa.Table, report: PrepareReport) -> None:
+    """:class:`PrepareError` before anything is written when the train split has frames but none
+    with an image (e.g. logs ingested from KITTI labels without their camera images): the
+    prepared splits are camera frames, a trainer could only fail on an empty train split."""
+    dropped = report.without_image_by_split.get("train", 0)
+    if dropped and not pc.any(pc.equal(with_image["split"], "train")).as_py():
+        raise PrepareError(
+            f"no frame of the train split has an image ({dropped} frames without an image, "
+            f"{report.without_image} in all splits): the trainer needs camera images, and logs that carry "
+            "none (e.g. imported from KITTI labels) cannot train it; grow the dataset with logs that have images"
+        )
 
 
 def _boxes_by_frame(labels: pa.Table) -> dict[tuple[str, int], list[dict]]:
@@ -54,7 +68,10 @@ def prepare(dataset_dir: Path, out_dir: Path, scenarios_dir: Path | None = None)
     report = PrepareReport()
     has_image = pc.is_valid(frames["image_png"])
     report.without_image = frames.num_rows - int(pc.sum(has_image).as_py() or 0)
+    missing = frames.filter(pc.invert(has_image))["split"].to_pylist()
+    report.without_image_by_split = {split: missing.count(split) for split in SPLITS if split in missing}
     frames = frames.filter(has_image)
+    _check_trainable(frames, report)
     boxes = _boxes_by_frame(labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:

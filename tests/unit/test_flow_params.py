@@ -20,6 +20,17 @@ from fleetloop.cli import app
         ("weekly-cycle", "week=2026-49", "should match pattern"),
         ("retrain", "dataset_version=x", "valid integer"),
         ("label-sync", "campaing=x", "label-sync has no parameter campaing"),
+        # the rules `fleetloop mine --tag/--log/--since/--until` and the store apply (issue: defect 3)
+        ("mine", 'tags=["weather"]', "tag 'weather' must look like 'weather=rain'"),
+        ("mine", 'tags=["color=red"]', "tag 'color=red' must look like 'weather=rain'"),
+        ("mine", 'log_ids=["../x"]', "invalid log_id '../x': contains '..'"),
+        ("mine", 'log_ids=["ok", "a/b"]', "invalid log_id 'a/b'"),
+        ("mine", 'vehicle=""', "at least 1 character"),
+        ("weekly-cycle", "week=2026-W99", "invalid week '2026-W99'"),
+        ("weekly-cycle", "week=2026-W00", "invalid week '2026-W00'"),
+        ("weekly-cycle", "week=2025-W53", "invalid week '2025-W53'"),  # 2025 has 52 ISO weeks
+        ("retrain", "dataset_version=-1", "greater than or equal to 1"),
+        ("retrain", "dataset_version=0", "greater than or equal to 1"),
     ],
 )
 def test_bad_flow_parameters_are_refused_before_any_work(flow, param, message, monkeypatch) -> None:
@@ -29,8 +40,50 @@ def test_bad_flow_parameters_are_refused_before_any_work(flow, param, message, m
     assert message in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (['since="2026-01-01"', 'until="2025-01-01"'], "until must be after since"),
+        (['until="2026-01-01"', 'since="2026-01-01"'], "until must be after since"),  # any order on the line
+        (['drive_since="2026-01-02T00:00:00Z"', 'drive_until="2026-01-01T00:00:00Z"'],
+         "drive_until must be after drive_since"),
+    ],
+)
+def test_empty_windows_are_refused_before_any_work(params, message, monkeypatch) -> None:
+    monkeypatch.setenv("FLEETLOOP_PREFECT__API_URL", "http://127.0.0.1:9/api")  # never contacted
+    args = ["run", "mine"]
+    for p in params:
+        args += ["--param", p]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
 def test_good_parameters_pass_the_check() -> None:
     from fleetloop.cli.orchestration import check_parameters
 
     check_parameters("mine", {"budget": 5, "tags": ["weather=rain"]})
+    check_parameters("mine", {"tags": ["weather=rain", "time_of_day=night"], "log_ids": ["0001", "drive_2026.a-b"],
+                              "since": "2026-01-01", "until": "2026-02-01", "vehicle": "7",
+                              "drive_since": "2025-12-01T00:00:00Z", "drive_until": "2025-12-02T00:00:00+01:00"})
+    check_parameters("mine", {"until": "2025-01-01"})  # one end of a window alone
     check_parameters("weekly-cycle", {"week": "2026-W49", "budget": 30})
+    check_parameters("weekly-cycle", {"week": "2026-W53"})  # 2026 has 53 ISO weeks
+    check_parameters("retrain", {"dataset_version": 1})
+    check_parameters("retrain", {})
+
+
+def test_the_run_form_gets_the_constraints() -> None:
+    """The UI's run form is built from the flows' parameter schema: it carries the patterns and bounds."""
+    from prefect.utilities.callables import parameter_schema
+
+    from fleetloop.flows.mine import mine
+    from fleetloop.flows.train import retrain_flow
+    from fleetloop.flows.weekly import weekly_cycle
+    from fleetloop.store.ids import LOG_ID_PATTERN
+
+    log_ids = parameter_schema(mine.fn).model_dump()["properties"]["log_ids"]["anyOf"][0]
+    assert log_ids["items"]["pattern"] == LOG_ID_PATTERN.pattern
+    week = parameter_schema(weekly_cycle.fn).model_dump()["properties"]["week"]["anyOf"][0]
+    assert week["pattern"] == r"^\d{4}-W\d{2}$"
+    assert parameter_schema(retrain_flow.fn).model_dump()["properties"]["dataset_version"]["anyOf"][0]["minimum"] == 1
