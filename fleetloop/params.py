@@ -59,15 +59,36 @@ def find_params_file(start: Path | None = None) -> Path | None:
     return packaged if packaged.is_file() else None
 
 
+def _yaml_problem(path: Path | str, exc: Exception) -> str:
+    """One line for a YAML error: the file, the 1-based line and column, and the problem (the
+    parser's own message spans several lines, with a picture of the spot)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or getattr(exc, "context", None)
+    position = getattr(exc, "position", None)  # a reader error: a character YAML does not allow
+    where = (f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark is not None
+             else f"{path}: character {position + 1}" if position is not None else str(path))
+    if problem is None:
+        problem = str(exc)
+    else:
+        context = getattr(exc, "context", None)
+        if context and context != problem:
+            problem = f"{problem} ({context})"
+    return f"{where}: not valid YAML (or JSON): {' '.join(str(problem).split())}"
+
+
 def _read_yaml(path: Path | str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ParamsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not valid YAML (or JSON): not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path} is not valid YAML (or JSON): {exc}") from exc
+        raise ParamsError(_yaml_problem(path, exc)) from None
 
 
 def _validate(model: type[M], data: dict[str, Any], path: Path | str) -> M:
@@ -93,15 +114,16 @@ def load_params(path: Path | str | None = None) -> LoopParams:
 def mining_params(path: Path | str | None = None) -> MiningParams:
     """Mining params for ``fleetloop mine``: without ``path``, the ``mine:`` section of
     params.yaml (:func:`load_params`), as the mine flow and the weekly cycle read it; with it, a
-    file (YAML or JSON) holding either a whole params file (its ``mine:`` section is used) or
-    mining params alone."""
+    file (YAML or JSON) holding either a params file (any of the sections ``mine``, ``drift``,
+    ``grow``, ``train``, ``promote``: read and validated as :func:`load_params` reads it, so its
+    ``mine:`` section, or the defaults without one) or mining params alone."""
     if path is None:
         return load_params().mine
     data = _read_yaml(path) or {}
-    if isinstance(data, dict) and "mine" in data:
-        data = data["mine"] or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected mining params (or a params file with a mine: section), got {type(data).__name__}")
+    if set(data) & set(LoopParams.model_fields):
+        return _validate(LoopParams, data, path).mine
     return _validate(MiningParams, data, path)
 
 

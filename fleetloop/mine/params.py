@@ -19,6 +19,12 @@ from fleetloop.schema import CLASSES
 
 SLICE_KEYS = ("weather", "time_of_day", "vehicle", "place", "class")
 
+#: Per-class values, constrained as the scalar fields they override (finite: NaN or inf would
+#: silently turn every comparison with them false).
+Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Iou = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Metres = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
 
 def sigmoid(raw: float) -> float:
     """A raw logit-like score (e.g. PointRCNN's) -> fleetloop's [0, 1] score (the importer's mapping)."""
@@ -106,8 +112,9 @@ class Calibration(BaseModel):
     fitted_at: str = ""  # UTC ISO time
     labelled_frames: int = 0
     rules: str = ""  # the matching rules used (see fleetloop.mine.calibrate)
-    unexplained_per_frame: float = Field(0.0, ge=0, description="errors on a labelled frame that no flag explains")
-    unexplained_per_object: dict[str, float] = Field(
+    unexplained_per_frame: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                         description="errors on a labelled frame that no flag explains")
+    unexplained_per_object: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="... and per labelled object of each class: where the miner is blind")
 
     @field_validator("fitted")
@@ -121,6 +128,14 @@ class Calibration(BaseModel):
                 raise ValueError(f"{reason}: unknown classes {unknown}")
         return v
 
+    @field_validator("unexplained_per_object")
+    @classmethod
+    def _known_classes(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(CLASSES))
+        if unknown:
+            raise ValueError(f"unknown classes {unknown}; the taxonomy is {list(CLASSES)}")
+        return v
+
 
 class MiningParams(BaseModel):
     """Everything `mine` / `select` need. Pydantic-validated; JSON round-trips."""
@@ -131,7 +146,7 @@ class MiningParams(BaseModel):
     lidar_score_threshold: float = Field(0.95, ge=0, le=1, description="lidar detections at/above this are used downstream")
     camera_score_threshold: float = Field(0.0, ge=0, le=1, description="camera detections at/above this are used downstream")
     lidar_min_score: float = Field(0.3, ge=0, le=1, description="lidar detections below this are ignored as noise")
-    lidar_class_thresholds: dict[str, float] = Field(
+    lidar_class_thresholds: dict[str, Score] = Field(
         default_factory=lambda: dict(POINTRCNN_OPERATING_POINTS),
         description="per-class lidar operating points (override lidar_score_threshold for those classes); "
                     "defaults: PointRCNN's on KITTI (raw Car 3.24, Pedestrian 2.68, Cyclist 3.65)")
@@ -144,7 +159,7 @@ class MiningParams(BaseModel):
     # lidar <-> camera association
     association_iou: float = Field(0.3, gt=0, le=1, description="min IoU of a projected lidar box and a camera box, "
                                    "and of the judged camera's box and an evidence stream's, to be one object")
-    class_association_iou: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
+    class_association_iou: dict[str, Iou] = Field(
         default_factory=lambda: {"car": 0.4},
         description="per-class association_iou (the class of the lidar detection, or of the judged camera's box). On "
         "KITTI no right pair of a car falls below 0.4 (0 of ~5,100, 1 below 0.45: a confident lidar car or a second "
@@ -176,7 +191,7 @@ class MiningParams(BaseModel):
                                 "expected on camera")
     crowd_radius_m: float = Field(3.0, gt=0, description="pedestrians/cyclists closer than this are a crowd")
     crowd_min: int = Field(2, ge=1, description="neighbours within crowd_radius_m that make a crowd")
-    class_heights_m: dict[str, float] = Field(
+    class_heights_m: dict[str, Metres] = Field(
         default_factory=lambda: {"car": 1.55, "pedestrian": 1.75, "cyclist": 1.75, "traffic_cone": 0.7},
         description="typical object heights, to range a camera box from its pixel height",
     )
@@ -191,7 +206,7 @@ class MiningParams(BaseModel):
     # temporal checks
     temporal_gate_m: float = Field(2.5, gt=0, description="max bird's-eye-view distance between frames for the same object")
     temporal_gate_per_m: float = Field(0.04, ge=0, description="gate grows by this many metres per metre of range")
-    class_temporal_gate_m: dict[str, float] = Field(
+    class_temporal_gate_m: dict[str, Metres] = Field(
         default_factory=lambda: {"pedestrian": 1.5, "cyclist": 2.0},
         description="per-class temporal gates (override temporal_gate_m: people move less than cars between frames)")
     temporal_iou: float = Field(0.3, gt=0, le=1, description="min IoU of a track's boxes in consecutive frames (id switch)")
@@ -235,7 +250,7 @@ class MiningParams(BaseModel):
             raise ValueError(f"height_ratio is (low, high) with 0 < low <= 1 <= high, got {v}")
         return v
 
-    @field_validator("lidar_class_thresholds", "class_temporal_gate_m", "class_association_iou")
+    @field_validator("lidar_class_thresholds", "class_temporal_gate_m", "class_association_iou", "class_heights_m")
     @classmethod
     def _per_class(cls, v: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(v) - set(CLASSES))
@@ -286,8 +301,8 @@ class MiningParams(BaseModel):
                 raise ValueError(f"slice_boost key {key!r} must look like 'weather=rain' with a name in {SLICE_KEYS}")
             if name == "class" and value not in CLASSES:
                 raise ValueError(f"slice_boost key {key!r}: unknown class {value!r}")
-            if not factor > 0:
-                raise ValueError(f"slice_boost {key!r}: the factor must be > 0, got {factor}")
+            if not (factor > 0 and math.isfinite(factor)):
+                raise ValueError(f"slice_boost {key!r}: the factor must be finite and > 0, got {factor}")
         return v
 
     @model_validator(mode="after")
