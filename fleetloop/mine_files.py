@@ -2,9 +2,9 @@
 
 Logs are read (the ingest step's importers), validated (its Great Expectations suites) and mined
 shard by shard (a shard = a group of whole logs), so memory holds one shard plus the per-frame
-results. A log that does not parse or fails validation is quarantined with its reason; the other
-logs are still mined. The frames of all shards are then ranked (or selected under a budget) and
-written as CSV or Parquet. It combines two steps of the loop (ingest and mine), so it sits above
+results. A log that does not parse, fails validation, or (with validation off) is refused by the
+miner is quarantined with its reason; the other logs are still mined. The frames of all shards
+are then ranked (or selected under a budget) and written as CSV or Parquet. It combines two steps of the loop (ingest and mine), so it sits above
 both, beside the weekly cycle.
 """
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from fleetloop.ingest.importers import LogFormatError, get_importer
 from fleetloop.mine.files import out_kind, write_frames
-from fleetloop.mine.mining import compact_frames, expand_frames, mine, rank, select, select_cost
+from fleetloop.mine.mining import MiningResult, compact_frames, expand_frames, mine, rank, select, select_cost
 from fleetloop.mine.params import MiningParams
 from fleetloop.perception.batch import MiningInputError
 from fleetloop.schema import DriveLogs
@@ -59,6 +59,25 @@ def _load_shard(importer, root: Path, ids: list[str], report: MineFilesReport) -
         except LogFormatError as exc:
             report.quarantined[log_id] = str(exc)
     return DriveLogs.concat(parts) if parts else None
+
+
+def _mine_shard(logs: DriveLogs, params: MiningParams, report: MineFilesReport) -> list[tuple[int, MiningResult]]:
+    """Mine a shard; when the miner rejects its input (a log it cannot mine, e.g. with
+    ``--no-validate``), mine its logs one by one and quarantine the ones it rejects. Returns
+    (logs mined, result) pairs."""
+    try:
+        return [(len(logs.log_ids), mine(logs, params))]
+    except MiningInputError as exc:
+        if len(logs.log_ids) == 1:
+            report.quarantined[logs.log_ids[0]] = str(exc)
+            return []
+    results = []
+    for log_id in logs.log_ids:
+        try:
+            results.append((1, mine(logs.select([log_id]), params)))
+        except MiningInputError as exc:
+            report.quarantined[log_id] = str(exc)
+    return results
 
 
 def mine_files(
@@ -129,23 +148,22 @@ def mine_files(
             for log_id, rep in result.quarantined.items():
                 report.quarantined[log_id] = rep.reason
             for log_id, rep in result.warnings.items():
-                report.warnings[log_id] = "; ".join(
-                    f"{w.table}: {w.unexpected_count} {'row fails' if w.unexpected_count == 1 else 'rows fail'} '{w.description}'"
-                    + (f" (flagged {w.flag})" if w.flag else "") for w in rep.warnings)
+                report.warnings[log_id] = rep.warning_line
             logs = result.good if result.good.num_frames else None
         if logs is not None and logs.num_frames:
             if progress:
                 progress("mining", done, len(available))
             t0, c0 = time.perf_counter(), clock()
-            res = mine(logs, params)
+            results = _mine_shard(logs, params, report)
             t["mine"] += time.perf_counter() - t0
             cpu["mine"] += clock() - c0
-            frames.append(compact_frames(res.frames))
-            report.flags += res.flags.num_rows
-            report.logs += len(logs.log_ids)
-            skipped.update(res.skipped)
-            if res.judged_camera and res.judged_camera not in report.judged_camera:
-                report.judged_camera.append(res.judged_camera)
+            for n_logs, res in results:
+                frames.append(compact_frames(res.frames))
+                report.flags += res.flags.num_rows
+                report.logs += n_logs
+                skipped.update(res.skipped)
+                if res.judged_camera and res.judged_camera not in report.judged_camera:
+                    report.judged_camera.append(res.judged_camera)
         done += len(ids)
         if progress:
             progress("mined", done, len(available))

@@ -14,6 +14,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from fleetloop.cli.output import JsonOpt, fail, grouped, print_json
+from fleetloop.store.atomic import writable_dir_problem
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from fleetloop.ingest.importers import FORMATS, LogFormatError
-        from fleetloop.mine.files import MiningOutputError
+        from fleetloop.mine.files import MiningOutputError, out_kind
         from fleetloop.mine.params import MiningParams
         from fleetloop.mine_files import mine_files
         from fleetloop.params import ParamsError, find_params_file, mining_params
@@ -93,6 +94,13 @@ def register(app: typer.Typer) -> None:
                 mp = MiningParams.model_validate({**mp.model_dump(), "camera_stream": camera_tracker})
         except (ParamsError, ValidationError) as exc:
             raise fail(exc, 2, as_json=as_json, prefix="bad mining params") from None
+        try:
+            out_kind(out)
+        except MiningOutputError as exc:
+            raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
+        problem = writable_dir_problem(out.parent)
+        if problem:
+            raise fail(f"--out {out}: cannot write: {problem}", 1, as_json=as_json, prefix="mine failed")
         if from_store:
             _mine_store(mp, source, out, budget, budget_cost, quiet, as_json, since=since, until=until, drive_since=drive_since,
                         drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
@@ -156,23 +164,30 @@ def register(app: typer.Typer) -> None:
         error, with the counts) and write them into the mine: section of params.yaml."""
         from rich.table import Table
 
-        from fleetloop.ingest.importers import LogFormatError, load_logs
-        from fleetloop.ingest.importers.kitti import read_kitti_truth
+        from fleetloop.ingest.importers import LogFormatError
         from fleetloop.mine.calibrate import calibrate, kitti_labels
         from fleetloop.params import LoopParams, ParamsError, load_params, write_params
 
         if log is None:
             log = []
         _check_kitti_tracker(path, camera_tracker)
+        if not dry_run:
+            problem = (f"{params_file} is a directory" if params_file.is_dir()
+                       else writable_dir_problem(params_file.parent))
+            if problem:
+                raise fail(f"--params-file {params_file}: cannot write: {problem}", 1, as_json=as_json,
+                           prefix="calibrate failed")
         try:
             loop = load_params(params_file) if params_file.exists() else LoopParams()
             mp = loop.mine
             if camera_tracker:
                 mp = mp.model_copy(update={"camera_stream": camera_tracker})
-            logs = load_logs(path, "kitti-tracking", log or None)
-            labels = kitti_labels(read_kitti_truth(path, log or None), logs)
-        except (ParamsError, LogFormatError, FileNotFoundError) as exc:
+            logs, truth, quarantined = _load_labelled(path, log or None)
+            labels = kitti_labels(truth, logs)
+        except (ParamsError, LogFormatError, FileNotFoundError, ValueError) as exc:
             raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
+        for line in grouped(quarantined, "[red]quarantined[/]", " (not used)"):
+            console.print(line, highlight=False)
         result = calibrate(logs, labels, mp, source=f"{path} logs {sorted(logs.log_ids)}")
         cal = result.params.calibration
         if not dry_run:
@@ -181,7 +196,8 @@ def register(app: typer.Typer) -> None:
             except ParamsError as exc:
                 raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
         if as_json:
-            print_json({"ok": True, "params_file": None if dry_run else str(params_file), "rows": result.table.to_pylist(),
+            print_json({"ok": True, "params_file": None if dry_run else str(params_file), "quarantined": quarantined,
+                        "rows": result.table.to_pylist(),
                         "errors": result.truth, "calibration": cal.model_dump(mode="json") if cal else None})
             return
         table = Table("reason", "class", "flagged", "errors", "precision", "default", "severity", "kept",
@@ -230,6 +246,44 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
                                  param_hint="--camera-tracker")
 
 
+def _load_labelled(root: Path, log_ids: list[str] | None):
+    """The logs of a labelled KITTI layout, each loaded on its own (a log whose files or labels do
+    not parse is left out, with its reason); (logs, ground truth, log_id -> reason). A requested
+    log that does not exist, or no log left to fit on, is an error."""
+    import pyarrow as pa
+
+    from fleetloop.ingest.importers import LogFormatError, get_importer, load_logs_isolated
+    from fleetloop.ingest.importers.kitti import read_kitti_truth
+
+    label_dir = root / "label_02"
+    if root.exists():  # whole-source problems first, before any log is read
+        available = get_importer("kitti-tracking").list_logs(root)
+        if not label_dir.is_dir():
+            raise LogFormatError(root, "no label_02/ ground truth directory")
+        missing = sorted(set(log_ids or []) - set(available))
+        if missing:
+            raise LogFormatError(root, f"logs not found: {missing}")
+    loaded = load_logs_isolated(root, "kitti-tracking", log_ids)
+    quarantined = {k: str(v) for k, v in loaded.errors.items()}
+    good, truths = [], []
+    for log_id in loaded.logs.log_ids:
+        if not log_ids and not (label_dir / f"{log_id}.txt").exists():
+            good.append(log_id)  # an unlabelled log, as before: its frames are not judged
+            continue
+        try:
+            truths.append(read_kitti_truth(root, [log_id]))
+        except LogFormatError as exc:
+            quarantined[log_id] = str(exc)
+            continue
+        good.append(log_id)
+    if not truths:
+        why = "; ".join(f"{k}: {v}" for k, v in list(quarantined.items())[:3])
+        raise LogFormatError(root, "no labelled log loads" + (f" ({why}{'; ...' if len(quarantined) > 3 else ''})"
+                                                             if why else ""))
+    logs = loaded.logs if len(good) == len(loaded.logs.log_ids) else loaded.logs.select(good)
+    return logs, pa.concat_tables(truths), quarantined
+
+
 def _exit_now(code: int = 0) -> None:
     """End the process without the interpreter's teardown once ``fleetloop mine`` has written
     its output: with Great Expectations, pandas and numba loaded, freeing every module's objects
@@ -254,7 +308,7 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
     from pydantic import ValidationError
 
     from fleetloop.mine import run as mining
-    from fleetloop.mine.files import write_frames
+    from fleetloop.mine.files import MiningOutputError, write_frames
     from fleetloop.settings import get_settings
     from fleetloop.store.logs import list_logs
     from fleetloop.store.objects import StorageError, get_store
@@ -286,7 +340,10 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
         table = select(ranked, budget, mp).drop_columns(["selected_score"])
     else:
         table = ranked.append_column("rank", pa.array(range(1, ranked.num_rows + 1), pa.int64()))
-    write_frames(table, out)
+    try:
+        write_frames(table, out)
+    except MiningOutputError as exc:
+        raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
     if as_json:
         print_json({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
                     "run": summary.run_key, "params": str(source) if source else None,

@@ -1,10 +1,12 @@
 """Local files written whole: into a temporary file of a unique name beside the target, flushed
 and fsynced, then renamed over it. Concurrent writers never share a temporary file (the last
 rename wins, whole); on any failure (a full disk, a kill) the temporary file is removed or, after
-a kill, left as a dot-file beside an untouched target."""
+a kill, left as a dot-file beside an untouched target. :func:`writable_dir_problem` tells before
+a long run whether its output directory can be written at all."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,3 +37,21 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], object], *, m
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writable_dir_problem(directory: Path) -> str | None:
+    """Why files cannot be written into ``directory`` (it is missing, not a directory, or not
+    writable), or None. Tried for real: a temporary file is created and removed (``os.access``
+    says yes to root on a read-only mount), so a run learns it in a second, not after the work."""
+    if not directory.exists():
+        return f"directory {directory} does not exist"
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    try:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".fleetloop-probe-")
+    except OSError as exc:
+        return f"directory {directory} is not writable ({exc.strerror or exc})"
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return None
