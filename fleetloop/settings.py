@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class S3Settings(BaseModel):
     bucket: str = "fleetloop"
     prefix: str = ""
-    endpoint_url: str | None = None  # any S3-compatible endpoint (MinIO, moto, ...)
+    endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # any S3-compatible endpoint (MinIO, moto, ...)
     region: str = "us-east-1"
     access_key_id: SecretStr | None = None  # None: boto3's default credential chain
     secret_access_key: SecretStr | None = None

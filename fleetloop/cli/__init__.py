@@ -92,15 +92,21 @@ def main() -> None:
     except Exception as exc:
         if os.environ.get("FLEETLOOP_DEBUG"):
             raise
-        from pydantic import ValidationError
+        import json
 
-        if isinstance(exc, ValidationError) and exc.title == "Settings":
-            lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-            print("fleetloop: invalid settings (FLEETLOOP_* environment or .env):\n" + "\n".join(lines),
-                  file=sys.stderr)
-            raise SystemExit(2) from None
-        print(f"fleetloop: {type(exc).__name__}: {exc}\n(FLEETLOOP_DEBUG=1 shows the traceback)", file=sys.stderr)
-        raise SystemExit(1) from None
+        from pydantic import ValidationError
+        from pydantic_settings import SettingsError
+
+        from fleetloop.cli.output import describe
+
+        if isinstance(exc, SettingsError) or (isinstance(exc, ValidationError) and exc.title == "Settings"):
+            message, code, hint = describe(exc), 2, ""
+        else:
+            message, code, hint = f"{type(exc).__name__}: {describe(exc)}", 1, "\n(FLEETLOOP_DEBUG=1 shows the traceback)"
+        if "--json" in sys.argv[1:]:
+            print(json.dumps({"ok": False, "error": message}))
+        print(f"fleetloop: {message}{hint}", file=sys.stderr)
+        raise SystemExit(code) from None
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Validate logs and store them (the function the ingest-logs flow calls). Bad logs are
         quarantined with a report; the rest go on. Rerunning stores nothing twice; a log id
-        already stored with other content is reported, never overwritten (exit 1)."""
+        already stored with other content is reported, never overwritten (exit 1). Exit 1 too
+        when no log is found, a --log is not there, or every log is quarantined."""
         from fleetloop.ingest.importers import FORMATS, LogFormatError
         from fleetloop.ingest.ingest import ingest as do_ingest
         from fleetloop.settings import get_settings
@@ -47,9 +48,14 @@ def register(app: typer.Typer) -> None:
                 report = do_ingest(get_store(get_settings()), path, format, wanted)
         except (LogFormatError, StorageError, FileNotFoundError) as exc:
             raise fail(exc, 1, as_json=as_json, prefix="ingest failed") from None
+        n_logs = len(report.registered) + len(report.unchanged) + len(report.quarantined) + len(report.conflicts)
+        if not n_logs:
+            raise fail(f"no logs found in {path} (format {format})", 1, as_json=as_json, prefix="ingest failed")
+        # exit 1 when a log was not stored for another's content, or when nothing of the batch is in the store
+        ok = not report.conflicts and bool(report.registered or report.unchanged)
         if as_json:
-            print_json({"ok": not report.conflicts, **report.model_dump(mode="json")})
-            raise typer.Exit(1 if report.conflicts else 0)
+            print_json({"ok": ok, **report.model_dump(mode="json")})
+            raise typer.Exit(0 if ok else 1)
         console.print(
             f"[green]{len(report.registered)} new[/], {len(report.unchanged)} unchanged, "
             f"[red]{len(report.quarantined)} quarantined[/], {len(report.conflicts)} conflicts; "
@@ -62,9 +68,13 @@ def register(app: typer.Typer) -> None:
             console.print(f"  reports in the store: {escape(next(iter(report.quarantined.values())))}"
                           + (" and one per other log (--json lists them)" if len(report.quarantined) > 1 else ""),
                           highlight=False)
+        for line in grouped(report.warnings, "[yellow]warning[/]", " (stored)"):
+            console.print(line, highlight=False)
         for log_id, why in report.conflicts.items():
             console.print(f"  [yellow]not stored {escape(log_id)}:[/] {escape(why)}")
-        if report.conflicts:
+        if not ok:
+            if not report.conflicts:
+                err.print("[red]ingest failed:[/] nothing stored: every log was quarantined", highlight=False)
             raise typer.Exit(1)
 
     @logs_app.command("list")

@@ -6,6 +6,7 @@ says which)."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated, Any
 
 import typer
@@ -18,14 +19,47 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON 
 
 
 def print_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    """``obj`` as one valid JSON document: NaN and infinities become null (JSON has none), and
+    text that is not UTF-8 (a file name's undecodable bytes) is escaped rather than written raw."""
+    text = json.dumps(_finite(obj), indent=2, default=str, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(_finite(obj), indent=2, default=str)
+    typer.echo(text)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line: a pydantic ValidationError as ``field: problem; ...`` (its own
+    text spans lines and links to pydantic's docs), invalid settings named as such."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    if isinstance(exc, SettingsError):
+        return f"invalid settings (FLEETLOOP_* environment or .env): {exc}"
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    if exc.title == "Settings":
+        return f"invalid settings (FLEETLOOP_* environment or .env): {problems}"
+    return problems
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def fail(problem: BaseException | str, code: int = 2, *, as_json: bool = False, prefix: str = "error") -> typer.Exit:
     """Report ``problem`` (stderr; with ``as_json`` also as JSON on stdout) and return the
     ``typer.Exit(code)`` to raise: ``raise fail(exc, as_json=as_json) from None``. Exception text
     is printed literally (never read as rich markup)."""
-    message = str(problem)
+    message = describe(problem) if isinstance(problem, BaseException) else problem
     if as_json:
         typer.echo(json.dumps({"ok": False, "error": f"{prefix}: {message}" if prefix != "error" else message}))
     err.print(f"[red]{escape(prefix)}:[/] {escape(message)}", highlight=False)

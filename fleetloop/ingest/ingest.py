@@ -35,6 +35,7 @@ class IngestReport(BaseModel):
     unchanged: list[str] = Field(default_factory=list)  # already stored with the same content
     quarantined: dict[str, str] = Field(default_factory=dict)  # log_id -> report key
     reasons: dict[str, str] = Field(default_factory=dict)  # log_id -> why it is quarantined, one line
+    warnings: dict[str, str] = Field(default_factory=dict)  # log_id -> what validation warned of (stored anyway)
     conflicts: dict[str, str] = Field(default_factory=dict)  # log_id -> why (same id, other content)
     frames: int = 0
     seconds: float = 0.0
@@ -49,6 +50,7 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
     from fleetloop.ingest.validation import LogReport
 
     t0 = time.perf_counter()
+    source = Path(source).resolve()  # recorded on each stored log: meaningful from anywhere
     report = IngestReport(source=str(source), format=fmt)
     loaded = load_logs_isolated(source, fmt, log_ids, **importer_options)
     for log_id, error in loaded.errors.items():  # logs that do not load: quarantined, the rest goes on
@@ -56,6 +58,8 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
     result = _validate(loaded.logs)
     for log_id in result.good.log_ids:
         _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
+    report.warnings = {log_id: rep.warning_line for log_id, rep in result.warnings.items()
+                       if log_id in report.registered or log_id in report.unchanged}
     for log_report in result.quarantined.values():
         _quarantine(store, log_report, report)
     report.seconds = round(time.perf_counter() - t0, 3)

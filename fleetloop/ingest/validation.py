@@ -15,6 +15,7 @@ data assets and validation definitions are built once per process (see :func:`_r
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -122,6 +123,14 @@ class LogReport(BaseModel):
                 else f"{first.table}: {first.expectation}: {first.description}")
         more = len(self.critical) - 1
         return text + (f" (and {more} more critical failure{'s' if more > 1 else ''})" if more else "")
+
+    @property
+    def warning_line(self) -> str:
+        """The log's warnings in one line: each table, how many rows fail what, and the miner's
+        flag for them (the rows are kept and mined)."""
+        return "; ".join(
+            f"{w.table}: {w.unexpected_count} {'row fails' if w.unexpected_count == 1 else 'rows fail'} '{w.description}'"
+            + (f" (flagged {w.flag})" if w.flag else "") for w in self.warnings)
 
     def to_markdown(self) -> str:
         return _markdown(self)
@@ -628,8 +637,9 @@ def quarantine(dest, report: LogReport) -> str:
     data)`` (``fleetloop.store.objects.Store``). Returns where the markdown report is (a path for
     a directory, a key for a store)."""
     base = quarantine_key(report.log_id)
-    md = report.to_markdown().encode()
-    js = (report.model_dump_json(indent=2) + "\n").encode()
+    # file names that are not UTF-8 (undecodable bytes arrive as surrogates) are written escaped
+    md = report.to_markdown().encode("utf-8", "backslashreplace")
+    js = (json.dumps(report.model_dump(mode="json"), indent=2) + "\n").encode()
     if hasattr(dest, "put_bytes"):
         dest.put_bytes(f"{base}/report.json", js)
         dest.put_bytes(f"{base}/report.md", md)

@@ -88,3 +88,48 @@ def test_ingest_and_logs_list_print_json_for_machines(home, broken_kitti):
     assert json.loads(runner.invoke(app, ["logs", "list", "--json", "--since", "2999-01-01"]).stdout) == []
     res = runner.invoke(app, ["ingest", str(broken_kitti / "calib"), "--json"])  # not a KITTI root
     assert res.exit_code == 1 and json.loads(res.stdout)["ok"] is False and "ingest failed" in res.stderr
+
+
+def test_ingest_that_stores_nothing_says_so(home, broken_kitti, kitti_root, tmp_path):
+    runner = CliRunner()
+    # a --log that is not there is a typo: an error, and no quarantine report for a log that does not exist
+    res = runner.invoke(app, ["ingest", str(broken_kitti), "--log", "9999", "--json"])
+    assert res.exit_code == 1 and "no log '9999'" in json.loads(res.stdout)["error"], res.output
+    assert not (home / "store" / "quarantine").exists()
+    # the wrong format finds no logs: an error, not "0 new"
+    res = runner.invoke(app, ["ingest", str(broken_kitti), "--format", "parquet"])
+    assert res.exit_code == 1 and "no logs found" in res.output, res.output
+    # a batch whose every log is quarantined stored nothing: exit 1, ok false
+    res = runner.invoke(app, ["ingest", str(broken_kitti), "--log", "0006", "--json"])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 1 and doc["ok"] is False and list(doc["quarantined"]) == ["0006"], res.output
+    # validation's warnings come with the stored logs, as `fleetloop mine` prints them
+    res = runner.invoke(app, ["ingest", str(kitti_root), "--json"])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 0 and "positive width" in doc["warnings"]["0006"], res.output
+    assert all(m.source == f"kitti-tracking:{kitti_root.resolve()}" for m in _stored())
+
+
+def _stored():
+    from fleetloop.store.logs import list_logs
+    from fleetloop.store.objects import get_store
+
+    return list_logs(get_store(get_settings()))
+
+
+def test_a_file_name_that_is_not_utf8_quarantines_its_log_and_the_rest_is_stored(home, kitti_root, tmp_path):
+    import os
+
+    root = tmp_path / "kitti"
+    shutil.copytree(kitti_root, root)
+    bad = os.fsdecode(b"bad\xffname.txt")  # what a Linux file name of arbitrary bytes decodes to
+    for sub in ("calib", "lidar_det/pointrcnn", *(f"camera_trk/{d.name}" for d in (root / "camera_trk").iterdir())):
+        shutil.copy(root / sub / "0012.txt", root / sub / bad)
+    res = CliRunner().invoke(app, ["ingest", str(root), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)  # one valid JSON document, the undecodable byte escaped
+    assert sorted(doc["registered"]) == ["0001", "0006", "0008", "0010", "0012"]
+    (log_id, why), = doc["reasons"].items()
+    assert log_id.startswith("bad") and "invalid log_id" in why
+    report = next((home / "store" / "quarantine").glob("*/report.md"))
+    assert "bad" in report.read_text()

@@ -52,3 +52,22 @@ def test_the_cli_reports_bad_settings_without_a_traceback(tmp_path):
                          timeout=120)
     assert res.returncode == 2
     assert "invalid settings" in res.stderr and "storage.backend" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("bad", [{"FLEETLOOP_STORAGE__BACKEND": "ftp"}, {"FLEETLOOP_STORAGE": "{bad"},
+                                 {"FLEETLOOP_STORAGE__BACKEND": "s3", "FLEETLOOP_STORAGE__S3__ENDPOINT_URL": "notaurl"}])
+def test_bad_settings_with_json_answer_in_json_in_one_line(tmp_path, bad):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FLEETLOOP_HOME": str(tmp_path), **bad}
+    env.pop("FLEETLOOP_DEBUG", None)
+    for argv in (["logs", "list", "--json"], ["registry", "list", "--json"]):
+        res = subprocess.run([sys.executable, "-m", "fleetloop", *argv], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 2, res.stdout + res.stderr
+        doc = json.loads(res.stdout)
+        assert doc["ok"] is False and doc["error"].startswith("invalid settings"), doc
+        assert "\n" not in doc["error"] and "errors.pydantic.dev" not in res.stdout + res.stderr

@@ -207,12 +207,13 @@ def load_logs_isolated(root: Path | str, format: str, log_ids: list[str] | None 
         raise FileNotFoundError(f"log source {root} does not exist")
     available = importer.list_logs(root)
     wanted = available if log_ids is None else list(dict.fromkeys(log_ids))
+    missing = [log_id for log_id in wanted if log_id not in available]
+    if missing:  # asked for by name: a typo, not a bad log (nothing to quarantine)
+        shown = ", ".join(available[:20]) + (f", ... ({len(available)} logs)" if len(available) > 20 else "")
+        raise LogFormatError(root, f"no log {', '.join(map(repr, missing))} here; available: {shown or 'none'}")
     parts: list[DriveLogs] = []
     errors: dict[str, LogFormatError] = {}
     for log_id in wanted:
-        if log_id not in available:
-            errors[log_id] = LogFormatError(root, f"log {log_id!r} not found; available: {available}")
-            continue
         try:
             parts.append(importer.load(root, [log_id]))
         except LogFormatError as exc:
