@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,11 +130,13 @@ def retrain(
 
 
 def retrain_latest(
-    settings: Settings, loop: LoopParams, version: int | None = None, *, who: str, why: str = ""
+    settings: Settings, loop: LoopParams, version: int | None = None, *, who: str, why: str = "",
+    on_start: Callable[[int], None] | None = None,
 ) -> RetrainOutcome:
     """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
     (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the pipeline beside
-    params.yaml, the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call."""
+    params.yaml, the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call.
+    ``on_start`` hears the dataset version once it is known to exist, before the work."""
     from fleetloop.dataset.versions import history
 
     cfg = dataset_config(settings)
@@ -149,5 +151,7 @@ def retrain_latest(
     if found is None:
         raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
     home = Path(settings.home).resolve()
+    if on_start is not None:
+        on_start(version)
     return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", template=found.parent,
                    scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why)

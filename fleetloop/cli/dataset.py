@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fleetloop.cli.output import JsonOpt, fail, print_json
+from fleetloop.cli.output import JsonOpt, fail, keep_whole, print_json
 
 if TYPE_CHECKING:
     from fleetloop.dataset.config import DatasetConfig
@@ -112,7 +112,7 @@ def history(as_json: JsonOpt = False) -> None:
     for v in versions:
         table.add_row(str(v.version), v.tag, f"{v.frames:,}", f"{v.objects:,}", str(v.batches),
                       ", ".join(v.campaigns), v.created_at.isoformat(timespec="seconds"))
-    console.print(table)
+    console.print(keep_whole(table, "tag", "created_at"))
 
 
 @app.command()

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from typer.core import TyperGroup
 
-from fleetloop.cli.output import JsonOpt, fail, grouped, print_json
+from fleetloop.cli.output import JsonOpt, fail, grouped, keep_whole, print_json
 from fleetloop.store.atomic import writable_dir_problem
 
 console = Console(stderr=True, soft_wrap=True)
@@ -139,7 +140,8 @@ def register(app: typer.Typer) -> None:
         what = (f"top {report.written:,} frames (budget {budget})" if budget else
                 f"{report.written:,} frames (cost budget {budget_cost:g})" if budget_cost else f"all {report.written:,} frames, ranked")
         console.print(f"[green]wrote {out}[/]: {what} from {report.logs} logs, {report.flags:,} flags "
-                      f"(params: {source or 'defaults'}; validation: {report.validation}; seconds: {report.seconds}; cpu seconds: {report.cpu_seconds})")
+                      f"(params: {source or 'defaults'}; validation: {report.validation})")
+        console.print(f"  seconds (CPU seconds) per stage: {_stages(report.seconds, report.cpu_seconds)}", highlight=False)
         for line in grouped(report.quarantined, "[red]quarantined[/]", ""):
             console.print(line, highlight=False)
         for line in grouped(report.warnings, "[yellow]warning[/]", " (mined)"):
@@ -200,14 +202,16 @@ def register(app: typer.Typer) -> None:
                         "rows": result.table.to_pylist(),
                         "errors": result.truth, "calibration": cal.model_dump(mode="json") if cal else None})
             return
-        table = Table("reason", "class", "flagged", "errors", "precision", "default", "severity", "kept",
-                      caption="kept: fitted; 'too few' flags to fit, or 'unstable' (refits without one group of the "
+        heads = ("reason", "class", "flags", "errors", "prec", "default", "severity", "kept")
+        table = Table(*heads, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True,
+                      caption="flags: of this reason and class on the labelled frames; errors: of those, real errors; prec: their "
+                              "share; kept: fitted; 'too few' flags to fit, or 'unstable' (refits without one group of the "
                               "labelled logs move it different ways from the default): the default stays")
         for r in result.table.to_pylist():
             table.add_row(r["reason"], r["class"], str(r["flagged"]), str(r["errors"]), f"{r['precision']:.2f}",
                           f"{r['prior']:.2f}", f"{r['severity']:.3f}",
                           "fitted" if r["stable"] else "unstable" if r["fitted"] else "too few")
-        Console().print(table)
+        Console().print(keep_whole(table, *heads))  # fits 80 columns without cutting a name or a number
         if result.truth:
             console.print("errors on the labelled frames (the matching rules of fleetloop.mine.calibrate): "
                           + ", ".join(f"{k} {v}" for k, v in result.truth.items()))
@@ -244,6 +248,11 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
         raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
+
+
+def _stages(wall: dict[str, float], cpu: dict[str, float]) -> str:
+    """``load 0.41 (0.39), validate ...``: each stage's wall seconds and, in brackets, CPU seconds."""
+    return ", ".join(f"{stage} {secs:.2f}" + (f" ({cpu[stage]:.2f})" if stage in cpu else "") for stage, secs in wall.items())
 
 
 def _load_labelled(root: Path, log_ids: list[str] | None):

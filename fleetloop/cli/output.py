@@ -10,8 +10,10 @@ import math
 from typing import Annotated, Any
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -82,3 +84,13 @@ def grouped(reasons: dict[str, str], label: str, note: str, most: int = 10, exam
         lines.append(f"  {label} ... and {sum(map(len, rest))} more logs for {len(rest)} other reasons "
                      "(--json lists every log)")
     return lines
+
+
+def keep_whole(table: Table, *headers: str) -> Table:
+    """Never cut or wrap the cells of these columns (dates, names): at any terminal width the
+    other columns wrap instead. Call it after the rows are added."""
+    for column in table.columns:
+        if column.header in headers:
+            column.no_wrap = True
+            column.min_width = max([cell_len(str(c)) for c in column.cells] + [cell_len(str(column.header))])
+    return table

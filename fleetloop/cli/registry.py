@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleetloop.cli.output import JsonOpt, fail, print_json
+from fleetloop.cli.output import JsonOpt, fail, keep_whole, print_json
 
 if TYPE_CHECKING:
     from fleetloop.registry import Decision, Registry
@@ -277,7 +277,7 @@ def list_cmd(
             f"{r['primary']} " + ("—" if r["value"] is None else f"{r['value']:.3f}"),
             "—" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}", str(r["files"]),
         )
-    console.print(table)
+    console.print(keep_whole(table, "created", "primary"))
     console.print(f"{len(rows)} versions")
 
 
@@ -352,4 +352,4 @@ def history(
             str(m.seq), m.alias, "—" if m.from_version is None else str(m.from_version), str(m.to_version),
             m.kind, m.who, m.when.isoformat()[:19], m.why,
         )
-    console.print(table)
+    console.print(keep_whole(table, "when"))

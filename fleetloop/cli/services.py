@@ -22,23 +22,45 @@ ServiceOpt = Annotated[
 ]
 
 
+def _login(statuses: list[ServiceStatus]) -> str | None:
+    """``user / password`` of the local Label Studio (generated at its first start), if it runs."""
+    from fleetloop.local.label_studio import read_state
+    from fleetloop.settings import get_settings
+
+    if not any(s.name == "label-studio" and s.mode == "local" and s.running for s in statuses):
+        return None
+    state = read_state(get_settings().home)
+    return f"{state.username} / {state.password}" if state else None
+
+
 def _print(statuses: list[ServiceStatus], as_json: bool) -> None:
+    login = _login(statuses)
     if as_json:
-        print_json({s.name: s.model_dump(exclude={"name"}) for s in statuses})
+        doc = {s.name: s.model_dump(exclude={"name"}) for s in statuses}
+        if login and "label-studio" in doc:
+            doc["label-studio"]["login"] = login
+        print_json(doc)
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold")
-    for col in ("service", "url", "health", "pid", "log / note"):
-        table.add_column(col)
-    for s in statuses:
+    urls = [s.url if s.mode == "local" else f"{s.url} (external)" for s in statuses]
+    table.add_column("service", no_wrap=True)
+    table.add_column("url", no_wrap=True, min_width=max(map(len, urls), default=3))  # whole, to copy at any width
+    table.add_column("health")
+    table.add_column("pid")
+    table.add_column("log / note", overflow="fold")
+    for s, url in zip(statuses, urls, strict=True):
         health = "[green]healthy[/]" if s.healthy else ("[yellow]unhealthy[/]" if s.running or s.mode == "external" else "[dim]stopped[/]")
         note = s.log or ""
         if s.detail:
             note = f"{note}  {s.detail}".strip()
-        table.add_row(s.name, s.url if s.mode == "local" else f"{s.url} (external)", health, str(s.pid or ""), note)
-    Console().print(table)
+        table.add_row(s.name, url, health, str(s.pid or ""), note)
+    console = Console()
+    console.print(table)
+    if login:
+        console.print(f"Label Studio login: {login}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -47,11 +69,14 @@ def up(service: ServiceOpt = None, as_json: JsonOpt = False) -> None:
 
     A service configured to use a deployed server (FLEETLOOP_PREFECT__API_URL, ...) is not
     started, only checked. Exit code 1 when any service is not healthy."""
+    from fleetloop.cli.output import err
     from fleetloop.local.services import ServiceError
     from fleetloop.local.services import up as services_up
 
     try:
-        statuses = services_up(names=service)
+        with err.status("Starting the local services (the first start installs Label Studio into its own venv: "
+                        "a few minutes)"):
+            statuses = services_up(names=service)
     except ServiceError as exc:
         raise fail(exc, 1, as_json=as_json) from None
     _print(statuses, as_json)

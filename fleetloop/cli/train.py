@@ -31,9 +31,11 @@ def register(app: typer.Typer) -> None:
         from fleetloop.train.workspace import TrainingFailed
 
         try:
-            if not as_json:
-                err.print(f"training on {f'dataset-v{dataset}' if dataset else 'the latest dataset version'} (dvc repro; minutes) ...")
-            out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)")
+            def starting(version: int) -> None:
+                if not as_json:
+                    err.print(f"training on dataset-v{version} (dvc repro; minutes) ...")
+
+            out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)", on_start=starting)
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             raise fail(exc, as_json=as_json) from None
         if as_json:

@@ -100,6 +100,26 @@ def test_local_server_is_provisioned_without_prompts(ls_server, ls_home, client)
     assert again.pid == ls_server.pid and again.token == ls_server.token
 
 
+def test_services_status_tells_the_login_people_need(ls_server, ls_home, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fleetloop.cli import app
+    from fleetloop.settings import get_settings
+
+    monkeypatch.setenv("FLEETLOOP_HOME", str(ls_home))
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__PORT", str(ls_server.port))
+    get_settings.cache_clear()
+    try:
+        res = CliRunner().invoke(app, ["services", "status", "-s", "label-studio", "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["label-studio"]["login"] == f"{ls_server.username} / {ls_server.password}"
+        res = CliRunner().invoke(app, ["services", "status", "-s", "label-studio"])
+        assert f"Label Studio login: {ls_server.username} / {ls_server.password}" in res.stdout
+        assert ls_server.url in res.stdout  # never cut short (the CliRunner's console is 80 columns)
+    finally:
+        get_settings.cache_clear()
+
+
 def test_personal_access_token_uses_bearer(ls_server, client):
     pat = client.request("POST", "/api/token/")["token"]
     with LabelStudioClient(ls_server.url, pat) as c:

@@ -241,6 +241,7 @@ def test_mine_calibrate_writes_fitted_severities_and_the_blind_spots(kitti_root,
                               "--log", "0010", "--params-file", str(params_file), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "errors no flag explains" in res.output and not params_file.exists()
+    assert "…" not in res.stdout and "camera_miss " in res.stdout  # 80 columns: no name or number cut short
     res = runner.invoke(app, ["mine", "calibrate", str(kitti_root), "--camera-tracker", "yolox_sort", "--log", "0006",
                               "--log", "0010", "--params-file", str(params_file)])
     assert res.exit_code == 0, res.output

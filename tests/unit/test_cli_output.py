@@ -205,3 +205,25 @@ def test_help_lists_every_command_in_the_loops_order_and_panels():
               if line.startswith("│ ") and line[2] not in " -"]  # a command's first line, not an option
     assert listed == [name for names in PANELS.values() for name in names], "every command sits in one panel, in order"
     assert all(title in res.stdout for title in PANELS) and "Other" not in res.stdout
+
+
+def test_keep_whole_never_cuts_the_columns_it_names():
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from fleetloop.cli.output import keep_whole
+
+    def table() -> Table:
+        t = Table("version", "created", "why")
+        t.add_row("12", "2026-12-06T17:48:08", "a long reason that can wrap over as many lines as it needs " * 2)
+        return t
+
+    def shown(t: Table) -> str:
+        console = Console(width=50, record=True, file=io.StringIO())
+        console.print(t)
+        return console.export_text()
+
+    assert "2026-12-06T17:48:08" not in shown(table())  # what it prevents: the date wrapped or cut
+    assert "2026-12-06T17:48:08" in shown(keep_whole(table(), "created"))
