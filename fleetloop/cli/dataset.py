@@ -57,7 +57,7 @@ def grow(as_json: JsonOpt = False) -> None:
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        print_json(result.model_dump(mode="json"))
+        print_json(result.model_dump(mode="json"), ok=True)
         return
     for note in result.recovered:
         console.print(f"  recovered: {escape(note)}", highlight=False)
@@ -83,7 +83,7 @@ def status(as_json: JsonOpt = False) -> None:
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        print_json(st.model_dump(mode="json"))
+        print_json(st.model_dump(mode="json"), ok=True)
         return
     if st.version == 0:
         console.print(f"no version yet (repository {st.repo}, DVC remote {st.remote})", highlight=False)
@@ -130,7 +130,7 @@ def checkout(
         raise fail(exc, as_json=as_json) from None
     if as_json:
         print_json({"version": result.version, "frames": result.frames, "path": result.path,
-                     "tag": result.tag, "objects": result.objects, "batches": result.batches})
+                     "tag": result.tag, "objects": result.objects, "batches": result.batches}, ok=True)
         return
     console.print(f"{result.tag}: {result.frames:,} frames, {result.objects:,} objects in {result.path}",
                   highlight=False)

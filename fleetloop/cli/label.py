@@ -95,7 +95,7 @@ def push(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        print_json(report.model_dump())
+        print_json(report.model_dump(), ok=not report.problems)
     else:
         console.print(
             f"campaign [bold]{campaign}[/] (project {report.project_id}): {report.selected} frames selected, "
@@ -125,7 +125,8 @@ def sync(
         if campaign is None:
             out = sync_open_campaigns(_settings(), validate=label_failures, page_size=page_size, shard_size=shard_size)
             if as_json:
-                print_json({**out.model_dump(), "delivered": out.delivered})
+                print_json({**out.model_dump(), "delivered": out.delivered},
+                           ok=not (out.failed or any(r.problems for r in out.reports)))
             else:
                 console.print(f"{len(out.campaigns)} open campaigns synced: [green]{out.delivered} delivered[/]"
                               + (f"; complete now: {', '.join(out.completed)}" if out.completed else ""))
@@ -137,7 +138,7 @@ def sync(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        print_json(report.model_dump())
+        print_json(report.model_dump(), ok=not report.problems)
     else:
         console.print(
             f"campaign [bold]{campaign}[/]: {report.annotations_seen} annotations seen, "
@@ -232,7 +233,7 @@ def simulate(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        print_json(report.model_dump(exclude={"submissions"}))
+        print_json(report.model_dump(exclude={"submissions"}), ok=True)
     else:
         console.print(
             f"simulated team on [bold]{campaign}[/]: {report.answered} labeled ({report.boxes} boxes), "

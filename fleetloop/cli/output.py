@@ -20,9 +20,12 @@ err = Console(stderr=True, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (errors too: {ok: false, error}).")]
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: Any, *, ok: bool | None = None) -> None:
     """``obj`` as one valid JSON document: NaN and infinities become null (JSON has none), and
-    text that is not UTF-8 (a file name's undecodable bytes) is escaped rather than written raw."""
+    text that is not UTF-8 (a file name's undecodable bytes) is escaped rather than written raw.
+    ``ok`` (a document that is an object): its first key, true when the command exits 0."""
+    if ok is not None and isinstance(obj, dict):
+        obj = {"ok": ok, **obj}
     text = json.dumps(_finite(obj), indent=2, default=str, ensure_ascii=False)
     try:
         text.encode("utf-8")

@@ -140,7 +140,7 @@ def register(
             "value": card.primary_value(primary),
             "lineage": card.lineage.model_dump(mode="json"),
             "candidate": candidate,
-        })
+        }, ok=True)
         return
     value = card.primary_value(primary)
     console.print(
@@ -171,7 +171,7 @@ def promote(
         raise fail(exc, as_json=as_json) from None
     ok = decision.promoted or decision.action == "noop"
     if as_json:
-        print_json({**_decision_json(decision), "already_production": decision.action == "noop"})
+        print_json({**_decision_json(decision), "already_production": decision.action == "noop"}, ok=ok)
     else:
         table = _slice_table(decision.verdict.details)
         if table is not None:
@@ -207,7 +207,7 @@ def rollback(model: ModelOpt = "camera", who: WhoOpt = None, why: WhyOpt = "", a
             "reasons": decision.verdict.reasons,
             "who": decision.who,
             "when": decision.when.isoformat(),
-        })
+        }, ok=True)
     else:
         console.print(f"[green]rolled back[/] {decision.model}: production "
                       f"v{decision.production_before} → v{decision.production_after}")
@@ -229,7 +229,7 @@ def candidate(
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
-        print_json({"candidate": target, "moved": move is not None, "history_seq": move.seq if move else None})
+        print_json({"candidate": target, "moved": move is not None, "history_seq": move.seq if move else None}, ok=True)
     else:
         console.print(f"candidate → v{target}" + ("" if move is not None else " (already)"))
 
@@ -304,7 +304,7 @@ def show(
     out["decision"] = decisions[-1].model_dump(mode="json") if decisions else None
     out["decisions"] = [d.model_dump(mode="json") for d in decisions]
     if as_json:
-        print_json(out)
+        print_json(out, ok=True)
         return
     primary = card.metrics.primary or "map50"
     value = card.primary_value(primary)

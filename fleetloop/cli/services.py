@@ -34,12 +34,13 @@ def _login(statuses: list[ServiceStatus]) -> str | None:
 
 
 def _print(statuses: list[ServiceStatus], as_json: bool) -> None:
+    """The table (or with ``as_json`` the document, ``ok`` when every service is healthy: the exit code)."""
     login = _login(statuses)
     if as_json:
         doc = {s.name: s.model_dump(exclude={"name"}) for s in statuses}
         if login and "label-studio" in doc:
             doc["label-studio"]["login"] = login
-        print_json(doc)
+        print_json(doc, ok=all(s.healthy for s in statuses))
         return
     from rich.console import Console
     from rich.table import Table

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             raise fail(exc, as_json=as_json) from None
         if as_json:
-            print_json(out.model_dump(mode="json"))
+            print_json(out.model_dump(mode="json"), ok=out.promoted or out.action == "noop")
         else:
             head = "[green]promoted to production[/]" if out.promoted else f"[red]not promoted[/] ({out.action})"
             console.print(f"model v{out.model_version} on dataset-v{out.dataset_version}: {head}")

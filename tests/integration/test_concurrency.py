@@ -300,6 +300,7 @@ def test_three_retrains_at_once_train_once_and_all_report_that_model(tmp_path: P
     assert [p.returncode for p in procs] == [0, 0, 0], [e[-2000:] for _, e in outs]
     docs = [json.loads(o) for o, _ in outs]
     assert {d["model_version"] for d in docs} == {1}
+    assert all(next(iter(d)) == "ok" and d["ok"] is True for d in docs)  # exit 0: ok, the document's first key
     assert sorted(d["reused"] for d in docs) == [False, True, True]
     assert sorted(d["action"] for d in docs) == ["noop", "noop", "promote"]
     listed = subprocess.run([*FLEETLOOP, "registry", "list", "--json"], env=env, capture_output=True, text=True, check=True)

@@ -112,7 +112,8 @@ def test_services_status_tells_the_login_people_need(ls_server, ls_home, monkeyp
     try:
         res = CliRunner().invoke(app, ["services", "status", "-s", "label-studio", "--json"])
         assert res.exit_code == 0, res.output
-        assert json.loads(res.stdout)["label-studio"]["login"] == f"{ls_server.username} / {ls_server.password}"
+        doc = json.loads(res.stdout)
+        assert doc["ok"] is True and doc["label-studio"]["login"] == f"{ls_server.username} / {ls_server.password}"
         res = CliRunner().invoke(app, ["services", "status", "-s", "label-studio"])
         assert f"Label Studio login: {ls_server.username} / {ls_server.password}" in res.stdout
         assert ls_server.url in res.stdout  # never cut short (the CliRunner's console is 80 columns)
