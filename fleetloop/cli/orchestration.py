@@ -82,7 +82,11 @@ def check_parameters(flow_name: str, parameters: dict) -> None:
     try:
         fl.validate_parameters(parameters)
     except Exception as exc:  # prefect's ParameterTypeError: say which value and why, in one line
-        raise typer.BadParameter(" ".join(str(exc).split())[:500], param_hint="--param") from None
+        message = " ".join(str(exc).split()).removeprefix("Flow run received invalid parameters: ")
+        lists = [k for k, v in parameters.items() if isinstance(v, str) and f"{k}: Input should be a valid list" in message]
+        if lists:  # --param tags=weather=rain: a string where the flow takes a list
+            message += f" (a list is JSON: --param '{lists[0]}=[\"...\"]')"
+        raise typer.BadParameter(message[:500], param_hint="--param") from None
     finally:
         quiet.level = level
 

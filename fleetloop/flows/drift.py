@@ -12,6 +12,7 @@ from fleetloop.cycle import cycle_window, iso_week, reference_window
 from fleetloop.drift.compare import DriftOutcome, compare
 from fleetloop.drift.steer import save_slice_boost
 from fleetloop.flows.common import params, store
+from fleetloop.flows.param_types import IsoWeek, LogId
 from fleetloop.schema import DriveLogs
 from fleetloop.store.logs import get_log, list_logs
 from fleetloop.store.objects import Store
@@ -23,13 +24,19 @@ def load_logs(st: Store, log_ids: list[str]) -> DriveLogs:
 
 @flow(name="monitor-drift", log_prints=True)
 def monitor_drift(
-    week: str | None = None,
-    current_logs: list[str] | None = None,
-    reference_logs: list[str] | None = None,
+    week: IsoWeek | None = None,
+    current_logs: list[LogId] | None = None,
+    reference_logs: list[LogId] | None = None,
 ) -> DriftOutcome:
-    """Compare the logs that arrived in the week before ``week`` (default: the current ISO week)
-    with those of the week before that, or the given log ids. Drift over the alert share emits
-    ``fleetloop.drift.detected`` and steers the next mining run toward the drifted slices."""
+    """Compare the logs that arrived in the week before ``week`` with those of the week before
+    that, or the given log ids. Drift over the alert share emits ``fleetloop.drift.detected``
+    and steers the next mining run toward the drifted slices.
+
+    Args:
+        week: ISO week YYYY-Www; empty: the current week.
+        current_logs: Compare these logs; empty: those that arrived in the week before week.
+        reference_logs: With these logs; empty: those that arrived in the week before that.
+    """
     st = store()
     if current_logs is None or reference_logs is None:
         week = week or iso_week(datetime.now(UTC))

@@ -22,8 +22,13 @@ from fleetloop.store import keys
 
 @flow(name="label-push", log_prints=True)
 def label_push(campaign: str | None = None, run_key: str | None = None, batch_size: int = 200) -> api.PushReport:
-    """Send the frames a mining run selected (default: the latest run) to Label Studio as
-    pre-annotated tasks of ``campaign`` (default: this ISO week's). Idempotent."""
+    """Send the frames a mining run selected to Label Studio as pre-annotated tasks. Idempotent.
+
+    Args:
+        campaign: The campaign (Label Studio project title); empty: this ISO week's.
+        run_key: The mining run whose selection is sent; empty: the latest run.
+        batch_size: Tasks per import request.
+    """
     campaign = campaign or campaign_name(iso_week(datetime.now(UTC)))
     if run_key is None:
         st = store()
@@ -52,7 +57,11 @@ Problems:
 @flow(name="label-sync", log_prints=True)
 def label_sync(campaign: str | None = None) -> api.OpenSync:
     """Deliver finished annotations (new and updated) as label shards, exactly once, validated
-    with the labels suite: of ``campaign``, or of every open campaign."""
+    with the labels suite.
+
+    Args:
+        campaign: Only this campaign; empty: every open campaign.
+    """
     s = settings()
     if campaign is None:
         out = api.sync_open_campaigns(s, validate=label_failures)

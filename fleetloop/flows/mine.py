@@ -20,10 +20,16 @@ from fleetloop.mine.params import MiningParams
 
 @flow(name="ingest-logs", log_prints=True)
 def ingest_logs(
-    source: str, format: str = "kitti-tracking", log_ids: list[str] | None = None, arrived_at: datetime | None = None
+    source: str, format: str = "kitti-tracking", log_ids: list[LogId] | None = None, arrived_at: datetime | None = None
 ) -> IngestReport:
     """Bring logs from ``source`` into the store: validate, register, quarantine the bad ones.
-    ``arrived_at`` backdates the arrival of a backfill (default: now)."""
+
+    Args:
+        source: Directory of logs on the machine that runs the flow.
+        format: kitti-tracking or parquet.
+        log_ids: Only these logs of the source.
+        arrived_at: Backdate the arrival of a backfill; empty: now.
+    """
     report = ingest(store(), source, format, log_ids, arrived_at=arrived_at)
     lines = [
         f"# Ingest from `{report.source}` ({report.format})",
@@ -47,7 +53,7 @@ def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: Mining
 # TaskRunner[PrefectConcurrentFuture], not the TaskRunner[PrefectFuture[Any]] @flow is annotated with
 @flow(name="mine", log_prints=True, task_runner=SettingsDaskTaskRunner())  # type: ignore[arg-type]
 def mine(
-    budget: Annotated[int, Field(ge=1, description="frames to select; None ranks every frame")] | None = 200,
+    budget: Annotated[int, Field(ge=1)] | None = 200,
     since: datetime | None = None,
     log_ids: list[LogId] | None = None,
     params: MiningParams | None = None,
@@ -62,9 +68,23 @@ def mine(
 
     Which logs: a query (arrival window ``since``/``until``, drive-time window
     ``drive_since``/``drive_until``, ``vehicle``, ``tags`` such as ``weather=rain``, ``log_ids``),
-    validated before any work (:class:`fleetloop.store.query.LogQuery`) and echoed in the run's
+    validated before any work (``fleetloop.store.query.LogQuery``) and echoed in the run's
     artifact. The run is keyed on its inputs: a rerun with the same logs and parameters reuses
-    the finished outputs; a crashed run resumes from the shards it already wrote."""
+    the finished outputs; a crashed run resumes from the shards it already wrote.
+
+    Args:
+        budget: Frames to select; empty: rank every frame.
+        since: Only logs that arrived at or after this time (UTC).
+        log_ids: Only these stored logs.
+        params: Mining params; empty: params.yaml's mine section with the latest drift steering.
+        frames_per_shard: Frames per parallel shard.
+        until: Only logs that arrived before this time (UTC); after since.
+        drive_since: Only logs driven at or after this time (UTC).
+        drive_until: Only logs driven before this time (UTC); after drive_since.
+        vehicle: Only logs of this vehicle, e.g. veh-07.
+        tags: Only logs with a frame of each tag, name=value with a name in weather, time_of_day,
+            place, vehicle (e.g. weather=rain).
+    """
     from fleetloop.store.logs import list_logs
     from fleetloop.store.query import LogQuery, select_logs
 

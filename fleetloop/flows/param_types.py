@@ -18,7 +18,7 @@ from pydantic import AfterValidator, Field, ValidationError, ValidationInfo
 
 from fleetloop.cycle import week_start
 from fleetloop.store.ids import LOG_ID_PATTERN, check_log_id
-from fleetloop.store.query import LogQuery
+from fleetloop.store.query import TAG_NAMES, LogQuery
 
 
 def _by_log_query(**fields: Any) -> None:
@@ -56,24 +56,32 @@ def _window_end(start: str, end: str) -> Callable[[datetime, ValidationInfo], da
 
 
 def _week(value: str) -> str:
-    week_start(value)  # 2026-W00 and 2026-W99 match the pattern but are no ISO week
+    week_start(value)  # 2025-W53 matches the pattern but is no ISO week (2025 has 52)
     return value
 
+
+# The JSON-schema patterns below are what the Prefect server and its run form check (they cannot
+# run the validators); the validators are what the flow checks when it runs. The patterns say the
+# same rules as far as a pattern can (lookaheads: the schema's, never pydantic's, regex engine).
+_LOG_ID_SCHEMA = r"^(?!.*\.\.)" + LOG_ID_PATTERN.pattern.removeprefix("^")
+_TAG_SCHEMA = rf"^({'|'.join(TAG_NAMES)})=.+$"
+_WEEK_SCHEMA = r"^\d{4}-W(0[1-9]|[1-4][0-9]|5[0-3])$"
 
 #: A stored log's id (``fleetloop.store.ids``: a safe path segment).
 LogId = Annotated[
     str,
     AfterValidator(check_log_id),
-    Field(description="a log id", json_schema_extra={"pattern": LOG_ID_PATTERN.pattern}),
+    Field(description="a log id", json_schema_extra={"pattern": _LOG_ID_SCHEMA}),
 ]
 #: A frame tag filter ``name=value`` (``weather=rain``), as ``fleetloop mine --tag`` takes it.
-Tag = Annotated[str, AfterValidator(_tag), Field(description="name=value, e.g. weather=rain")]
-Vehicle = Annotated[str, AfterValidator(_vehicle)]
+Tag = Annotated[str, AfterValidator(_tag),
+                Field(description="name=value, e.g. weather=rain", json_schema_extra={"pattern": _TAG_SCHEMA})]
+Vehicle = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_vehicle)]
 #: ``until`` of the arrival window: after ``since`` (declare ``since`` first).
 Until = Annotated[datetime, AfterValidator(_window_end("since", "until"))]
 #: ``drive_until`` of the drive-time window: after ``drive_since`` (declare ``drive_since`` first).
 DriveUntil = Annotated[datetime, AfterValidator(_window_end("drive_since", "drive_until"))]
 #: An ISO week ``YYYY-Www`` that exists (``2026-W49``).
-IsoWeek = Annotated[str, Field(pattern=r"^\d{4}-W\d{2}$", description="ISO week, e.g. 2026-W49"), AfterValidator(_week)]
+IsoWeek = Annotated[str, Field(pattern=_WEEK_SCHEMA, description="ISO week, e.g. 2026-W49"), AfterValidator(_week)]
 #: A dataset version (``dataset-vN``), from 1.
 DatasetVersion = Annotated[int, Field(ge=1, description="dataset version N of dataset-vN")]

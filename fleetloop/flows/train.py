@@ -12,8 +12,13 @@ from fleetloop.retrain import RetrainOutcome, retrain_latest
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -> RetrainOutcome:
-    """Train on ``dataset-v<dataset_version>`` (default: the latest version), register the
-    model, and promote it if it passes the gate against production."""
+    """Train on a dataset version, register the model, and promote it if it passes the gate
+    against production.
+
+    Args:
+        dataset_version: N of dataset-vN to train on; empty: the latest version.
+        why: Recorded with the registration and the promotion decision.
+    """
     out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why)
     publish_retrain(out)
     return out

@@ -70,9 +70,15 @@ def weekly_cycle(
     label: bool = True,
     retrain_unchanged: bool = False,
 ) -> CycleRecord:
-    """One cycle of the loop for ISO ``week`` (``YYYY-Www``; default: the week of the run's
-    scheduled time), over the logs that arrived in the week before it. ``retrain_unchanged``
-    retrains even when the dataset did not grow (e.g. after a change of the training params)."""
+    """One cycle of the loop for ISO ``week``, over the logs that arrived in the week before it.
+
+    Args:
+        week: ISO week YYYY-Www, e.g. 2026-W49; empty: the week of the run's scheduled time.
+        budget: Frames to mine and send to Label Studio.
+        label: Push the mined frames to Label Studio.
+        retrain_unchanged: Retrain even when the dataset did not grow (after a change of the
+            training params).
+    """
     from prefect.runtime import flow_run
 
     if budget < 1:
