@@ -374,7 +374,7 @@ def test_cli_grow_status_history_checkout(tmp_path: Path, monkeypatch: pytest.Mo
 
         out = runner.invoke(app, ["checkout", "1", "--to", str(tmp_path / "co"), "--json"])
         assert out.exit_code == 0, out.output
-        assert json.loads(out.stdout) | {"tag": None} == {"version": 1, "frames": 3, "path": str(tmp_path / "co"),
+        assert json.loads(out.stdout) | {"tag": None} == {"ok": True, "version": 1, "frames": 3, "path": str(tmp_path / "co"),
                                                           "tag": None, "objects": 3, "batches": 1}
         out = runner.invoke(app, ["checkout", "1", "--to", str(tmp_path / "co")])
         assert out.exit_code == 2 and "not an empty directory" in out.output and "Traceback" not in out.output

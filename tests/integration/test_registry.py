@@ -602,7 +602,7 @@ def test_cli_register_promote_reject_rollback_show_list_history(cli_env: Store, 
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["candidate"] is True
     r = _cli("candidate", "3", "--json")
-    assert r.exit_code == 0 and json.loads(r.stdout) == {"candidate": 3, "moved": False, "history_seq": None}
+    assert r.exit_code == 0 and json.loads(r.stdout) == {"ok": True, "candidate": 3, "moved": False, "history_seq": None}
 
     r = _cli("promote", "2", "--json", "--why", "weekly")
     assert r.exit_code == 1, r.output
