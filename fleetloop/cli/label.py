@@ -122,40 +122,59 @@ def sync(
     from fleetloop.label.api import sync_campaign, sync_open_campaigns
 
     try:
+        settings = _settings()
         if campaign is None:
-            out = sync_open_campaigns(_settings(), validate=label_failures, page_size=page_size, shard_size=shard_size)
-            if as_json:
-                print_json({**out.model_dump(), "delivered": out.delivered},
-                           ok=not (out.failed or any(r.problems for r in out.reports)))
-            else:
-                console.print(f"{len(out.campaigns)} open campaigns synced: [green]{out.delivered} delivered[/]"
-                              + (f"; complete now: {', '.join(out.completed)}" if out.completed else ""))
-                for name, why in out.failed.items():
-                    console.print(f"  [red]{name}[/]: {why}")
-            raise typer.Exit(3 if out.failed or any(r.problems for r in out.reports) else 0)
-        report = sync_campaign(campaign, _settings(), validate=label_failures, page_size=page_size,
-                               shard_size=shard_size)
+            out = sync_open_campaigns(settings, validate=label_failures, page_size=page_size, shard_size=shard_size)
+            if out.failed and not out.campaigns:  # every campaign failed: is Label Studio there at all?
+                from fleetloop.label.api import client_for
+
+                with client_for(settings) as client:
+                    client.whoami()  # unreachable / token rejected: nothing was done (exit 2)
+        else:
+            report = sync_campaign(campaign, settings, validate=label_failures, page_size=page_size,
+                                   shard_size=shard_size)
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
+    if campaign is None:
+        problems = out.failed or any(r.problems for r in out.reports)
+        if as_json:
+            print_json({**out.model_dump(), "delivered": out.delivered}, ok=not problems)
+        else:
+            console.print(f"{len(out.campaigns)} open campaigns synced: [green]{out.delivered} delivered[/]"
+                          + (f"; complete now: {', '.join(out.completed)}" if out.completed else ""))
+            for r in out.reports:
+                _print_sync_report(r, brief=True)
+            for name, why in out.failed.items():
+                console.print(f"  [red]{escape(name)} failed[/]: {escape(why)}", highlight=False)
+        raise typer.Exit(3 if problems else 0)
     if as_json:
         print_json(report.model_dump(), ok=not report.problems)
     else:
-        console.print(
-            f"campaign [bold]{campaign}[/]: {report.annotations_seen} annotations seen, "
-            f"[green]{report.delivered} delivered[/] ({report.revisions} revisions, {report.labels} boxes, "
-            f"{report.empty} empty, {report.unusable} unusable), {report.already_delivered} already delivered, "
-            f"[red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s"
-        )
-        for key in report.recovered_shards:
-            console.print(f"  recovered shard of an interrupted sync: {key}")
+        _print_sync_report(report)
+    raise typer.Exit(3 if report.problems else 0)
+
+
+def _print_sync_report(report, *, brief: bool = False) -> None:
+    """One campaign's sync for people; ``brief`` (a campaign among all open ones): only when it
+    delivered or rejected something, without the shard keys."""
+    if brief and not (report.delivered or report.problems or report.recovered_shards):
+        return
+    console.print(
+        f"campaign [bold]{escape(report.campaign)}[/]: {report.annotations_seen} annotations seen, "
+        f"[green]{report.delivered} delivered[/] ({report.revisions} revisions, {report.labels} boxes, "
+        f"{report.empty} empty, {report.unusable} unusable), {report.already_delivered} already delivered, "
+        f"[red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s"
+    )
+    for key in report.recovered_shards:
+        console.print(f"  recovered shard of an interrupted sync: {key}")
+    if not brief:
         for key in report.shards:
             console.print(f"  wrote {key}")
-        for p in report.problems:
-            console.print(
-                f"  [red]task {p.task_id} annotation {p.annotation_id}[/] (log {p.log_id} frame {p.frame}, "
-                f"region {p.region}): {p.message}"
-            )
-    raise typer.Exit(3 if report.problems else 0)
+    for p in report.problems:
+        console.print(
+            f"  [red]task {p.task_id} annotation {p.annotation_id}[/] (log {escape(str(p.log_id))} frame {p.frame}, "
+            f"region {escape(str(p.region))}): {escape(p.message)}", highlight=False
+        )
 
 
 @app.command()

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from fleetloop.label import index
+from fleetloop.label.campaigns import check_name
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.push import PushReport, load_logs_for, push, read_selection, read_selection_text
 from fleetloop.label.sync import LabelValidator, SyncError, SyncReport, campaign_status, sync
@@ -49,13 +50,14 @@ def push_selection(
 ) -> PushReport:
     """``fleetloop label push``: the selected frames (from ``logs`` when given, else from the
     store's logs) become tasks of the campaign; frames already pushed are skipped. The campaign
-    is recorded as open in the campaign index. ``camera_stream``: the judged stream whose boxes are
+    is recorded as open in the campaign index once its Label Studio project exists (a push that
+    fails before leaves no campaign behind). ``camera_stream``: the judged stream whose boxes are
     the pre-annotations (the miner's ``mine.camera_stream``)."""
+    check_name(campaign)  # a usage error before anything is read or created
     store = get_store(settings)
     rows = selection_rows(selection, store)
     if logs is None:
         logs = load_logs_for(rows, store)
-    index.register(store, campaign)
     with client_for(settings) as client:
         return push(
             rows,
@@ -69,6 +71,7 @@ def push_selection(
             batch_size=batch_size,
             model_version=model_version or settings.label_studio.model_version,
             camera_stream=camera_stream,
+            on_campaign=lambda _: index.register(store, campaign),  # only once its project exists
         )
 
 

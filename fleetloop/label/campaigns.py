@@ -21,7 +21,8 @@ from fleetloop.schema import CLASSES
 BOX_CONTROL, IMAGE_OBJECT, STATUS_CONTROL = "box", "image", "frame_status"
 UNUSABLE = "frame is unusable"
 _MARK = "fleetloop campaign"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,49}$")
+#: Label Studio refuses project titles shorter than 3 characters
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{2,49}$")
 
 
 class CampaignError(LabelStudioError):
@@ -38,9 +39,14 @@ class Campaign:
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise CampaignError(
-            f"invalid campaign name {name!r}: 1-50 characters, letters, digits, '.', '_' or '-', starting alphanumeric"
+            f"invalid campaign name {name!r}: 3-50 characters, letters, digits, '.', '_' or '-', starting alphanumeric"
         )
     return name
+
+
+def task_key(campaign: str, log_id: str, frame: int) -> str:
+    """The ``fleetloop_key`` a pushed task carries in its data (what push and sync agree on)."""
+    return f"{campaign}/{log_id}/{int(frame)}"
 
 
 @lru_cache
@@ -55,6 +61,30 @@ def label_config() -> str:
     if root.find(f".//Choice[@value='{UNUSABLE}']") is None:
         raise CampaignError(f"label_config.xml has no {UNUSABLE!r} choice")
     return xml
+
+
+def config_problems(xml: str) -> list[str]:
+    """What a project's labeling config lacks of fleetloop's (the box control with every class of
+    the taxonomy, the "frame is unusable" choice): labelers could not label what it lacks, so
+    objects would become background. Extra controls or labels are allowed (a region from them is
+    rejected annotation by annotation)."""
+    try:
+        root = ET.fromstring(xml or "")
+    except ET.ParseError as exc:
+        return [f"the labeling config is not valid XML ({exc})"]
+    problems = []
+    boxes = root.find(f".//RectangleLabels[@name='{BOX_CONTROL}']")
+    if boxes is None:
+        problems.append(f"no RectangleLabels control named {BOX_CONTROL!r}")
+    else:
+        labels = {e.get("value") for e in boxes.iter("Label")}
+        missing = [c for c in CLASSES if c not in labels]
+        if missing:
+            problems.append(f"control {BOX_CONTROL!r} lacks the labels {missing}")
+    status = root.find(f".//Choices[@name='{STATUS_CONTROL}']")
+    if status is None or status.find(f".//Choice[@value='{UNUSABLE}']") is None:
+        problems.append(f"no Choices control {STATUS_CONTROL!r} with the choice {UNUSABLE!r}")
+    return problems
 
 
 def find_campaign(client: LabelStudioClient, name: str) -> Campaign | None:

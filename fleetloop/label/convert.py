@@ -7,6 +7,7 @@ fleetloop's boxes are ``x1, y1, x2, y2`` in pixels (top-left, bottom-right).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,18 +83,30 @@ def result_to_box(item: dict[str, Any], width: int | None = None, height: int | 
     cls = labels[0]
     if cls not in CLASSES:
         raise BadRegion(f"unknown class {cls!r}; the taxonomy is {list(CLASSES)}")
-    W = item.get("original_width") or width
-    H = item.get("original_height") or height
+    try:
+        W = positive_size(item.get("original_width") or width)
+        H = positive_size(item.get("original_height") or height)
+    except (TypeError, ValueError):
+        raise BadRegion(
+            f"region image size is not a positive number: original_width={item.get('original_width')!r}"
+            f" original_height={item.get('original_height')!r}"
+        ) from None
     if not W or not H:
         raise BadRegion("region carries no image size (original_width/original_height)")
-    if width and height and (int(W), int(H)) != (int(width), int(height)):
+    if width and height and (width, height) != (W, H):
         raise BadRegion(f"region drawn on a {W}x{H} image but the task image is {width}x{height}")
-    if abs(float(v.get("rotation") or 0.0)) > 1e-6:
+    try:
+        rotation = float(v.get("rotation") or 0.0)
+    except (TypeError, ValueError):
+        raise BadRegion(f"rotation {v.get('rotation')!r} is not a number") from None
+    if not math.isfinite(rotation) or abs(rotation) > 1e-6:
         raise BadRegion(f"rotated box ({v.get('rotation')} degrees): only axis-aligned boxes are labels")
     try:
         x, y, w, h = (float(v[k]) for k in ("x", "y", "width", "height"))
     except (KeyError, TypeError, ValueError) as exc:
         raise BadRegion(f"region value lacks numeric x/y/width/height: {v}") from exc
+    if not all(map(math.isfinite, (x, y, w, h))):
+        raise BadRegion(f"region value has a non-finite x/y/width/height: {v}")
     tol = EDGE_TOLERANCE_PCT
     if x < -tol or y < -tol or x + w > 100 + tol or y + h > 100 + tol or w < 0 or h < 0:
         raise BadRegion(f"box outside the image: x={x:.2f}% y={y:.2f}% w={w:.2f}% h={h:.2f}% (must stay within 0-100%)")
@@ -102,6 +115,18 @@ def result_to_box(item: dict[str, Any], width: int | None = None, height: int | 
     if x2 - x1 <= 0 or y2 - y1 <= 0:
         raise BadRegion(f"box has no area ({x2 - x1:.2f} x {y2 - y1:.2f} px)")
     return PixelBox(cls, x1, y1, x2, y2)
+
+
+def positive_size(value: Any) -> int | None:
+    """A pixel size: None when absent, else a positive whole number (raises ValueError)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(value)
+    n = float(value)
+    if not math.isfinite(n) or n <= 0 or n != int(n):
+        raise ValueError(value)
+    return int(n)
 
 
 def is_unusable(result: list[dict[str, Any]]) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from fleetloop.label import campaigns as camp
+from fleetloop.label.campaigns import task_key
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.convert import box_to_result
 from fleetloop.label.images import ImageProblem, LocalFilesPublisher, Publisher, resolve_image
@@ -62,10 +64,6 @@ class PushReport(BaseModel):
     build_seconds: float = 0.0  # making task images and predictions
     import_seconds: float = 0.0  # in import requests
     seconds: float = 0.0
-
-
-def task_key(campaign: str, log_id: str, frame: int) -> str:
-    return f"{campaign}/{log_id}/{int(frame)}"
 
 
 def read_selection(path: Path | str) -> list[dict[str, Any]]:
@@ -274,13 +272,18 @@ def push(
     s3_client: Any = None,
     lock_timeout: float = 600.0,
     camera_stream: str | None = None,
+    on_campaign: Callable[[camp.Campaign], object] | None = None,
 ) -> PushReport:
     """Create the tasks of the selected frames that the campaign does not have yet
-    (pre-annotations: the judged camera stream's boxes, ``camera_stream`` as the miner's)."""
+    (pre-annotations: the judged camera stream's boxes, ``camera_stream`` as the miner's).
+    ``on_campaign`` is called once the campaign's project exists (found or created), before any
+    task is imported (the API records the campaign in the index there)."""
     t0 = time.perf_counter()
     camp.check_name(campaign)
     with file_lock(lock_path(home, "push", campaign), timeout=lock_timeout):
         c = camp.ensure_campaign(client, campaign)
+        if on_campaign is not None:
+            on_campaign(c)
         if publisher is None:
             publisher, image_dir = default_publisher(client, home, c, document_root, store)
         image_dir = Path(image_dir or Path(home).resolve() / "labeling" / "images")

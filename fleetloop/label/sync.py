@@ -16,9 +16,12 @@ folds such shards into the watermark (from their metadata), so nothing is delive
 anything not in a shard is delivered by the rerun, so nothing is lost. An annotation whose
 ``updated_at`` changed after delivery is delivered again as the next ``revision``.
 
-A bad annotation (unknown class, box outside the image, rotated box...) is reported with the
-reason for each bad region and not delivered (nor watermarked): once the labeler fixes it, the
-next sync delivers it. The rest of the batch proceeds.
+A bad annotation (unknown class, box outside the image, rotated box, a region from a control
+that is not fleetloop's, a malformed value, a task whose data no longer matches the
+``fleetloop_key`` push gave it...) is reported with the reason for each bad region and not
+delivered (nor watermarked): once the labeler fixes it, the next sync delivers it. The rest of the
+batch proceeds: no task or annotation can make the sync fail. A project whose labeling config
+lost fleetloop's controls or classes fails the campaign's sync before anything is delivered.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from fleetloop.label import campaigns as camp
+from fleetloop.label.campaigns import BOX_CONTROL, STATUS_CONTROL, UNUSABLE
 from fleetloop.label.client import LabelStudioClient
-from fleetloop.label.convert import BOX_CONTROL, BadRegion, is_unusable, result_to_box
+from fleetloop.label.convert import BadRegion, is_unusable, positive_size, result_to_box
 from fleetloop.schema import LABELS
 from fleetloop.store.locks import file_lock, lock_path
 
@@ -133,53 +137,139 @@ def _parse_time(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
+class _Rejected(ValueError):
+    """The task or annotation as a whole cannot be delivered (the message says why)."""
+
+
+def _task_frame(task: dict[str, Any], campaign: str) -> tuple[str, int, int | None, int | None]:
+    """The task's ``log_id, frame, image_width, image_height``, checked against the
+    ``fleetloop_key`` push gave it: task data can be edited in Label Studio (or a task added by
+    hand), and a label must never land on a frame fleetloop did not send."""
+    data = task.get("data") or {}
+    key = data.get("fleetloop_key")
+    log_id, frame = data.get("log_id"), data.get("frame")
+    if not key:
+        raise _Rejected(
+            "task has no fleetloop_key: it was not created by `fleetloop label push` (added by hand or"
+            " imported?); delete it in Label Studio, or push the frame with `fleetloop label push`"
+        )
+    if log_id is None or frame is None:
+        raise _Rejected(f"task {key!r} carries no log_id/frame in its data (edited in Label Studio?)")
+    try:
+        if isinstance(frame, bool) or float(frame) != int(float(frame)):
+            raise ValueError(frame)
+        frame = int(float(frame))
+    except (TypeError, ValueError, OverflowError):
+        raise _Rejected(f"task data frame={frame!r} is not a whole number (edited in Label Studio?)") from None
+    if key != camp.task_key(campaign, str(log_id), frame):
+        raise _Rejected(
+            f"task data log_id={log_id!r} frame={frame} do not match its fleetloop_key {key!r}"
+            f" (expected {camp.task_key(campaign, str(log_id), frame)!r}): the task data was edited in Label"
+            " Studio; restore it, or delete the task and push the frame again"
+        )
+    sizes = []
+    for field in ("image_width", "image_height"):
+        try:
+            sizes.append(positive_size(data.get(field)))
+        except (TypeError, ValueError, OverflowError):
+            raise _Rejected(f"task data {field}={data.get(field)!r} is not a positive whole number") from None
+    return str(log_id), frame, sizes[0], sizes[1]
+
+
+def _is_prediction(region: dict[str, Any], predicted: list[dict[str, Any]]) -> bool:
+    """The region is one of the task's pre-annotations, unchanged (the labeler did not draw it)."""
+    v = region.get("value") or {}
+    for p in predicted:
+        pv = p.get("value") or {}
+        if pv.get("rectanglelabels") != v.get("rectanglelabels"):
+            continue
+        try:
+            if all(abs(float(pv[k]) - float(v[k])) < 1e-6 for k in ("x", "y", "width", "height")):
+                return True
+        except (KeyError, TypeError, ValueError):
+            continue
+    return False
+
+
 def convert_annotation(
     task: dict[str, Any], ann: dict[str, Any], campaign: str, revision: int, annotator: str | None
 ) -> tuple[str, list[dict[str, Any]], list[AnnotationProblem]]:
-    """One annotation -> (status, LABELS rows, problems). Status: labeled | empty | unusable.
-    Any problem means the annotation must not be delivered."""
-    data = task.get("data") or {}
-    tid, aid = int(task["id"]), int(ann["id"])
-    log_id, frame = data.get("log_id"), data.get("frame")
-    if log_id is None or frame is None:
-        return (
-            "invalid",
-            [],
-            [
-                AnnotationProblem(
-                    task_id=tid,
-                    annotation_id=aid,
-                    message=("task carries no fleetloop log_id/frame (not created by `fleetloop label push`)"),
-                )
-            ],
-        )
+    """One annotation -> (status, LABELS rows, problems). Status: labeled | empty | unusable
+    (``invalid`` when the task or annotation as a whole is rejected). Any problem means the
+    annotation must not be delivered; nothing in the task or annotation raises (whatever was
+    edited in Label Studio becomes a problem naming the task, annotation and field)."""
+    tid = int(task["id"])
+    try:
+        aid: int | None = int(ann["id"])
+    except (KeyError, TypeError, ValueError):
+        aid = None
+
+    def problem(message: str, region: str | None = None, log_id: str | None = None,
+                frame: int | None = None) -> AnnotationProblem:
+        return AnnotationProblem(task_id=tid, annotation_id=aid, log_id=log_id, frame=frame, region=region,
+                                 message=message)
+
+    try:
+        log_id, frame, width, height = _task_frame(task, campaign)
+    except _Rejected as exc:
+        raw = (task.get("data") or {}).get("log_id")
+        return "invalid", [], [problem(str(exc), log_id=None if raw is None else str(raw))]
+    if aid is None:
+        return "invalid", [], [problem(f"annotation id {ann.get('id')!r} is not a number", log_id=log_id, frame=frame)]
+    try:
+        updated = _parse_time(ann["updated_at"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return "invalid", [], [problem(f"annotation updated_at={ann.get('updated_at')!r} is not a time",
+                                       log_id=log_id, frame=frame)]
     result = ann.get("result") or []
-    if is_unusable(result):
-        return "unusable", [], []
-    width, height = data.get("image_width"), data.get("image_height")
-    rows, problems = [], []
-    updated = _parse_time(ann["updated_at"])
+    if not isinstance(result, list):
+        return "invalid", [], [problem(f"annotation result is a {type(result).__name__}, not a list of regions",
+                                       log_id=log_id, frame=frame)]
+    rows: list[dict[str, Any]] = []
+    problems: list[AnnotationProblem] = []
+    boxes: list[dict[str, Any]] = []  # the box control's regions
     for i, region in enumerate(result):
-        if region.get("from_name") != BOX_CONTROL:
+        where = str(region.get("id", i)) if isinstance(region, dict) else str(i)
+        if not isinstance(region, dict):
+            problems.append(problem(f"region is a {type(region).__name__}, not an object", where, log_id, frame))
             continue
+        control, kind = region.get("from_name"), str(region.get("type") or "")
+        if kind == "relation":  # a link between two regions: changes no box
+            continue
+        if control == BOX_CONTROL and kind in ("rectanglelabels", "rectangle"):  # no class: rejected below
+            boxes.append(region)
+        elif control == STATUS_CONTROL and kind == "choices":
+            choices = (region.get("value") or {}).get("choices") or []
+            if any(c != UNUSABLE for c in choices):
+                problems.append(problem(
+                    f"choice {choices} of control {STATUS_CONTROL!r}: fleetloop's config offers only {UNUSABLE!r}"
+                    " (the project's labeling config was changed?)", where, log_id, frame))
+        elif control == BOX_CONTROL:
+            problems.append(problem(
+                f"region of type {kind!r} from control {BOX_CONTROL!r}: fleetloop's box control draws"
+                " rectanglelabels (the project's labeling config was changed?)", where, log_id, frame))
+        else:
+            problems.append(problem(
+                f"region of type {kind!r} from control {control!r} is not fleetloop's box control"
+                f" {BOX_CONTROL!r}: the project's labeling config was changed? (its boxes would be lost)",
+                where, log_id, frame))
+    if is_unusable([r for r in result if isinstance(r, dict)]):
+        drawn = [r for r in boxes if not _is_prediction(r, _predicted_boxes(task))]
+        if drawn:
+            problems.append(problem(
+                f"marks the frame unusable but also draws {len(drawn)} boxes: delete the boxes (an unusable"
+                f" frame has no labels) or untick {UNUSABLE!r}", None, log_id, frame))
+        return ("invalid" if problems else "unusable"), [], problems
+    for i, region in enumerate(boxes):
         try:
             box = result_to_box(region, width, height)
         except BadRegion as exc:
-            problems.append(
-                AnnotationProblem(
-                    task_id=tid,
-                    annotation_id=aid,
-                    log_id=log_id,
-                    frame=int(frame),
-                    region=str(region.get("id", i)),
-                    message=str(exc),
-                )
-            )
+            problems.append(problem(str(exc), str(region.get("id", i)), log_id, frame))
             continue
         rows.append(
             {
-                "log_id": str(log_id),
-                "frame": int(frame),
+                "log_id": log_id,
+                "frame": frame,
                 "cls": box.cls,
                 "x1": box.x1,
                 "y1": box.y1,
@@ -193,7 +283,78 @@ def convert_annotation(
                 "revision": revision,
             }
         )
+    if problems:
+        return "invalid", [], problems
     return ("labeled" if rows else "empty"), rows, problems
+
+
+def _predicted_boxes(task: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for p in task.get("predictions") or [] if isinstance(p, dict)
+            for r in p.get("result") or [] if isinstance(r, dict) and r.get("from_name") == BOX_CONTROL]
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _prepare(
+    task: dict[str, Any], ann: dict[str, Any], campaign: str, wm: Watermark, client: LabelStudioClient,
+    report: SyncReport,
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """One annotation of a page: None when there is nothing to deliver (cancelled, already
+    delivered, or rejected: then its problems are in ``report``), else its manifest entry and rows."""
+    if ann.get("was_cancelled"):
+        report.cancelled += 1
+        return None
+    aid, updated = _int_or_none(ann.get("id")), ann.get("updated_at")
+    prev = wm.delivered.get(aid) if aid is not None else None
+    if prev is not None and prev.updated_at == updated:
+        report.already_delivered += 1
+        return None
+    revision = prev.revision + 1 if prev else 1
+    annotator = client.user_email(ann.get("completed_by"))
+    status, new_rows, problems = convert_annotation(task, ann, campaign, revision, annotator)
+    if problems:
+        report.problems.extend(problems)
+        return None
+    log_id, frame, _, _ = _task_frame(task, campaign)
+    entry = {
+        "annotation_id": aid,
+        "task_id": int(task["id"]),
+        "updated_at": updated,
+        "revision": revision,
+        "status": status,
+        "boxes": len(new_rows),
+        "annotator": annotator,
+        "log_id": log_id,
+        "frame": frame,
+    }
+    return entry, new_rows
+
+
+def _project(client: LabelStudioClient, store, campaign: str) -> camp.Campaign:
+    """The campaign's Label Studio project (found by title), or a :class:`SyncError` saying what
+    to do: a campaign the index knows was pushed, so its project was renamed or deleted."""
+    from fleetloop.label import index
+    from fleetloop.store.objects import ObjectNotFound
+
+    c = camp.find_campaign(client, campaign)
+    if c is not None:
+        return c
+    try:
+        index.get(store, campaign)
+    except ObjectNotFound:
+        raise SyncError(f"no project titled {campaign!r} in Label Studio {client.url}: push to the campaign first"
+                        " (`fleetloop label push`)") from None
+    raise SyncError(
+        f"no project titled {campaign!r} in Label Studio {client.url}: renamed or deleted? Campaigns are found by"
+        f" project title: if renamed, rename it back to {campaign!r}; if deleted on purpose, remove"
+        f" {index.PREFIX}{campaign}.json from the store so it is no longer synced. Pushing again would create a"
+        " new project with every frame to label again"
+    )
 
 
 def _shard_bytes(rows: list[dict[str, Any]], manifest: list[dict[str, Any]]) -> bytes:
@@ -226,9 +387,16 @@ def sync(
     """
     t0 = time.perf_counter()
     with file_lock(lock_path(home, "sync", campaign), timeout=lock_timeout):
-        c = camp.find_campaign(client, campaign)
-        if c is None:
-            raise SyncError(f"no campaign {campaign!r} in Label Studio {client.url} (push to it first)")
+        c = _project(client, store, campaign)
+        bad_config = camp.config_problems(
+            (client.request("GET", f"/api/projects/{c.project_id}") or {}).get("label_config") or "")
+        if bad_config:
+            raise SyncError(
+                f"campaign {campaign!r}: the labeling config of Label Studio project {c.project_id} is no longer"
+                f" fleetloop's: {'; '.join(bad_config)}. Labelers could not label every class, so nothing is"
+                " delivered: restore fleetloop/label/label_config.xml in the project's settings (Labeling"
+                " Interface), then sync again"
+            )
         wm, recovered = load_watermark(store, campaign)
         if recovered:  # make the recovery durable before anything else
             store.put_bytes(_watermark_key(campaign), wm.model_dump_json().encode())
@@ -261,32 +429,15 @@ def sync(
                 report.tasks_seen += 1
                 for ann in task.get("annotations") or []:
                     report.annotations_seen += 1
-                    if ann.get("was_cancelled"):
-                        report.cancelled += 1
+                    try:
+                        item = _prepare(task, ann, campaign, wm, client, report)
+                    except Exception as exc:  # never let one task or annotation stop the others
+                        report.problems.append(AnnotationProblem(
+                            task_id=int(task["id"]), annotation_id=_int_or_none(ann.get("id")),
+                            message=f"cannot convert: {type(exc).__name__}: {exc}"))
                         continue
-                    aid, updated = int(ann["id"]), ann["updated_at"]
-                    prev = wm.delivered.get(aid)
-                    if prev is not None and prev.updated_at == updated:
-                        report.already_delivered += 1
-                        continue
-                    revision = prev.revision + 1 if prev else 1
-                    annotator = client.user_email(ann.get("completed_by"))
-                    status, new_rows, problems = convert_annotation(task, ann, campaign, revision, annotator)
-                    if problems:
-                        report.problems.extend(problems)
-                        continue
-                    entry = {
-                        "annotation_id": aid,
-                        "task_id": int(task["id"]),
-                        "updated_at": updated,
-                        "revision": revision,
-                        "status": status,
-                        "boxes": len(new_rows),
-                        "annotator": annotator,
-                        "log_id": str(task["data"]["log_id"]),
-                        "frame": int(task["data"]["frame"]),
-                    }
-                    pending.append((entry, new_rows))
+                    if item is not None:
+                        pending.append(item)
             for entry, new_rows in _validated(pending, validate, report):
                 rows.extend(new_rows)
                 manifest.append(entry)
@@ -410,19 +561,24 @@ def delivered_manifest(store, campaign: str) -> list[dict[str, Any]]:
 
 def campaign_status(campaign: str, *, client: LabelStudioClient, store) -> dict[str, Any]:
     """Counts for ``fleetloop label status``: ``tasks``, ``annotated`` (tasks with at least one
-    annotation), ``synced`` (tasks with a delivered annotation), and a few more."""
-    c = camp.find_campaign(client, campaign)
-    if c is None:
-        raise SyncError(f"no campaign {campaign!r} in Label Studio {client.url}")
+    annotation), ``synced`` (tasks of the project that hold a delivered annotation), and a few more."""
+    c = _project(client, store, campaign)
     p = client.request("GET", f"/api/projects/{c.project_id}")
     wm, _ = load_watermark(store, campaign)
+    # a task counts as synced while it exists and holds an annotation delivered (in any revision):
+    # a task deleted in Label Studio, or whose delivered annotation was deleted, is not synced
+    # (else the campaign could be marked complete with a task left to label, never fetched again)
+    synced = 0
+    for page in client.iter_tasks(c.project_id, annotated_only=True, page_size=500):
+        synced += sum(any(_int_or_none(a.get("id")) in wm.delivered for a in t.get("annotations") or [])
+                      for t in page)
     return {
         "campaign": campaign,
         "project_id": c.project_id,
         "url": f"{client.url}/projects/{c.project_id}/data",
         "tasks": int(p.get("task_number") or 0),
         "annotated": int(p.get("num_tasks_with_annotations") or 0),
-        "synced": len({d.task_id for d in wm.delivered.values()}),
+        "synced": synced,
         "annotations": int(p.get("total_annotations_number") or 0),
         "annotations_delivered": len(wm.delivered),
         "skipped": int(p.get("skipped_annotations_number") or 0),

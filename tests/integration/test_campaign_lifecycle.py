@@ -117,12 +117,12 @@ def test_label_status_without_a_campaign_lists_every_campaign(env, tmp_path, kit
     a, b, c = rows
     assert (a["state"], a["tasks"], a["annotated"], a["synced"]) == ("complete", 4, 4, 4) and a["completed_at"]
     assert (b["state"], b["tasks"], b["annotated"], b["synced"]) == ("open", 4, 1, 0) and b["completed_at"] is None
-    assert c["state"] == "open" and "no campaign 'status-c'" in c["error"] and "tasks" not in c
+    assert c["state"] == "open" and "no project titled 'status-c'" in c["error"] and "tasks" not in c
 
     text = runner.invoke(app, ["label", "status"])
     assert text.exit_code == 0, text.output
     for name in names:
         assert name in text.stdout
-    assert "no campaign 'status-c'" in text.stdout
+    assert "no project titled 'status-c'" in text.stdout
     one = json.loads(runner.invoke(app, ["label", "status", "--campaign", "status-b", "--json"]).stdout)
     assert (one["tasks"], one["annotated"]) == (4, 1)

@@ -68,6 +68,9 @@ def test_box_to_result_clips_to_the_image():
         (lambda v: v.update(rotation=15), "rotated box"),
         (lambda v: v.update(width=0.0), "no area"),
         (lambda v: v.pop("height"), "lacks numeric"),
+        (lambda v: v.update(rotation="none"), "rotation 'none' is not a number"),
+        (lambda v: v.update(x="left"), "lacks numeric"),
+        (lambda v: v.update(x=float("nan")), "non-finite"),
     ],
 )
 def test_result_to_box_rejects_bad_regions(mutate, message):
@@ -92,7 +95,8 @@ def test_unusable_choice_is_recognised():
 
 
 def test_convert_annotation_lineage_and_problems():
-    task = {"id": 7, "data": {"log_id": "0001", "frame": 12, "image_width": W, "image_height": H}}
+    task = {"id": 7, "data": {"log_id": "0001", "frame": 12, "image_width": W, "image_height": H,
+                              "fleetloop_key": "camp/0001/12"}}
     good = box_to_result("car", 10, 20, 110, 120, W, H)
     bad = box_to_result("car", 10, 20, 110, 120, W, H)
     bad["value"]["rectanglelabels"] = ["Van"]
@@ -119,6 +123,137 @@ def test_convert_annotation_lineage_and_problems():
     assert status == "invalid" and "not created by" in problems[0].message
 
 
+_TASK = {"id": 7, "data": {"log_id": "0001", "frame": 12, "image_width": W, "image_height": H,
+                           "fleetloop_key": "camp/0001/12"}}
+_ANN = {"id": 3, "updated_at": "2026-01-02T03:04:05Z"}
+
+
+def _convert(result, task=_TASK, **ann):
+    return convert_annotation(task, {**_ANN, "result": result, **ann}, "camp", 1, None)
+
+
+def test_a_region_from_another_control_rejects_the_annotation():
+    """A region fleetloop cannot read (its control renamed in the project's config, or another
+    control's polygon) must not vanish: the annotation would be delivered without those objects."""
+    good = box_to_result("car", 10, 20, 110, 120, W, H)
+    renamed = {**box_to_result("pedestrian", 200, 20, 260, 200, W, H), "from_name": "bbox"}
+    polygon = {"from_name": "poly", "to_name": "image", "type": "polygonlabels",
+               "value": {"points": [[1, 1], [5, 1], [5, 5]], "polygonlabels": ["car"]}}
+    status, rows, problems = _convert([good, renamed])
+    assert (status, rows) == ("invalid", [])
+    assert len(problems) == 1 and problems[0].annotation_id == 3
+    assert "control 'bbox' is not fleetloop's box control 'box'" in problems[0].message
+    assert "labeling config was changed" in problems[0].message
+    assert "'polygonlabels' from control 'poly'" in _convert([good, polygon])[2][0].message
+    polygon_in_box = {**polygon, "from_name": "box"}
+    assert "draws rectanglelabels" in _convert([good, polygon_in_box])[2][0].message
+    other_choice = {**unusable_result()[0], "value": {"choices": ["blurry"]}}
+    assert "offers only" in _convert([good, other_choice])[2][0].message
+    relation = {"type": "relation", "from_id": "a", "to_id": "b", "direction": "right"}
+    assert _convert([good, relation])[0] == "labeled"  # links between regions change no box
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"frame": "abc"}, "frame='abc' is not a whole number"),
+    ({"frame": 1.5}, "frame=1.5 is not a whole number"),
+    ({"image_width": "wide"}, "image_width='wide' is not a positive whole number"),
+    ({"image_height": -3}, "image_height=-3"),
+    ({"fleetloop_key": None}, "no fleetloop_key"),
+    ({"log_id": "0002"}, "do not match its fleetloop_key 'camp/0001/12'"),
+    ({"frame": 13}, "do not match its fleetloop_key"),
+    ({"fleetloop_key": "other/0001/12"}, "do not match its fleetloop_key 'other/0001/12'"),
+])
+def test_malformed_or_edited_task_data_is_a_problem_not_a_crash(data, message):
+    task = {"id": 7, "data": {**_TASK["data"], **data}}
+    status, rows, problems = _convert([box_to_result("car", 10, 20, 110, 120, W, H)], task=task)
+    assert (status, rows) == ("invalid", []) and len(problems) == 1
+    assert message in problems[0].message and problems[0].task_id == 7 and problems[0].annotation_id == 3
+
+
+def test_malformed_annotation_values_are_problems_not_crashes():
+    good = box_to_result("car", 10, 20, 110, 120, W, H)
+    assert "updated_at=None" in _convert([good], updated_at=None)[2][0].message
+    assert "not a list" in _convert({"x": 1})[2][0].message
+    assert "not an object" in _convert([good, "box"])[2][0].message
+    rotated = box_to_result("car", 10, 20, 110, 120, W, H)
+    rotated["value"]["rotation"] = "none"
+    status, _, problems = _convert([good, rotated])
+    assert status == "invalid" and "rotation 'none'" in problems[0].message
+    wide = {**good, "original_width": "wide"}
+    assert "not a positive number" in _convert([wide])[2][0].message
+
+
+def test_unusable_with_drawn_boxes_is_a_problem_but_untouched_pre_annotations_are_not():
+    drawn = box_to_result("car", 10, 20, 110, 120, W, H)
+    status, _, problems = _convert([*unusable_result(), drawn])
+    assert status == "invalid" and "marks the frame unusable but also draws 1 boxes" in problems[0].message
+    task = {**_TASK, "predictions": [{"result": [box_to_result("car", 10, 20, 110, 120, W, H, score=0.9)]}]}
+    assert _convert([*unusable_result(), drawn], task=task)[0] == "unusable"
+
+
+def test_sync_isolates_every_annotation(tmp_path):
+    """One bad task or region (even one that makes conversion raise) never stops the sync: it is a
+    problem, the rest is delivered."""
+    from fleetloop.label.sync import sync
+
+    key = lambda f: {"log_id": "0001", "frame": f, "image_width": W, "image_height": H,  # noqa: E731
+                     "fleetloop_key": f"camp/0001/{f}"}
+    good = [box_to_result("car", 10, 20, 110, 120, W, H)]
+    tasks = [
+        {"id": 1, "data": key(1), "total_annotations": 1, "annotations": [{"id": 11, "updated_at": _ANN["updated_at"],
+                                                                          "result": good}]},
+        {"id": 2, "data": {**key(2), "frame": "abc"}, "total_annotations": 1,
+         "annotations": [{"id": 12, "updated_at": _ANN["updated_at"], "result": good}]},
+        {"id": 3, "data": "not a dict", "total_annotations": 1,
+         "annotations": [{"id": 13, "updated_at": _ANN["updated_at"], "result": good}]},
+        {"id": 4, "data": key(4), "total_annotations": 1, "annotations": [{"id": 14, "updated_at": _ANN["updated_at"],
+                                                                          "result": []}]},
+    ]
+
+    class FakeClient:
+        url = "http://ls"
+
+        def request(self, method, path, **kw):
+            if path == "/api/projects":
+                return {"results": [{"id": 5, "title": "camp", "description": "fleetloop campaign camp"}]}
+            return {"label_config": campaigns.label_config()}
+
+        def iter_tasks(self, project_id, **kw):
+            yield tasks
+
+        def user_email(self, user_id):
+            return None
+
+    store = LocalStore(tmp_path / "store")
+    report = sync("camp", client=FakeClient(), store=store, home=tmp_path)  # type: ignore[arg-type]
+    assert (report.delivered, report.labels, report.empty) == (2, 1, 1)
+    assert sorted(p.task_id for p in report.problems) == [2, 3]
+    assert "frame='abc'" in report.problems[0].message and report.problems[1].annotation_id == 13
+
+
+def test_sync_refuses_a_project_whose_labeling_config_lost_fleetloops_controls(tmp_path):
+    from fleetloop.label.sync import SyncError, sync
+
+    renamed = campaigns.label_config().replace('name="box"', 'name="bbox"').replace(
+        '<Label value="cyclist" background="#2ca02c"/>', "")
+    assert campaigns.config_problems(campaigns.label_config()) == []
+    problems = campaigns.config_problems(renamed)
+    assert problems == ["no RectangleLabels control named 'box'"]
+    assert campaigns.config_problems(campaigns.label_config().replace('<Label value="cyclist" background="#2ca02c"/>',
+                                                                      "")) == ["control 'box' lacks the labels ['cyclist']"]
+
+    class FakeClient:
+        url = "http://ls"
+
+        def request(self, method, path, **kw):
+            if path == "/api/projects":
+                return {"results": [{"id": 5, "title": "camp", "description": "fleetloop campaign camp"}]}
+            return {"label_config": renamed}
+
+    with pytest.raises(SyncError, match=r"no RectangleLabels control named 'box'.*restore"):
+        sync("camp", client=FakeClient(), store=LocalStore(tmp_path / "s"), home=tmp_path)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------ campaigns, tokens, selection
 
 
@@ -129,7 +264,7 @@ def test_label_config_matches_the_taxonomy():
     assert campaigns.UNUSABLE in xml
 
 
-@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 51, "a/b"])
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 51, "a/b", "c", "c1"])
 def test_bad_campaign_names(name):
     with pytest.raises(campaigns.CampaignError):
         campaigns.check_name(name)
@@ -248,20 +383,20 @@ def _row(aid: int, rev: int = 1) -> dict:
 
 def test_watermark_folds_in_a_shard_written_before_a_crash(tmp_path):
     store = LocalStore(tmp_path)
-    wm = Watermark(campaign="c", last_shard=1, delivered={1: Delivered(updated_at="t1", revision=1, task_id=101)})
-    store.put_bytes(_shard_key("c", 1), _shard_bytes([_row(1)], [_manifest(1, "t1")]))
-    store.put_bytes(_watermark_key("c"), wm.model_dump_json().encode())
+    wm = Watermark(campaign="cam", last_shard=1, delivered={1: Delivered(updated_at="t1", revision=1, task_id=101)})
+    store.put_bytes(_shard_key("cam", 1), _shard_bytes([_row(1)], [_manifest(1, "t1")]))
+    store.put_bytes(_watermark_key("cam"), wm.model_dump_json().encode())
     # the crash: shard 2 durable, its watermark never written
-    store.put_bytes(_shard_key("c", 2), _shard_bytes([_row(2)], [_manifest(2, "t2"), _manifest(3, "t3")]))
-    loaded, recovered = load_watermark(store, "c")
-    assert recovered == [_shard_key("c", 2)]
+    store.put_bytes(_shard_key("cam", 2), _shard_bytes([_row(2)], [_manifest(2, "t2"), _manifest(3, "t3")]))
+    loaded, recovered = load_watermark(store, "cam")
+    assert recovered == [_shard_key("cam", 2)]
     assert loaded.last_shard == 2 and set(loaded.delivered) == {1, 2, 3}
     assert loaded.delivered[3].updated_at == "t3"
     # a later revision of annotation 1: read_labels keeps only the newest
-    store.put_bytes(_shard_key("c", 3), _shard_bytes([_row(1, rev=2)], [_manifest(1, "t1b", rev=2)]))
-    latest = read_labels(store, "c")
+    store.put_bytes(_shard_key("cam", 3), _shard_bytes([_row(1, rev=2)], [_manifest(1, "t1b", rev=2)]))
+    latest = read_labels(store, "cam")
     assert sorted(zip(latest["annotation_id"].to_pylist(), latest["revision"].to_pylist(), strict=True)) == [(1, 2), (2, 1)]
-    assert read_labels(store, "c", latest=False).num_rows == 3
+    assert read_labels(store, "cam", latest=False).num_rows == 3
     assert latest.schema.equals(LABELS, check_metadata=False)
 
 
@@ -389,3 +524,83 @@ def test_local_files_publisher_keeps_images_inside_the_served_directory(tmp_path
         resolve_image(str(tmp_path / "broken.jpg"), pub, "c/0001/000005")
     with pytest.raises(ImageProblem, match="unsupported scheme"):
         resolve_image("ftp://x/y.png", pub, "c/0001/000006")
+
+
+# ------------------------------------------------------------------ CLI and API over an unreachable or fake server
+
+
+@pytest.fixture
+def unreachable_ls(tmp_path, monkeypatch):
+    """Settings with a local store and a Label Studio nobody listens on."""
+    import socket
+
+    from fleetloop.settings import get_settings
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", "0" * 40)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_sync_of_every_open_campaign_with_label_studio_unreachable_exits_2(unreachable_ls):
+    from typer.testing import CliRunner
+
+    from fleetloop.cli import app
+    from fleetloop.label import index
+    from fleetloop.store.objects import get_store
+
+    store = get_store(unreachable_ls)
+    for name in ("fleetloop-2026-w48", "fleetloop-2026-w49"):
+        index.register(store, name)
+    res = CliRunner().invoke(app, ["label", "sync"])
+    assert res.exit_code == 2, res.output
+    res = CliRunner().invoke(app, ["label", "sync", "--json"])
+    assert res.exit_code == 2 and json.loads(res.stdout)["ok"] is False
+
+
+def test_sync_of_every_open_campaign_lists_rejected_annotations(unreachable_ls, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fleetloop.cli import app
+    from fleetloop.label import api, index
+    from fleetloop.label.sync import AnnotationProblem, SyncReport
+    from fleetloop.store.objects import get_store
+
+    index.register(get_store(unreachable_ls), "fleetloop-2026-w48")
+
+    def fake_sync(campaign, settings, **kw):
+        return SyncReport(campaign=campaign, project_id=8, delivered=2, problems=[AnnotationProblem(
+            task_id=41, annotation_id=97, log_id="0012", frame=4, message="unknown class 'truck'")])
+
+    monkeypatch.setattr(api, "sync_campaign", fake_sync)
+    res = CliRunner().invoke(app, ["label", "sync"], terminal_width=200)
+    assert res.exit_code == 3, res.output
+    assert "task 41 annotation 97" in res.stdout and "unknown class 'truck'" in res.stdout
+
+
+def test_a_push_that_fails_leaves_no_campaign_in_the_index(unreachable_ls, tmp_path):
+    """A campaign is registered only once its project exists: else every later `label sync`
+    would fail on a phantom campaign. A name Label Studio refuses is a usage error up front."""
+    from typer.testing import CliRunner
+
+    from fleetloop.cli import app
+    from fleetloop.label import api, index
+    from fleetloop.label.client import LabelStudioError
+    from fleetloop.store.objects import get_store
+
+    sel = tmp_path / "selected.csv"
+    sel.write_text("log_id,frame,score,reasons\n0012,4,0.9,lidar_only:car\n")
+    with pytest.raises(LabelStudioError, match="failed"):
+        api.push_selection(sel, "week-23", unreachable_ls, logs=object())  # type: ignore[arg-type]
+    assert index.campaigns(get_store(unreachable_ls)) == []
+    with pytest.raises(campaigns.CampaignError, match="3-50 characters"):
+        api.push_selection(sel, "c1", unreachable_ls, logs=object())  # type: ignore[arg-type]
+    res = CliRunner().invoke(app, ["label", "push", str(sel), "--campaign", "c1"])
+    assert res.exit_code == 2 and "3-50 characters" in res.output
+    assert index.campaigns(get_store(unreachable_ls)) == []
