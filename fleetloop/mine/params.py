@@ -41,6 +41,14 @@ def logit(score: float) -> float:
 POINTRCNN_OPERATING_POINTS = {"car": sigmoid(3.240738), "pedestrian": sigmoid(2.683133), "cyclist": sigmoid(3.645319)}
 
 
+def _known_classes(v: dict[str, float]) -> dict[str, float]:
+    """A per-class mapping whose keys are all classes of the taxonomy."""
+    unknown = sorted(set(v) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; the taxonomy is {list(CLASSES)}")
+    return v
+
+
 class Severities(BaseModel):
     """Probability that a flag marks a real perception error (one labeling fix).
 
@@ -131,10 +139,7 @@ class Calibration(BaseModel):
     @field_validator("unexplained_per_object")
     @classmethod
     def _known_classes(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(CLASSES))
-        if unknown:
-            raise ValueError(f"unknown classes {unknown}; the taxonomy is {list(CLASSES)}")
-        return v
+        return _known_classes(v)
 
 
 class MiningParams(BaseModel):
@@ -253,10 +258,7 @@ class MiningParams(BaseModel):
     @field_validator("lidar_class_thresholds", "class_temporal_gate_m", "class_association_iou", "class_heights_m")
     @classmethod
     def _per_class(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(CLASSES))
-        if unknown:
-            raise ValueError(f"unknown classes {unknown}; the taxonomy is {list(CLASSES)}")
-        return v
+        return _known_classes(v)
 
     @field_validator("class_severities")
     @classmethod

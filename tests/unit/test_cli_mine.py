@@ -21,14 +21,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    res = runner.invoke(app, ["sample", str(out), "--logs", "2", "--frames", "60"])
-    assert res.exit_code == 0, res.output
-    return out
-
-
 def test_sample_then_mine_every_frame_ranked(sample_dir, tmp_path):
     out = tmp_path / "ranked.csv"
     res = runner.invoke(app, ["mine", str(sample_dir), "--format", "parquet", "--out", str(out), "--no-validate"])

@@ -148,14 +148,6 @@ def test_disk_full_while_writing_out_leaves_no_temporary_file_and_the_old_output
     assert out.read_bytes() == before
 
 
-@pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sample")
-    res = runner.invoke(app, ["sample", str(out), "--logs", "2", "--frames", "60"])
-    assert res.exit_code == 0, res.output
-    return out
-
-
 def _limit_file_size() -> None:
     """In the child: files may not grow past 2 KiB (writes then fail with EFBIG, like a full disk)."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
