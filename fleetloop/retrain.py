@@ -4,13 +4,18 @@ Trains on ``dataset-vN`` in the training workspace (``dvc repro``, :mod:`fleetlo
 registers the model with its lineage and per-slice metrics (and its ONNX CPU latency when it
 has one), makes it the candidate, and runs the promotion gate against production: promoted, or
 rejected with one reason per failing slice. Idempotent: a dataset version already trained with
-the same training params is not trained again (the registered version is reported). One retrain
-per training workspace at a time: a second one waits for the first and reuses its model. With
-``train.warm_start`` the candidate starts from the production model's weights.
+the same training params from the same starting model (none, or the production version it was
+warm-started from) is not trained again (the registered version is reported, and not gated again
+against a production that already rejected it). One retrain per training workspace at a time: a
+second one waits for the first and reuses its model. With ``train.warm_start`` the candidate
+starts from the production model's weights, so a new production model trains it again.
+The workspace trains with exactly the params file that was loaded (``FLEETLOOP_PARAMS``, any
+name), copied in as params.yaml, and the repository's dvc.yaml.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -69,10 +74,38 @@ def _workspace_lock(workspace: Path, timeout_s: float) -> Iterator[None]:
         yield
 
 
-def _trained(registry: Registry, version: int, params: dict[str, Any]) -> ModelVersion | None:
+def _trained(registry: Registry, version: int, params: dict[str, Any], init: int | None) -> ModelVersion | None:
+    """The newest version trained on dataset ``version`` with these train params, starting from
+    version ``init`` (``None``: from scratch): what this retrain would train again."""
     for v in reversed(registry.list()):
-        if v.lineage.dataset_version == version and v.lineage.params == params:
+        lin = v.lineage
+        if lin.dataset_version == version and lin.params == params and lin.init_version == init:
             return v
+    return None
+
+
+def _snapshot_params(params_file: Path, loop: LoopParams, into: Path) -> Path:
+    """A copy of ``params_file`` in ``into``, checked to hold the train params this retrain runs
+    with (the file was loaded once already; what the workspace trains with must be what was
+    validated and what the registry records)."""
+    from fleetloop.params import load_params
+
+    snapshot = into / "params.yaml"
+    try:
+        shutil.copyfile(params_file, snapshot)
+    except OSError as exc:
+        raise ParamsError(f"cannot read {params_file}: {exc.strerror or exc}") from None
+    if load_params(snapshot).train != loop.train:
+        raise ParamsError(f"{params_file}: its train: section changed while the retrain started; run it again")
+    return snapshot
+
+
+def _earlier_rejection(registry: Registry, mv: ModelVersion, production: int | None) -> Decision | None:
+    """The gate's last decision on ``mv`` when it rejected it against this same production."""
+    decisions = [d for d in registry.decisions(mv.version) if d.action in ("promote", "reject")]
+    last = decisions[-1] if decisions else None
+    if last is not None and last.action == "reject" and last.production_before == production:
+        return last
     return None
 
 
@@ -83,33 +116,51 @@ def retrain(
     version: int,
     *,
     workspace: Path,
-    template: Path,
+    pipeline: Path,
+    params_file: Path,
     scenarios: list[Path] | None = None,
     who: str | None = None,
     why: str = "",
     model: str = "camera",
 ) -> RetrainOutcome:
+    """Train on ``dataset-v<version>`` with the pipeline ``pipeline`` (dvc.yaml) and exactly the
+    params file ``params_file`` (copied into the workspace as params.yaml; its ``train:`` section
+    must be ``loop.train``), register, set candidate, gate.
+
+    *Already trained* means: a version on this dataset version with these train params that
+    started from the same model (``lineage.init_version``: the production version it was
+    warm-started from, or none). So a new production model with ``train.warm_start`` trains the
+    candidate again (docs/training.md); production itself, when it was trained on this dataset
+    version with these params, is reused (a no-op). A reused version the gate already rejected
+    against the current production is not gated again: its earlier decision is reported."""
     registry = Registry(store, model=model)
     train_params = loop.train.model_dump(mode="json")
     t0 = time.perf_counter()
     timeout_s = loop.train.timeout_s * 2 + 600
     # one retrain per workspace at a time (the weekly cycle and an engineer's `fleetloop retrain`
     # may overlap): the second waits, then finds the first's model registered and reuses it
-    with _workspace_lock(Path(workspace), timeout_s + 300):
-        existing = _trained(registry, version, train_params)
+    with _workspace_lock(Path(workspace), timeout_s + 300), tempfile.TemporaryDirectory() as tmp:
+        params_copy = _snapshot_params(Path(params_file), loop, Path(tmp))
+        production = registry.get("production") if "production" in registry.aliases() else None
+        init_version = production.version if loop.train.warm_start and production is not None else None
+        existing: ModelVersion | None = None
+        if production is not None and production.lineage.dataset_version == version \
+                and production.lineage.params == train_params:
+            existing = production
+        else:
+            existing = _trained(registry, version, train_params, init_version)
         if existing is not None:
             mv, reused, latency = existing, True, existing.latency_ms
         else:
-            with tempfile.TemporaryDirectory() as tmp:
-                init = None
-                if loop.train.warm_start and "production" in registry.aliases():
-                    init = registry.download("production", Path(tmp) / "production")
-                out = train_on(workspace, dataset, version, template=template, init=init, scenarios=scenarios,
-                               timeout_s=timeout_s)
+            init = None
+            if init_version is not None:
+                init = registry.download(init_version, Path(tmp) / "production")
+            out = train_on(workspace, dataset, version, pipeline=pipeline, params=params_copy, init=init,
+                           scenarios=scenarios, timeout_s=timeout_s)
             latency = onnx_latency_ms(out.model_dir)
             mv = registry.register(out.model_dir, out.metrics, dataset_version=version, params=train_params,
                                    trainer=loop.train.command, latency_ms=latency,
-                                   training_seconds=out.training_seconds)
+                                   training_seconds=out.training_seconds, init_version=init_version)
             reused = False
     seconds = time.perf_counter() - t0
     aliases = registry.aliases()
@@ -118,9 +169,12 @@ def retrain(
                               action="noop", reasons=[f"v{mv.version} is already production"],
                               metrics=mv.metrics.model_dump(), production_before=mv.version,
                               production_after=mv.version, latency_ms=latency, train_seconds=round(seconds, 2))
-    registry.set_candidate(mv.version, who=who, why=why or f"trained on dataset-v{version}")
-    decision: Decision = registry.promote(mv.version, loop.promote, who=who,
-                                          why=why or f"trained on dataset-v{version}")
+    earlier = _earlier_rejection(registry, mv, aliases["production"].version if "production" in aliases else None)
+    if reused and earlier is not None:
+        decision = earlier  # the same comparison again would only record the same rejection
+    else:
+        registry.set_candidate(mv.version, who=who, why=why or f"trained on dataset-v{version}")
+        decision = registry.promote(mv.version, loop.promote, who=who, why=why or f"trained on dataset-v{version}")
     return RetrainOutcome(
         dataset_version=version, model_version=mv.version, reused=reused, promoted=decision.promoted,
         action=decision.action, reasons=decision.reasons, slices=decision.verdict.details.get("slices", {}),
@@ -129,13 +183,26 @@ def retrain(
     )
 
 
+def find_pipeline(start: Path | None = None) -> Path | None:
+    """The repository's ``dvc.yaml``: the nearest one beside a ``fleetloop`` package from
+    ``start`` (default: the working directory) upwards, else the one at the root of this source
+    tree (where ``params.yaml`` is found when ``FLEETLOOP_PARAMS`` is not set)."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "dvc.yaml").is_file() and (d / "fleetloop").is_dir():
+            return d / "dvc.yaml"
+    packaged = Path(__file__).resolve().parents[1] / "dvc.yaml"
+    return packaged if packaged.is_file() else None
+
+
 def retrain_latest(
     settings: Settings, loop: LoopParams, version: int | None = None, *, who: str, why: str = "",
     on_start: Callable[[int], None] | None = None,
 ) -> RetrainOutcome:
     """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
-    (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the pipeline beside
-    params.yaml, the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call.
+    (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the repository's dvc.yaml
+    (:func:`find_pipeline`) and the params file ``loop`` was loaded from (``FLEETLOOP_PARAMS``
+    or the repository's params.yaml: :func:`~fleetloop.params.find_params_file`), the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call.
     ``on_start`` hears the dataset version once it is known to exist, before the work."""
     from fleetloop.dataset.versions import history
 
@@ -150,8 +217,11 @@ def retrain_latest(
     found = find_params_file()
     if found is None:
         raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")
+    pipeline = find_pipeline()
+    if pipeline is None:
+        raise ParamsError("no dvc.yaml (the training pipeline) found: run from the fleetloop repository")
     home = Path(settings.home).resolve()
     if on_start is not None:
         on_start(version)
-    return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", template=found.parent,
-                   scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why)
+    return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", pipeline=pipeline,
+                   params_file=found, scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why)

@@ -30,17 +30,18 @@ import heapq
 from collections.abc import Callable, Iterator
 
 from fleetloop.registry.keys import ALIASES, Layout, check_alias
-from fleetloop.registry.models import AliasMove, AliasState, MoveKind, utcnow
+from fleetloop.registry.models import AliasMove, AliasState, MoveKind, parse_record, utcnow
 from fleetloop.store.objects import ObjectNotFound, Store
 
 
 def read_alias(store: Store, layout: Layout, name: str) -> tuple[AliasState | None, str | None]:
     """The alias's state and version tag, or ``(None, None)`` when it was never set."""
+    key = layout.alias(name)
     try:
-        data, etag = store.get_versioned(layout.alias(name))
+        data, etag = store.get_versioned(key)
     except ObjectNotFound:
         return None, None
-    return AliasState.model_validate_json(data), etag
+    return parse_record(AliasState, data, key, "alias record"), etag
 
 
 def _claim_seq(store: Store, layout: Layout, lower: int, make: Callable[[int], AliasMove]) -> AliasMove:
@@ -96,7 +97,8 @@ def try_move(
 
 
 def read_move(store: Store, layout: Layout, seq: int) -> AliasMove:
-    return AliasMove.model_validate_json(store.get_bytes(layout.history(seq)))
+    key = layout.history(seq)
+    return parse_record(AliasMove, store.get_bytes(key), key, "history entry")
 
 
 def _chain(store: Store, layout: Layout, name: str) -> Iterator[AliasMove]:

@@ -20,6 +20,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -31,8 +32,10 @@ from fleetloop.registry import aliases as _aliases
 from fleetloop.registry import versions as _versions
 from fleetloop.registry.blobs import download_files, scan_model_dir, upload_files
 from fleetloop.registry.errors import (
+    GateParamsError,
     InvalidRegistration,
     MetricsError,
+    MissingFiles,
     NoPreviousProduction,
     RegistryConflict,
     VersionNotFound,
@@ -47,6 +50,7 @@ from fleetloop.registry.models import (
     Metrics,
     ModelVersion,
     Registration,
+    parse_record,
     utcnow,
 )
 from fleetloop.registry.params import PromoteParams
@@ -58,6 +62,8 @@ DEFAULT_MODEL = "camera"
 MOVE_ATTEMPTS = 50
 
 VersionRef = int | str
+#: a version written as text: ``N`` or ``vN``, ASCII digits, no sign, space or leading zero
+_VERSION_REF = re.compile(r"v?[1-9][0-9]*")
 
 
 def default_actor() -> str:
@@ -166,13 +172,15 @@ class Registry:
         latency_ms: float | None = None,
         training_seconds: float | None = None,
         code_revision: str | None = None,
+        init_version: int | None = None,
     ) -> ModelVersion:
         """A new immutable version of the model in ``model_dir`` (every file under it) with its
-        metrics and lineage. ``code_revision`` defaults to the git HEAD of the working directory."""
+        metrics and lineage. ``code_revision`` defaults to the git HEAD of the working directory;
+        ``init_version`` is the version whose weights the training started from (warm start)."""
         # everything is checked before anything is written: the card is create-only
         checked = check_registration(
             metrics, dataset_version=dataset_version, params=dict(params or {}), trainer=trainer,
-            latency_ms=latency_ms, training_seconds=training_seconds,
+            latency_ms=latency_ms, training_seconds=training_seconds, init_version=init_version,
             code_revision=code_revision if code_revision is not None else git_revision(),
         )
         files = scan_model_dir(Path(model_dir))
@@ -201,17 +209,15 @@ class Registry:
     def _resolve(self, ref: VersionRef) -> int:
         if isinstance(ref, int) and not isinstance(ref, bool):
             return ref
-        text = str(ref).strip()
+        text = str(ref)
         if text in ALIASES:
             state, _ = _aliases.read_alias(self.store, self.layout, text)
             if state is None:
                 raise VersionNotFound(f"model {self.model!r} has no {text} version yet")
             return state.version
-        if text.lower().startswith("v"):
-            text = text[1:]
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
-        raise VersionNotFound(f"{ref!r} is not a version number, 'production' or 'candidate'")
+        if isinstance(ref, str) and _VERSION_REF.fullmatch(ref):  # exactly N or vN: no " 1", 01, V1, ١
+            return int(ref.removeprefix("v"))
+        raise VersionNotFound(f"{ref!r} is not a version number (N or vN), 'production' or 'candidate'")
 
     def get(self, ref: VersionRef) -> ModelVersion:
         """A version by number, or the version an alias (``production``, ``candidate``) points to."""
@@ -276,9 +282,15 @@ class Registry:
         params = params or PromoteParams()
         card = self.get(ref)
         who = who or default_actor()
+        checked = False
         for _ in range(MOVE_ATTEMPTS):
             state, etag = _aliases.read_alias(self.store, self.layout, "production")
             before = state.version if state is not None else None
+            if before != card.version and not checked:
+                # usage errors, not gate outcomes: nothing is recorded
+                self._check_primary(card, params)
+                self.check_files(card)
+                checked = True
             if before == card.version:
                 verdict = Verdict(
                     name="promotion-gate", passed=True,
@@ -312,6 +324,34 @@ class Registry:
                 ))
         raise RegistryConflict(f"production of {self.model!r} kept changing: {MOVE_ATTEMPTS} attempts lost")
 
+    def check_files(self, card: ModelVersion) -> None:
+        """Every file of the version's card is in the store (one existence check per distinct
+        file), else :class:`MissingFiles` naming the first missing one: a version whose files are
+        gone cannot become production (download and warm start would fail)."""
+        seen: set[str] = set()
+        for rel, digest in sorted(card.files.items()):
+            if digest in seen:
+                continue
+            seen.add(digest)
+            key = self.layout.blob(digest)
+            if not self.store.exists(key):
+                raise MissingFiles(
+                    f"version {card.version} of {self.model!r} cannot become production: its file {rel} "
+                    f"({key}) is missing from the store"
+                )
+
+    @staticmethod
+    def _check_primary(card: ModelVersion, params: PromoteParams) -> None:
+        """The gate's primary metric is one the version's metrics have (a null value is a real
+        outcome the gate rejects; a metric it never had is a params mistake)."""
+        have = card.metrics.overall.model_extra or {}
+        if params.primary not in have:
+            names = ", ".join(sorted(have)) or "none"
+            raise GateParamsError(
+                f"promote.primary is {params.primary!r}, but version {card.version}'s metrics have no overall "
+                f"{params.primary} (they have: {names}): fix promote.primary in params.yaml"
+            )
+
     def rollback(self, *, who: str | None = None, why: str = "") -> Decision:
         """Move production back to the production version before it (the last one promoted over
         and not already rolled back to). :class:`NoPreviousProduction` when there is none."""
@@ -326,6 +366,10 @@ class Registry:
                     "production version to roll back to"
                 )
             target = state.stack[-1]
+            try:
+                self.check_files(_versions.read_card(self.store, self.layout, target))
+            except ObjectNotFound:
+                raise VersionNotFound(f"model {self.model!r} has no version {target} to roll back to") from None
             move = _aliases.try_move(
                 self.store, self.layout, "production", state, etag,
                 to=target, kind="rollback", who=who, why=why or "rollback", stack=state.stack[:-1],
@@ -353,7 +397,7 @@ class Registry:
             if self.layout.decision_number(key) is None:
                 continue
             try:
-                out.append(Decision.model_validate_json(self.store.get_bytes(key)))
+                out.append(parse_record(Decision, self.store.get_bytes(key), key, "decision"))
             except ObjectNotFound:
                 continue
         return out

@@ -30,3 +30,17 @@ class InvalidRegistration(RegistryError, ValueError):
 
 class RegistryConflict(RegistryError):
     """Too many concurrent writers won the same compare-and-swap in a row: retry later."""
+
+
+class CorruptRecord(RegistryError, ValueError):
+    """A registry object (version card, alias, history entry, decision, index page) is not
+    valid JSON of its kind: the message names the object's key."""
+
+
+class MissingFiles(IntegrityError):
+    """A version's card names a file (blob) the store no longer holds: it cannot become production."""
+
+
+class GateParamsError(RegistryError, ValueError):
+    """The ``promote:`` params do not fit the version (e.g. ``primary`` names a metric its
+    metrics do not have): a usage error, nothing is recorded."""

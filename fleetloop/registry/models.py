@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from fleetloop.registry.errors import CorruptRecord
 from fleetloop.verdict import Verdict
 
 #: The validation context of the write boundary (:class:`Registration`, ``Registry.register``):
@@ -136,6 +137,7 @@ class Lineage(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     training_seconds: float | None = None
     trainer: str | None = None
+    init_version: int | None = None  # the version whose weights the training started from (warm start)
 
 
 class Registration(BaseModel):
@@ -153,10 +155,12 @@ class Registration(BaseModel):
     training_seconds: float | None = Field(None, ge=0, allow_inf_nan=False)
     trainer: str | None = None
     latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False, description="CPU latency per image")
+    init_version: int | None = Field(None, ge=1, description="the version the training started from")
 
     def lineage(self) -> Lineage:
         return Lineage(dataset_version=self.dataset_version, code_revision=self.code_revision,
-                       params=self.params, training_seconds=self.training_seconds, trainer=self.trainer)
+                       params=self.params, training_seconds=self.training_seconds, trainer=self.trainer,
+                       init_version=self.init_version)
 
 
 class ModelVersion(BaseModel):
@@ -250,3 +254,24 @@ class IndexPage(BaseModel):
 
     page: int
     cards: dict[int, ModelVersion] = Field(default_factory=dict)
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse_record(cls: type[R], data: bytes, key: str, what: str) -> R:
+    """``data`` (the object at ``key``) as a ``cls``; :class:`CorruptRecord` naming the key and
+    the first problem when it is not one (truncated, garbage, wrong fields)."""
+    try:
+        return cls.model_validate_json(data)
+    except ValidationError as exc:
+        raise CorruptRecord(f"{key} is not a valid {what}: {validation_problem(exc)}") from None
+
+
+def validation_problem(exc: ValidationError) -> str:
+    """The first problem of a validation error, one line: ``where: what``."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return (f"{where}: " if where else "") + msg + more

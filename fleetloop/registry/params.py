@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 
 class PromoteParams(BaseModel):
@@ -10,7 +10,14 @@ class PromoteParams(BaseModel):
 
     primary: str = Field("map50", description="the metric a candidate must beat production on")
     min_improvement: float = Field(0.0, ge=0, description="the primary metric must rise by more than this")
-    min_support: int = Field(20, ge=0, description="slices with fewer objects than this are not gated")
+    min_support: StrictInt = Field(20, ge=0, description="slices with fewer objects than this are not gated")
     slice_tolerance: float = Field(0.03, ge=0, description="largest allowed drop of a gated slice's metric")
     floor: float = Field(0.1, ge=0, description="the first model is promoted only when its primary metric reaches this")
     max_latency_ms: float | None = Field(None, gt=0, description="candidates slower than this (CPU, per image) are rejected")
+
+    @field_validator("primary")
+    @classmethod
+    def _metric_name(cls, v: str) -> str:
+        if not v or v != v.strip() or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a metric name: the name of a metric in metrics.json's overall, e.g. map50")
+        return v

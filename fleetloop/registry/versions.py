@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from fleetloop.registry.errors import RegistryConflict
+from fleetloop.registry.errors import CorruptRecord, RegistryConflict
 from fleetloop.registry.keys import Layout, page_of_version
-from fleetloop.registry.models import IndexPage, ModelVersion
+from fleetloop.registry.models import IndexPage, ModelVersion, parse_record
 from fleetloop.store.objects import ObjectNotFound, Store
 
 #: misses in a row before a claim lists ``versions/`` to jump ahead
@@ -40,7 +40,8 @@ def _backoff(attempt: int) -> None:
 
 
 def read_card(store: Store, layout: Layout, version: int) -> ModelVersion:
-    return ModelVersion.model_validate_json(store.get_bytes(layout.card(version)))
+    key = layout.card(version)
+    return parse_record(ModelVersion, store.get_bytes(key), key, "version card")
 
 
 def _page_keys(store: Store, layout: Layout) -> list[str]:
@@ -48,7 +49,21 @@ def _page_keys(store: Store, layout: Layout) -> list[str]:
 
 
 def _read_page(store: Store, layout: Layout, key: str) -> IndexPage:
-    return IndexPage.model_validate_json(store.get_bytes(key))
+    return parse_record(IndexPage, store.get_bytes(key), key, "index page")
+
+
+def _page_cards(key: str, data: bytes) -> dict[str, Any]:
+    """The ``cards`` of an index page as plain JSON (not parsed as cards); :class:`CorruptRecord`
+    naming the page when it is not an index page."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptRecord(f"{key} is not a valid index page: not JSON: {exc}") from None
+    cards = doc.get("cards") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(cards, dict | None) \
+            or not all(isinstance(v, str) and v.isascii() and v.isdigit() for v in cards or {}):
+        raise CorruptRecord(f"{key} is not a valid index page: expected {{\"page\": N, \"cards\": {{\"<version>\": card}}}}")
+    return cards or {}
 
 
 def highest_indexed(store: Store, layout: Layout) -> int:
@@ -57,7 +72,7 @@ def highest_indexed(store: Store, layout: Layout) -> int:
     keys = _page_keys(store, layout)
     for key in reversed(keys):
         try:
-            cards = json.loads(store.get_bytes(key)).get("cards") or {}
+            cards = _page_cards(key, store.get_bytes(key))
         except ObjectNotFound:
             continue
         if cards:
@@ -106,7 +121,7 @@ def _merge_page(store: Store, layout: Layout, page: int, cards: dict[int, ModelV
     for attempt in range(_CAS_ATTEMPTS):
         try:
             data, etag = store.get_versioned(key)
-            current: dict[str, Any] = json.loads(data).get("cards") or {}
+            current = _page_cards(key, data)
         except ObjectNotFound:
             current, etag = {}, None
         missing = {v: c for v, c in new.items() if v not in current}

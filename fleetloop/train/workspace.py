@@ -1,8 +1,9 @@
 """The training workspace: where ``dvc repro`` runs the pipeline on a dataset version.
 
 A git + DVC repository (default ``$FLEETLOOP_HOME/train``) that holds the project's ``dvc.yaml``
-and ``params.yaml`` (copied from the repository root on every run, so the team edits them in one
-place), the dataset imported from the dataset registry at its tag (DVC's data-registry pattern:
+(copied from the repository root) and, as ``params.yaml``, the params file the retrain validated
+(``FLEETLOOP_PARAMS`` or the repository's ``params.yaml``), both copied on every run so the team
+edits them in one place, the dataset imported from the dataset registry at its tag (DVC's data-registry pattern:
 ``dvc import <dataset repo> data -o data/dataset --rev dataset-vN`` the first time, ``dvc update
 --rev dataset-vN`` after; the version is recorded in ``data/dataset.dvc`` and ``dvc.lock``), and
 an optional ``scenarios/`` folder of fixed evaluation sets, and ``init/``: the production model
@@ -87,24 +88,27 @@ def retrain(
     dataset: DatasetConfig,
     version: int,
     *,
-    template: Path,
+    pipeline: Path,
+    params: Path,
     init: Path | None = None,
     scenarios: list[Path] | None = None,
     timeout_s: float = 3600.0,
 ) -> TrainOutcome:
     """Train and evaluate on ``dataset-v<version>``: import/update the dataset, ``dvc repro``,
-    commit the lock. Stages that did not change are not rerun (DVC's own cache). ``template``
-    is the folder holding the project's ``dvc.yaml`` and ``params.yaml``."""
+    commit the lock. Stages that did not change are not rerun (DVC's own cache). ``pipeline``
+    is the project's ``dvc.yaml``; ``params`` the params file to train with (any name, anywhere:
+    it is copied in as ``params.yaml``, the file the stages and ``dvc.lock`` read)."""
     t0 = time.perf_counter()
     workspace = Path(workspace).resolve()
+    sources = dict(zip(PIPELINE_FILES, (Path(pipeline), Path(params)), strict=True))
+    for name, src in sources.items():
+        if not src.is_file():
+            what = "the training pipeline" if name == "dvc.yaml" else "the params file to train with"
+            raise TrainingFailed(f"{src} is not a file: it should be {what}")
     repo = _repo(workspace, dataset, timeout_s)
     _ensure_workspace(repo)
-    src = Path(template)
-    missing = [n for n in PIPELINE_FILES if not (src / n).is_file()]
-    if missing:
-        raise TrainingFailed(f"{src} has no {' or '.join(missing)}: the training pipeline is defined there")
-    for name in PIPELINE_FILES:
-        shutil.copyfile(src / name, workspace / name)
+    for name, src in sources.items():
+        shutil.copyfile(src, workspace / name)
     _fill(workspace / "init", init)  # the production model to warm-start from (empty: from scratch)
     scen = workspace / "scenarios"
     scen.mkdir(exist_ok=True)
