@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from fleetloop.dataset.config import DatasetError
 from fleetloop.schema import CLASSES, LABELS
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "fold",
     "frame_index",
     "materialize",
+    "missing_batches",
     "read_batch",
 ]
 
@@ -94,12 +96,31 @@ def batch_name(n: int) -> str:
     return f"b{n:05d}"
 
 
+def _base(root: Path) -> Path:
+    root = Path(root)
+    return next((b for b in (root / BATCHES_DIR, root / "batches") if b.is_dir()), root)
+
+
+def missing_batches(root: Path) -> list[str]:
+    """Batches whose ``bNNNNN.dvc`` file is there but whose data is not (no folder, or a folder
+    without its frames shards): a checkout whose ``dvc pull`` did not finish."""
+    base = _base(root)
+    if not base.is_dir():
+        return []
+    missing = []
+    for dvc_file in sorted(base.glob("b*.dvc")):
+        name = dvc_file.name.removesuffix(".dvc")
+        folder = base / name
+        if _BATCH.match(name) and not (folder.is_dir() and any(folder.glob("frames-*.parquet"))):
+            missing.append(name)
+    return missing
+
+
 def batch_dirs(root: Path) -> list[tuple[int, Path]]:
     """The batch folders of a version, oldest first. ``root`` is a checkout of the dataset
     repository (``root/data/batches/bNNNNN``), its ``data`` folder as ``dvc import … data`` brings
     it (``root/batches/bNNNNN``), or the ``batches`` folder itself."""
-    root = Path(root)
-    base = next((b for b in (root / BATCHES_DIR, root / "batches") if b.is_dir()), root)
+    base = _base(root)
     if not base.is_dir():
         return []
     found = []
@@ -159,8 +180,14 @@ def materialize(root: Path, *, images: bool = True) -> tuple[pa.Table, pa.Table]
     Each (log_id, frame) appears once in ``frames`` (the latest batch's row, with a ``batch``
     column); ``labels`` holds exactly that batch's label rows for it. Frames whose latest word is
     ``unusable`` are left out, with their labels. ``images=False`` skips the image column.
-    Pure: reads ``root/data/batches`` only, writes nothing.
+    Pure: reads ``root/data/batches`` only, writes nothing. :class:`DatasetError` naming the
+    batches whose ``.dvc`` file is there without their data (``dvc pull`` them first).
     """
+    missing = missing_batches(root)
+    if missing:
+        raise DatasetError(f"{Path(root)}: batch{'es' if len(missing) > 1 else ''} {', '.join(missing)} "
+                           f"{'have' if len(missing) > 1 else 'has'} a .dvc file but no data "
+                           "(run `dvc pull` there, or check the version out again)")
     frame_parts, label_parts = [], []
     for n, folder in batch_dirs(root):
         f, lab = read_batch(folder, images=images)

@@ -16,11 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 if TYPE_CHECKING:
     from fleetloop.settings import Settings
 
-__all__ = ["DatasetConfig", "DatasetError", "dataset_config"]
+__all__ = ["DatasetConfig", "DatasetError", "check_dir_path", "dataset_config"]
 
 
 class DatasetError(RuntimeError):
     """The dataset repository cannot be read or written (the message says which command failed)."""
+
+
+def check_dir_path(path: Path, what: str) -> None:
+    """:class:`DatasetError` when ``path`` cannot be a directory: it is a file, or a file stands
+    where one of its parents should be (``what`` names the path in the message)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DatasetError(f"{what} {path} is a file, not a directory")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise DatasetError(f"{what} {path} cannot be a directory: {parent} is a file")
+            return
 
 
 class DatasetConfig(BaseModel):

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -96,7 +97,7 @@ class _Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
-            self.lines.append(record.getMessage())
+            self.lines.append(f"{record.levelname}: {record.getMessage()}")
 
 
 def _remote_section(config: DatasetConfig) -> dict[str, str]:
@@ -106,9 +107,59 @@ def _remote_section(config: DatasetConfig) -> dict[str, str]:
     return section
 
 
-def _tail(text: str, limit: int = 1200) -> str:
-    text = _CREDENTIALS.sub(r"\1***@", text.strip())
-    return text if len(text) <= limit else "…" + text[-limit:]
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CAUSE = re.compile(r"^(ERROR|error|fatal):")
+_PIECE = 400
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= _PIECE else line[:_PIECE] + "…"
+
+
+def _tail(text: str) -> str:
+    """A command's output in one line: the cause (DVC's first ``ERROR:`` line, git's first
+    ``fatal:``/``error:`` line, else the first line; a line ending in ``:`` keeps the next one),
+    DVC's first ``WARNING:`` line when there is one (it often says which files are missing), and how
+    many lines were left out. Credentials in URLs are masked."""
+    text = _ANSI.sub("", _CREDENTIALS.sub(r"\1***@", text.strip()))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    i = next((k for k, line in enumerate(lines) if _CAUSE.match(line)), 0)
+    used = {i}
+    cause = lines[i]
+    if cause.endswith(":") and i + 1 < len(lines):
+        cause += " " + lines[i + 1]
+        used.add(i + 1)
+    parts = [_clip(cause)]
+    warning = next((k for k, line in enumerate(lines) if line.startswith("WARNING:") and k not in used), None)
+    if warning is not None:
+        parts.append(_clip(lines[warning]))
+        used.add(warning)
+    left = len(lines) - len(used)
+    return "; ".join(parts) + (f" (+{left} more line{'s' if left != 1 else ''})" if left else "")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, a ``preexec_fn`` that makes the child get SIGTERM when the process that started it
+    dies (``prctl(PR_SET_PDEATHSIG)``), so a SIGKILLed grow or checkout leaves no ``dvc`` or ``git``
+    running on as an orphan. None elsewhere (or when libc cannot be loaded)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def _preexec() -> None:  # runs in the child between fork and exec: no locks, no allocation to speak of
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return _preexec
 
 
 class Repo:
@@ -129,7 +180,7 @@ class Repo:
         try:
             proc = subprocess.run(
                 list(argv), cwd=cwd, env=env or self._env(), capture_output=True, text=True,
-                timeout=self.config.command_timeout_s, stdin=subprocess.DEVNULL,
+                timeout=self.config.command_timeout_s, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(),
             )
         except subprocess.TimeoutExpired as exc:
             raise DatasetError(f"`{what}` in {cwd} did not finish in {self.config.command_timeout_s:.0f} s") from exc
@@ -174,7 +225,7 @@ class Repo:
                     raise DatasetError(f"`{what}` in {self.root}: the DVC lock stayed busy: {exc}") from exc
                 time.sleep(delay)
             except (DvcException, OSError) as exc:
-                detail = "\n".join([*capture.lines, str(exc)])
+                detail = "\n".join([*capture.lines, f"ERROR: {exc}"])
                 raise DatasetError(f"`{what}` failed in {self.root}: {_tail(detail)}") from exc
             finally:
                 for name in _DVC_LOGGERS:
@@ -284,6 +335,10 @@ class Repo:
                 return {k: v.strip().strip('"') for k, v in parser.items(section)}
         return {}
 
+    def dvc_remote_url(self) -> str | None:
+        """The URL the committed ``.dvc/config`` names for the ``storage`` remote (None: none)."""
+        return self.committed_dvc_remote().get("url")
+
     def configure_dvc_remote(self, *, local: bool = False) -> bool:
         """Point the ``storage`` remote at the config's URL and endpoint (``local``: in this clone's
         ``.dvc/config.local`` only). Returns whether anything changed."""
@@ -368,6 +423,24 @@ class Repo:
 
     def dirty(self) -> bool:
         return bool(self.git("status", "--porcelain", "--untracked-files=all").stdout.strip())
+
+    def changes(self) -> tuple[list[str], list[str]]:
+        """``(changed, untracked)``: tracked paths that differ from HEAD (in the index or the work
+        tree), and untracked paths (ignored files excluded)."""
+        out = self.git("status", "--porcelain", "-z", "--untracked-files=all").stdout
+        changed, untracked = [], []
+        entries = iter(out.split("\0"))
+        for entry in entries:
+            if len(entry) < 4:
+                continue
+            code, path = entry[:2], entry[3:]
+            if code == "??":
+                untracked.append(path)
+            else:
+                changed.append(path)
+                if "R" in code or "C" in code:
+                    next(entries, None)  # the rename's source path
+        return changed, untracked
 
     # ------------------------------------------------------------------ writing (under repo_lock)
 

@@ -37,11 +37,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from fleetloop.dataset.batches import BATCHES_DIR, INDEX_SCHEMA, batch_name, fold, frame_index, read_batch
 from fleetloop.dataset.build import BuiltBatch, LabelValidator, build_batch, list_label_shards, write_batch
-from fleetloop.dataset.config import DatasetConfig, DatasetError
+from fleetloop.dataset.config import DatasetConfig, DatasetError, check_dir_path
 from fleetloop.dataset.dvc import BRANCH, GIT_REMOTE, Repo, repo_lock
 from fleetloop.dataset.manifest import (
     LINEAGE_DIR,
@@ -118,9 +118,34 @@ class GrowResult(BaseModel):
 
 
 def read_manifest(repo: Repo, rev: str = "HEAD") -> Manifest | None:
-    """The manifest at ``rev`` (None before the first version)."""
+    """The manifest at ``rev`` (None before the first version). :class:`DatasetError` naming the
+    version and the file when it is not a valid manifest."""
     data = repo.show(rev, MANIFEST_FILE)
-    return Manifest.model_validate_json(data) if data else None
+    if not data:
+        return None
+    try:
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise DatasetError(f"{_rev_name(rev, data)}'s {MANIFEST_FILE} in {repo.root} is invalid: "
+                           f"{_problems(exc)}") from None
+
+
+def _rev_name(rev: str, data: bytes) -> str:
+    """``dataset-vN`` for a tag, else ``dataset-vN (rev)`` when the file still says its version."""
+    if rev.removeprefix("refs/tags/").startswith(TAG_PREFIX):
+        return rev.removeprefix("refs/tags/")
+    try:
+        version = json.loads(data).get("version")
+    except (ValueError, AttributeError):
+        version = None
+    return f"{tag_of(version)} ({rev})" if isinstance(version, int) else rev
+
+
+def _problems(exc: ValidationError, most: int = 3) -> str:
+    errors = exc.errors()
+    out = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {'missing' if e['type'] == 'missing' else e['msg']}"
+                    for e in errors[:most])
+    return out + (f" (+{len(errors) - most} more)" if len(errors) > most else "")
 
 
 def _index_paths(repo: Repo) -> tuple[Path, Path]:
@@ -173,6 +198,7 @@ def open_repo(config: DatasetConfig, recovered: list[str] | None = None) -> Repo
     leftover of a killed grow finished or undone. Call under :func:`repo_lock`."""
     notes = recovered if recovered is not None else []
     root = Path(config.repo_dir)
+    check_dir_path(root, "the dataset repository")
     repo = Repo(root, config)
     for leftover in root.parent.glob(f".{root.name}.init-*"):
         Repo.discard(leftover)
@@ -203,21 +229,39 @@ def open_repo(config: DatasetConfig, recovered: list[str] | None = None) -> Repo
     if config.git_remote:
         repo.configure_git_remote(config.git_remote)
         _catch_up(repo, notes)
-    if repo.configure_dvc_remote():  # the config names another DVC remote than the repository does
-        repo.stage([".dvc/config"])
-        repo.commit(f"Point the DVC remote at {config.resolved_remote_url()}")
-        notes.append(f"pointed the DVC remote at {config.resolved_remote_url()}")
+    _check_dvc_remote(repo)
     _finish_pending(repo, notes)
     return repo
+
+
+def _check_dvc_remote(repo: Repo) -> None:
+    """Refuse to grow a dataset whose versions were pushed to another DVC remote than the config
+    names: switching would leave the older versions' data in the old remote only (a tag whose data
+    is in no single remote). Before the first version there is nothing to strand: grow points the
+    remote at the config's and commits that with the first version (after its push succeeded).
+    The same remote reached through another endpoint is this clone's ``.dvc/config.local`` only."""
+    if read_manifest(repo) is None:
+        return
+    have, want = repo.dvc_remote_url(), repo.config.resolved_remote_url()
+    if have != want:
+        raise DatasetError(
+            f"the dataset in {repo.root} keeps its versions' data in the DVC remote {have}, but the config names "
+            f"{want}: grow does not switch DVC remotes (the older versions would stay in {have} only). Set the "
+            f"config back to {have} (FLEETLOOP_DATASET__DVC_REMOTE_URL or the storage backend), or move the data: "
+            f"copy {have} to {want}, then `dvc remote modify storage url {want}` and `git commit -am` in "
+            f"{repo.root} (docs/dataset.md, \"Moving the DVC remote\")")
+    repo.configure_dvc_remote(local=True)
 
 
 def _undo_uncommitted(repo: Repo, notes: list[str]) -> None:
     removed = repo.remove_stale_git_locks()
     if removed:
         notes.append(f"removed stale git locks {removed}")
-    if repo.dirty():
+    changed, _untracked = repo.changes()  # untracked files are left alone (git reset keeps them)
+    if changed:
         repo.reset_hard()
-        notes.append("discarded uncommitted changes of a killed grow (git reset --hard)")
+        shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+        notes.append(f"reset uncommitted changes to {shown} (git reset --hard: a killed grow's or a hand edit)")
     manifest = read_manifest(repo)
     known = {Path(b.path).name for b in manifest.batches} if manifest else set()
     base = repo.root / BATCHES_DIR
@@ -259,13 +303,16 @@ def _finish_pending(repo: Repo, notes: list[str]) -> None:
         return
     head = repo.head()
     tags = repo.tags(TAG_PREFIX)
+    missing = [h.version for h in manifest.history if h.version < manifest.version and tag_of(h.version) not in tags]
+    if missing:
+        _retag(repo, manifest, missing, notes)
     tag = tag_of(manifest.version)
     if tag not in tags:
         last = manifest.batches[-1]
         repo.push([last.path + ".dvc"])  # verify: uploads whatever the remote lacks, fails if it cannot
         repo.tag(tag, _tag_message(manifest))
-        tags = repo.tags(TAG_PREFIX)
         notes.append(f"tagged {tag} after pushing its data to the DVC remote")
+    tags = repo.tags(TAG_PREFIX)
     if repo.config.git_remote:
         remote = repo.remote_refs()
         refs = [f"refs/tags/{t}" for t, sha in sorted(tags.items()) if remote.get(f"refs/tags/{t}") != sha]
@@ -273,6 +320,29 @@ def _finish_pending(repo: Repo, notes: list[str]) -> None:
             repo.publish([f"refs/heads/{BRANCH}", *refs])
             if refs:
                 notes.append(f"pushed {', '.join(r.removeprefix('refs/tags/') for r in refs)} to {GIT_REMOTE}")
+
+
+def _retag(repo: Repo, manifest: Manifest, versions: list[int], notes: list[str]) -> None:
+    """Re-create the tags of older versions that were deleted, at the commit that made each version
+    (found by its commit message and checked against its manifest), after pushing its batch again."""
+    commits: dict[int, str] = {}
+    for line in repo.git("log", "--format=%H %s", "HEAD").stdout.splitlines():
+        sha, _, subject = line.partition(" ")
+        head, sep, _ = subject.partition(":")
+        if sep and head.startswith(TAG_PREFIX) and head.removeprefix(TAG_PREFIX).isdigit():
+            commits.setdefault(int(head.removeprefix(TAG_PREFIX)), sha)
+    lost = []
+    for v in versions:
+        at = commits.get(v)
+        m = read_manifest(repo, at) if at else None
+        if at is None or m is None or m.version != v:
+            lost.append(tag_of(v))
+            continue
+        repo.push([b.path + ".dvc" for b in manifest.batches if b.version == v])
+        repo.tag(tag_of(v), _tag_message(m), rev=at)
+        notes.append(f"re-created the missing tag {tag_of(v)} at {at[:10]} after pushing its data to the DVC remote")
+    if lost:
+        notes.append(f"missing tags {', '.join(lost)}: no commit of theirs found, not re-created")
 
 
 def _tag_message(m: Manifest) -> str:
@@ -340,6 +410,10 @@ def grow(
         mark("written")
         repo.add(rel)
         mark("added")
+        staged = [rel + ".dvc", f"{BATCHES_DIR}/.gitignore"]
+        if manifest is None and repo.configure_dvc_remote():  # no version yet: committed with the first one
+            staged.append(".dvc/config")
+            result.recovered.append(f"pointed the DVC remote at {config.resolved_remote_url()}")
         repo.push([rel + ".dvc"])
         mark("pushed")
 
@@ -365,7 +439,7 @@ def grow(
         lineage_rel = f"{LINEAGE_DIR}/{batch_name(n)}.json"
         (repo.root / LINEAGE_DIR).mkdir(exist_ok=True)
         (repo.root / lineage_rel).write_text(lineage.model_dump_json(indent=1) + "\n")
-        repo.stage([rel + ".dvc", f"{BATCHES_DIR}/.gitignore", MANIFEST_FILE, lineage_rel])
+        repo.stage([*staged, MANIFEST_FILE, lineage_rel])
         mark("staged")
         commit = repo.commit(f"{tag_of(n)}: +{info.frames} frames from {', '.join(built.campaigns)}")
         mark("committed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -20,6 +22,8 @@ class GrowParams(BaseModel):
     def _splits(cls, v: dict[str, float]) -> dict[str, float]:
         if set(v) != {"train", "val", "test"}:
             raise ValueError(f"splits must name train, val and test, got {sorted(v)}")
+        if not all(math.isfinite(r) for r in v.values()):  # NaN passes every comparison below
+            raise ValueError(f"split ratios must be finite numbers, got {v}")
         if any(r < 0 for r in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6 or v["train"] <= 0:
             raise ValueError(f"split ratios must be >= 0, sum to 1 and give train a share, got {v}")
         return v

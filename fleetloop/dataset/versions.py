@@ -8,13 +8,15 @@ when there is none), checks out the tag ``dataset-vN`` and pulls the data from t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from fleetloop.dataset.config import DatasetConfig, DatasetError
+from fleetloop.dataset.config import DatasetConfig, DatasetError, check_dir_path
 from fleetloop.dataset.dvc import Repo
 from fleetloop.dataset.growth import read_manifest
 from fleetloop.dataset.manifest import TAG_PREFIX, Manifest, SplitCount, VersionInfo, tag_of
@@ -50,8 +52,20 @@ def _versions(repo: Repo) -> list[int]:
     return sorted(int(m.group(1)) for t in repo.tags(TAG_PREFIX) if (m := _TAG.match(t)))
 
 
+def compact(versions: list[int]) -> str:
+    """``[1, 3, 4, 5, 9]`` -> ``"1, 3..5, 9"``."""
+    runs: list[list[int]] = []
+    for v in sorted(set(versions)):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}, {b}" if b == a + 1 else f"{a}..{b}" for a, b in runs)
+
+
 def latest_manifest(config: DatasetConfig) -> Manifest | None:
     """The manifest of the newest tagged version in the working repository (None when none)."""
+    check_dir_path(Path(config.repo_dir), "the dataset repository")
     repo = Repo(config.repo_dir, config)
     if not repo.exists():
         return None
@@ -85,34 +99,63 @@ def checkout(version: int, to_dir: Path, config: DatasetConfig) -> CheckoutResul
     """Materialise version ``version`` into the empty (or missing) directory ``to_dir`` from the
     git remote (else the working repository) and the DVC remote."""
     to_dir = Path(to_dir).expanduser().resolve()
-    if to_dir.exists() and (not to_dir.is_dir() or any(to_dir.iterdir())):
+    check_dir_path(to_dir, "the checkout directory")
+    if to_dir.exists() and any(to_dir.iterdir()):
         raise DatasetError(f"{to_dir} is not an empty directory: check out into a new or empty one")
     source = config.git_remote or str(Path(config.repo_dir).resolve())
-    if not config.git_remote and not Repo(config.repo_dir, config).exists():
-        raise DatasetError(f"no dataset repository at {config.repo_dir} and no git remote configured")
+    if not config.git_remote:
+        check_dir_path(Path(config.repo_dir), "the dataset repository")
+        if not Repo(config.repo_dir, config).exists():
+            raise DatasetError(f"no dataset repository at {config.repo_dir} and no git remote configured")
     tag = tag_of(version)
-    to_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        to_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot create {to_dir.parent} for the checkout: {exc.strerror or exc}") from None
     probe = Repo(to_dir.parent, config)
     refs = probe.git("ls-remote", "--tags", source, cwd=to_dir.parent).stdout
     known = sorted(int(hit.group(1)) for line in refs.splitlines()
                    if (hit := re.search(rf"refs/tags/{TAG_PREFIX}(\d+)$", line)))
     if version not in known:
-        have = f"versions {known[0]}..{known[-1]}" if known else "no versions"
+        have = f"versions {compact(known)}" if known else "no versions"
         raise DatasetError(f"no dataset version {version} ({tag}) in {source}: it has {have}")
-    created = not to_dir.exists()
+    # built beside to_dir and renamed into place at the end: a killed checkout leaves no to_dir that
+    # looks complete, only a hidden .<name>.checkout-<pid> the next checkout into to_dir removes
+    _discard_stale(to_dir)
+    tmp = to_dir.parent / f".{to_dir.name}.checkout-{os.getpid()}"
+    if tmp.exists():
+        Repo.discard(tmp)
     try:
-        repo = Repo.clone(source, to_dir, config, rev=f"refs/tags/{tag}")
+        repo = Repo.clone(source, tmp, config, rev=f"refs/tags/{tag}")
         repo.configure_dvc_remote(local=True)
         repo.pull()
         m = read_manifest(repo)
+        if m is None or m.version != version:
+            raise DatasetError(f"{tag} in {source} holds no manifest for version {version}")
+        try:
+            os.rename(tmp, to_dir)  # onto a missing or empty directory
+        except OSError as exc:
+            raise DatasetError(f"cannot move the checkout into {to_dir}: {exc.strerror or exc}") from None
     except BaseException:
-        if created:
-            Repo.discard(to_dir)
-        else:
-            for child in to_dir.iterdir():
-                Repo.discard(child) if child.is_dir() else child.unlink()
+        if tmp.exists():
+            Repo.discard(tmp)
         raise
-    if m is None or m.version != version:
-        raise DatasetError(f"{tag} in {source} holds no manifest for version {version}")
     return CheckoutResult(version=version, tag=tag, path=str(to_dir), frames=m.frames, objects=m.objects,
                           batches=len(m.batches))
+
+
+def _discard_stale(to_dir: Path) -> None:
+    """Remove what a killed checkout into ``to_dir`` left (its process is gone)."""
+    for leftover in to_dir.parent.glob(f".{to_dir.name}.checkout-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            Repo.discard(leftover)

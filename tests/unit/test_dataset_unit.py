@@ -81,6 +81,42 @@ def test_grow_params_rare_share() -> None:
         GrowParams(rare_share=2)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_grow_params_refuse_split_ratios_that_are_not_finite(bad: float) -> None:
+    # NaN compares false with everything: it passed the >= 0 and sum checks and reached manifest.json as null
+    with pytest.raises(ValueError, match="finite"):
+        GrowParams(splits={"train": bad, "val": 0.5, "test": 0.5})
+    with pytest.raises(ValueError, match="finite"):
+        GrowParams(splits={"train": 0.5, "val": bad, "test": 0.5})
+
+
+def test_a_failing_commands_output_becomes_one_line_that_keeps_the_cause() -> None:
+    from fleetloop.dataset.dvc import _tail
+
+    out = "\n".join(["WARNING: Some of the cache files do not exist neither locally nor on remote. Missing cache files:",
+                      *[f"md5: {i:032x}.dir" for i in range(25)],
+                      "ERROR: failed to pull data from the cloud - Checkout failed for following targets:",
+                      "data/batches/b00001", "Is your cache up to date?",
+                      "<\x1b[36mhttps://error.dvc.org/missing-files\x1b[39m>"])
+    line = _tail(out)
+    assert "\n" not in line and "\x1b" not in line and len(line) < 1000
+    assert line.startswith("ERROR: failed to pull data from the cloud - Checkout failed for following targets: "
+                           "data/batches/b00001; WARNING: Some of the cache files")
+    assert line.endswith("(+27 more lines)")
+    assert _tail("fatal: repository 'x' does not exist\n") == "fatal: repository 'x' does not exist"
+    assert _tail("hint: a\nerror: failed to push some refs to 'https://u:secret@h/r'\nhint: b") == \
+        "error: failed to push some refs to 'https://***@h/r' (+2 more lines)"
+    assert _tail("") == ""
+
+
+def test_versions_are_listed_compactly() -> None:
+    from fleetloop.dataset.versions import compact
+
+    assert compact([1, *range(3, 29)]) == "1, 3..28"
+    assert compact([1, 2, 4, 6, 7, 8]) == "1, 2, 4, 6..8"
+    assert compact([5]) == "5" and compact([]) == ""
+
+
 # ------------------------------------------------------------------------------------------ folding
 
 
@@ -122,6 +158,20 @@ def test_materialize_keeps_each_frame_once_with_its_latest_labels(tmp_path: Path
     assert imported.equals(lean)
     empty_frames, empty_labels = materialize(tmp_path / "nothing")
     assert empty_frames.num_rows == 0 and empty_labels.num_rows == 0
+
+
+def test_materialize_refuses_a_batch_whose_data_is_missing(tmp_path: Path) -> None:
+    from fleetloop.dataset.config import DatasetError
+
+    _write_batch(tmp_path, 1, [_frame("a", 0, "labeled", 1, T0)], [_label("a", 0, "car", 1, T0)])
+    base = tmp_path / "data" / "batches"
+    for n in (1, 2, 3):
+        (base / f"b{n:05d}.dvc").write_text("outs: []\n")
+    (base / "b00003").mkdir()  # a folder dvc pull left empty
+    with pytest.raises(DatasetError, match=r"batches b00002, b00003 have a \.dvc file but no data"):
+        materialize(tmp_path)
+    with pytest.raises(DatasetError, match="b00002"):
+        materialize(tmp_path / "data")
 
 
 def test_counts_from_the_index_per_split_class_and_slice() -> None:
