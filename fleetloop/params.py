@@ -97,7 +97,9 @@ def _validate(model: type[M], data: dict[str, Any], path: Path | str) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ParamsError(f"{path}: {where}: {first['msg']} ({exc.error_count()} problem(s))") from exc
+        message = first["msg"].removeprefix("Value error, ")  # a validator's own words, without pydantic's label
+        more = exc.error_count() - 1
+        raise ParamsError(f"{path}: {where}: {message}" + (f" (and {more} more problem(s))" if more else "")) from exc
 
 
 def load_params(path: Path | str | None = None) -> LoopParams:

@@ -204,7 +204,7 @@ def retrain_latest(
     (:func:`find_pipeline`) and the params file ``loop`` was loaded from (``FLEETLOOP_PARAMS``
     or the repository's params.yaml: :func:`~fleetloop.params.find_params_file`), the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call.
     ``on_start`` hears the dataset version once it is known to exist, before the work."""
-    from fleetloop.dataset.versions import history
+    from fleetloop.dataset.versions import compact, history
 
     cfg = dataset_config(settings)
     known = [v.version for v in history(cfg)]  # the newest manifest's list of every version
@@ -213,7 +213,7 @@ def retrain_latest(
     if version is None:
         version = known[-1]
     if version not in known:
-        raise DatasetError(f"no dataset version {version} (dataset-v{version}): it has versions {known[0]}..{known[-1]}")
+        raise DatasetError(f"no dataset version {version} (dataset-v{version}): it has versions {compact(known)}")
     found = find_params_file()
     if found is None:
         raise ParamsError("no params.yaml found: run from the fleetloop repository or set FLEETLOOP_PARAMS")

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def ingest(
-        path: Annotated[Path, typer.Argument(exists=True, help="Directory of logs to bring in.")],
+        path: Annotated[Path, typer.Argument(help="Directory of logs to bring in.")],
         format: Annotated[str, typer.Option("--format", "-f", help="kitti-tracking | parquet")] = "kitti-tracking",
         log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
         as_json: JsonOpt = False,

@@ -72,6 +72,8 @@ def test_ingest_bad_arguments_give_clear_errors(home, tmp_path):
     assert res.exit_code == 2 and "--format" in res.output
     res = runner.invoke(app, ["ingest", str(tmp_path), "--format", "kitti-tracking"])
     assert res.exit_code == 1 and "calib" in res.output
+    res = runner.invoke(app, ["ingest", str(tmp_path / "missing"), "--json"])  # as `fleetloop mine` answers it
+    assert res.exit_code == 1 and "does not exist" in json.loads(res.stdout)["error"], res.output
 
 
 def test_ingest_and_logs_list_print_json_for_machines(home, broken_kitti):
