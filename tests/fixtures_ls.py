@@ -41,3 +41,19 @@ def ls_server(ls_home):
         os.environ.pop("USERNAME") if stray is None else os.environ.__setitem__("USERNAME", stray)
     yield state
     server.stop(ls_home)
+
+
+@pytest.fixture
+def ls_settings(tmp_path, monkeypatch, ls_server, ls_home):
+    """fleetloop's settings for a test against the Label Studio server: a fresh home with a local
+    store, the server's URL, token and document root (read from the environment, as the CLI does)."""
+    from fleetloop.settings import get_settings
+
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", ls_server.url)
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", ls_server.token)
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__DOCUMENT_ROOT", str(ls_home))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()

@@ -12,7 +12,6 @@ import pytest
 
 from fleetloop.cycle import campaign_name, iso_week
 from fleetloop.label import index
-from fleetloop.settings import get_settings
 from fleetloop.sim.labeling_team import simulate
 from fleetloop.store.objects import get_store
 
@@ -20,26 +19,14 @@ pytestmark = [pytest.mark.services, pytest.mark.kitti, pytest.mark.timeout(600)]
 pytest_plugins = ["tests.fixtures_ls"]
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch, ls_server, ls_home):
-    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", ls_server.url)
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", ls_server.token)
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__DOCUMENT_ROOT", str(ls_home))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
-def test_last_weeks_campaign_is_delivered_by_the_scheduled_poll(prefect_api, env, tmp_path, kitti_root, ls_server):
+def test_last_weeks_campaign_is_delivered_by_the_scheduled_poll(prefect_api, ls_settings, tmp_path, kitti_root, ls_server):
     from fleetloop.flows.label import label_sync
     from fleetloop.ingest.importers import load_logs
     from fleetloop.ingest.importers.kitti import read_kitti_truth
     from fleetloop.label import api
     from fleetloop.label.client import LabelStudioClient
 
-    store = get_store(env)
+    store = get_store(ls_settings)
     # the poll before anything was pushed (e.g. Monday 00:05, before the weekly run): nothing to do, no failure
     assert label_sync().delivered == 0
 
@@ -51,7 +38,7 @@ def test_last_weeks_campaign_is_delivered_by_the_scheduled_poll(prefect_api, env
         w = csv.writer(f)
         w.writerow(["log_id", "frame", "score", "reasons"])
         w.writerows(["0012", fr, 1.0 - fr / 100, "lidar_only:car"] for fr in range(0, 40, 4))
-    pushed = api.push_selection(sel, campaign, env, logs=logs)
+    pushed = api.push_selection(sel, campaign, ls_settings, logs=logs)
     assert pushed.created == 10
     assert [r.name for r in index.campaigns(store, "open")] == [campaign]
 
@@ -74,7 +61,7 @@ def test_last_weeks_campaign_is_delivered_by_the_scheduled_poll(prefect_api, env
     assert again.campaigns == [] and again.delivered == 0
 
 
-def test_label_status_without_a_campaign_lists_every_campaign(env, tmp_path, kitti_root, ls_server):
+def test_label_status_without_a_campaign_lists_every_campaign(ls_settings, tmp_path, kitti_root, ls_server):
     """``fleetloop label status``: every campaign pushed so far, oldest first, with its state and
     counts; a campaign whose project was deleted in Label Studio keeps its row, with the error."""
     import json
@@ -101,14 +88,14 @@ def test_label_status_without_a_campaign_lists_every_campaign(env, tmp_path, kit
             w = csv.writer(f)
             w.writerow(["log_id", "frame", "score", "reasons"])
             w.writerows(["0012", fr, 1.0, "lidar_only:car"] for fr in range(k, 40, 10))
-        assert api.push_selection(sel, name, env, logs=logs).created == 4
+        assert api.push_selection(sel, name, ls_settings, logs=logs).created == 4
     with LabelStudioClient(ls_server.url, ls_server.token) as client:
         assert simulate("status-a", read_kitti_truth(kitti_root), client=client).answered == 4
         assert simulate("status-b", read_kitti_truth(kitti_root), client=client, limit=1).answered == 1
         gone = find_campaign(client, "status-c")
         assert gone is not None
         client.request("DELETE", f"/api/projects/{gone.project_id}")
-    api.sync_campaign("status-a", env)
+    api.sync_campaign("status-a", ls_settings)
 
     res = runner.invoke(app, ["label", "status", "--json"])
     assert res.exit_code == 0, res.output

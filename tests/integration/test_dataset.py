@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -339,47 +340,54 @@ def _env() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def test_cli_grow_status_history_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    from fleetloop.cli.dataset import app
+@pytest.fixture(name="cli_fleet")
+def _cli_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fleet, Path]]:
+    """A fleet delivering into the store the CLI uses (``FLEETLOOP_HOME`` in ``tmp_path``, local
+    store), and that home."""
     from fleetloop.settings import get_settings
 
     home = tmp_path / "home"
     monkeypatch.setenv("FLEETLOOP_HOME", str(home))
     monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
     get_settings.cache_clear()
-    try:
-        fleet = Fleet(tmp_path)
-        fleet.store = LocalStore(home / "store")
-        fleet.add_log("log-a", 3)
-        runner = CliRunner()
-        empty = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
-        assert (empty["version"], empty["tag"], empty["repo"]) == (0, None, str(home.resolve() / "dataset"))
+    fleet = Fleet(tmp_path)
+    fleet.store = LocalStore(home / "store")
+    yield fleet, home
+    get_settings.cache_clear()
 
-        fleet.deliver("week-1", [Ann("log-a", i, i + 1, 1, T0, [_box(i)]) for i in range(3)])
-        out = runner.invoke(app, ["grow", "--json"])
-        assert out.exit_code == 0, out.output
-        assert json.loads(out.stdout)["version"] == 1
-        out = runner.invoke(app, ["grow"])
-        assert out.exit_code == 0 and "nothing new (dataset-v1)" in out.stdout
 
-        st = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
-        assert {k: st[k] for k in ("version", "tag", "frames", "objects")} == \
-            {"version": 1, "tag": "dataset-v1", "frames": 3, "objects": 3}
-        assert st["remote"] == str(home.resolve() / "dvc-remote") and set(st["splits"]) == {"train", "val", "test"}
-        hist = json.loads(runner.invoke(app, ["history", "--json"]).stdout)
-        assert [(h["version"], h["tag"], h["frames"], h["batches"], h["campaigns"]) for h in hist] == \
-            [(1, "dataset-v1", 3, 1, ["week-1"])]
+def test_cli_grow_status_history_checkout(cli_fleet: tuple[Fleet, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
 
-        out = runner.invoke(app, ["checkout", "1", "--to", str(tmp_path / "co"), "--json"])
-        assert out.exit_code == 0, out.output
-        assert json.loads(out.stdout) | {"tag": None} == {"ok": True, "version": 1, "frames": 3, "path": str(tmp_path / "co"),
-                                                          "tag": None, "objects": 3, "batches": 1}
-        out = runner.invoke(app, ["checkout", "1", "--to", str(tmp_path / "co")])
-        assert out.exit_code == 2 and "not an empty directory" in out.output and "Traceback" not in out.output
-    finally:
-        get_settings.cache_clear()
+    from fleetloop.cli.dataset import app
+
+    fleet, home = cli_fleet
+    fleet.add_log("log-a", 3)
+    runner = CliRunner()
+    empty = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert (empty["version"], empty["tag"], empty["repo"]) == (0, None, str(home.resolve() / "dataset"))
+
+    fleet.deliver("week-1", [Ann("log-a", i, i + 1, 1, T0, [_box(i)]) for i in range(3)])
+    out = runner.invoke(app, ["grow", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["version"] == 1
+    out = runner.invoke(app, ["grow"])
+    assert out.exit_code == 0 and "nothing new (dataset-v1)" in out.stdout
+
+    st = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert {k: st[k] for k in ("version", "tag", "frames", "objects")} == \
+        {"version": 1, "tag": "dataset-v1", "frames": 3, "objects": 3}
+    assert st["remote"] == str(home.resolve() / "dvc-remote") and set(st["splits"]) == {"train", "val", "test"}
+    hist = json.loads(runner.invoke(app, ["history", "--json"]).stdout)
+    assert [(h["version"], h["tag"], h["frames"], h["batches"], h["campaigns"]) for h in hist] == \
+        [(1, "dataset-v1", 3, 1, ["week-1"])]
+
+    out = runner.invoke(app, ["checkout", "1", "--to", str(tmp_path / "co"), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) | {"tag": None} == {"ok": True, "version": 1, "frames": 3, "path": str(tmp_path / "co"),
+                                                      "tag": None, "objects": 3, "batches": 1}
+    out = runner.invoke(app, ["checkout", "1", "--to", str(tmp_path / "co")])
+    assert out.exit_code == 2 and "not an empty directory" in out.output and "Traceback" not in out.output
 
 
 def test_concurrent_grows_are_serialised(tmp_path: Path) -> None:

@@ -19,8 +19,7 @@ import pytest
 
 from fleetloop.dataset import DatasetConfig, DatasetError, checkout, history, materialize, status
 from fleetloop.dataset.dvc import Repo
-from fleetloop.store.objects import LocalStore
-from tests.integration.test_dataset import T0, Ann, Fleet, _box, _config, _dvc_env, _grow  # noqa: F401 (fixture)
+from tests.integration.test_dataset import T0, Ann, Fleet, _box, _cli_fleet, _config, _dvc_env, _grow  # noqa: F401 (fixtures)
 
 
 def _fleet(tmp_path: Path, logs: int = 1) -> Fleet:
@@ -33,6 +32,15 @@ def _fleet(tmp_path: Path, logs: int = 1) -> Fleet:
 def _deliver(fleet: Fleet, n: int) -> None:
     """The n-th delivery: a new revision of frame 0 of log-0 (each makes a version)."""
     fleet.deliver("week-1", [Ann("log-0", 0, 1, n, T0 + timedelta(hours=n), [_box(n)])])
+
+
+def _grown_once(tmp_path: Path) -> tuple[DatasetConfig, Fleet]:
+    """A dataset with version 1 (one delivery of one log) on a local DVC remote, and its fleet."""
+    config = _config(tmp_path, str(tmp_path / "dvc-remote"))
+    fleet = _fleet(tmp_path)
+    _deliver(fleet, 1)
+    _grow(fleet, config)
+    return config, fleet
 
 
 def _git(cwd: Path, *args: str) -> str:
@@ -104,10 +112,7 @@ checkout(1, Path(a["to"]), DatasetConfig.model_validate(a["config"]))
 
 
 def test_a_killed_checkout_leaves_no_directory_that_looks_complete(tmp_path: Path) -> None:
-    config = _config(tmp_path, str(tmp_path / "dvc-remote"))
-    fleet = _fleet(tmp_path)
-    _deliver(fleet, 1)
-    _grow(fleet, config)
+    config, _ = _grown_once(tmp_path)
     to = tmp_path / "co"
     arg = json.dumps({"to": str(to), "config": config.model_dump(mode="json")})
     proc = subprocess.run([sys.executable, "-c", _KILLED_CHECKOUT, arg], capture_output=True, text=True, timeout=300)
@@ -124,10 +129,7 @@ def test_a_killed_checkout_leaves_no_directory_that_looks_complete(tmp_path: Pat
 
 
 def test_dvc_errors_are_one_line_that_keeps_the_cause(tmp_path: Path) -> None:
-    config = _config(tmp_path, str(tmp_path / "dvc-remote"))
-    fleet = _fleet(tmp_path)
-    _deliver(fleet, 1)
-    _grow(fleet, config)
+    config, _ = _grown_once(tmp_path)
     shutil.rmtree(tmp_path / "dvc-remote")  # the data is gone from the remote
     shutil.rmtree(config.repo_dir)
     with pytest.raises(DatasetError) as err:
@@ -142,37 +144,28 @@ def test_dvc_errors_are_one_line_that_keeps_the_cause(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ damaged repository
 
 
-def test_an_invalid_manifest_is_an_error_naming_the_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_invalid_manifest_is_an_error_naming_the_version(cli_fleet: tuple[Fleet, Path], tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from fleetloop.cli.dataset import app
-    from fleetloop.settings import get_settings
 
-    home = tmp_path / "home"
-    monkeypatch.setenv("FLEETLOOP_HOME", str(home))
-    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
-    get_settings.cache_clear()
-    try:
-        fleet = Fleet(tmp_path)
-        fleet.store = LocalStore(home / "store")
-        fleet.add_log("log-0", 4)
-        _deliver(fleet, 1)
-        runner = CliRunner()
-        assert runner.invoke(app, ["grow"]).exit_code == 0
-        repo_dir = home / "dataset"
-        manifest = json.loads((repo_dir / "manifest.json").read_text())
-        del manifest["created_at"]
-        manifest["version"], manifest["tag"] = 2, "dataset-v2"
-        (repo_dir / "manifest.json").write_text(json.dumps(manifest))
-        _git(repo_dir, "commit", "-qam", "dataset-v2: by hand")
-        _git(repo_dir, "tag", "dataset-v2")
-        for argv in (["status"], ["history"], ["grow"], ["checkout", "2", "--to", str(tmp_path / "co")]):
-            out = runner.invoke(app, argv)
-            assert out.exit_code == 2, (argv, out.output)
-            assert "dataset-v2" in out.output and "manifest.json" in out.output, (argv, out.output)
-            assert "created_at: missing" in out.output and "Traceback" not in out.output, (argv, out.output)
-    finally:
-        get_settings.cache_clear()
+    fleet, home = cli_fleet
+    fleet.add_log("log-0", 4)
+    _deliver(fleet, 1)
+    runner = CliRunner()
+    assert runner.invoke(app, ["grow"]).exit_code == 0
+    repo_dir = home / "dataset"
+    manifest = json.loads((repo_dir / "manifest.json").read_text())
+    del manifest["created_at"]
+    manifest["version"], manifest["tag"] = 2, "dataset-v2"
+    (repo_dir / "manifest.json").write_text(json.dumps(manifest))
+    _git(repo_dir, "commit", "-qam", "dataset-v2: by hand")
+    _git(repo_dir, "tag", "dataset-v2")
+    for argv in (["status"], ["history"], ["grow"], ["checkout", "2", "--to", str(tmp_path / "co")]):
+        out = runner.invoke(app, argv)
+        assert out.exit_code == 2, (argv, out.output)
+        assert "dataset-v2" in out.output and "manifest.json" in out.output, (argv, out.output)
+        assert "created_at: missing" in out.output and "Traceback" not in out.output, (argv, out.output)
 
 
 def test_a_deleted_tag_is_listed_as_missing_and_grow_recreates_it(tmp_path: Path) -> None:
@@ -193,10 +186,7 @@ def test_a_deleted_tag_is_listed_as_missing_and_grow_recreates_it(tmp_path: Path
 
 
 def test_a_dirty_work_tree_is_reported_as_it_is(tmp_path: Path) -> None:
-    config = _config(tmp_path, str(tmp_path / "dvc-remote"))
-    fleet = _fleet(tmp_path)
-    _deliver(fleet, 1)
-    _grow(fleet, config)
+    config, fleet = _grown_once(tmp_path)
     notes = config.repo_dir / "notes.txt"
     notes.write_text("mine")
     r = _grow(fleet, config)
@@ -210,10 +200,7 @@ def test_a_dirty_work_tree_is_reported_as_it_is(tmp_path: Path) -> None:
 
 
 def test_paths_that_are_files_are_named(tmp_path: Path) -> None:
-    config = _config(tmp_path, str(tmp_path / "dvc-remote"))
-    fleet = _fleet(tmp_path)
-    _deliver(fleet, 1)
-    _grow(fleet, config)
+    config, fleet = _grown_once(tmp_path)
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(DatasetError, match=re.escape(f"{afile / 'sub'} cannot be a directory: {afile} is a file")):

@@ -15,7 +15,6 @@ from fleetloop.label.campaigns import find_campaign, label_config
 from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.convert import box_to_result
 from fleetloop.label.sync import SyncError, read_labels, sync
-from fleetloop.settings import get_settings
 from fleetloop.sim.labeling_team import relabel
 from fleetloop.store.objects import get_store
 
@@ -32,18 +31,6 @@ def client(ls_server):
         yield c
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch, ls_server, ls_home):
-    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", ls_server.url)
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", ls_server.token)
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__DOCUMENT_ROOT", str(ls_home))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
 @pytest.fixture(scope="module")
 def logs(kitti_root):
     from fleetloop.ingest.importers import load_logs
@@ -51,16 +38,16 @@ def logs(kitti_root):
     return load_logs(kitti_root, format="kitti-tracking", log_ids=["0012"])
 
 
-def _push(env, tmp_path, logs, campaign: str, frames) -> list[dict]:
+def _push(ls_settings, tmp_path, logs, campaign: str, frames) -> list[dict]:
     """Push the frames of log 0012 through the API (so the campaign is in the index); its tasks."""
     sel = tmp_path / f"{campaign}.csv"
     with sel.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["log_id", "frame", "score", "reasons"])
         w.writerows(["0012", fr, 0.5, "lidar_only:car"] for fr in frames)
-    report = api.push_selection(sel, campaign, env, logs=logs)
+    report = api.push_selection(sel, campaign, ls_settings, logs=logs)
     assert report.created == len(frames) and not report.problems
-    with api.client_for(env) as client:
+    with api.client_for(ls_settings) as client:
         return sorted((t for page in client.iter_tasks(report.project_id) for t in page), key=lambda t: t["id"])
 
 
@@ -72,10 +59,10 @@ def _edit_data(client, task: dict, **changes) -> None:
     client.request("PATCH", f"/api/tasks/{task['id']}", json={"data": {**task["data"], **changes}})
 
 
-def test_a_region_from_an_added_control_is_rejected_not_dropped(env, tmp_path, logs, client):
+def test_a_region_from_an_added_control_is_rejected_not_dropped(ls_settings, tmp_path, logs, client):
     """A control added to the project's config (here a polygon tool): its regions cannot become
     labels, and delivering the annotation without them would turn those objects into background."""
-    tasks = _push(env, tmp_path, logs, "misuse-poly", [0, 4])
+    tasks = _push(ls_settings, tmp_path, logs, "misuse-poly", [0, 4])
     project = find_campaign(client, "misuse-poly")
     assert project is not None
     poly_config = label_config().replace(
@@ -85,32 +72,32 @@ def test_a_region_from_an_added_control_is_rejected_not_dropped(env, tmp_path, l
                "original_height": H, "value": {"points": [[10, 10], [30, 10], [30, 40]], "polygonlabels": ["car"]}}
     bad = _annotate(client, tasks[0]["id"], [GOOD, polygon])
     _annotate(client, tasks[1]["id"], [GOOD])
-    store = get_store(env)
-    report = sync("misuse-poly", client=client, store=store, home=env.home)
+    store = get_store(ls_settings)
+    report = sync("misuse-poly", client=client, store=store, home=ls_settings.home)
     assert report.delivered == 1 and [p.annotation_id for p in report.problems] == [bad]
     assert "from control 'poly' is not fleetloop's box control 'box'" in report.problems[0].message
     assert bad not in read_labels(store, "misuse-poly")["annotation_id"].to_pylist()
     relabel(client, bad, [GOOD])  # the labeler redraws it as a box: delivered
-    again = sync("misuse-poly", client=client, store=store, home=env.home)
+    again = sync("misuse-poly", client=client, store=store, home=ls_settings.home)
     assert again.delivered == 1 and again.problems == []
 
 
-def test_a_renamed_box_control_fails_the_campaigns_sync_with_what_to_do(env, tmp_path, logs, client):
-    _push(env, tmp_path, logs, "misuse-config", [8])
+def test_a_renamed_box_control_fails_the_campaigns_sync_with_what_to_do(ls_settings, tmp_path, logs, client):
+    _push(ls_settings, tmp_path, logs, "misuse-config", [8])
     project = find_campaign(client, "misuse-config")
     assert project is not None
     client.request("PATCH", f"/api/projects/{project.project_id}",
                    json={"label_config": label_config().replace('name="box"', 'name="bbox"')})
     with pytest.raises(SyncError, match="no RectangleLabels control named 'box'"):
-        api.sync_campaign("misuse-config", env)
+        api.sync_campaign("misuse-config", ls_settings)
 
 
-def test_edited_hand_added_and_malformed_tasks_are_rejected_and_the_rest_is_delivered(env, tmp_path, logs, client):
+def test_edited_hand_added_and_malformed_tasks_are_rejected_and_the_rest_is_delivered(ls_settings, tmp_path, logs, client):
     from typer.testing import CliRunner
 
     from fleetloop.cli import app
 
-    tasks = _push(env, tmp_path, logs, "misuse-data", [12, 16, 20, 24, 28, 32])
+    tasks = _push(ls_settings, tmp_path, logs, "misuse-data", [12, 16, 20, 24, 28, 32])
     edited, bad_frame, bad_width, rotated, good_task, _ = tasks
     _edit_data(client, edited, frame=edited["data"]["frame"] + 1)  # now points at another frame
     _edit_data(client, bad_frame, frame="abc")
@@ -135,33 +122,33 @@ def test_edited_hand_added_and_malformed_tasks_are_rejected_and_the_rest_is_deli
     assert "image_width='wide'" in msgs[bad_width["id"]]
     assert "rotation 'none'" in msgs[rotated["id"]]
     assert "no fleetloop_key" in msgs[by_hand["id"]] and "delete it" in msgs[by_hand["id"]]
-    labels = read_labels(get_store(env), "misuse-data")
+    labels = read_labels(get_store(ls_settings), "misuse-data")
     assert labels["annotation_id"].to_pylist() == [ann[good_task["id"]]]
 
 
-def test_a_deleted_task_never_makes_the_campaign_complete(env, tmp_path, logs, client):
+def test_a_deleted_task_never_makes_the_campaign_complete(ls_settings, tmp_path, logs, client):
     """After a synced task is deleted in Label Studio, the remaining unlabelled task keeps the
     campaign open, so the default sync (open campaigns only) still fetches its annotation."""
-    first, second = _push(env, tmp_path, logs, "misuse-deleted", [36, 40])
+    first, second = _push(ls_settings, tmp_path, logs, "misuse-deleted", [36, 40])
     _annotate(client, first["id"], [GOOD])
-    assert api.sync_campaign("misuse-deleted", env).delivered == 1
+    assert api.sync_campaign("misuse-deleted", ls_settings).delivered == 1
     client.request("DELETE", f"/api/tasks/{first['id']}/")
-    api.sync_campaign("misuse-deleted", env)
-    store = get_store(env)
+    api.sync_campaign("misuse-deleted", ls_settings)
+    store = get_store(ls_settings)
     assert index.get(store, "misuse-deleted").state == "open"
-    assert api.status("misuse-deleted", env)["synced"] == 0
+    assert api.status("misuse-deleted", ls_settings)["synced"] == 0
     later = _annotate(client, second["id"], [GOOD])
-    out = api.sync_open_campaigns(env)
+    out = api.sync_open_campaigns(ls_settings)
     assert out.delivered == 1 and out.completed == ["misuse-deleted"]
     assert later in read_labels(store, "misuse-deleted")["annotation_id"].to_pylist()
 
 
-def test_a_renamed_project_is_reported_as_such(env, tmp_path, logs, client):
-    _push(env, tmp_path, logs, "misuse-renamed", [44])
+def test_a_renamed_project_is_reported_as_such(ls_settings, tmp_path, logs, client):
+    _push(ls_settings, tmp_path, logs, "misuse-renamed", [44])
     project = find_campaign(client, "misuse-renamed")
     assert project is not None
     client.request("PATCH", f"/api/projects/{project.project_id}", json={"title": "misuse-renamed-by-someone"})
     with pytest.raises(SyncError, match=r"no project titled 'misuse-renamed' .*renamed or deleted"):
-        api.sync_campaign("misuse-renamed", env)
-    out = api.sync_open_campaigns(env)
+        api.sync_campaign("misuse-renamed", ls_settings)
+    out = api.sync_open_campaigns(ls_settings)
     assert "Pushing again would create a new project" in out.failed["misuse-renamed"]

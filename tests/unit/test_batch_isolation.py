@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fleetloop.cli import app
-from fleetloop.settings import get_settings
+from tests.unit.test_query import _stocked_home  # noqa: F401 (fixture: home)
 
 runner = CliRunner()
 
@@ -179,20 +179,6 @@ def test_mine_calibrate_checks_the_params_file_directory_first(tmp_path, monkeyp
            f"{tmp_path / 'missing'} does not exist" in res.stderr
     res = runner.invoke(app, ["mine", "calibrate", str(empty), "--params-file", str(unwritable / "p.yaml"), "--json"])
     assert res.exit_code == 1 and "is not writable" in json.loads(res.stdout)["error"]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    from tests.unit.test_query import stock
-
-    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
-    get_settings.cache_clear()
-    from fleetloop.store.objects import get_store
-
-    stock(get_store(get_settings()))
-    yield tmp_path / "home"
-    get_settings.cache_clear()
 
 
 def test_mine_from_store_checks_out_before_mining_and_reports_write_errors(home, tmp_path, monkeypatch, unwritable):

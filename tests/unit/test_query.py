@@ -107,8 +107,9 @@ def test_log_ids_and_content_queries_need_the_store(store):
     assert select_logs(list_logs(store), LogQuery(since=T0)) == ["tue-7-rain", "tue-9-rain", "wed-7-fog"]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
+@pytest.fixture(name="home")
+def _stocked_home(tmp_path, monkeypatch):
+    """A fleetloop home whose local store holds the stocked logs of :func:`stock`."""
     monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
     get_settings.cache_clear()
