@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -51,16 +50,17 @@ def write_copies(dest: Path, copies: int) -> int:
 def child(cmd: list[str]) -> dict:
     """Run ``cmd`` and account for it alone (``os.wait4``): CPU (user + sys, all its threads),
     wall time and its own peak RSS (``RUSAGE_CHILDREN`` would give the largest of all children)."""
-    with tempfile.TemporaryFile("w+") as out:
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "250"})
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ, "COLUMNS": "250"})
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
-        text = out.read().strip()
+        err.seek(0)
+        text, errors = out.read().strip(), err.read().strip()
     if proc.returncode:
-        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {text[-2000:]}")
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}): {(text + chr(10) + errors)[-2000:]}")
     return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "wall_s": round(wall, 2),
             "peak_rss_mb": round(usage.ru_maxrss / 1024), "output": text}
 
@@ -87,17 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         frames = write_copies(src, args.copies)
         print(f"{frames:,} frames ({args.copies} copies of the KITTI slice); machine: {os.cpu_count()} cores", flush=True)
         cmd = [str(Path(sys.executable).parent / "fleetloop"), "mine", str(src), "--camera-tracker", "yolox_sort",
-               "--out", str(Path(tmp) / "ranked.csv")]
+               "--out", str(Path(tmp) / "ranked.csv"), "--json"]
         if args.shard_logs:
             cmd += ["--shard-logs", str(args.shard_logs)]
         fl = child(cmd)
-        text = fl["output"].replace("\n", " ")
-        stages = {}
-        m = re.search(r"cpu seconds: (\{[^}]*\})", text)
-        if m:
-            stages = json.loads(m.group(1).replace("'", '"'))
-        m = re.search(r"; seconds: (\{[^}]*\})", text)
-        wall_stages = json.loads(m.group(1).replace("'", '"')) if m else {}
+        summary = json.loads(fl["output"])  # ``--json``: the run's summary, its per-stage seconds included
+        stages, wall_stages = summary["cpu_seconds"], summary["seconds"]
         ref = None if args.no_reference else child(
             [sys.executable, str(REFERENCE), "--data", str(src), "--camera-tracker", "yolox_sort",
              "--out", str(Path(tmp) / "ref.csv")])

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fleetloop.dataset.params import GrowParams
 from fleetloop.drift.params import DriftParams
 from fleetloop.mine.params import MiningParams
+from fleetloop.problems import first_problem
 from fleetloop.registry.params import PromoteParams
 from fleetloop.train.params import TrainParams
 
@@ -95,11 +96,8 @@ def _validate(model: type[M], data: dict[str, Any], path: Path | str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")  # a validator's own words, without pydantic's label
-        more = exc.error_count() - 1
-        raise ParamsError(f"{path}: {where}: {message}" + (f" (and {more} more problem(s))" if more else "")) from exc
+        first, more = first_problem(exc)
+        raise ParamsError(f"{path}: {first}" + (f" (and {more} more problem(s))" if more else "")) from exc
 
 
 def load_params(path: Path | str | None = None) -> LoopParams:

@@ -44,10 +44,12 @@ def describe(exc: BaseException) -> str:
         return f"invalid settings (FLEETLOOP_* environment or .env): {exc}"
     if not isinstance(exc, ValidationError):
         return str(exc)
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    from fleetloop.problems import problems
+
+    found = "; ".join(f"{p.where or 'value'}: {p.what}" for p in problems(exc))
     if exc.title == "Settings":
-        return f"invalid settings (FLEETLOOP_* environment or .env): {problems}"
-    return problems
+        return f"invalid settings (FLEETLOOP_* environment or .env): {found}"
+    return found
 
 
 def _finite(obj: Any) -> Any:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, ValidationError, ValidationInfo
 
 from fleetloop.cycle import week_start
+from fleetloop.problems import first_problem
 from fleetloop.store.ids import LOG_ID_PATTERN, check_log_id
 from fleetloop.store.query import TAG_NAMES, LogQuery
 
@@ -26,9 +27,7 @@ def _by_log_query(**fields: Any) -> None:
     try:
         LogQuery.model_validate(fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        cause = (first.get("ctx") or {}).get("error")
-        raise ValueError(str(cause) if cause is not None else first["msg"]) from None
+        raise ValueError(first_problem(exc)[0].what) from None
 
 
 def _tag(value: str) -> str:

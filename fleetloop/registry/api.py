@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fleetloop.problems import first_problem
 from fleetloop.registry import aliases as _aliases
 from fleetloop.registry import versions as _versions
 from fleetloop.registry.blobs import download_files, scan_model_dir, upload_files
@@ -110,15 +111,6 @@ def _read_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> tuple[str, 
     return source, data
 
 
-def _first_error(exc: ValidationError, skip: int = 0) -> tuple[str, str]:
-    """(``"where: "`` or ``""`` for the whole object, what) of a validation error's first
-    problem, for a one-line message."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"][skip:])
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    return (f"{where}: " if where else ""), msg
-
-
 def load_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> Metrics:
     """Parse ``metrics.json`` (a path or its parsed content), as stored cards hold it (lenient:
     :class:`~fleetloop.registry.models.Registration` checks the metrics of a new version)."""
@@ -128,8 +120,7 @@ def load_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> Metrics:
     try:
         return Metrics.model_validate(data)
     except ValidationError as exc:
-        where, msg = _first_error(exc)
-        raise MetricsError(f"{source}: {where}{msg} (expected the evaluate stage's metrics.json)") from exc
+        raise MetricsError(f"{source}: {first_problem(exc)[0]} (expected the evaluate stage's metrics.json)") from exc
 
 
 def check_registration(metrics: Path | str | dict[str, Any] | Metrics, **lineage: Any) -> Registration:
@@ -141,11 +132,10 @@ def check_registration(metrics: Path | str | dict[str, Any] | Metrics, **lineage
     except ValidationError as exc:
         first = exc.errors()[0]
         if first["loc"] and first["loc"][0] == "metrics":
-            where, msg = _first_error(exc, skip=1)
             layout = "" if first["type"] == "value_error" else " (expected the evaluate stage's metrics.json)"
-            raise MetricsError(f"{source}: {where}{msg}{layout}") from None
-        where, msg = _first_error(exc)
-        raise InvalidRegistration(f"cannot register: {where.removesuffix(': ')} {first['input']!r}: {msg}") from None
+            raise MetricsError(f"{source}: {first_problem(exc, skip=1)[0]}{layout}") from None
+        where, what = first_problem(exc)[0]
+        raise InvalidRegistration(f"cannot register: {where} {first['input']!r}: {what}") from None
 
 
 class Registry:
