@@ -79,23 +79,31 @@ def register(app: typer.Typer) -> None:
 
     @logs_app.command("list")
     def list_cmd(
-        since: Annotated[datetime | None, typer.Option(help="Only logs that arrived at or after this time (UTC).")] = None,
+        since: Annotated[datetime | None, typer.Option(help="Only logs that arrived at or after this time (UTC "
+                                                       "unless it names a zone, e.g. 2026-11-23T08:00:00+01:00).")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """The logs in the store, oldest arrival first."""
+        """The logs in the store, oldest arrival first. A log whose manifest is not readable (a
+        foreign or damaged object) is named on stderr, one line each, the others are listed, and
+        the exit code is 1."""
         from fleetloop.settings import get_settings
         from fleetloop.store.logs import LogIntegrityError, list_logs
         from fleetloop.store.objects import StorageError, get_store
 
+        problems: dict[str, str] = {}
         try:
-            manifests = list_logs(get_store(get_settings()), since=since)
+            manifests = list_logs(get_store(get_settings()), since=since, inclusive=True, problems=problems)
         except (StorageError, LogIntegrityError) as exc:
             raise fail(exc, 1, as_json=as_json) from None
         if as_json:
             print_json([m.model_dump(mode="json") for m in manifests])
-            return
-        table = Table("log_id", "frames", "arrived_at", "source")
-        for m in manifests:
-            table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), escape(m.source))
-        console.print(table)
-        console.print(f"{len(manifests)} logs")
+        else:
+            table = Table("log_id", "frames", "arrived_at", "source")
+            for m in manifests:
+                table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), escape(m.source))
+            console.print(table)
+            console.print(f"{len(manifests)} logs" + (f", {len(problems)} not listed (unreadable)" if problems else ""))
+        for log_id, why in problems.items():
+            err.print(f"[red]not listed[/] {escape(log_id)}: {escape(why)}", highlight=False)
+        if problems:
+            raise typer.Exit(1)

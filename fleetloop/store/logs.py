@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -198,11 +198,18 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _parse_manifest(data: bytes, key: str, store: Store) -> LogManifest:
+def _parse_manifest(data: bytes, key: str, store: Store, log_id: str) -> LogManifest:
     try:
-        return LogManifest.model_validate_json(data)
-    except ValidationError as exc:
-        raise LogIntegrityError(f"{store.location}: manifest {key} is not a valid log manifest: {exc}") from None
+        m = LogManifest.model_validate_json(data)
+    except ValidationError as exc:  # one line: pydantic's own text spans lines and links to its docs
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'content'}: {e['msg']}" for e in exc.errors()[:3])
+        more = f"; and {exc.error_count() - 3} more" if exc.error_count() > 3 else ""
+        raise LogIntegrityError(f"{store.location}: manifest {key} is not a valid log manifest "
+                                f"({problems}{more})") from None
+    if m.log_id != log_id:  # a manifest copied under another log's folder would serve that log's streams
+        raise LogIntegrityError(f"{store.location}: manifest {key} names log {m.log_id!r}, not {log_id!r} "
+                                "(copied or moved by hand?)")
+    return m
 
 
 def get_manifest(store: Store, log_id: str) -> LogManifest | None:
@@ -212,7 +219,7 @@ def get_manifest(store: Store, log_id: str) -> LogManifest | None:
         data = store.get_bytes(key)
     except ObjectNotFound:
         return None
-    return _parse_manifest(data, key, store)
+    return _parse_manifest(data, key, store, log_id)
 
 
 def _get_versioned_manifest(store: Store, log_id: str) -> tuple[LogManifest, str] | None:
@@ -221,7 +228,7 @@ def _get_versioned_manifest(store: Store, log_id: str) -> tuple[LogManifest, str
         data, etag = store.get_versioned(key)
     except ObjectNotFound:
         return None
-    return _parse_manifest(data, key, store), etag
+    return _parse_manifest(data, key, store, log_id), etag
 
 
 def _conflict(store: Store, existing: LogManifest, sha: str) -> LogConflictError:
@@ -373,17 +380,27 @@ def get_log(store: Store, log_id: str, *, verify: bool = True) -> DriveLogs:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def list_logs(store: Store, since: datetime | None = None) -> list[LogManifest]:
-    """Manifests of the logs that arrived strictly after ``since`` (all when None), oldest first.
+def list_logs(store: Store, since: datetime | None = None, *, inclusive: bool = False,
+              problems: dict[str, str] | None = None) -> list[LogManifest]:
+    """Manifests of the logs that arrived strictly after ``since`` (all when None), oldest first;
+    at or after ``since`` when ``inclusive`` (a window's start, a user's ``--since``).
 
     Reads the arrival-index entries after ``since`` and the manifest of each log they name; an
     entry counts only when the manifest names the same arrival (entries of writers that lost a
     race, died before their manifest or were replaced are skipped). Naive datetimes are UTC.
+
+    A manifest that is not a valid log manifest (a foreign or damaged object) raises
+    :class:`LogIntegrityError` naming its key; with ``problems`` (a dict) it is recorded there
+    instead (log id -> one-line reason) and the other logs are listed.
     """
     start_after = None
     if since is not None:
+        since = _as_utc(since)
+        if inclusive:  # arrival keys have microsecond precision: strictly after the microsecond before
+            since = since - timedelta(microseconds=1) if since > datetime.min.replace(tzinfo=UTC) else None
+    if since is not None:
         # "~" sorts after every character a log id may contain: keys at exactly `since` are skipped.
-        start_after = f"{ARRIVALS_PREFIX}{_as_utc(since).strftime(_TIME_KEY)}_~"
+        start_after = f"{ARRIVALS_PREFIX}{since.strftime(_TIME_KEY)}_~"
     manifests: dict[str, LogManifest | None] = {}
     found: dict[str, LogManifest] = {}
     for key in store.list(ARRIVALS_PREFIX, start_after=start_after):
@@ -394,6 +411,11 @@ def list_logs(store: Store, since: datetime | None = None) -> list[LogManifest]:
             try:
                 manifests[log_id] = get_manifest(store, log_id)
             except InvalidLogIdError:  # not an entry this code wrote
+                manifests[log_id] = None
+            except LogIntegrityError as exc:
+                if problems is None:
+                    raise
+                problems[log_id] = str(exc)
                 manifests[log_id] = None
         m = manifests[log_id]
         if m is not None and _arrival_key(m) == key:

@@ -202,6 +202,9 @@ class LocalStore(Store):
         # Walk only the deepest directory the prefix names, then filter by string prefix.
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         keys: list[str] = []
+        if self.root.exists() and not self.root.is_dir():  # a misconfigured root is not an empty store
+            raise StorageError(f"local store {self.root}: list {prefix!r} failed: the store's root is not a directory "
+                               "(check FLEETLOOP_STORAGE__LOCAL_ROOT / FLEETLOOP_HOME)")
         if not base.is_dir():
             return keys
         try:

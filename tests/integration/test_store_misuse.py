@@ -1,0 +1,88 @@
+"""The log store with objects fleetloop did not write, against a local directory and a real S3
+HTTP server (moto): one foreign or damaged manifest is one clear line naming it, and every other
+log is still listed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fleetloop.cli import app
+from fleetloop.settings import S3Settings, get_settings
+from fleetloop.store.logs import ARRIVALS_PREFIX, LogIntegrityError, list_logs, put_log
+from fleetloop.store.objects import LocalStore, S3Store, make_s3_client
+from tests.factory_logs import make_log
+
+pytest_plugins = ["tests.fixtures_s3"]
+
+
+@pytest.fixture(params=["local", "s3"])
+def configured(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch):
+    """A store and the FLEETLOOP_* environment that makes the CLI use it."""
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FLEETLOOP_STORAGE__LOCAL_ROOT", raising=False)
+    if request.param == "local":
+        monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+        store = LocalStore(tmp_path / "home" / "store")
+    else:
+        s3: S3Settings = request.getfixturevalue("s3_settings")
+        monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "s3")
+        monkeypatch.setenv("FLEETLOOP_STORAGE__S3__BUCKET", s3.bucket)
+        monkeypatch.setenv("FLEETLOOP_STORAGE__S3__ENDPOINT_URL", s3.endpoint_url or "")
+        store = S3Store(s3.bucket, "", make_s3_client(s3))
+    get_settings.cache_clear()
+    yield store
+    get_settings.cache_clear()
+
+
+def test_a_foreign_manifest_is_named_in_one_line_and_the_other_logs_are_still_listed(configured) -> None:
+    store = configured
+    put_log(store, make_log("drive-a", 2), "test")
+    put_log(store, make_log("drive-b", 2, seed=1), "test")
+    # a foreign object where a manifest belongs, with an arrival entry naming it (a copy tool, a
+    # hand edit or another program's writer), and foreign keys beside the index entries
+    store.put_bytes("logs/foreign/manifest.json", b"garbage, not JSON")
+    store.put_bytes(f"{ARRIVALS_PREFIX}20261206T000000.000000Z_foreign.json", b"{}")
+    store.put_bytes(f"{ARRIVALS_PREFIX}README", b"not an entry")
+
+    with pytest.raises(LogIntegrityError) as exc:  # strict by default (mining, drift, the cycle)
+        list_logs(store)
+    assert "\n" not in str(exc.value)  # one line (pydantic's own text spans lines)
+    assert "logs/foreign/manifest.json is not a valid log manifest" in str(exc.value)
+
+    problems: dict[str, str] = {}
+    assert [m.log_id for m in list_logs(store, problems=problems)] == ["drive-a", "drive-b"]
+    assert list(problems) == ["foreign"] and "logs/foreign/manifest.json" in problems["foreign"]
+
+    res = CliRunner().invoke(app, ["logs", "list", "--json"])
+    assert res.exit_code == 1  # partial: the readable logs listed, the exit code says not all were
+    assert [m["log_id"] for m in json.loads(res.stdout)] == ["drive-a", "drive-b"]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("not listed foreign: ")
+    assert "logs/foreign/manifest.json is not a valid log manifest" in lines[0]
+
+    res = CliRunner().invoke(app, ["logs", "list"], env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and "2 logs, 1 not listed (unreadable)" in res.stdout
+    assert "drive-a" in res.stdout and "drive-b" in res.stdout
+
+
+def test_a_manifest_copied_under_another_logs_folder_is_refused_not_served_as_that_log(configured) -> None:
+    """``logs/drive-x/manifest.json`` holding drive-a's manifest (a copy or move by hand) used to be
+    skipped by the listing without a word, and ``get_log("drive-x")`` returned drive-a's frames."""
+    from fleetloop.store.logs import get_log
+
+    store = configured
+    put_log(store, make_log("drive-a", 2), "test")
+    body = store.get_bytes("logs/drive-a/manifest.json")
+    store.put_bytes("logs/drive-x/manifest.json", body)
+    store.put_bytes(f"{ARRIVALS_PREFIX}20261206T000000.000000Z_drive-x.json", body)
+
+    with pytest.raises(LogIntegrityError, match=r"manifest logs/drive-x/manifest.json names log 'drive-a', not 'drive-x'"):
+        get_log(store, "drive-x")
+    problems: dict[str, str] = {}
+    assert [m.log_id for m in list_logs(store, problems=problems)] == ["drive-a"]
+    assert list(problems) == ["drive-x"] and "names log 'drive-a'" in problems["drive-x"]
+    assert get_log(store, "drive-a").log_ids == ["drive-a"]
