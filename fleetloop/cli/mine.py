@@ -326,7 +326,9 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
     try:
         q = LogQuery.model_validate(query)
     except ValidationError as exc:
-        raise fail(f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", 2, as_json=as_json, prefix="bad query") from None
+        from fleetloop.problems import first_problem
+
+        raise fail(str(first_problem(exc)[0]), 2, as_json=as_json, prefix="bad query") from None
     try:
         store = get_store(get_settings())
         ids = select_logs(list_logs(store, since=None), q, store)

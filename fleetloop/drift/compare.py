@@ -31,17 +31,20 @@ class DriftOutcome(BaseModel):
     report_key: str | None = None
     summary_key: str | None = None
     summary: DriftSummary | None = None
+    unreadable_logs: dict[str, str] = Field(default_factory=dict)  # log id -> why it was left out (gone, damaged)
 
     def headline(self) -> str:
         """One line for a person: whether the traffic drifted, why, and where mining is steered
         (a drift alert is news, not a failure of the cycle)."""
+        left_out = (f"; {len(self.unreadable_logs)} unreadable logs left out ({', '.join(sorted(self.unreadable_logs))})"
+                    if self.unreadable_logs else "")
         if self.verdict is None:
-            return self.reason
+            return self.reason + left_out
         why = "; ".join(self.verdict.reasons)
         if self.verdict.passed:
-            return f"no drift alert ({why})" if why else "no drift alert"
+            return (f"no drift alert ({why})" if why else "no drift alert") + left_out
         steer = describe_steering(self.slice_boost)
-        return f"drift alert: {why}" + (f"; mining steered toward {steer}" if steer else "")
+        return f"drift alert: {why}" + (f"; mining steered toward {steer}" if steer else "") + left_out
 
 
 def describe_steering(boost: dict[str, float]) -> str:
@@ -64,7 +67,7 @@ def compare(
     stamp: str,
 ) -> DriftOutcome:
     """Compare two windows of logs; the HTML report and summary go to ``drift/reports/<stamp>/``."""
-    from fleetloop.drift import monitor_drift
+    from fleetloop.drift import DriftInputError, monitor_drift
 
     ref_ids, cur_ids = sorted(reference.log_ids), sorted(current.log_ids)
     if not ref_ids or not cur_ids:
@@ -72,7 +75,12 @@ def compare(
         return DriftOutcome(status="skipped", reason=why, reference_logs=ref_ids, current_logs=cur_ids)
     prefix = f"{DRIFT}reports/{stamp}"
     with tempfile.TemporaryDirectory() as tmp:
-        result = monitor_drift(reference, current, tmp, threshold=params.threshold, drift_share=params.alert_share)
+        try:
+            result = monitor_drift(reference, current, tmp, threshold=params.threshold, drift_share=params.alert_share,
+                                   significance=params.significance)
+        except DriftInputError as exc:  # e.g. every feature constant in both windows: news, not a crash
+            return DriftOutcome(status="skipped", reason=f"nothing to compare: {exc}", reference_logs=ref_ids,
+                                current_logs=cur_ids)
         for name in ("drift_report.html", "summary.json"):
             store.put_file(f"{prefix}/{name}", Path(tmp) / name)
     s = result.summary

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fleetloop.drift.chance import DEFAULT_PERMUTATIONS, DEFAULT_SIGNIFICANCE, chance_check
 from fleetloop.drift.features import META_COLUMNS
 from fleetloop.drift.summary import (
     DriftSummary,
@@ -73,8 +74,9 @@ class DriftResult:
         return path
 
     def html_verdicts(self) -> dict[str, bool]:
-        """Per feature, the verdict the HTML report shows (equal to ``summary`` unless the HTML
-        was drawn from a sample, when a feature near its threshold can differ)."""
+        """Per feature, the verdict the HTML report shows: Evidently's, by the threshold alone
+        (equal to ``summary``'s ``over_threshold`` unless the HTML was drawn from a sample, when a
+        feature near its threshold can differ)."""
         kinds = {name: fd.kind for name, fd in self.summary.features.items()}
         features, _ = _parse(self._snapshot.dict(), [n for n, k in kinds.items() if k == "numerical"],
                              [n for n, k in kinds.items() if k == "categorical"])
@@ -114,12 +116,17 @@ def compute_drift(
     cat_method: str = CAT_METHOD,
     columns: list[str] | None = None,
     trend_tolerance: float = 0.05,
+    significance: float = DEFAULT_SIGNIFICANCE,
+    permutations: int = DEFAULT_PERMUTATIONS,
     seed: int = 0,
 ) -> DriftResult:
     """Compare ``current`` with ``reference`` (feature frames, one row per frame).
 
     ``columns``: the features to compare (default: every non-meta column of ``reference``;
-    numeric dtypes are numerical, object / category / bool are categorical)."""
+    numeric dtypes are numerical, object / category / bool are categorical). A feature drifts
+    when its distance is at or over ``threshold`` and, where the frames carry ``log_id``, when
+    random deals of the windows' logs are as far apart with probability at most ``significance``
+    (:mod:`fleetloop.drift.chance`)."""
     _check_inputs(reference, current, threshold, drift_share, display_sample)
     num_all, cat_all = feature_columns(reference)
     if columns is not None:
@@ -159,8 +166,13 @@ def compute_drift(
         ref_s, cur_s = ref, cur
 
     features, tests = _parse(stats if isinstance(stats, dict) else stats.dict(), num, cat)
+    chance = chance_check(reference, current, num, cat, significance=significance, permutations=permutations, seed=seed)
     for name, fd in features.items():
         _describe(fd, reference[name], current[name])
+        fd.over_threshold = fd.drifted
+        fd.p_value = chance.p_values.get(name)
+        if fd.p_value is not None:
+            fd.drifted = fd.drifted and fd.p_value <= significance
     drifted = [n for n, f in features.items() if f.drifted]
     share = len(drifted) / len(features)
     dataset_drift = share >= drift_share
@@ -169,7 +181,9 @@ def compute_drift(
             name="share of drifted features",
             status="fail" if dataset_drift else "pass",
             description=f"{len(drifted)} of {len(features)} features drifted ({share:.3f}); "
-            f"fails at {drift_share:.3f} or more",
+            f"fails at {drift_share:.3f} or more"
+            + (f" (drifted: at or over the threshold and p <= {significance:g} when the logs are re-dealt)"
+               if chance.applied else ""),
         )
     )
     summary = DriftSummary(
@@ -179,6 +193,8 @@ def compute_drift(
         current_rows=len(current),
         threshold=threshold,
         drift_share=drift_share,
+        significance=significance if chance.applied else None,
+        chance_check=chance.note,
         num_method=num_method,
         cat_method=cat_method,
         features=features,

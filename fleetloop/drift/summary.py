@@ -21,7 +21,9 @@ class FeatureDrift(BaseModel):
     method: str  # Evidently drift method, e.g. "wasserstein" (normed), "jensenshannon"
     threshold: float
     score: float | None  # the method's value: a distance (drift when >= threshold) or a p-value (drift when < threshold)
-    drifted: bool  # Evidently's verdict for this column (its test failed)
+    drifted: bool  # over the threshold (Evidently's test failed) and, where checked, p_value <= significance
+    over_threshold: bool | None = None  # Evidently's verdict alone (the HTML report shows it)
+    p_value: float | None = None  # share of random deals of the windows' logs at least this far apart (None: not checked)
     reference_mean: float | None = None  # numerical: mean over non-missing rows
     current_mean: float | None = None
     reference_missing: float = 0.0  # share of rows where the feature is missing (NaN)
@@ -68,6 +70,8 @@ class DriftSummary(BaseModel):
     current_rows: int
     threshold: float  # per-feature drift threshold of the fixed methods
     drift_share: float  # dataset drift when at least this share of the compared features drifted
+    significance: float | None = None  # a feature's p_value must be at most this (None: the check was not applied)
+    chance_check: str = ""  # how the log-level check ran, or why it did not (fleetloop.drift.chance)
     num_method: str
     cat_method: str
     features: dict[str, FeatureDrift]

@@ -14,12 +14,42 @@ from fleetloop.drift.steer import save_slice_boost
 from fleetloop.flows.common import params, store
 from fleetloop.flows.param_types import IsoWeek, LogId
 from fleetloop.schema import DriveLogs
-from fleetloop.store.logs import get_log, list_logs
+from fleetloop.store.logs import LogIntegrityError, LogNotFoundError, get_log, get_manifest, list_logs
 from fleetloop.store.objects import Store
 
 
-def load_logs(st: Store, log_ids: list[str]) -> DriveLogs:
-    return DriveLogs.concat([get_log(st, i) for i in sorted(log_ids)])
+def load_logs(st: Store, log_ids: list[str], unreadable: dict[str, str] | None = None) -> DriveLogs:
+    """The logs, concatenated. With ``unreadable`` (a dict), a log that is gone or damaged is
+    recorded there (log id -> one-line reason) and left out; without it, it raises."""
+    logs = []
+    for i in sorted(log_ids):
+        try:
+            logs.append(get_log(st, i))
+        except (LogNotFoundError, LogIntegrityError) as exc:
+            if unreadable is None:
+                raise
+            unreadable[i] = str(exc)
+    return DriveLogs.concat(logs)
+
+
+def drift_inputs(st: Store, week: str | None, current_logs: list[str] | None,
+                 reference_logs: list[str] | None) -> tuple[DriveLogs, DriveLogs, dict[str, str]]:
+    """The reference and current logs of the drift step: the given ids, or the logs that arrived
+    in ``week``'s window and the week before it; and the logs left out (log id -> reason).
+
+    A given id that is not in the store is an error (a typo is not "nothing to compare"); a log
+    of a window that is gone or damaged when read (deleted by hand, a stream missing, a corrupt
+    object) is left out and named, and the rest is compared."""
+    given = [i for ids in (current_logs, reference_logs) if ids is not None for i in ids]
+    missing = sorted({i for i in given if get_manifest(st, i) is None})
+    if missing:
+        raise LogNotFoundError(f"logs not in the store {st.location}: {', '.join(missing)}")
+    unreadable: dict[str, str] = {}
+    if current_logs is None or reference_logs is None:
+        week_current, week_reference = window_logs(st, week or iso_week(datetime.now(UTC)), problems=unreadable)
+        current_logs = current_logs if current_logs is not None else week_current
+        reference_logs = reference_logs if reference_logs is not None else week_reference
+    return load_logs(st, reference_logs, unreadable), load_logs(st, current_logs, unreadable), unreadable
 
 
 @flow(name="monitor-drift", log_prints=True)
@@ -38,19 +68,24 @@ def monitor_drift(
         reference_logs: With these logs; empty: those that arrived in the week before that.
     """
     st = store()
-    if current_logs is None or reference_logs is None:
-        week = week or iso_week(datetime.now(UTC))
-        cur_w, ref_w = cycle_window(week), reference_window(week)
-        manifests = list_logs(st, since=ref_w.start)
-        current_logs = current_logs if current_logs is not None else [
-            m.log_id for m in manifests if cur_w.contains(m.arrived_at)]
-        reference_logs = reference_logs if reference_logs is not None else [
-            m.log_id for m in manifests if ref_w.contains(m.arrived_at)]
-    outcome = compare(st, load_logs(st, reference_logs), load_logs(st, current_logs), params().drift,
-                      stamp=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    reference, current, unreadable = drift_inputs(st, week, current_logs, reference_logs)
+    outcome = compare(st, reference, current, params().drift, stamp=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    if unreadable:
+        outcome = outcome.model_copy(update={"unreadable_logs": unreadable})
     save_slice_boost(st, outcome.slice_boost, source=outcome.summary_key or "skipped")
     publish_drift(st, outcome)
     return outcome
+
+
+def window_logs(st: Store, week: str, problems: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """The ids of the logs that arrived in ``week``'s window and in its reference window (the week
+    before), each window ``[start, end)`` as :class:`fleetloop.cycle.Window` says. ``problems``:
+    see :func:`fleetloop.store.logs.list_logs` (a manifest that cannot be read is named there)."""
+    cur_w, ref_w = cycle_window(week), reference_window(week)
+    # inclusive: a log arriving at the very start of the reference window is in it
+    manifests = list_logs(st, since=ref_w.start, inclusive=True, problems=problems)
+    return ([m.log_id for m in manifests if cur_w.contains(m.arrived_at)],
+            [m.log_id for m in manifests if ref_w.contains(m.arrived_at)])
 
 
 def publish_drift(st: Store, outcome: DriftOutcome) -> None:
@@ -58,9 +93,15 @@ def publish_drift(st: Store, outcome: DriftOutcome) -> None:
     from prefect.events import emit_event
 
     logger = get_run_logger()
+    left_out = "".join(f"\n- `{k}`: {v}" for k, v in outcome.unreadable_logs.items())
+    if left_out:
+        left_out = f"\n\n**Left out, not readable ({len(outcome.unreadable_logs)} logs):**{left_out}"
+    for log_id, why in outcome.unreadable_logs.items():
+        logger.warning("drift: log %s left out: %s", log_id, why)
     if outcome.status == "skipped" or outcome.summary is None:
         logger.warning(outcome.reason)
-        create_markdown_artifact(key="drift-summary", markdown=f"# Drift monitoring skipped\n\n{outcome.reason}.")
+        create_markdown_artifact(key="drift-summary",
+                                 markdown=f"# Drift monitoring skipped\n\n{outcome.reason}.{left_out}")
         return
     s = outcome.summary
     if s.dataset_drift:
@@ -79,7 +120,8 @@ def publish_drift(st: Store, outcome: DriftOutcome) -> None:
         report_url = outcome.report_key
     top = sorted(s.features.values(), key=lambda f: (not f.drifted, f.name))[:15]
     rows = "\n".join(f"| {f.name} | {f.method} | {'' if f.score is None else f'{f.score:.3g}'} | "
-                     f"{'**drifted**' if f.drifted else 'ok'} |" for f in top)
+                     f"{'' if f.p_value is None else f'{f.p_value:.3f}'} | {'**drifted**' if f.drifted else 'ok'} |"
+                     for f in top)
     boosts = ", ".join(f"{k} ×{v:g}" for k, v in outcome.slice_boost.items()) or "none"
     md = f"""# Drift: {len(outcome.current_logs)} current logs vs {len(outcome.reference_logs)} reference logs
 
@@ -88,10 +130,13 @@ alert share {100 * s.drift_share:.0f}%. Tests: {s.tests_passed} passed, {s.tests
 
 Slices steered into mining: {boosts}
 
-| feature | method | score | verdict |
-|---|---|---|---|
+| feature | method | score | p (logs re-dealt) | verdict |
+|---|---|---|---|---|
 {rows}
 
-Report: [{outcome.report_key}]({report_url}) · summary: `{outcome.summary_key}`
+A feature drifts when its score is at or over {s.threshold:g} and, where checked, p is at most
+{s.significance if s.significance is not None else 1:g}: {s.chance_check}.
+
+Report: [{outcome.report_key}]({report_url}) · summary: `{outcome.summary_key}`{left_out}
 """
     create_markdown_artifact(key="drift-summary", markdown=md, description="Drift of production traffic")

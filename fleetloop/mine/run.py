@@ -65,10 +65,10 @@ class MiningSummary(BaseModel):
 
 def plan_mining(store, params, budget: int | None, *, since: datetime | None = None,
                 log_ids: list[str] | None = None, frames_per_shard: int = 50_000) -> MiningRun:
-    """Which logs, in which shards, under which run key."""
+    """Which logs (arrived at or after ``since``), in which shards, under which run key."""
     from fleetloop.store.logs import list_logs
 
-    manifests = list_logs(store, since=since)
+    manifests = list_logs(store, since=since, inclusive=True)
     if log_ids is not None:
         wanted = set(log_ids)
         missing = wanted - {m.log_id for m in manifests}
