@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from fleetloop.cli.output import JsonOpt, fail, grouped, keep_whole, print_json
@@ -331,14 +332,18 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
         raise fail(str(first_problem(exc)[0]), 2, as_json=as_json, prefix="bad query") from None
     try:
         store = get_store(get_settings())
-        ids = select_logs(list_logs(store, since=None), q, store)
+        unlisted: dict[str, str] = {}  # manifests that are not valid log manifests: named, the rest mined
+        ids = select_logs(list_logs(store, since=None, problems=unlisted), q, store)
         if not ids:
-            raise fail(f"no stored logs match ({q.describe()})", 1, as_json=as_json)
+            also = f"; not listed: {', '.join(unlisted)}" if unlisted else ""
+            raise fail(f"no stored logs match ({q.describe()}){also}", 1, as_json=as_json)
         run = mining.plan_mining(store, mp, budget, log_ids=ids)
         shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
         summary = mining.finish_mining(store, run, shards, mp)
     except (LogQueryError, LookupError, StorageError) as exc:
         raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
+    for log_id, why in summary.unreadable.items():
+        console.print(f"[yellow]left out[/] {escape(log_id)}: {escape(why)}", highlight=False)
     import pyarrow as pa
 
     from fleetloop.mine.ranking import select, select_cost
@@ -358,7 +363,7 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
     if as_json:
         print_json({"ok": True, "out": str(out), "frames": table.num_rows, "logs": len(ids), "query": q.describe(),
                     "run": summary.run_key, "params": str(source) if source else None,
-                    "judged_camera": summary.judged_camera})
+                    "judged_camera": summary.judged_camera, "unreadable": summary.unreadable})
     elif not quiet:
         console.print(f"[green]wrote {out}[/]: {table.num_rows:,} frames from {len(ids)} logs matching "
                       f"({q.describe()}); run {summary.run_key}; params: {source or 'defaults'}; judged camera stream: "

@@ -14,22 +14,8 @@ from fleetloop.drift.steer import save_slice_boost
 from fleetloop.flows.common import params, store
 from fleetloop.flows.param_types import IsoWeek, LogId
 from fleetloop.schema import DriveLogs
-from fleetloop.store.logs import LogIntegrityError, LogNotFoundError, get_log, get_manifest, list_logs
+from fleetloop.store.logs import LogNotFoundError, get_manifest, list_logs, read_logs
 from fleetloop.store.objects import Store
-
-
-def load_logs(st: Store, log_ids: list[str], unreadable: dict[str, str] | None = None) -> DriveLogs:
-    """The logs, concatenated. With ``unreadable`` (a dict), a log that is gone or damaged is
-    recorded there (log id -> one-line reason) and left out; without it, it raises."""
-    logs = []
-    for i in sorted(log_ids):
-        try:
-            logs.append(get_log(st, i))
-        except (LogNotFoundError, LogIntegrityError) as exc:
-            if unreadable is None:
-                raise
-            unreadable[i] = str(exc)
-    return DriveLogs.concat(logs)
 
 
 def drift_inputs(st: Store, week: str | None, current_logs: list[str] | None,
@@ -49,7 +35,7 @@ def drift_inputs(st: Store, week: str | None, current_logs: list[str] | None,
         week_current, week_reference = window_logs(st, week or iso_week(datetime.now(UTC)), problems=unreadable)
         current_logs = current_logs if current_logs is not None else week_current
         reference_logs = reference_logs if reference_logs is not None else week_reference
-    return load_logs(st, reference_logs, unreadable), load_logs(st, current_logs, unreadable), unreadable
+    return read_logs(st, reference_logs, unreadable), read_logs(st, current_logs, unreadable), unreadable
 
 
 @flow(name="monitor-drift", log_prints=True)

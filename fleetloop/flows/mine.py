@@ -101,6 +101,8 @@ def mine(
     futures = [mine_shard_task.submit(run.key, i, logs, params) for i, logs in enumerate(run.shards)]
     shards = [f.result() for f in futures]
     summary = mining.finish_mining(st, run, shards, params)
+    for log_id, why in summary.unreadable.items():
+        logger.warning("left out %s (a rerun retries it): %s", log_id, why)
     publish_mining_artifacts(summary, query.describe())
     return summary
 
@@ -117,6 +119,8 @@ def publish_mining_artifacts(summary: mining.MiningSummary, query: str = "all lo
     reasons = "\n".join(f"| {r} | {n:,} |" for r, n in list(summary.reasons.items())[:15]) or "| (none) | 0 |"
     skipped = "\n".join(f"- {s}" for s in summary.skipped) or "- none"
     boosts = ", ".join(f"{k} ×{v:g}" for k, v in summary.slice_boost.items()) or "none"
+    left_out = ("**Left out (unreadable; a rerun retries them):** "
+                + "; ".join(f"`{k}`: {v}" for k, v in summary.unreadable.items()) + "\n") if summary.unreadable else ""
     md = f"""# Mining run `{summary.run_key}`{' (reused: same inputs as an earlier run)' if summary.reused else ''}
 
 **Query:** {query}
@@ -125,7 +129,7 @@ def publish_mining_artifacts(summary: mining.MiningSummary, query: str = "all lo
 **Selected:** {summary.selected:,} frames (budget {summary.budget if summary.budget else 'none: every frame ranked'}).
 **Drift boosts:** {boosts}
 **Judged camera stream:** {', '.join(summary.judged_camera) or 'none (no camera stream)'} (every other camera stream is evidence)
-
+{left_out}
 | reason | frames |
 |---|---|
 {reasons}

@@ -25,12 +25,13 @@ from fleetloop.cycle import CycleRecord, StepRecord, campaign_name, iso_week, lo
 from fleetloop.dataset.config import dataset_config
 from fleetloop.flows.common import params, settings, store
 from fleetloop.flows.dataset import grow_dataset
-from fleetloop.flows.drift import load_logs, publish_drift
+from fleetloop.flows.drift import publish_drift
 from fleetloop.flows.label import label_push, label_sync
 from fleetloop.flows.mine import mine
 from fleetloop.flows.param_types import IsoWeek
 from fleetloop.flows.train import retrain_flow
 from fleetloop.recalibrate import Recalibration, recalibrate
+from fleetloop.store.logs import read_logs
 
 
 def labeling_configured() -> bool:
@@ -108,7 +109,7 @@ def weekly_cycle(
         def drift_step() -> tuple[str, dict[str, Any]]:
             from fleetloop.drift.compare import compare
 
-            outcome = compare(st, load_logs(st, [m.log_id for m in plan.reference_logs]), load_logs(st, plan.log_ids),
+            outcome = compare(st, read_logs(st, [m.log_id for m in plan.reference_logs]), read_logs(st, plan.log_ids),
                               loop.drift, stamp=f"{week}-{plan.key}")
             publish_drift(st, outcome)
             boost.update(outcome.slice_boost)

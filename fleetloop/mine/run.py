@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from fleetloop.schema import DriveLogs
 from fleetloop.store import keys
 from fleetloop.store.objects import table_from_bytes, table_to_bytes
 
@@ -32,6 +31,7 @@ class MiningRun(BaseModel):
     log_ids: list[str]
     shards: list[list[str]]
     budget: int | None
+    unlisted: dict[str, str] = Field(default_factory=dict)  # manifests that are not valid log manifests
 
 
 class ShardOutput(BaseModel):
@@ -41,6 +41,7 @@ class ShardOutput(BaseModel):
     flags: int
     skipped: list[str] = Field(default_factory=list)
     judged_camera: str | None = None  # the camera stream whose errors count (None: no camera)
+    unreadable: dict[str, str] = Field(default_factory=dict)  # logs left out: gone or damaged when read
     resumed: bool = False
 
 
@@ -55,6 +56,7 @@ class MiningSummary(BaseModel):
     reasons: dict[str, int]  # reason -> number of frames flagged with it
     skipped: list[str]
     judged_camera: list[str] = Field(default_factory=list)  # the judged camera stream of the shards
+    unreadable: dict[str, str] = Field(default_factory=dict)  # logs left out (log id -> why); a rerun retries them
     slice_boost: dict[str, float]
     ranked_key: str
     selected_key: str
@@ -68,7 +70,8 @@ def plan_mining(store, params, budget: int | None, *, since: datetime | None = N
     """Which logs (arrived at or after ``since``), in which shards, under which run key."""
     from fleetloop.store.logs import list_logs
 
-    manifests = list_logs(store, since=since, inclusive=True)
+    unlisted: dict[str, str] = {}
+    manifests = list_logs(store, since=since, inclusive=True, problems=unlisted)
     if log_ids is not None:
         wanted = set(log_ids)
         missing = wanted - {m.log_id for m in manifests}
@@ -94,7 +97,8 @@ def plan_mining(store, params, budget: int | None, *, since: datetime | None = N
             current, n = [], 0
     if current:
         shards.append(current)
-    return MiningRun(key=h.hexdigest()[:16], log_ids=[m.log_id for m in manifests], shards=shards, budget=budget)
+    return MiningRun(key=h.hexdigest()[:16], log_ids=[m.log_id for m in manifests], shards=shards, budget=budget,
+                     unlisted=unlisted)
 
 
 def _run_prefix(run_key: str) -> str:
@@ -102,20 +106,24 @@ def _run_prefix(run_key: str) -> str:
 
 
 def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> ShardOutput:
-    """Mine one shard of logs; its ranked frames go to the store. Skips a finished shard."""
+    """Mine one shard of logs; its ranked frames go to the store. Skips a finished shard. A log
+    that is gone or damaged when read is left out and named (``unreadable``); the others are
+    mined, and the shard is done only without such logs (a rerun retries them)."""
     from fleetloop.mine.mining import mine
-    from fleetloop.store.logs import get_log
+    from fleetloop.store.logs import read_logs
 
     key = f"{_run_prefix(run_key)}/shards/{index:05d}.parquet"
     meta_key = f"{_run_prefix(run_key)}/shards/{index:05d}.json"
     if store.exists(meta_key):
         out = ShardOutput.model_validate_json(store.get_bytes(meta_key))
-        return out.model_copy(update={"resumed": True})
-    logs = DriveLogs.concat([get_log(store, log_id) for log_id in log_ids])
+        if not out.unreadable:
+            return out.model_copy(update={"resumed": True})
+    unreadable: dict[str, str] = {}
+    logs = read_logs(store, log_ids, unreadable)
     result = mine(logs, params)
     store.put_bytes(key, table_to_bytes(result.frames))
     out = ShardOutput(index=index, key=key, frames=result.frames.num_rows, flags=result.flags.num_rows,
-                      skipped=list(result.skipped), judged_camera=result.judged_camera)
+                      skipped=list(result.skipped), judged_camera=result.judged_camera, unreadable=unreadable)
     store.put_bytes(meta_key, out.model_dump_json().encode())  # written last: marks the shard done
     return out
 
@@ -126,12 +134,16 @@ def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_
 
     prefix = _run_prefix(run.key)
     summary_key = f"{prefix}/summary.json"
-    if store.exists(summary_key):
+    unreadable = run.unlisted | {k: v for s in shards for k, v in s.unreadable.items()}
+    if store.exists(summary_key) and not unreadable:
         summary = MiningSummary.model_validate_json(store.get_bytes(summary_key))
-        return summary.model_copy(update={"reused": True})
+        if not summary.unreadable:
+            return summary.model_copy(update={"reused": True})
     frames = pa.concat_tables([table_from_bytes(store.get_bytes(s.key)) for s in shards]) if shards else None
     if frames is None or frames.num_rows == 0:
-        raise LookupError("no frames to mine: the store holds no logs for this selection")
+        why = "; ".join(f"{k}: {v}" for k, v in list(unreadable.items())[:3])
+        raise LookupError("no frames to mine: " + (f"every log of this selection is unreadable ({why})" if why
+                                                   else "the store holds no logs for this selection"))
     ranked = rank(frames)
     selected = select(ranked, run.budget, params) if run.budget else ranked
     ranked_key, selected_key = f"{prefix}/ranked.parquet", f"{prefix}/selected.csv"
@@ -148,7 +160,7 @@ def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_
         run_key=run.key, logs=len(run.log_ids), frames=ranked.num_rows, flags=sum(s.flags for s in shards),
         flagged_frames=int((scores > 0).sum()), selected=selected.num_rows, budget=run.budget,
         reasons=dict(sorted(reasons.items(), key=lambda kv: -kv[1])), skipped=skipped,
-        judged_camera=list(dict.fromkeys(s.judged_camera for s in shards if s.judged_camera)),
+        judged_camera=list(dict.fromkeys(s.judged_camera for s in shards if s.judged_camera)), unreadable=unreadable,
         slice_boost=dict(getattr(params, "slice_boost", {}) or {}), ranked_key=ranked_key, selected_key=selected_key,
         top=_top(selected, top_n),
     )

@@ -380,6 +380,21 @@ def get_log(store: Store, log_id: str, *, verify: bool = True) -> DriveLogs:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+
+def read_logs(store: Store, log_ids: list[str], unreadable: dict[str, str] | None = None) -> DriveLogs:
+    """The logs, concatenated (in id order). With ``unreadable`` (a dict), a log that is gone or
+    damaged when read (deleted by hand, a stream missing, a corrupt object) is recorded there
+    (log id -> one-line reason) and left out; without it, it raises."""
+    logs = []
+    for log_id in sorted(log_ids):
+        try:
+            logs.append(get_log(store, log_id))
+        except (LogNotFoundError, LogIntegrityError) as exc:
+            if unreadable is None:
+                raise
+            unreadable[log_id] = str(exc)
+    return DriveLogs.concat(logs)
+
 def list_logs(store: Store, since: datetime | None = None, *, inclusive: bool = False,
               problems: dict[str, str] | None = None) -> list[LogManifest]:
     """Manifests of the logs that arrived strictly after ``since`` (all when None), oldest first;

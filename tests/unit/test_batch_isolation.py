@@ -252,3 +252,37 @@ def test_drift_of_kitti_goes_on_without_the_log_that_does_not_load(kitti_root, t
     doc = json.loads(res.stdout)
     assert list(doc["quarantined"]["reference"]) == ["0101"] and doc["quarantined"]["current"] == {}
     assert doc["reference_rows"] == 78  # sequence 0012 alone
+
+
+def test_mine_from_store_leaves_out_a_damaged_log_naming_it_and_a_rerun_mines_it_once_repaired(home, tmp_path):
+    """A stored log whose stream was deleted by hand used to fail the whole ``mine --from-store``
+    run (and the mine flow) with a LogIntegrityError; a foreign object where a manifest belongs
+    failed the listing. Now each is named, the other logs are mined, and the run is not marked
+    done: once the log is repaired, the same command mines it."""
+    from fleetloop.settings import get_settings
+    from fleetloop.store.logs import get_manifest
+    from fleetloop.store.objects import get_store
+
+    st = get_store(get_settings())
+    stream = f"logs/tue-9-rain/{get_manifest(st, 'tue-9-rain').sha256}/tracks.parquet"
+    saved = st.get_bytes(stream)
+    st.delete(stream)  # a stream deleted by hand
+    st.put_bytes("logs/foreign/manifest.json", b"not a manifest")
+    st.put_bytes("index/arrivals/20250305T000000.000000Z_foreign.json", b"{}")
+    out = tmp_path / "all.csv"
+    res = runner.invoke(app, ["mine", "--from-store", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert sorted(doc["unreadable"]) == ["foreign", "tue-9-rain"] and "tracks.parquet" in doc["unreadable"]["tue-9-rain"]
+    with open(out, newline="") as fh:
+        assert {r["log_id"] for r in csv.DictReader(fh)} == {"mon-7-dry", "tue-7-rain", "wed-7-fog"}
+    assert "left out tue-9-rain" in res.stderr and "left out foreign" in res.stderr
+    # repaired (the stream restored, the foreign objects removed): the same command mines it
+    st.put_bytes(stream, saved)
+    st.delete("logs/foreign/manifest.json")
+    st.delete("index/arrivals/20250305T000000.000000Z_foreign.json")
+    res = runner.invoke(app, ["mine", "--from-store", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["unreadable"] == {}
+    with open(out, newline="") as fh:
+        assert {r["log_id"] for r in csv.DictReader(fh)} == {"mon-7-dry", "tue-7-rain", "tue-9-rain", "wed-7-fog"}
