@@ -41,6 +41,24 @@ class IngestReport(BaseModel):
     seconds: float = 0.0
 
 
+class IngestInterrupted(StorageError):
+    """The store failed partway (an endpoint gone down): says which logs were stored before it
+    did and which were not; ``report`` is what was done."""
+
+    def __init__(self, cause: StorageError, report: IngestReport, not_stored: list[str]) -> None:
+        stored = report.registered + report.unchanged
+        super().__init__(f"{cause}; stored before the store failed: {_some(stored)}; not stored: {_some(not_stored)} "
+                         "(run the same command again: stored logs are recognised, the rest is stored)")
+        self.report = report
+        self.not_stored = not_stored
+
+
+def _some(ids: list[str], most: int = 5) -> str:
+    if not ids:
+        return "none"
+    return f"{len(ids)} log(s) ({', '.join(ids[:most])}{', ...' if len(ids) > most else ''})"
+
+
 def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None = None, *,
            arrived_at: datetime | None = None, **importer_options: Any) -> IngestReport:
     """Import logs from ``source``, validate them, store the good ones and quarantine the bad
@@ -56,8 +74,11 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
     for log_id, error in loaded.errors.items():  # logs that do not load: quarantined, the rest goes on
         _quarantine(store, LogReport.from_format_error(log_id, error), report)
     result = _validate(loaded.logs)
-    for log_id in result.good.log_ids:
-        _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
+    for i, log_id in enumerate(result.good.log_ids):
+        try:
+            _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
+        except StorageError as exc:  # the store itself failed: nothing after this log can be stored either
+            raise IngestInterrupted(exc, report, result.good.log_ids[i:]) from exc
     report.warnings = {log_id: rep.warning_line for log_id, rep in result.warnings.items()
                        if log_id in report.registered or log_id in report.unchanged}
     for log_report in result.quarantined.values():

@@ -135,3 +135,44 @@ def test_a_file_name_that_is_not_utf8_quarantines_its_log_and_the_rest_is_stored
     assert log_id.startswith("bad") and "invalid log_id" in why
     report = next((home / "store" / "quarantine").glob("*/report.md"))
     assert "bad" in report.read_text()
+
+
+def test_a_store_failing_partway_says_which_logs_were_stored_and_a_rerun_stores_the_rest(sample_dir, tmp_path):
+    """An S3 endpoint going down mid-ingest used to end in one line, "ingest failed: ... Could not
+    connect", without saying what was stored. The failure (outside this machine) is stood in for by
+    a local store that refuses every write of the second log."""
+    from fleetloop.ingest.ingest import IngestInterrupted, ingest
+    from fleetloop.store.logs import list_logs
+    from fleetloop.store.objects import LocalStore, StorageError
+
+    ids = sorted(p.name for p in sample_dir.iterdir() if p.is_dir())
+    assert len(ids) == 2
+
+    class GoesDown(LocalStore):
+        def _refuse(self, key: str) -> None:
+            if f"/{ids[1]}/" in f"/{key}":
+                raise StorageError("s3://fleetloop: Could not connect to the endpoint URL")
+
+        def put_bytes(self, key: str, data: bytes) -> None:
+            self._refuse(key)
+            super().put_bytes(key, data)
+
+        def put_file(self, key: str, path) -> None:
+            self._refuse(key)
+            super().put_file(key, path)
+
+        def put_if_absent(self, key: str, data: bytes) -> bool:
+            self._refuse(key)
+            return super().put_if_absent(key, data)
+
+    root = tmp_path / "store"
+    with pytest.raises(IngestInterrupted) as caught:
+        ingest(GoesDown(root), sample_dir, "parquet")
+    message = str(caught.value)
+    assert "Could not connect" in message
+    assert f"stored before the store failed: 1 log(s) ({ids[0]})" in message
+    assert f"not stored: 1 log(s) ({ids[1]})" in message and "run the same command again" in message
+    assert caught.value.report.registered == [ids[0]] and caught.value.not_stored == [ids[1]]
+    assert [m.log_id for m in list_logs(LocalStore(root))] == [ids[0]]
+    again = ingest(LocalStore(root), sample_dir, "parquet")
+    assert again.unchanged == [ids[0]] and again.registered == [ids[1]]
