@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -117,9 +118,35 @@ def _state_path(settings: Settings) -> Path:
     return demo_dir(settings) / "state.json"
 
 
+class DemoStateError(RuntimeError):
+    """``demo/state.json`` cannot be read as the demo's state (hand-edited, truncated, ...)."""
+
+
 def load_state(settings: Settings) -> DemoState | None:
+    """The demo's state, None before its first run; :class:`DemoStateError` (one line naming
+    the file) when the file is not a demo state."""
+    from pydantic import ValidationError
+
+    from fleetloop.problems import first_problem
+
     path = _state_path(settings)
-    return DemoState.model_validate_json(path.read_text()) if path.is_file() else None
+    if not path.exists():
+        return None
+    try:
+        state = DemoState.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            first, more = first_problem(exc)
+            why = f"{first.where or 'the document'}: {first.what}" + (f" (and {more} more)" if more else "")
+        else:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DemoStateError(f"{path} is not a readable demo state ({why}): restore it, or start over with "
+                             "`fleetloop demo --reset`") from None
+    weeks = [r.week for r in state.rows]
+    if weeks != list(range(len(weeks))):
+        raise DemoStateError(f"{path} is not a readable demo state (its rows are weeks {weeks}, not 0, 1, 2, ...): "
+                             "restore it, or start over with `fleetloop demo --reset`")
+    return state
 
 
 def _save_state(settings: Settings, state: DemoState) -> None:
@@ -136,30 +163,66 @@ def _week_of(state: DemoState, k: int) -> str:
     return iso_week(week_start(state.base_week) + timedelta(days=7 * k))
 
 
+#: the titles of the Label Studio projects the demo makes (the weekly campaigns)
+_DEMO_CAMPAIGN = re.compile(r"fleetloop-\d{4}-w\d{2}")
+
+
+def _demo_projects(client: Any) -> dict[str, int]:
+    """Title -> id of the weekly campaigns' projects fleetloop made in this Label Studio."""
+    found: dict[str, int] = {}
+    page = 1
+    while True:
+        body = client.request("GET", "/api/projects", ok=(200, 404),
+                              params={"page": page, "page_size": 100, "include": "id,title,description"})
+        if not isinstance(body, dict) or "results" not in body:
+            return found
+        for p in body["results"]:
+            title = p.get("title") or ""
+            if _DEMO_CAMPAIGN.fullmatch(title) and "fleetloop campaign" in (p.get("description") or ""):
+                found[title] = int(p["id"])
+        if not body.get("next"):
+            return found
+        page += 1
+
+
 def reset(settings: Settings, say: Say) -> None:
     """Remove what the demo made: its Label Studio projects, the store, the dataset and its
-    remote, the training workspace, the scenario sets, the demo's files. Services stay up."""
+    remote, the training workspace, the scenario sets, the demo's files. Services stay up.
+
+    The projects are those the store's campaign index names and, in the home's own local Label
+    Studio (the demo's alone), every weekly campaign project fleetloop made there: with part of
+    the home deleted by hand (the store), the index is gone, and a project left behind would be
+    found again by the rerun's week of the same name, its old tasks and labels mixed in."""
     from fleetloop.label import index
+    from fleetloop.local.label_studio import read_state
 
     home = Path(settings.home).resolve()
     from fleetloop.store.objects import get_store
 
     store = get_store(settings)
     names = [r.name for r in index.campaigns(store)]
-    if names and settings.label_studio.url and settings.label_studio.token:
+    local = read_state(home)
+    own = bool(local and settings.label_studio.url
+               and settings.label_studio.url.rstrip("/") == local.url.rstrip("/"))
+    deleted = 0
+    if (names or own) and settings.label_studio.url and settings.label_studio.token:
         from fleetloop.label.api import client_for
         from fleetloop.label.campaigns import find_campaign
 
         with client_for(settings) as client:
+            projects = _demo_projects(client) if own else {}
             for name in names:
                 c = find_campaign(client, name)
                 if c is not None:
-                    client.request("DELETE", f"/api/projects/{c.project_id}", ok=(204, 404))
+                    projects[name] = c.project_id
+            for project_id in projects.values():
+                client.request("DELETE", f"/api/projects/{project_id}", ok=(204, 404))
+            deleted = len(projects)
     for sub in ("store", "dataset", "dvc-remote", "train", "scenarios", "demo", "labeling", "locks"):
         shutil.rmtree(home / sub, ignore_errors=True)
     for lock in home.glob(".dataset*.lock"):
         lock.unlink(missing_ok=True)
-    say(f"reset: removed the demo's state under {home} and {len(names)} Label Studio projects")
+    say(f"reset: removed the demo's state under {home} and {deleted} Label Studio projects")
 
 
 # --------------------------------------------------------------------------- the simulated world
@@ -202,7 +265,9 @@ def write_scenarios(path: Path, seed: int, n_frames: int) -> Path:
                           PREPARED_SCHEMA.field("boxes").type),
     }, schema=PREPARED_SCHEMA)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)  # a run interrupted while writing leaves no half-written set behind (later runs reuse it)
     return path
 
 
@@ -377,10 +442,12 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     with _timed(t, "labeling"):
         if pushed:  # the team answers the tasks still open
             with client_for(settings) as client:
+                before = _answered(client, campaign)  # > 0 when an interrupted run of this week got this far
                 team = simulate(campaign, week.truth, client=client,
                                 team=TeamConfig(noise_px=c.noise_px, seed=c.seed + k))
-            labeled = team.answered
-            say(f"week {k}: the labeling team answered {team.answered} tasks of {campaign} ({team.boxes} boxes)")
+            labeled = before + team.answered
+            say(f"week {k}: the labeling team answered {team.answered} tasks of {campaign} ({team.boxes} boxes)"
+                + (f"; {before} were answered before the interruption" if before else ""))
     state.labels_spent += labeled
     grow = record.steps.get("grow")
     retrain = record.steps.get("retrain")
@@ -395,7 +462,7 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     elif retrain is not None:
         row.why = retrain.reason
     if pushed:  # also when a rerun of the week finds the tasks already answered: sync delivers what is new
-        _train_on_labels(row, campaign, k, t, say)
+        _train_on_labels(settings, row, campaign, k, t, say, before=state.rows[-1].dataset_version if state.rows else 0)
     row.seconds = {k2: round(v, 1) for k2, v in t.items()}
     _fill_metrics(row, *_production_metrics(settings))
     return row
@@ -406,10 +473,36 @@ def _why(promoted: bool, reasons: list[str]) -> str:
     return "promoted" if promoted else "; ".join(reasons[:2])
 
 
-def _train_on_labels(row: WeekRow, campaign: str, k: int, t: dict[str, float], say: Say) -> None:
+def _answered(client: Any, campaign: str) -> int:
+    """Tasks of ``campaign`` that already have an annotation (a rerun of an interrupted week
+    finds its team's answers there)."""
+    from fleetloop.label.campaigns import find_campaign
+
+    c = find_campaign(client, campaign)
+    if c is None:
+        return 0
+    return sum((task.get("total_annotations") or 0) > 0
+               for page in client.iter_tasks(c.project_id, page_size=100, fields="all") for task in page)
+
+
+def _trained_on(settings: Settings, dataset_version: int) -> int | None:
+    """The newest registered model version trained on ``dataset_version``, if any."""
+    from fleetloop.registry.api import Registry
+    from fleetloop.store.objects import get_store
+
+    found = [v.version for v in Registry(get_store(settings)).list() if v.lineage.dataset_version == dataset_version]
+    return max(found) if found else None
+
+
+def _train_on_labels(settings: Settings, row: WeekRow, campaign: str, k: int, t: dict[str, float], say: Say,
+                     *, before: int) -> None:
     """The simulated team labels within the week, so the week ends as the issue's loop does:
     sync its labels → a new dataset version → ``dvc repro`` → registry → gate → promotion (the
-    same flows the weekly cycle chains; its next run finds nothing new to sync)."""
+    same flows the weekly cycle chains; its next run finds nothing new to sync).
+
+    ``before`` is the dataset version the previous week ended with. A rerun of a week that was
+    interrupted after its labels grew the dataset finds nothing new to sync or grow: the version
+    that interrupted run made is still the week's, and is trained on unless a model already was."""
     from fleetloop.flows.dataset import grow_dataset
     from fleetloop.flows.label import label_sync
     from fleetloop.flows.train import retrain_flow
@@ -418,12 +511,23 @@ def _train_on_labels(row: WeekRow, campaign: str, k: int, t: dict[str, float], s
         synced = label_sync(campaign=campaign)
     with _timed(t, "grow"):
         grown = grow_dataset()
+    resumed = grown.nothing_new and grown.version > max(before, row.dataset_version)
     say(f"week {k}: {synced.delivered} annotations of {campaign} synced; "
-        + (f"dataset-v{grown.version} stays (nothing new)" if grown.nothing_new else
+        + (f"dataset-v{grown.version} holds them (grown before the interruption)" if resumed else
+           f"dataset-v{grown.version} stays (nothing new)" if grown.nothing_new else
            f"{grown.tag or f'dataset-v{grown.version}'}: +{grown.frames_added} frames ({grown.frames} in all); retraining"))
-    if grown.nothing_new or grown.version < 1:
+    if (grown.nothing_new and not resumed) or grown.version < 1:
         return
     row.dataset_version = grown.version
+    if resumed:
+        done = _trained_on(settings, grown.version)
+        if done is not None:  # trained (and judged) before the interruption
+            row.model_version = done
+            row.promoted = _production_metrics(settings)[0] == done
+            row.why = f"v{done} was trained on dataset-v{grown.version} before the interruption"
+            say(f"week {k}: model v{done} on dataset-v{grown.version} was trained before the interruption")
+            return
+        say(f"week {k}: retraining on dataset-v{grown.version}")
     with _timed(t, "retrain"):
         out = retrain_flow(dataset_version=grown.version, why=f"demo week {k}: {campaign}'s labels")
     row.model_version = out.model_version
@@ -500,15 +604,98 @@ def _one_demo(settings: Settings) -> Iterator[None]:
         yield
 
 
+class DemoInterrupted(KeyboardInterrupt):
+    """The demo was stopped by SIGINT (Ctrl-C) or SIGTERM; the message says which week a rerun
+    redoes. ``signal`` is the signal's number."""
+
+    def __init__(self, message: str, signal: int) -> None:
+        super().__init__(message)
+        self.signal = signal
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the demo is (as Ctrl-C raises KeyboardInterrupt)."""
+
+
+@contextmanager
+def _interruptible(progress: dict[str, Any], home: Path) -> Iterator[None]:
+    """SIGTERM stops the demo as Ctrl-C does (Python's default would end it on the spot, with
+    its training subprocess left running); on the way out, whatever the demo started that is
+    still running (``dvc repro`` and its training process, re-parented here: this process is
+    their subreaper) is stopped, the local services excepted (they stay up for the rerun).
+    KeyboardInterrupt leaves as :class:`DemoInterrupted` naming the week a rerun redoes."""
+    import signal
+    import threading
+
+    import psutil
+
+    from fleetloop.local import process
+
+    def terminated(signum: int, _frame: Any) -> None:
+        raise _Terminated(signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    before = {p.pid for p in process.descendants(psutil.Process())}  # not the demo's (a test runner's servers)
+    previous = signal.signal(signal.SIGTERM, terminated) if main else None
+    try:
+        with process.subreaper():
+            try:
+                yield
+            except BaseException:
+                _stop_leftovers(home, before)
+                raise
+    except KeyboardInterrupt as exc:
+        sig = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        week = progress.get("week")
+        where = (f" during week {week}: a rerun of `fleetloop demo` redoes week {week}" if week is not None
+                 else ": a rerun of `fleetloop demo` continues where it left off")
+        raise DemoInterrupted(f"interrupted by {sig.name}{where} (the local services stay up; "
+                              "`fleetloop services down` stops them)", int(sig)) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _stop_leftovers(home: Path, before: set[int]) -> None:
+    """Stop this process's descendants that the demo started, except the local services (the
+    process groups their state files under ``<home>/services`` record, also one still starting)."""
+    import contextlib
+    import os
+
+    import psutil
+
+    from fleetloop.local import process
+    from fleetloop.local.server import services_home
+
+    keep: set[int] = set()
+    for path in services_home(home).glob("*/state.json"):
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            pid = json.loads(path.read_text()).get("pid")
+            if isinstance(pid, int):
+                keep.add(pid)
+    for p in process.descendants(psutil.Process()):
+        with contextlib.suppress(psutil.Error, OSError, RuntimeError):
+            if p.pid in before or p.pid in keep or os.getpgid(p.pid) in keep or not p.is_running():
+                continue
+            process.stop_tree(p.pid, create_time=p.create_time(), steps=process.WORKER_STOP)
+
+
 def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_first: bool = False,
              say: Say = print) -> DemoResult:
     """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks (one demo
-    per home at a time: :class:`DemoBusy` otherwise)."""
+    per home at a time: :class:`DemoBusy` otherwise). SIGINT or SIGTERM end it with
+    :class:`DemoInterrupted` and nothing it started left running but the services; the
+    interrupted week is redone by the next run."""
     with _one_demo(settings):
-        return _run_demo(settings, config, weeks=weeks, reset_first=reset_first, say=say)
+        if not reset_first:
+            load_state(settings)  # a state it cannot read stops it before anything starts
+        progress: dict[str, Any] = {}
+        with _interruptible(progress, Path(settings.home).resolve()):
+            return _run_demo(settings, config, weeks=weeks, reset_first=reset_first, say=say, progress=progress)
 
 
-def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first: bool, say: Say) -> DemoResult:
+def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first: bool, say: Say,
+              progress: dict[str, Any]) -> DemoResult:
     from fleetloop.cycle import iso_week
     from fleetloop.local import services
     from fleetloop.local.connect import resolve_settings
@@ -537,12 +724,15 @@ def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first
     @flow(name="demo", log_prints=True)
     def demo_flow() -> list[WeekRow]:
         if state.next_week == 0:
+            progress["week"] = 0
             state.rows.append(bootstrap(settings, state, say))
             _save_state(settings, state)
         target = len(state.rows) + weeks
         while len(state.rows) < target:
+            progress["week"] = state.next_week
             state.rows.append(run_week(settings, state, state.next_week, say))
             _save_state(settings, state)
+        progress["week"] = None
         png = plot(state.rows, demo_dir(settings) / "report" / "map_vs_labels.png")
         _publish(state.rows, png)
         return state.rows

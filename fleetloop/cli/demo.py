@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         model, mining finds its mistakes, a simulated team labels them in Label Studio, the
         dataset grows, the model retrains and is promoted when the gate says it is better.
         Reruns continue with the next week; --reset starts over."""
-        from fleetloop.demo import DemoConfig, rows_json, run_demo
+        from fleetloop.demo import DemoBusy, DemoConfig, DemoInterrupted, DemoStateError, rows_json, run_demo
         from fleetloop.settings import get_settings
 
         config = DemoConfig(seed=seed, logs_per_week=logs_per_week, frames_per_log=frames_per_log,
@@ -46,6 +46,13 @@ def register(app: typer.Typer) -> None:
         say = (lambda msg: err.print(msg, highlight=False)) if as_json else (lambda msg: console.print(msg, highlight=False))
         try:
             result = run_demo(get_settings(), config, weeks=weeks, reset_first=reset, say=say)
+        except DemoInterrupted as exc:  # Ctrl-C or SIGTERM: which week a rerun redoes; 128 + the signal
+            raise fail(str(exc), 128 + exc.signal, as_json=as_json, prefix="demo stopped") from None
+        except KeyboardInterrupt:
+            raise fail("interrupted by SIGINT: a rerun continues where the demo left off", 130, as_json=as_json,
+                       prefix="demo stopped") from None
+        except (DemoBusy, DemoStateError) as exc:  # their message says it all
+            raise fail(str(exc), 1, as_json=as_json, prefix="demo failed") from None
         except Exception as exc:  # the demo's boundary: say what failed, not a traceback
             raise fail(f"{type(exc).__name__}: {exc}", 1, as_json=as_json, prefix="demo failed") from None
         if as_json:

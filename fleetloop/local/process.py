@@ -47,6 +47,7 @@ __all__ = [
     "spawn",
     "start_time",
     "stop_tree",
+    "subreaper",
     "supervise",
 ]
 
@@ -65,6 +66,7 @@ WORKER_STOP: tuple[StopStep, ...] = ((signal.SIGTERM, 3.0), (signal.SIGINT, 3.0)
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,21 @@ def become_subreaper() -> bool:
     and stopped. False where unsupported."""
     libc = _libc()
     return libc is not None and libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+@contextlib.contextmanager
+def subreaper() -> Iterator[None]:
+    """Within the block this process is a child subreaper (see :func:`become_subreaper`); on
+    leaving it, as it was before (a test runner or a caller stays as it was)."""
+    libc = _libc()
+    before = ctypes.c_int(0)
+    known = libc is not None and libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0) == 0
+    become_subreaper()
+    try:
+        yield
+    finally:
+        if libc is not None and known and not before.value:
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
 def _own_children() -> list[psutil.Process]:

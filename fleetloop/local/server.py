@@ -15,12 +15,13 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
+import psutil
 from pydantic import BaseModel
 
 from fleetloop.local import process
@@ -90,7 +91,8 @@ class ServerProcess:
 
     ``command_word`` is part of the server's command line: a recorded pid is only ever
     signalled when it is that command, started at the recorded time, leading its own process
-    group. Call :meth:`start` and :meth:`stop` inside :meth:`lock`.
+    group, running in this directory (:meth:`start` runs it there). Call :meth:`start` and
+    :meth:`stop` inside :meth:`lock`.
     """
 
     def __init__(self, name: str, directory: Path, command_word: str,
@@ -132,18 +134,24 @@ class ServerProcess:
         write_atomic(self.state_path, (json.dumps(state, indent=2) + "\n").encode(), mode=0o600)
 
     def running(self, state: dict[str, Any] | None) -> bool:
-        """The process ``state`` records is alive and is ours (see the class docstring)."""
+        """The process ``state`` records is alive and is ours (see the class docstring): also
+        its working directory is this server's directory (every server starts there), so the
+        state file of a copied home, or a hand-written pid of a server started elsewhere, never
+        names another home's or another program's process as this one's."""
         if not state or not process.is_running(state.get("pid"), state.get("create_time"), self.command_word):
             return False
         try:
-            return os.getpgid(state["pid"]) == state["pid"]
-        except OSError:
+            if os.getpgid(state["pid"]) != state["pid"]:
+                return False
+            return Path(psutil.Process(state["pid"]).cwd()).resolve() == self.directory.resolve()
+        except (OSError, psutil.Error):
             return False
 
     def start(self, launch: process.Launch, state: dict[str, Any], healthy: Callable[[], bool],
               timeout: float) -> dict[str, Any]:
         """Start ``launch``, record it (``state`` + pid, start time, log) and wait until
         ``healthy()``. A process that exits or stays unhealthy is stopped; ServiceError."""
+        launch = replace(launch, cwd=self.directory)  # where :meth:`running` recognises it
         try:
             proc = process.spawn(launch, self.log_path)
         except OSError as exc:
