@@ -134,15 +134,22 @@ class ServerProcess:
         write_atomic(self.state_path, (json.dumps(state, indent=2) + "\n").encode(), mode=0o600)
 
     def running(self, state: dict[str, Any] | None) -> bool:
-        """The process ``state`` records is alive and is ours (see the class docstring): also
-        its working directory is this server's directory (every server starts there), so the
-        state file of a copied home, or a hand-written pid of a server started elsewhere, never
-        names another home's or another program's process as this one's."""
+        """The process ``state`` records is alive and is ours (see the class docstring). A state
+        fleetloop writes names this server's directory (the state file of a copied home names the
+        original's, so it never claims or stops that home's server); a state without it (a
+        hand-written pid, or one without a start time) counts only when the process runs in this
+        directory, as every server started by :meth:`start` does. A state recorded by an earlier
+        fleetloop (a start time, no directory: its server runs wherever it was started from) is
+        still recognised, so services started before an upgrade can be stopped."""
         if not state or not process.is_running(state.get("pid"), state.get("create_time"), self.command_word):
             return False
         try:
             if os.getpgid(state["pid"]) != state["pid"]:
                 return False
+            if state.get("directory") is not None:
+                return Path(state["directory"]).resolve() == self.directory.resolve()
+            if state.get("create_time") is not None:
+                return True  # recorded by an earlier fleetloop
             return Path(psutil.Process(state["pid"]).cwd()).resolve() == self.directory.resolve()
         except (OSError, psutil.Error):
             return False
@@ -160,6 +167,7 @@ class ServerProcess:
             **state,
             "pid": proc.pid,
             "create_time": process.start_time(proc.pid) or time.time(),
+            "directory": str(self.directory.resolve()),
             "log": str(self.log_path),
             "started_at": datetime.now(UTC).isoformat(),
         }

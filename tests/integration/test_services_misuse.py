@@ -71,3 +71,28 @@ def test_a_hand_written_pid_of_a_process_fleetloop_did_not_start_is_never_signal
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_server_recorded_by_an_earlier_fleetloop_can_still_be_stopped(tmp_path: Path) -> None:
+    """A state file written before servers recorded their directory (pid, start time, command;
+    the server running wherever it was started from): after an upgrade, `services down` must
+    still recognise and stop it, or its port stays taken with no command to free it."""
+    from fleetloop.local import process
+    from fleetloop.local.server import ServerProcess
+
+    other = tmp_path / "where-it-was-started"
+    other.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "prefect"], cwd=other,
+                            start_new_session=True)
+    try:
+        server = ServerProcess("prefect", tmp_path / "home" / "services" / "prefect", command_word="prefect")
+        server.write_state({"name": "prefect", "url": "http://127.0.0.1:1", "pid": proc.pid,
+                            "create_time": process.start_time(proc.pid)})
+        assert server.running(server.read_state()) is True
+        with server.lock():
+            assert server.stop() is True
+        proc.wait(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
