@@ -94,12 +94,24 @@ class CyclePlan(BaseModel):
         return f"{keys.CYCLES}{self.week}/{self.key}.json"
 
 
+def window_manifests(store: Store, week: str,
+                     problems: dict[str, str] | None = None) -> tuple[list[LogManifest], list[LogManifest]]:
+    """The logs that arrived in ``week``'s window and in its reference window (the week before),
+    each ``[start, end)`` and sorted by log id, from one read of the arrival index. ``problems``:
+    see :func:`fleetloop.store.logs.list_logs` (a manifest that cannot be read is named there)."""
+    window, reference = cycle_window(week), reference_window(week)
+    manifests = list_logs(store, since=reference.start, inclusive=True, problems=problems)
+
+    def arrived_in(w: Window) -> list[LogManifest]:
+        return sorted((m for m in manifests if w.contains(m.arrived_at)), key=lambda m: m.log_id)
+
+    return arrived_in(window), arrived_in(reference)
+
+
 def plan_cycle(store: Store, week: str, params: LoopParams, *, extra: str = "") -> CyclePlan:
     """Which logs the cycle covers and its key. Reads the arrival index once."""
     window, reference = cycle_window(week), reference_window(week)
-    manifests = list_logs(store, since=reference.start - timedelta(microseconds=1))
-    in_window = sorted((m for m in manifests if window.contains(m.arrived_at)), key=lambda m: m.log_id)
-    in_ref = sorted((m for m in manifests if reference.contains(m.arrived_at)), key=lambda m: m.log_id)
+    in_window, in_ref = window_manifests(store, week)
     h = hashlib.sha256(week.encode())
     for m in in_window:
         h.update(f"{m.log_id}:{m.sha256}\n".encode())

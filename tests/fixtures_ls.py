@@ -43,6 +43,15 @@ def ls_server(ls_home):
     server.stop(ls_home)
 
 
+@pytest.fixture(scope="session")
+def client(ls_server):
+    """A Label Studio API client for the server (one for the session)."""
+    from fleetloop.label.client import LabelStudioClient
+
+    with LabelStudioClient(ls_server.url, ls_server.token) as c:
+        yield c
+
+
 @pytest.fixture
 def ls_settings(tmp_path, monkeypatch, ls_server, ls_home):
     """fleetloop's settings for a test against the Label Studio server: a fresh home with a local

@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from fleetloop.cycle import cycle_window, iso_week, reference_window
+from fleetloop.cycle import iso_week, window_manifests
 from fleetloop.drift.compare import DriftOutcome, compare
 from fleetloop.drift.steer import save_slice_boost
 from fleetloop.flows.common import params, store
 from fleetloop.flows.param_types import IsoWeek, LogId
 from fleetloop.schema import DriveLogs
-from fleetloop.store.logs import LogNotFoundError, get_manifest, list_logs, read_logs
+from fleetloop.store.logs import LogNotFoundError, get_manifest, read_logs
 from fleetloop.store.objects import Store
 
 
@@ -32,9 +32,9 @@ def drift_inputs(st: Store, week: str | None, current_logs: list[str] | None,
         raise LogNotFoundError(f"logs not in the store {st.location}: {', '.join(missing)}")
     unreadable: dict[str, str] = {}
     if current_logs is None or reference_logs is None:
-        week_current, week_reference = window_logs(st, week or iso_week(datetime.now(UTC)), problems=unreadable)
-        current_logs = current_logs if current_logs is not None else week_current
-        reference_logs = reference_logs if reference_logs is not None else week_reference
+        in_week, in_reference = window_manifests(st, week or iso_week(datetime.now(UTC)), problems=unreadable)
+        current_logs = current_logs if current_logs is not None else [m.log_id for m in in_week]
+        reference_logs = reference_logs if reference_logs is not None else [m.log_id for m in in_reference]
     return read_logs(st, reference_logs, unreadable), read_logs(st, current_logs, unreadable), unreadable
 
 
@@ -61,17 +61,6 @@ def monitor_drift(
     save_slice_boost(st, outcome.slice_boost, source=outcome.summary_key or "skipped")
     publish_drift(st, outcome)
     return outcome
-
-
-def window_logs(st: Store, week: str, problems: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
-    """The ids of the logs that arrived in ``week``'s window and in its reference window (the week
-    before), each window ``[start, end)`` as :class:`fleetloop.cycle.Window` says. ``problems``:
-    see :func:`fleetloop.store.logs.list_logs` (a manifest that cannot be read is named there)."""
-    cur_w, ref_w = cycle_window(week), reference_window(week)
-    # inclusive: a log arriving at the very start of the reference window is in it
-    manifests = list_logs(st, since=ref_w.start, inclusive=True, problems=problems)
-    return ([m.log_id for m in manifests if cur_w.contains(m.arrived_at)],
-            [m.log_id for m in manifests if ref_w.contains(m.arrived_at)])
 
 
 def publish_drift(st: Store, outcome: DriftOutcome) -> None:

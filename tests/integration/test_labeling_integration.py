@@ -39,12 +39,6 @@ W, H = 1242, 375
 
 
 @pytest.fixture(scope="session")
-def client(ls_server):
-    with LabelStudioClient(ls_server.url, ls_server.token) as c:
-        yield c
-
-
-@pytest.fixture(scope="session")
 def kitti_logs(kitti_root):
     from fleetloop.ingest.importers import load_logs
 

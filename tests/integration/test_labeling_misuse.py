@@ -12,7 +12,6 @@ import pytest
 
 from fleetloop.label import api, index
 from fleetloop.label.campaigns import find_campaign, label_config
-from fleetloop.label.client import LabelStudioClient
 from fleetloop.label.convert import box_to_result
 from fleetloop.label.sync import SyncError, read_labels, sync
 from fleetloop.sim.labeling_team import relabel
@@ -23,12 +22,6 @@ pytest_plugins = ["tests.fixtures_ls"]
 
 W, H = 1242, 375
 GOOD = box_to_result("car", 100, 100, 200, 200, W, H)
-
-
-@pytest.fixture(scope="module")
-def client(ls_server):
-    with LabelStudioClient(ls_server.url, ls_server.token) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

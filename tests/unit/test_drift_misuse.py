@@ -113,8 +113,7 @@ def test_windows_with_nothing_comparable_are_a_skipped_step_not_a_crash(tmp_path
 
 
 def test_the_drift_flows_windows_include_a_log_arriving_at_their_very_start(tmp_path: Path) -> None:
-    from fleetloop.cycle import cycle_window, reference_window
-    from fleetloop.flows.drift import window_logs
+    from fleetloop.cycle import cycle_window, reference_window, window_manifests
 
     st = LocalStore(tmp_path / "store")
     week = "2026-W49"
@@ -124,7 +123,7 @@ def test_the_drift_flows_windows_include_a_log_arriving_at_their_very_start(tmp_
     put_log(st, make_log("cur-first", 2, seed=2), "test", arrived_at=cur_w.start)
     put_log(st, make_log("too-late", 2, seed=3), "test", arrived_at=cur_w.end)
     put_log(st, make_log("too-early", 2, seed=4), "test", arrived_at=ref_w.start - timedelta(microseconds=1))
-    current, reference = window_logs(st, week)
+    current, reference = ([m.log_id for m in ms] for ms in window_manifests(st, week))
     assert reference == ["ref-first", "ref-last"]
     assert current == ["cur-first"]
 
