@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera-tracker", default="yolox_sort", help="the judged camera stream of the miner")
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent / "out" / "calibration_holdout")
     ap.add_argument("--no-subsets", action="store_true", help="leave-one-out only")
-    ap.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates of the leave-one-out change")
+    ap.add_argument("--replicates", type=int, default=1000,
+                    help="bootstrap replicates of the leave-one-out change (0: no bootstrap)")
     args = ap.parse_args(argv)
+    if args.replicates < 0:
+        ap.error("--replicates must be 0 or more")
     require_kitti()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -172,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"| all five, pooled | {u[0]:.2f} / {u[1]:.2f} | {c[0]:.2f} / {c[1]:.2f} |")
     print("\n".join(lines), flush=True)
 
-    print(bootstrap(truth, out / "uncalibrated.csv", out / "calibrated_heldout.csv",
-                    {x: (out / f"uncal_{x}.csv", out / f"cal_{x}.csv") for x in seqs}, args.replicates), flush=True)
+    if args.replicates:
+        print(bootstrap(truth, out / "uncalibrated.csv", out / "calibrated_heldout.csv",
+                        {x: (out / f"uncal_{x}.csv", out / f"cal_{x}.csv") for x in seqs}, args.replicates), flush=True)
 
     if not args.no_subsets:
         print("\nfit on k sequences, one model ranks the other 5 - k (change of lift / cost-lift @10 % vs uncalibrated):")

@@ -81,19 +81,41 @@ def register(app: typer.Typer) -> None:
     def list_cmd(
         since: Annotated[datetime | None, typer.Option(help="Only logs that arrived at or after this time (UTC "
                                                        "unless it names a zone, e.g. 2026-11-23T08:00:00+01:00).")] = None,
+        until: Annotated[datetime | None, typer.Option(help="Only logs that arrived before this time.")] = None,
+        drive_since: Annotated[datetime | None, typer.Option(help="Only logs driven at or after this time.")] = None,
+        drive_until: Annotated[datetime | None, typer.Option(help="Only logs driven before this time.")] = None,
+        vehicle: Annotated[str | None, typer.Option(help="Only this vehicle's logs.")] = None,
+        tag: Annotated[list[str] | None, typer.Option("--tag", help="name=value, e.g. weather=rain (repeatable; "
+                                                      "a log matches when one of its frames has every pair).")] = None,
+        log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """The logs in the store, oldest arrival first. A log whose manifest is not readable (a
-        foreign or damaged object) is named on stderr, one line each, the others are listed, and
-        the exit code is 1."""
+        """The logs in the store, oldest arrival first; with query options, the logs that match
+        (the query `fleetloop mine --from-store` takes, so this previews what it would mine). A
+        log whose manifest is not readable (a foreign or damaged object, an I/O error) is named on
+        stderr, one line each, the others are listed, and the exit code is 1."""
+        from pydantic import ValidationError
+
         from fleetloop.settings import get_settings
         from fleetloop.store.logs import LogIntegrityError, list_logs
         from fleetloop.store.objects import StorageError, get_store
+        from fleetloop.store.query import LogQuery, LogQueryError, select_logs
 
+        try:
+            q = LogQuery(since=since, until=until, drive_since=drive_since, drive_until=drive_until, vehicle=vehicle,
+                         tags=tag or [], log_ids=log or None)
+        except ValidationError as exc:
+            from fleetloop.problems import first_problem
+
+            raise fail(str(first_problem(exc)[0]), 2, as_json=as_json, prefix="bad query") from None
         problems: dict[str, str] = {}
         try:
-            manifests = list_logs(get_store(get_settings()), since=since, inclusive=True, problems=problems)
-        except (StorageError, LogIntegrityError) as exc:
+            store = get_store(get_settings())
+            manifests = list_logs(store, since=q.since, inclusive=True, problems=problems)
+            if q != LogQuery(since=q.since):  # anything but the arrival start: filter
+                keep = set(select_logs(manifests, q, store))
+                manifests = [m for m in manifests if m.log_id in keep]
+        except (StorageError, LogIntegrityError, LogQueryError, LookupError) as exc:  # LookupError: a --log not stored
             raise fail(exc, 1, as_json=as_json) from None
         if as_json:
             print_json([m.model_dump(mode="json") for m in manifests])
@@ -102,7 +124,8 @@ def register(app: typer.Typer) -> None:
             for m in manifests:
                 table.add_row(m.log_id, f"{m.n_frames:,}", str(m.arrived_at), escape(m.source))
             console.print(table)
-            console.print(f"{len(manifests)} logs" + (f", {len(problems)} not listed (unreadable)" if problems else ""))
+            console.print(f"{len(manifests)} logs" + (f" match ({escape(q.describe())})" if q != LogQuery() else "")
+                          + (f", {len(problems)} not listed (unreadable)" if problems else ""), highlight=False)
         for log_id, why in problems.items():
             err.print(f"[red]not listed[/] {escape(log_id)}: {escape(why)}", highlight=False)
         if problems:

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from fleetloop.schema import STREAMS, DriveLogs
 from fleetloop.store import keys
 from fleetloop.store.ids import InvalidLogIdError, check_log_id
-from fleetloop.store.objects import ObjectNotFound, Store
+from fleetloop.store.objects import ObjectNotFound, StorageError, Store
 
 __all__ = [
     "ARRIVALS_PREFIX",
@@ -405,8 +405,9 @@ def list_logs(store: Store, since: datetime | None = None, *, inclusive: bool = 
     race, died before their manifest or were replaced are skipped). Naive datetimes are UTC.
 
     A manifest that is not a valid log manifest (a foreign or damaged object) raises
-    :class:`LogIntegrityError` naming its key; with ``problems`` (a dict) it is recorded there
-    instead (log id -> one-line reason) and the other logs are listed.
+    :class:`LogIntegrityError` naming its key, one the store cannot read (permissions, I/O) its
+    :class:`StorageError`; with ``problems`` (a dict) either is recorded there instead (log id ->
+    one-line reason) and the other logs are listed.
     """
     start_after = None
     if since is not None:
@@ -427,7 +428,7 @@ def list_logs(store: Store, since: datetime | None = None, *, inclusive: bool = 
                 manifests[log_id] = get_manifest(store, log_id)
             except InvalidLogIdError:  # not an entry this code wrote
                 manifests[log_id] = None
-            except LogIntegrityError as exc:
+            except (LogIntegrityError, StorageError) as exc:  # damaged, foreign or unreadable (permissions, I/O)
                 if problems is None:
                     raise
                 problems[log_id] = str(exc)

@@ -86,3 +86,59 @@ def test_a_manifest_copied_under_another_logs_folder_is_refused_not_served_as_th
     assert [m.log_id for m in list_logs(store, problems=problems)] == ["drive-a"]
     assert list(problems) == ["drive-x"] and "names log 'drive-a'" in problems["drive-x"]
     assert get_log(store, "drive-a").log_ids == ["drive-a"]
+
+
+def test_a_manifest_the_store_cannot_read_is_named_and_the_other_logs_are_still_listed(tmp_path: Path, monkeypatch) -> None:
+    """An I/O error on one manifest (here a symbolic-link loop, which root cannot read either)
+    used to abort the whole listing with a StorageError, so one damaged file hid every log."""
+    from fleetloop.store.objects import StorageError
+
+    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
+    monkeypatch.delenv("FLEETLOOP_STORAGE__LOCAL_ROOT", raising=False)
+    get_settings.cache_clear()
+    store = LocalStore(tmp_path / "home" / "store")
+    put_log(store, make_log("drive-a", 2), "test")
+    put_log(store, make_log("drive-b", 2, seed=1), "test")
+    manifest = tmp_path / "home" / "store" / "logs" / "drive-b" / "manifest.json"
+    manifest.unlink()
+    manifest.symlink_to(manifest)  # reading it fails with ELOOP
+
+    with pytest.raises(StorageError):  # strict by default
+        list_logs(store)
+    problems: dict[str, str] = {}
+    assert [m.log_id for m in list_logs(store, problems=problems)] == ["drive-a"]
+    assert list(problems) == ["drive-b"] and "logs/drive-b/manifest.json" in problems["drive-b"]
+    res = CliRunner().invoke(app, ["logs", "list", "--json"])
+    assert res.exit_code == 1 and [m["log_id"] for m in json.loads(res.stdout)] == ["drive-a"]
+    assert res.stderr.startswith("not listed drive-b: ")
+    get_settings.cache_clear()
+
+
+def test_logs_list_takes_the_query_mine_from_store_takes(configured) -> None:
+    from tests.factory_logs import replace_values
+
+    store = configured
+    put_log(store, make_log("rainy", 3), "test")
+    clear = replace_values(make_log("sunny", 3, seed=1), "frames", "weather", "sunny", [0, 1, 2], "clear")
+    put_log(store, replace_values(clear, "frames", "vehicle", "sunny", [0, 1, 2], "veh-7"), "test")
+
+    def listed(*args: str) -> list[str]:
+        res = CliRunner().invoke(app, ["logs", "list", "--json", *args])
+        assert res.exit_code == 0, res.output
+        return [m["log_id"] for m in json.loads(res.stdout)]
+
+    assert listed() == ["rainy", "sunny"]
+    assert listed("--tag", "weather=rain") == ["rainy"]
+    assert listed("--tag", "weather=clear", "--vehicle", "veh-7") == ["sunny"]
+    assert listed("--vehicle", "veh-1", "--tag", "weather=clear") == []
+    assert listed("--log", "sunny") == ["sunny"]
+    res = CliRunner().invoke(app, ["logs", "list", "--log", "sunny", "--log", "nowhere"])
+    assert res.exit_code == 1 and "logs not in the store: ['nowhere']" in res.stderr
+    assert listed("--until", "2000-01-01") == []
+    assert listed("--drive-since", "2023-11-14T22:13:20", "--drive-until", "2023-11-14T22:13:21") == ["rainy", "sunny"]
+    res = CliRunner().invoke(app, ["logs", "list", "--tag", "weather"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "bad query" in res.stderr and "weather=rain" in res.stderr
+    assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1
+    res = CliRunner().invoke(app, ["logs", "list", "--tag", "weather=rain"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "1 logs match (tags=['weather=rain'])" in res.stdout
