@@ -8,6 +8,8 @@ has exactly one default, here; a section or key missing from the file takes it. 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 from pathlib import Path
 from typing import Any, TypeVar
@@ -134,21 +136,87 @@ def dump_params(params: LoopParams) -> str:
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, default_flow_style=False, width=110)
 
 
-def write_params(path: Path | str, params: LoopParams) -> None:
-    """Write ``params`` to ``path`` (:func:`dump_params`), keeping the comment lines that open
-    the file, atomically: a temporary file beside it, renamed over it, so a kill or a full disk
-    leaves the old file whole. :class:`ParamsError` naming the file when it cannot be written."""
+def write_params(path: Path | str, params: LoopParams) -> bool:
+    """Write ``params`` to ``path`` atomically: a temporary file beside it, renamed over it, so a
+    kill or a full disk leaves the old file whole; a link is written through to its target.
+
+    An existing file is edited, not replaced (ruamel.yaml's round trip): only the values that
+    change are rewritten, and its other lines, comments and layout stay as the user wrote them.
+    When the edited text would not read back as exactly ``params`` (a layout the round trip
+    cannot keep), or the file is not a YAML mapping, the whole file is written instead
+    (:func:`dump_params`, every value spelled out) keeping the comment lines that open it.
+    Returns True when the whole file was written. :class:`ParamsError` naming the file when it
+    cannot be written."""
     from fleetloop.store.atomic import write_atomic
 
     path = Path(path)
-    header, mode = "", 0o644
+    if path.is_symlink():
+        path = path.resolve()
+    mode, text = 0o644, None
     if path.is_file():
         mode = path.stat().st_mode & 0o777
-        for line in path.read_text().splitlines(keepends=True):
-            if not line.startswith("#"):
-                break
-            header += line
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            text = path.read_bytes().decode("utf-8")
+    edited = _edited(text, params) if text is not None else None
+    whole = edited is None
+    if edited is None:
+        header = "".join(itertools.takewhile(lambda ln: ln.startswith("#"), (text or "").splitlines(keepends=True)))
+        edited = header + dump_params(params)
     try:
-        write_atomic(path, (header + dump_params(params)).encode(), mode=mode)
+        write_atomic(path, edited.encode("utf-8"), mode=mode)
     except OSError as exc:
         raise ParamsError(f"{path}: cannot write: {exc}") from None
+    return whole
+
+
+def _edited(text: str, params: LoopParams) -> str | None:
+    """``text`` (a params file) with only the values that differ from ``params`` replaced, by
+    ruamel.yaml's round trip (comments and layout kept); None when that cannot be done exactly."""
+    import io
+
+    import yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    rt = YAML()  # round trip
+    rt.preserve_quotes = True
+    rt.width = 110
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    try:
+        doc = rt.load(text)
+        old = LoopParams.model_validate(yaml.safe_load(text) or {}).model_dump(mode="json")
+    except (YAMLError, yaml.YAMLError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    new = params.model_dump(mode="json")
+    _merge(doc, old, new)
+    out = io.StringIO()
+    try:
+        rt.dump(doc, out)
+        edited = out.getvalue()
+        if LoopParams.model_validate(yaml.safe_load(edited) or {}) != params:  # read back exactly, or not at all
+            return None
+    except (YAMLError, yaml.YAMLError, ValueError):
+        return None
+    return edited
+
+
+def _merge(doc: Any, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Set in ``doc`` (the file's round-trip mapping) what differs between ``old`` (the values it
+    gives) and ``new``, descending into mappings the file spells out so their comments stay."""
+    from ruamel.yaml.comments import CommentedMap
+
+    for key in list(doc):
+        if key in old and key not in new:  # e.g. a class_severities entry the new fit drops
+            del doc[key]
+    for key, value in new.items():
+        if old.get(key) == value:
+            continue
+        if isinstance(value, dict) and isinstance(old.get(key), dict):
+            if doc.get(key) is None:  # a section the file leaves at its defaults: only what differs
+                doc[key] = CommentedMap()
+            if isinstance(doc[key], dict):
+                _merge(doc[key], old[key], value)
+                continue
+        doc[key] = value

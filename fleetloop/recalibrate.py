@@ -10,7 +10,9 @@ so using the test split's labels here leaks nothing into the model's evaluation)
 outputs are read back from the store (a log no longer in the store is left out and named). The
 dataset's labels are image boxes, all "care": the lidar is judged by the 2D IoU of its projected
 boxes (the matching rules of :mod:`fleetloop.mine.calibrate`). The input params' own
-``class_severities`` are replaced by the fit; a pair flagged too rarely keeps its default.
+``class_severities`` are replaced by the fit; a pair flagged too rarely keeps its default. When
+nothing is fitted (no labelled frame, no log in the store, no pair flagged often enough or stable),
+``out.params`` is the input, unchanged (its own ``class_severities`` too), and ``out.reason`` says why.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def recalibrate(store: Store, config: DatasetConfig, params: MiningParams) -> Re
     if manifest is None:
         return Recalibration(params=params, fitted=False, reason="no dataset version yet")
     frames, labels = _version_labels(config, manifest.version)  # labelled or empty; unusable ones left out
+    if not frames.num_rows:
+        return Recalibration(params=params, fitted=False, dataset_version=manifest.version,
+                             reason=f"dataset-v{manifest.version} has no labelled frame; the params stay as they are")
     ids = sorted(set(frames.column("log_id").to_pylist()))
     parts, missing = [], []
     for log_id in ids:
@@ -88,15 +93,18 @@ def recalibrate(store: Store, config: DatasetConfig, params: MiningParams) -> Re
     pairs = sum(len(v) for v in result.params.class_severities.values())
     table = result.table.to_pylist()
     unstable = sum(1 for r in table if r["fitted"] and not r["stable"])
+    used = result.params.calibration.labelled_frames if result.params.calibration else 0  # frames the logs have
     if pairs:
-        reason = f"{pairs} reason/class severities fitted on {labelled.num_rows} labelled frames of dataset-v{manifest.version}"
+        reason = f"{pairs} reason/class severities fitted on {used} labelled frames of dataset-v{manifest.version}"
         reason += f" ({unstable} more left at their defaults: unstable across its logs)" if unstable else ""
     elif unstable:
         reason = (f"dataset-v{manifest.version}: no fitted severity was stable across its {len(parts)} logs "
-                  f"({unstable} tried); the defaults stay")
+                  f"({unstable} tried); the params stay as they are")
     else:
-        reason = (f"dataset-v{manifest.version}: no flag raised often enough on its {labelled.num_rows} labelled frames "
-                  "to fit; the defaults stay")
+        reason = (f"dataset-v{manifest.version}: no flag raised often enough on its {used} labelled frames "
+                  "to fit; the params stay as they are")
+    if used < labelled.num_rows:
+        reason += f"; {labelled.num_rows - used} labelled frames are not in their logs in the store (left out)"
     return base.model_copy(update={
-        "params": result.params, "fitted": pairs > 0, "labelled_frames": labelled.num_rows, "reason": reason,
+        "params": result.params if pairs else params, "fitted": pairs > 0, "labelled_frames": used, "reason": reason,
         "table": table, "errors": dict(result.truth or {})})

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         already stored with other content is reported, never overwritten (exit 1). Exit 1 too
         when no log is found, a --log is not there, or every log is quarantined."""
         from fleetloop.ingest.importers import FORMATS, LogFormatError
+        from fleetloop.ingest.ingest import IngestInterrupted
         from fleetloop.ingest.ingest import ingest as do_ingest
         from fleetloop.settings import get_settings
         from fleetloop.store.ids import InvalidLogIdError, check_log_id
@@ -46,6 +47,13 @@ def register(app: typer.Typer) -> None:
         try:
             with err.status(f"Ingesting {path} ({format})"):
                 report = do_ingest(get_store(get_settings()), path, format, wanted)
+        except IngestInterrupted as exc:  # the store failed partway: say what was stored before it did
+            if as_json:
+                print_json({"ok": False, "error": f"ingest failed: {exc}", **exc.report.model_dump(mode="json"),
+                            "not_stored": exc.not_stored})
+                err.print(f"[red]ingest failed:[/] {escape(str(exc))}", highlight=False)
+                raise typer.Exit(1) from None
+            raise fail(exc, 1, prefix="ingest failed") from None
         except (LogFormatError, StorageError, FileNotFoundError) as exc:
             raise fail(exc, 1, as_json=as_json, prefix="ingest failed") from None
         n_logs = len(report.registered) + len(report.unchanged) + len(report.quarantined) + len(report.conflicts)

@@ -157,14 +157,20 @@ def register(app: typer.Typer) -> None:
     def calibrate_cmd(
         path: Annotated[Path, typer.Argument(help="Directory of labelled logs (KITTI tracking layout with label_02/).")],
         params_file: Annotated[Path, typer.Option("--params-file", help="params.yaml whose mine: section gets the "
-                                                  "fitted severities (created if missing).")] = Path("params.yaml"),
-        camera_tracker: Annotated[str | None, typer.Option(help="The camera stream whose errors count.")] = None,
+                                                  "fitted severities (created if missing; in an existing file only the "
+                                                  "keys that change are rewritten, its other lines and comments kept).")]
+        = Path("params.yaml"),
+        camera_tracker: Annotated[str | None, typer.Option(help="The camera stream whose errors count (written to "
+                                                           "mine.camera_stream with the fit).")] = None,
         log: Annotated[list[str] | None, typer.Option("--log", help="Fit on these log ids only (repeatable).")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the table, write nothing.")] = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Fit each flag's severity per class from labelled frames (how often it marked a real
-        error, with the counts) and write them into the mine: section of params.yaml."""
+        error, with the counts) and write them into the mine: section of params.yaml. Prints
+        which values change from the file's and why. Exit 1 when nothing can be fitted (no
+        labelled frame) or the file cannot be read or written (nothing is written then); 2 for
+        a camera stream that is not in the layout."""
         from rich.table import Table
 
         from fleetloop.ingest.importers import LogFormatError
@@ -174,33 +180,51 @@ def register(app: typer.Typer) -> None:
         if log is None:
             log = []
         _check_kitti_tracker(path, camera_tracker)
+        target = params_file.resolve() if params_file.is_symlink() else params_file  # a link: write its target
         if not dry_run:
-            problem = (f"{params_file} is a directory" if params_file.is_dir()
-                       else writable_dir_problem(params_file.parent))
+            problem = (f"{params_file} is a directory" if target.is_dir()
+                       else writable_dir_problem(target.parent))
             if problem:
                 raise fail(f"--params-file {params_file}: cannot write: {problem}", 1, as_json=as_json,
                            prefix="calibrate failed")
         try:
             loop = load_params(params_file) if params_file.exists() else LoopParams()
-            mp = loop.mine
-            if camera_tracker:
-                mp = mp.model_copy(update={"camera_stream": camera_tracker})
+        except ParamsError as exc:
+            raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
+        mp = loop.mine
+        if camera_tracker:
+            mp = mp.model_copy(update={"camera_stream": camera_tracker})
+        elif mp.camera_stream:
+            _check_file_stream(path, mp.camera_stream, params_file, as_json)
+        try:
             logs, truth, quarantined = _load_labelled(path, log or None)
             labels = kitti_labels(truth, logs)
-        except (ParamsError, LogFormatError, FileNotFoundError, ValueError) as exc:
+        except (LogFormatError, FileNotFoundError, ValueError) as exc:
             raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
         for line in grouped(quarantined, "[red]quarantined[/]", " (not used)"):
             console.print(line, highlight=False)
         result = calibrate(logs, labels, mp, source=f"{path} logs {sorted(logs.log_ids)}")
         cal = result.params.calibration
+        if not result.labelled_logs:  # nothing to fit on: writing would only wipe an earlier fit
+            raise fail(f"{path}: no label on any frame of {_few(result.unlabelled_logs)}"
+                       + _unmatched(result) + "; nothing to fit on, nothing written", 1, as_json=as_json,
+                       prefix="calibrate failed")
+        changes = _severity_changes(loop.mine, result.params, result.table.to_pylist())
+        keys = [k for k, v in result.params.model_dump(mode="json").items() if loop.mine.model_dump(mode="json").get(k) != v]
+        whole = False
+        was = str(params_file) if params_file.is_file() else "the defaults"
+        before = "new" if not target.is_file() else None
         if not dry_run:
             try:
-                write_params(params_file, loop.model_copy(update={"mine": result.params}))
+                whole = write_params(target, loop.model_copy(update={"mine": result.params}))
             except ParamsError as exc:
                 raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
         if as_json:
             print_json({"ok": True, "params_file": None if dry_run else str(params_file), "quarantined": quarantined,
-                        "rows": result.table.to_pylist(),
+                        "labelled_logs": result.labelled_logs, "unlabelled_logs": result.unlabelled_logs,
+                        "unmatched_labels": result.unmatched_labels, "judged_camera": result.judged_camera,
+                        "skipped": result.skipped, "changes": changes, "written_keys": [] if dry_run else keys,
+                        "whole_file": whole, "rows": result.table.to_pylist(),
                         "errors": result.truth, "calibration": cal.model_dump(mode="json") if cal else None})
             return
         heads = ("reason", "class", "flags", "errors", "prec", "default", "severity", "kept")
@@ -219,10 +243,37 @@ def register(app: typer.Typer) -> None:
         if cal is not None and cal.unexplained_per_object:
             console.print(f"errors no flag explains (where the miner is blind): {cal.unexplained_per_frame:.2f} per frame, "
                           + ", ".join(f"{v:.2f} per {c}" for c, v in cal.unexplained_per_object.items()))
+        console.print(f"fitted on {cal.labelled_frames if cal else 0:,} labelled frames of {_few(result.labelled_logs, 8)}"
+                      + ("; one labelled log: no stability check, every fitted value kept"
+                         if len(result.labelled_logs) < 2 else ""), highlight=False)
+        if result.judged_camera:
+            console.print(f"  judged camera stream: {escape(result.judged_camera)} (the others are evidence)", highlight=False)
+        for s in result.skipped:
+            console.print(f"  skipped {escape(s)}", highlight=False)
+        if result.unlabelled_logs:
+            console.print(f"  [yellow]not used[/] (no label on any of their frames: label file missing or empty): "
+                          f"{escape(_few(result.unlabelled_logs, 8))}", highlight=False)
+        if result.unmatched_labels:
+            console.print(f"  [yellow]not used[/]: {escape(_unmatched(result).removeprefix('; '))}", highlight=False)
+        verb = "would change" if dry_run else "changed"
+        if loop.mine.camera_stream != result.params.camera_stream:
+            console.print(f"mine.camera_stream {verb}: {loop.mine.camera_stream} -> {result.params.camera_stream}",
+                          highlight=False)
+        if changes:
+            console.print(f"severities that {verb} from {was}:", highlight=False)
+            for c in changes:
+                console.print(f"  {c['reason']} {c['class']}: {c['was']:.4g} -> {c['now']:.4g} ({c['why']})", highlight=False)
+        else:
+            console.print(f"no severity {verb.split()[-1]} from {was}", highlight=False)
         if dry_run:
             return
-        console.print(f"[green]wrote {params_file}[/]: mine.class_severities for "
-                      f"{sum(len(v) for v in result.params.class_severities.values())} reason/class pairs")
+        how = ("a new file, every value spelled out" if before == "new" else
+               "the whole file rewritten, keeping its opening comments: its layout could not be kept" if whole else
+               "the file's other lines and comments kept")
+        console.print(f"[green]wrote {escape(str(params_file))}[/]: mine.class_severities for "
+                      f"{sum(len(v) for v in result.params.class_severities.values())} reason/class pairs, "
+                      f"{', '.join('mine.' + k for k in keys if k != 'class_severities') or 'nothing else'} ({how})",
+                      highlight=False)
 
     @app.command()
     def sample(
@@ -249,6 +300,53 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
         raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
+
+
+def _check_file_stream(root: Path, stream: str, params_file: Path, as_json: bool) -> None:
+    """``mine calibrate``: the params file's ``mine.camera_stream`` must name a camera tracker of
+    the KITTI layout (the fit would otherwise judge another stream and write it beside that name)."""
+    from fleetloop.ingest.importers.kitti import KittiTrackingImporter
+
+    names = KittiTrackingImporter.source_names(root, "camera_trk")
+    if names and stream.removeprefix("camera:") not in names:
+        raise fail(f"{params_file}: mine.camera_stream {stream!r} is not a camera tracker under {root / 'camera_trk'} "
+                   f"(available: {names}); pass --camera-tracker NAME", 2, as_json=as_json, prefix="calibrate failed")
+
+
+def _few(ids: list[str], most: int = 5) -> str:
+    """``3 logs (0001, 0006, 0010)``: a count and the first few ids."""
+    if not ids:
+        return "no log"
+    shown = ", ".join(ids[:most]) + (", ..." if len(ids) > most else "")
+    return f"{len(ids)} log{'s' if len(ids) > 1 else ''} ({shown})"
+
+
+def _unmatched(result) -> str:
+    if not result.unmatched_labels:
+        return ""
+    return (f"; {result.unmatched_labels} label row(s) name frames the logs do not have "
+            f"(e.g. {', '.join(result.unmatched_examples)})")
+
+
+def _severity_changes(old, new, rows: list[dict]) -> list[dict]:
+    """Every (reason, class) whose severity in ``new`` differs from ``old``'s (its
+    class_severities, else its default), with why: fitted, or back at the default (too few flags,
+    unstable, or not flagged on these labels)."""
+    from fleetloop.schema import CLASSES
+
+    by = {(r["reason"], r["class"]): r for r in rows}
+    was, now = old.severity_table(), new.severity_table()
+    out = []
+    for reason in now:
+        for i, cls in enumerate(CLASSES):
+            a, b = was[reason][i], now[reason][i]
+            if a == b:
+                continue
+            r = by.get((reason, cls))
+            why = ("fitted" if r is not None and r["stable"] else "unstable: the default" if r is not None and r["fitted"]
+                   else "too few flags: the default" if r is not None else "not flagged on these labels: the default")
+            out.append({"reason": reason, "class": cls, "was": a, "now": b, "why": why})
+    return out
 
 
 def _stages(wall: dict[str, float], cpu: dict[str, float]) -> str:

@@ -9,7 +9,9 @@ on, whatever the order of the logs. Only a store that cannot be reached stops th
 A log is registered once per content hash with conditional writes (see
 :mod:`fleetloop.store.logs`), so a rerun is safe and two ingests of the same log ids may run at
 once, on one machine or several: one of them stores each log; the other reports the same
-content as unchanged, or other content as a conflict, never overwriting it.
+content as unchanged, or other content as a conflict, never overwriting it. A log stored (or
+found unchanged) by a run loses the quarantine report an earlier run wrote for it, so
+``quarantine/`` names only logs that are not in the store.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
     from fleetloop.ingest.validation import LogReport
 
     t0 = time.perf_counter()
-    source = Path(source).resolve()  # recorded on each stored log: meaningful from anywhere
+    source = _resolved(Path(source))  # recorded on each stored log: meaningful from anywhere
     report = IngestReport(source=str(source), format=fmt)
     loaded = load_logs_isolated(source, fmt, log_ids, **importer_options)
     for log_id, error in loaded.errors.items():  # logs that do not load: quarantined, the rest goes on
@@ -78,13 +80,20 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
         try:
             _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
         except StorageError as exc:  # the store itself failed: nothing after this log can be stored either
+            _finish(report, result, t0)
             raise IngestInterrupted(exc, report, result.good.log_ids[i:]) from exc
-    report.warnings = {log_id: rep.warning_line for log_id, rep in result.warnings.items()
-                       if log_id in report.registered or log_id in report.unchanged}
+    _finish(report, result, t0)
     for log_report in result.quarantined.values():
         _quarantine(store, log_report, report)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _finish(report: IngestReport, result: ValidationResult, t0: float) -> None:
+    """The warnings of the logs stored so far, and the time taken."""
+    report.warnings = {log_id: rep.warning_line for log_id, rep in result.warnings.items()
+                       if log_id in report.registered or log_id in report.unchanged}
+    report.seconds = round(time.perf_counter() - t0, 3)
 
 
 def _store_one(store: Store, one: DriveLogs, source: str, arrived_at: datetime | None, report: IngestReport) -> None:
@@ -106,6 +115,33 @@ def _store_one(store: Store, one: DriveLogs, source: str, arrived_at: datetime |
         return
     (report.registered if result.created else report.unchanged).append(log_id)
     report.frames += one.num_frames
+    _clear_quarantine(store, log_id)
+
+
+def _resolved(source: Path) -> Path:
+    """``source`` as an absolute path; a path that cannot be resolved (a symbolic link loop) is a
+    :class:`LogFormatError` naming it, like any other source that is not a directory of logs."""
+    from fleetloop.ingest.importers import LogFormatError
+
+    try:
+        return source.resolve()
+    except (OSError, RuntimeError) as exc:  # Python 3.11 raises RuntimeError for a link loop
+        raise LogFormatError(source, f"cannot resolve the path: {exc}") from None
+
+
+def _clear_quarantine(store: Store, log_id: str) -> None:
+    """A log now in the store is no longer quarantined: remove the report an earlier run wrote
+    for it (a fixed log ingested again), so ``quarantine/`` lists only logs that are not stored.
+    Best effort: the log is stored either way."""
+    from fleetloop.ingest.validation import quarantine_key
+
+    base = quarantine_key(log_id)
+    try:
+        if store.exists(f"{base}/report.json") or store.exists(f"{base}/report.md"):
+            store.delete(f"{base}/report.md")
+            store.delete(f"{base}/report.json")
+    except StorageError:
+        pass
 
 
 def _quarantine(store: Store, log_report: LogReport, report: IngestReport) -> None:

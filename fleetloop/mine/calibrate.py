@@ -69,7 +69,7 @@ average loss of cost-lift into a tie (``benchmarks/calibration_holdout.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
@@ -124,6 +124,13 @@ class CalibrationResult:
     params: MiningParams  # the input params with the fitted class_severities and their counts
     table: pa.Table  # TABLE_SCHEMA: one row per (reason, class) that was flagged on labelled frames
     truth: dict[str, int] | None = None  # error totals on the labelled frames (lidar_fn, lidar_fp, camera_fn, camera_fp)
+    labelled_logs: list[str] = field(default_factory=list)  # the logs whose frames were judged (the fit's logs)
+    unlabelled_logs: list[str] = field(default_factory=list)  # logs given with no label on any of their frames: not used
+    #: label rows naming a (log, frame) the logs do not have, not used: their count and a few examples
+    unmatched_labels: int = 0
+    unmatched_examples: list[str] = field(default_factory=list)
+    judged_camera: str | None = None  # the camera stream whose errors count (None: no camera stream)
+    skipped: list[str] = field(default_factory=list)  # what the checks skipped or chose, in words (as mining says)
 
 
 @dataclass
@@ -548,8 +555,21 @@ def calibrate(logs: DriveLogs, labels: pa.Table, params: MiningParams | None = N
                       unexplained_per_frame=round(sf.per_frame, 4),
                       unexplained_per_object=per_object)
     new = params.model_copy(update={"class_severities": class_sev, "calibration": cal})
+    batch = checked.batch
+    judged_logs = np.unique(batch.frame_log[truth.labelled]) if truth.labelled.any() else np.zeros(0, np.int64)
+    ids = list(batch.log_ids)
+    judged_set = set(judged_logs.tolist())
+    lost = _label_frames(batch, labels.column("log_id"), labels.column("frame").to_numpy()) < 0 if labels.num_rows \
+        else np.zeros(0, bool)
+    lost_rows = (labels.select(["log_id", "frame"]).filter(pa.array(lost)).group_by(["log_id", "frame"], use_threads=False)
+                 .aggregate([]).slice(0, 3).to_pylist() if lost.any() else [])
     return CalibrationResult(MiningParams.model_validate(new.model_dump()), pa.Table.from_pylist(rows, schema=TABLE_SCHEMA),
-                             truth.totals)
+                             truth.totals, labelled_logs=[ids[i] for i in judged_logs],
+                             unlabelled_logs=[k for i, k in enumerate(ids) if i not in judged_set],
+                             unmatched_labels=int(lost.sum()),
+                             unmatched_examples=[f"{r['log_id']} frame {r['frame']}" for r in lost_rows],
+                             judged_camera=checked.sides[0].name if checked.sides else None,
+                             skipped=list(checked.skipped))
 
 
 def _only_frames(logs: DriveLogs, frames: pa.Table) -> DriveLogs:

@@ -221,6 +221,8 @@ def _fast_columns(table: pa.Table, layout: _Layout, max_frames: int) -> dict[str
                 return None
             out[name] = values
         else:
+            if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+                return None  # bytes that are not UTF-8: the slow path names the line
             if not pa.types.is_string(typ) and not pa.types.is_large_string(typ):
                 col = col.cast(pa.string())
             if name in layout.allowed and not pc.all(pc.is_in(col, value_set=pa.array(sorted(layout.allowed[name])))).as_py():
@@ -521,21 +523,33 @@ class KittiTrackingImporter:
         self.max_frames = max_frames
 
     def list_logs(self, root: Path) -> list[str]:
-        """Every sequence with a calibration file or an output file of any source: a sequence
-        whose outputs lack their calibration is listed (and fails to load, naming the missing
-        file), never silently left out."""
+        """Every sequence with a calibration file or an output file of any source, or declared
+        by ``seqmap.txt``: a sequence whose outputs lack their calibration, or whose files are all
+        missing, is listed (and fails to load, naming the missing file or the seqmap line), never
+        silently left out. Dot entries (``.ipynb_checkpoints/``, ``._0001.txt``) are ignored."""
         root = Path(root)
         calib = root / "calib"
         if not calib.is_dir():
             raise LogFormatError(root, "not a KITTI tracking layout: no calib/ directory")
-        names = {p.stem for p in calib.glob("*.txt")}
+        return sorted(self._file_names(root) | set(self._seqmap_names(root)))
+
+    def _file_names(self, root: Path) -> set[str]:
+        """The sequences with a calibration file or an output file of any source."""
+        names = {p.stem for p in (root / "calib").glob("*.txt") if not _hidden(p)}
         for kind in ("lidar_det", "camera_trk", "camera_det"):
-            base = root / kind
-            if base.is_dir():
-                for src in base.iterdir():
-                    if src.is_dir():
-                        names.update(p.stem for p in src.glob("*.txt"))
-        return sorted(names)
+            for src in self.source_names(root, kind):
+                names.update(p.stem for p in (root / kind / src).glob("*.txt") if not _hidden(p))
+        return names
+
+    @staticmethod
+    def _seqmap_names(root: Path) -> list[str]:
+        """The sequences ``seqmap.txt`` declares on well-formed lines (a bad line is an error of
+        the sequence it names when loading; an unreadable seqmap fails loading, not listing)."""
+        try:
+            text = (root / "seqmap.txt").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        return [parts[0] for parts in map(str.split, text.splitlines()) if len(parts) == 4 and parts[3].isdigit()]
 
     def log_location(self, root: Path, log_id: str) -> Path:
         """The file that anchors a sequence: its calibration."""
@@ -546,7 +560,7 @@ class KittiTrackingImporter:
         """The sources of one kind in a layout, e.g. ``source_names(root, "camera_trk")`` = the
         camera trackers (``[]`` when the layout has no such directory)."""
         base = Path(root) / kind
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and not _hidden(p)) if base.is_dir() else []
 
     @staticmethod
     def _sources(root: Path, kind: str, chosen: str | None, every: bool = False) -> list[Path]:
@@ -626,6 +640,14 @@ class KittiTrackingImporter:
         for s in log_ids:
             if s in bad_lines:
                 raise bad_lines[s]
+        declared_only = sorted(set(log_ids) - self._file_names(root))
+        if declared_only:  # named by the seqmap, but every file of it is gone: never dropped silently
+            s = declared_only[0]
+            lines = [i for i, line in enumerate((root / "seqmap.txt").read_text(errors="replace").splitlines(), 1)
+                     if line.split()[:1] == [s]]
+            raise LogFormatError(root / "seqmap.txt", f"sequence {s!r} is listed here but has no files "
+                                 f"(calib/{s}.txt and every output of it are missing)",
+                                 line=lines[0] if lines else None, field="seq")
         if len(log_ids) > 1:  # every file of a kind in one parse; any doubt: log by log (which names the line)
             batch = self._load_batch(root, log_ids, seqmap, lidar_dir, trk_dirs, det_dir)
             if batch is not None:
@@ -833,6 +855,12 @@ class KittiTrackingImporter:
         return DriveLogs(frames=_frames_table(_const(seq, n), np.arange(n, dtype=np.int32)), lidar_detections=lidar,
                          camera_detections=camera, tracks=tracks,
                          calibration=_calibration_table([seq], [P], [l2c], [(width, height)]))
+
+
+def _hidden(path: Path) -> bool:
+    """A dot entry (``.ipynb_checkpoints/``, macOS ``._0001.txt``, an editor's backup): never
+    a source or a sequence."""
+    return path.name.startswith(".")
 
 
 def _present(path: Path) -> bool:
