@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Validate logs and store them (the function the ingest-logs flow calls). Bad logs are
         quarantined with a report; the rest go on. Rerunning stores nothing twice; a log id
-        already stored with other content is reported, never overwritten (exit 1). Exit 1 too
-        when no log is found, a --log is not there, or every log is quarantined."""
+        already stored with other content is reported, never overwritten (exit 1), as is a log
+        whose keys the store refuses while it still answers (exit 1). Exit 1 too when no log is
+        found, a --log is not there, or every log is quarantined."""
         from fleetloop.ingest.importers import FORMATS, LogFormatError
         from fleetloop.ingest.ingest import IngestInterrupted
         from fleetloop.ingest.ingest import ingest as do_ingest
@@ -56,17 +57,20 @@ def register(app: typer.Typer) -> None:
             raise fail(exc, 1, prefix="ingest failed") from None
         except (LogFormatError, StorageError, FileNotFoundError) as exc:
             raise fail(exc, 1, as_json=as_json, prefix="ingest failed") from None
-        n_logs = len(report.registered) + len(report.unchanged) + len(report.quarantined) + len(report.conflicts)
+        n_logs = (len(report.registered) + len(report.unchanged) + len(report.quarantined) + len(report.conflicts)
+                  + len(report.failed))
         if not n_logs:
             raise fail(f"no logs found in {path} (format {format})", 1, as_json=as_json, prefix="ingest failed")
-        # exit 1 when a log was not stored for another's content, or when nothing of the batch is in the store
-        ok = not report.conflicts and bool(report.registered or report.unchanged)
+        # exit 1 when a log was not stored (another's content, or the store refused its keys), or when
+        # nothing of the batch is in the store
+        ok = not report.conflicts and not report.failed and bool(report.registered or report.unchanged)
         if as_json:
             print_json({"ok": ok, **report.model_dump(mode="json")})
             raise typer.Exit(0 if ok else 1)
         console.print(
             f"[green]{len(report.registered)} new[/], {len(report.unchanged)} unchanged, "
-            f"[red]{len(report.quarantined)} quarantined[/], {len(report.conflicts)} conflicts; "
+            f"[red]{len(report.quarantined)} quarantined[/], {len(report.conflicts)} conflicts"
+            + (f", [red]{len(report.failed)} failed[/]" if report.failed else "") + "; "
             f"{report.frames:,} frames in {report.seconds:.1f} s"
         )
         named = {(log_id if log_id.isprintable() else repr(log_id)): why for log_id, why in report.reasons.items()}
@@ -80,8 +84,11 @@ def register(app: typer.Typer) -> None:
             console.print(line, highlight=False)
         for log_id, why in report.conflicts.items():
             console.print(f"  [yellow]not stored {escape(log_id)}:[/] {escape(why)}")
+        for log_id, why in report.failed.items():
+            console.print(f"  [red]not stored {escape(log_id)}:[/] {escape(why)} (the store refused it; fix that "
+                          "and run the same command again)", highlight=False)
         if not ok:
-            if not report.conflicts:
+            if not report.conflicts and not report.failed:
                 err.print("[red]ingest failed:[/] nothing stored: every log was quarantined", highlight=False)
             raise typer.Exit(1)
 

@@ -39,6 +39,10 @@ def ingest_logs(
         f"- quarantined: **{len(report.quarantined)}**",
     ]
     lines += [f"  - `{log_id}`: {report.reasons.get(log_id, '')} (report at `{key}`)" for log_id, key in report.quarantined.items()]
+    for title, named in (("not stored, another log's content under its id", report.conflicts),
+                         ("not stored, the store refused it", report.failed)):
+        if named:
+            lines += [f"- {title}: **{len(named)}**", *(f"  - `{log_id}`: {why}" for log_id, why in named.items())]
     create_markdown_artifact(key="ingest-summary", markdown="\n".join(lines), description="What came in")
     return report
 

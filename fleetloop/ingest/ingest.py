@@ -4,7 +4,9 @@ ones with a report.
 Every log is on its own: a log that fails in any way (a file that does not parse, an invalid
 log id, a missing anchor file, an unexpected exception while loading, validating or storing it)
 is quarantined with a report naming the file and the reason, and the rest of the batch goes
-on, whatever the order of the logs. Only a store that cannot be reached stops the batch.
+on, whatever the order of the logs. A log whose keys the store refuses while it still answers
+(e.g. a foreign object in their way) is named in ``failed`` and the rest goes on; only a store
+that cannot be reached stops the batch (:class:`IngestInterrupted`, naming what was stored).
 
 A log is registered once per content hash with conditional writes (see
 :mod:`fleetloop.store.logs`), so a rerun is safe and two ingests of the same log ids may run at
@@ -39,6 +41,7 @@ class IngestReport(BaseModel):
     reasons: dict[str, str] = Field(default_factory=dict)  # log_id -> why it is quarantined, one line
     warnings: dict[str, str] = Field(default_factory=dict)  # log_id -> what validation warned of (stored anyway)
     conflicts: dict[str, str] = Field(default_factory=dict)  # log_id -> why (same id, other content)
+    failed: dict[str, str] = Field(default_factory=dict)  # log_id -> the store's error for it (the store up)
     frames: int = 0
     seconds: float = 0.0
 
@@ -79,14 +82,27 @@ def ingest(store: Store, source: Path | str, fmt: str, log_ids: list[str] | None
     for i, log_id in enumerate(result.good.log_ids):
         try:
             _store_one(store, result.good.select([log_id]), f"{fmt}:{source}", arrived_at, report)
-        except StorageError as exc:  # the store itself failed: nothing after this log can be stored either
-            _finish(report, result, t0)
+        except StorageError as exc:
+            if _reachable(store):  # this log's keys, not the store (e.g. a foreign object in its way): go on
+                report.failed[log_id] = str(exc)
+                continue
+            _finish(report, result, t0)  # the store itself failed: nothing after this log can be stored either
             raise IngestInterrupted(exc, report, result.good.log_ids[i:]) from exc
     _finish(report, result, t0)
     for log_report in result.quarantined.values():
         _quarantine(store, log_report, report)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
+
+
+def _reachable(store: Store) -> bool:
+    """Does the store still answer (a read of a key that need not exist)? Tells a failure of one
+    log's keys from a store that is down."""
+    try:
+        store.exists("quarantine/.probe")
+    except StorageError:
+        return False
+    return True
 
 
 def _finish(report: IngestReport, result: ValidationResult, t0: float) -> None:

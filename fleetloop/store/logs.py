@@ -235,7 +235,7 @@ def _conflict(store: Store, existing: LogManifest, sha: str) -> LogConflictError
     return LogConflictError(
         f"log {existing.log_id!r} already exists in {store.location} with different content "
         f"(stored sha256 {existing.sha256[:12]} from {existing.source}, new {sha[:12]}); logs are immutable: "
-        "use a new log id or replace=True"
+        "store the new content under a new log id (from Python, put_log(..., replace=True) overwrites)"
     )
 
 

@@ -102,17 +102,22 @@ def test_a_fixed_log_ingested_again_is_no_longer_quarantined(home: Path, kitti: 
     assert not (home / "store" / "quarantine" / "0012").exists()  # was: the stale report stayed
 
 
-def test_a_store_failing_partway_still_says_in_json_what_was_stored(home: Path, kitti: Path) -> None:
+def test_one_logs_keys_blocked_in_a_store_that_answers_stop_only_that_log(home: Path, kitti: Path) -> None:
+    """A foreign object in the way of one log's keys used to stop the batch as if the store were
+    down (the logs after it not stored); the store still answers, so only that log fails."""
     (home / "store" / "logs").mkdir(parents=True)
-    (home / "store" / "logs" / "0012").write_text("not a folder")  # a foreign object blocks 0012's keys
+    (home / "store" / "logs" / "0010").write_text("not a folder")  # a foreign object blocks 0010's keys
 
     code, out = _ingest(str(kitti))
-    assert code == 1 and out["ok"] is False and "0012" in out["error"]
-    assert out["registered"] == ["0010"] and out["not_stored"] == ["0012"]  # was: only {"ok", "error"}
+    assert code == 1 and out["ok"] is False
+    assert out["registered"] == ["0012"] and list(out["failed"]) == ["0010"]
+    assert "logs/0010" in out["failed"]["0010"]
+    res = CliRunner().invoke(app, ["ingest", str(kitti)], env={"COLUMNS": "200"})
+    assert res.exit_code == 1 and "1 failed" in res.stdout and "not stored 0010: " in res.stdout
 
-    (home / "store" / "logs" / "0012").unlink()
+    (home / "store" / "logs" / "0010").unlink()
     code, out = _ingest(str(kitti))  # the rerun stores the rest, nothing twice
-    assert code == 0 and out["registered"] == ["0012"] and out["unchanged"] == ["0010"]
+    assert code == 0 and out["registered"] == ["0010"] and out["unchanged"] == ["0012"]
 
 
 def test_a_source_that_is_a_symlink_loop_is_one_clear_line(home: Path, tmp_path: Path) -> None:

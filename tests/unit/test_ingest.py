@@ -149,9 +149,17 @@ def test_a_store_failing_partway_says_which_logs_were_stored_and_a_rerun_stores_
     assert len(ids) == 2
 
     class GoesDown(LocalStore):
+        down = False
+
         def _refuse(self, key: str) -> None:
-            if f"/{ids[1]}/" in f"/{key}":
+            if self.down or f"/{ids[1]}/" in f"/{key}":
+                self.down = True  # from then on every request fails, as with an endpoint gone
                 raise StorageError("s3://fleetloop: Could not connect to the endpoint URL")
+
+        def exists(self, key: str) -> bool:
+            if self.down:
+                self._refuse(key)
+            return super().exists(key)
 
         def put_bytes(self, key: str, data: bytes) -> None:
             self._refuse(key)
