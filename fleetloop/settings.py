@@ -61,7 +61,7 @@ class DatasetSettings(BaseModel):
     """Where the labeled dataset lives (fleetloop/dataset/config.py derives the defaults)."""
 
     repo_dir: Path | None = None  # default: <home>/dataset
-    dvc_remote_url: str | None = None  # default: <home>/dvc-remote, or s3://<bucket>/<prefix>dvc on S3
+    dvc_remote_url: str | None = None  # default: <home>/dvc-remote, or s3://<bucket>/<prefix>/dvc on S3 (s3://<bucket>/dvc without a prefix)
     git_remote: str | None = None  # a URL or path the versions are pushed to; None: the local repo only
 
 

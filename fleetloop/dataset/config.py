@@ -76,7 +76,7 @@ def dataset_config(settings: Settings) -> DatasetConfig:
     """The dataset config the settings imply.
 
     Defaults: the repository is ``<home>/dataset``; the DVC remote is ``<home>/dvc-remote`` on the
-    local storage backend and ``s3://<bucket>/<prefix>dvc`` on the S3 backend (same endpoint and
+    local storage backend and ``s3://<bucket>/<prefix>/dvc`` (``s3://<bucket>/dvc`` without a prefix) on the S3 backend (same endpoint and
     credentials as the store); no git remote. A ``settings.dataset`` section, when the settings
     have one, overrides these (``repo_dir``, ``dvc_remote_url``, ``git_remote``).
     """

@@ -10,12 +10,14 @@ team's commands (``train.command``, ``train.predict``) as subprocesses with ``tr
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,13 +56,33 @@ def run_command(template: str, params: TrainParams, **paths: Path) -> float:
         argv[0] = sys.executable  # the interpreter running the stage (the project's venv)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(argv, timeout=params.timeout_s, check=False)
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace")
     except FileNotFoundError as exc:
         raise StageError(f"command not found: {argv[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise StageError(f"{argv[0]} did not finish within train.timeout_s={params.timeout_s} s") from exc
-    if proc.returncode != 0:
-        raise StageError(f"{' '.join(argv[:4])} ... exited with {proc.returncode}")
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(params.timeout_s, stop)
+    timer.start()
+    last: collections.deque[str] = collections.deque(maxlen=1)  # its last words: usually the error
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # streamed through, as it comes
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                last.append(line.strip())
+        returncode = proc.wait()
+    finally:
+        timer.cancel()
+    if timed_out.is_set():
+        raise StageError(f"{argv[0]} did not finish within train.timeout_s={params.timeout_s} s")
+    if returncode != 0:
+        said = f": {last[0][:300]}" if last else ""
+        raise StageError(f"{' '.join(argv[:4])} ... exited with {returncode}{said}")
     return time.perf_counter() - t0
 
 

@@ -4,6 +4,7 @@ fills; the integer params are strict (``true`` is not 1)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,19 @@ def test_the_placeholders_are_the_ones_the_stages_fill(tmp_path: Path) -> None:
     run_command(cmd, TrainParams(command=cmd, epochs=5, seed=3), data=tmp_path / "d", model=tmp_path / "m",
                 init=tmp_path / "init")
     assert out.read_text().split()[-2:] == ["5", "3"]
+
+
+def test_a_failing_trainer_is_named_with_its_last_words_and_a_slow_one_is_stopped(tmp_path: Path, capfd) -> None:
+    """`fleetloop retrain` used to say only "... exited with 1 (+116 more lines)": the trainer's own
+    error was in the lines left out. Its output still streams through."""
+    from fleetloop.train.stages import StageError, run_command
+
+    crash = "python -c \"import sys; print('epoch 1', file=sys.stderr); raise SystemExit('no GPU here, or a bad path')\""
+    with pytest.raises(StageError, match=r"exited with 1: no GPU here, or a bad path$"):
+        run_command(crash, TrainParams(command=crash))
+    assert "epoch 1" in capfd.readouterr().err
+    slow = "python -c \"import time; time.sleep(30)\""
+    t0 = time.perf_counter()
+    with pytest.raises(StageError, match=r"did not finish within train.timeout_s=1 s"):
+        run_command(slow, TrainParams(command=slow, timeout_s=1))
+    assert time.perf_counter() - t0 < 15
