@@ -46,7 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from fleetloop.settings import Settings
+from fleetloop.settings import Settings, redact
 
 Say = Callable[[str], None]
 
@@ -748,7 +748,7 @@ def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first
     png = demo_dir(settings) / "report" / "map_vs_labels.png"
     return DemoResult(
         rows=state.rows, prefect_ui=api_url.removesuffix("/api"),
-        label_studio=(ls.url if ls else settings.label_studio.url or ""),
+        label_studio=redact(ls.url if ls else settings.label_studio.url or ""),
         label_studio_login=(f"{ls.username} / {ls.password}" if ls else "(your Label Studio account)"),
         plot=str(png) if png.is_file() else None, state=str(_state_path(settings)),
     )

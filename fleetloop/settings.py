@@ -2,18 +2,28 @@
 
 Read from the environment (prefix ``FLEETLOOP_``, nested sections with ``__``, e.g.
 ``FLEETLOOP_STORAGE__BACKEND=s3``) and an optional ``.env`` file. Secrets are ``SecretStr``:
-they never appear in ``repr``, logs or artifacts. What the model *is* (thresholds, weights)
-lives in params, not here.
+they never appear in ``repr``, logs or artifacts. A URL setting may embed credentials
+(``https://user:pass@host/...``): whatever shows one to a person goes through :func:`redact`.
+What the model *is* (thresholds, weights) lives in params, not here.
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"<>]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it masked: ``https://user:pass@host/x`` ->
+    ``https://***@host/x`` (for messages, JSON output and anything a person or a file sees)."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 class S3Settings(BaseModel):

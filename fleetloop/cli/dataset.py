@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fleetloop.cli.output import JsonOpt, fail, keep_whole, print_json
+from fleetloop.settings import redact
 
 if TYPE_CHECKING:
     from fleetloop.dataset.config import DatasetConfig
@@ -86,11 +87,11 @@ def status(as_json: JsonOpt = False) -> None:
         print_json(st.model_dump(mode="json"), ok=True)
         return
     if st.version == 0:
-        console.print(f"no version yet (repository {st.repo}, DVC remote {st.remote})", highlight=False)
+        console.print(f"no version yet (repository {st.repo}, DVC remote {redact(st.remote)})", highlight=False)
         return
     splits = ", ".join(f"{name} {s.frames:,}" for name, s in st.splits.items())
     console.print(f"[bold]{st.tag}[/]: {st.frames:,} frames, {st.objects:,} objects ({splits})", highlight=False)
-    console.print(f"  repository {st.repo}; DVC remote {st.remote}; git remote {st.git_remote or '-'}",
+    console.print(f"  repository {st.repo}; DVC remote {redact(st.remote)}; git remote {redact(st.git_remote or '-')}",
                   highlight=False)
     if st.pending:
         console.print("  [yellow]a killed grow left an untagged commit: the next grow finishes it[/]")

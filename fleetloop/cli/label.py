@@ -284,9 +284,10 @@ def listen(
     settings = _settings()
     secret_file = settings.home.resolve() / "labeling" / "webhook-secret"
     if not secret_file.exists():
+        from fleetloop.store.atomic import write_atomic
+
         secret_file.parent.mkdir(parents=True, exist_ok=True)
-        secret_file.write_text(secrets.token_hex(20))
-        secret_file.chmod(0o600)
+        write_atomic(secret_file, secrets.token_hex(20).encode(), mode=0o600)  # never readable by others
     secret = secret_file.read_text().strip()
 
     if trigger == "sync":

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from fleetloop.cli.output import JsonOpt, err, fail, print_json
+from fleetloop.settings import redact
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
         if serve:
             from fleetloop.local.process import reaping_descendants
 
-            console.print(f"Serving fleetloop deployments against {url} (Ctrl-C to stop)")
+            console.print(f"Serving fleetloop deployments against {redact(url)} (Ctrl-C to stop)")
             def replacing(names: list[str]) -> None:
                 console.print(f"Replacing {len(names)} deployments registered in a work pool by `fleetloop deploy` "
                               f"with served ones ({', '.join(names)})", highlight=False)
@@ -112,7 +113,7 @@ def register(app: typer.Typer) -> None:
                 deployments.serve(settings, on_replace=replacing)
             return
         ids = deployments.deploy_to_pool(settings)
-        console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {url}: "
+        console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {redact(url)}: "
                       f"{', '.join(ids)}.", highlight=False, soft_wrap=True)
         console.print("Run them with: [bold]fleetloop worker[/]")
 
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
         settings, url = _prefect_env()
         pool = settings.prefect.work_pool
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
-        err.print(f"Prefect worker for work pool [bold]{pool}[/] at {url} (Ctrl-C to stop)", highlight=False)
+        err.print(f"Prefect worker for work pool [bold]{pool}[/] at {redact(url)} (Ctrl-C to stop)", highlight=False)
 
         def stopping(sig: signal.Signals) -> None:
             err.print(f"{sig.name}: stopping the Prefect worker and its flow runs", highlight=False)
@@ -176,7 +177,7 @@ def register(app: typer.Typer) -> None:
                 raise fail(exc, 2, as_json=as_json, prefix=f"Invalid parameters for {name}") from None
             raise
         ui = (PREFECT_UI_URL.value() or api_url.removesuffix("/api")).rstrip("/")
-        run_doc = {"flow_run": fr.name, "id": str(fr.id), "url": f"{ui}/runs/flow-run/{fr.id}"}
+        run_doc = {"flow_run": fr.name, "id": str(fr.id), "url": redact(f"{ui}/runs/flow-run/{fr.id}")}
         if not as_json:
             console.print(f"flow run {fr.name}: {run_doc['url']}", soft_wrap=True)
         if not wait:

@@ -1,7 +1,8 @@
 """What every command prints: results on stdout (``--json``: one JSON document), errors as one
 line on stderr, and with ``--json`` also ``{"ok": false, "error": ...}`` on stdout, so a machine
 reading stdout always gets JSON, whatever happened. Exit codes are the command's own (its help
-says which)."""
+says which). Credentials embedded in URLs (``https://user:pass@host``) are masked in both
+(:func:`fleetloop.settings.redact`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from fleetloop.settings import redact
 
 err = Console(stderr=True, soft_wrap=True)
 
@@ -31,12 +34,17 @@ def print_json(obj: Any, *, ok: bool | None = None) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         text = json.dumps(_finite(obj), indent=2, default=str)
-    typer.echo(text)
+    typer.echo(redact(text))
 
 
 def describe(exc: BaseException) -> str:
     """An exception in one line: a pydantic ValidationError as ``field: problem; ...`` (its own
-    text spans lines and links to pydantic's docs), invalid settings named as such."""
+    text spans lines and links to pydantic's docs), invalid settings named as such. Credentials
+    in URLs are masked."""
+    return redact(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
@@ -66,7 +74,7 @@ def fail(problem: BaseException | str, code: int = 2, *, as_json: bool = False, 
     """Report ``problem`` (stderr; with ``as_json`` also as JSON on stdout) and return the
     ``typer.Exit(code)`` to raise: ``raise fail(exc, as_json=as_json) from None``. Exception text
     is printed literally (never read as rich markup)."""
-    message = describe(problem) if isinstance(problem, BaseException) else problem
+    message = describe(problem) if isinstance(problem, BaseException) else redact(problem)
     if as_json:
         typer.echo(json.dumps({"ok": False, "error": f"{prefix}: {message}" if prefix != "error" else message}))
     err.print(f"[red]{escape(prefix)}:[/] {escape(message)}", highlight=False)

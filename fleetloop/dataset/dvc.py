@@ -16,7 +16,9 @@ beside the repository).
 
 Names: the DVC remote is ``storage`` (the repository's default remote), the git remote ``origin``,
 the branch ``main``. S3 credentials reach DVC as per-call config overrides (API) or environment
-variables (command line), never written to a file.
+variables (command line), never written to a file; an endpoint URL's embedded credentials
+(``user:pass@``) are not written to ``.dvc/config`` either (they would be committed and pushed), and
+credentials in URLs are masked in every error message (a git remote's included).
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ class _Capture(logging.Handler):
 def _remote_section(config: DatasetConfig) -> dict[str, str]:
     section = {"url": config.resolved_remote_url()}
     if config.s3_endpoint_url:
-        section["endpointurl"] = config.s3_endpoint_url
+        # committed in .dvc/config: without an embedded user:pass@ (S3 signs with the keys, never
+        # with the URL's userinfo; the keys reach DVC per call, see _dvc_overrides)
+        section["endpointurl"] = _CREDENTIALS.sub(r"\1", config.s3_endpoint_url)
     return section
 
 
@@ -177,6 +181,7 @@ class Repo:
     def _run(self, argv: Sequence[str], what: str, cwd: Path | None = None, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         cwd = cwd or self.root
+        what = _CREDENTIALS.sub(r"\1***@", what)  # a URL argument's user:pass@ (a git remote) masked
         try:
             proc = subprocess.run(
                 list(argv), cwd=cwd, env=env or self._env(), capture_output=True, text=True,
@@ -238,7 +243,7 @@ class Repo:
         long or pipeline commands (``repro``, ``import``, ``update``) that belong in a subprocess.
         Its output is captured and quoted when it fails (not ``--quiet``: that hides DVC's error)."""
         argv = [sys.executable, "-m", "dvc", *args]
-        what = "dvc " + " ".join(args)
+        what = _CREDENTIALS.sub(r"\1***@", "dvc " + " ".join(args))  # `dvc import <git remote>`
         env = {**self._env(), "DVC_NO_ANALYTICS": "1"}
         overrides = self._dvc_overrides().get("remote", {}).get(DVC_REMOTE, {})
         env.update({k: v for k, v in (("AWS_ACCESS_KEY_ID", overrides.get("access_key_id")),

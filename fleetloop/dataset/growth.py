@@ -55,6 +55,7 @@ from fleetloop.dataset.manifest import (
     tag_of,
 )
 from fleetloop.dataset.params import GrowParams
+from fleetloop.settings import redact
 from fleetloop.store.objects import Store
 
 __all__ = ["CRASH_ENV", "STEPS", "GrowResult", "grow", "open_repo", "read_manifest"]
@@ -221,7 +222,7 @@ def open_repo(config: DatasetConfig, recovered: list[str] | None = None) -> Repo
             os.rename(tmp, root)
             repo = Repo(root, config)
             repo._ensure_identity()
-            notes.append(f"cloned the dataset repository from {config.git_remote}")
+            notes.append(f"cloned the dataset repository from {redact(config.git_remote or '')}")
         else:
             repo = Repo.create(root, config, README)
     else:
@@ -292,7 +293,7 @@ def _catch_up(repo: Repo, notes: list[str]) -> None:
         repo.fast_forward(remote_main)
         notes.append(f"fast-forwarded to {GIT_REMOTE}/{BRANCH} ({remote_main[:10]})")
         return
-    raise DatasetError(f"the dataset repository {repo.root} and its git remote {repo.config.git_remote} have "
+    raise DatasetError(f"the dataset repository {repo.root} and its git remote {redact(repo.config.git_remote or '')} have "
                        f"diverged (local {head and head[:10]}, remote {remote_main[:10]}): resolve by hand")
 
 

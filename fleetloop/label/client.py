@@ -9,7 +9,8 @@ Label Studio has two kinds of API keys that are easy to confuse (label-studio #7
 
 :class:`LabelStudioClient` decides which from the key itself (:func:`token_kind`), refreshes the
 access token when it expires, and turns HTTP failures into :class:`LabelStudioError` messages
-saying what was asked of which server. It offers the raw JSON calls fleetloop needs (paging by
+saying what was asked of which server (its URL with any embedded credentials masked: :attr:`url`
+is for messages, never the token either). It offers the raw JSON calls fleetloop needs (paging by
 id); the official SDK client, configured with the same key, is available as :attr:`sdk`.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 import httpx
 
-from fleetloop.settings import LabelStudioSettings
+from fleetloop.settings import LabelStudioSettings, redact
 
 TokenKind = Literal["legacy", "personal"]
 
@@ -89,12 +90,13 @@ class LabelStudioClient:
     """A small, explicit Label Studio API client (sync, httpx)."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 60.0):
-        self.url = url.rstrip("/")
+        self._base = url.rstrip("/")  # as configured: may embed credentials (user:pass@)
+        self.url = redact(self._base)  # for messages and links: credentials masked
         self._token = token
         self.kind: TokenKind = token_kind(token)
         self._access: str | None = None
         self._access_exp = 0.0
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self._base, timeout=timeout)
         self._sdk: Any = None
         self._users: dict[int, str] = {}
 
@@ -134,7 +136,7 @@ class LabelStudioClient:
         if self._sdk is None:
             from label_studio_sdk import LabelStudio
 
-            self._sdk = LabelStudio(base_url=self.url, api_key=self._token)
+            self._sdk = LabelStudio(base_url=self._base, api_key=self._token)
         return self._sdk
 
     # -- raw calls ------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ class LabelStudioClient:
         try:
             r = self._http.request(method, path, headers=self.auth_header(), **kwargs)
         except httpx.HTTPError as exc:
-            raise LabelStudioError(f"Label Studio {self.url}: {method} {path} failed: {exc}") from exc
+            raise LabelStudioError(f"Label Studio {self.url}: {method} {path} failed: {redact(str(exc))}") from exc
         if r.status_code in (401, 403):
             hint = ""
             if "legacy" in r.text.lower():

@@ -22,10 +22,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import psutil
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from fleetloop.local import process
-from fleetloop.settings import Settings
+from fleetloop.settings import Settings, redact
 from fleetloop.store.atomic import write_atomic
 from fleetloop.store.locks import LockTimeout, file_lock
 
@@ -57,6 +57,12 @@ class ServiceStatus(BaseModel):
     pid: int | None = None
     log: str | None = None
     detail: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, url: str) -> str:
+        """Shown and printed as JSON: a configured server URL's ``user:pass@`` is masked."""
+        return redact(url)
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleetloop.settings import redact
 from fleetloop.store.atomic import write_atomic
 
 if TYPE_CHECKING:
@@ -334,7 +335,8 @@ class S3Store(Store):
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client
-        self.endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None) or "AWS S3"
+        # for messages: an endpoint URL's embedded credentials (user:pass@) masked
+        self.endpoint = redact(getattr(getattr(client, "meta", None), "endpoint_url", None) or "AWS S3")
         self.location = f"s3://{bucket}/{self.prefix} at {self.endpoint}"
         self._settings: S3Settings | None = None  # set by from_settings: makes the store picklable
 
@@ -366,7 +368,7 @@ class S3Store(Store):
         hint = ""
         if code == "NoSuchBucket":
             hint = f" (bucket {self.bucket!r} does not exist: create it or set FLEETLOOP_STORAGE__S3__BUCKET)"
-        return StorageError(f"S3 {op} {what} at {self.endpoint} failed: {exc}{hint}")
+        return StorageError(f"S3 {op} {what} at {self.endpoint} failed: {redact(str(exc))}{hint}")
 
     def _call(self, op: str, key: str, fn: Any, **kwargs: Any) -> Any:
         from boto3.exceptions import Boto3Error
@@ -386,14 +388,14 @@ class S3Store(Store):
             return
         except ClientError as exc:
             if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-                raise StorageError(f"S3 head bucket {self.bucket!r} at {self.endpoint} failed: {exc}") from exc
+                raise StorageError(f"S3 head bucket {self.bucket!r} at {self.endpoint} failed: {redact(str(exc))}") from exc
         except BotoCoreError as exc:
-            raise StorageError(f"S3 head bucket {self.bucket!r} at {self.endpoint} failed: {exc}") from exc
+            raise StorageError(f"S3 head bucket {self.bucket!r} at {self.endpoint} failed: {redact(str(exc))}") from exc
         try:
             self.client.create_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
             if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise StorageError(f"S3 create bucket {self.bucket!r} at {self.endpoint} failed: {exc}") from exc
+                raise StorageError(f"S3 create bucket {self.bucket!r} at {self.endpoint} failed: {redact(str(exc))}") from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call("put", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
@@ -450,12 +452,20 @@ class S3Store(Store):
         self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def url_for(self, key: str, expires: int = 3600) -> str:
-        return self._call(
+        from urllib.parse import urlsplit
+
+        url: str = self._call(
             "presign", key, self.client.generate_presigned_url,
             ClientMethod="get_object",
             Params={"Bucket": self.bucket, "Key": self._key(key)},
             ExpiresIn=expires,
         )
+        # Handed to Label Studio (stored in its tasks, shown to annotators): an endpoint's embedded
+        # user:pass@ is dropped (not part of the signature, which covers the host: still valid).
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return url
 
     def _conditional_put(self, op: str, key: str, data: bytes, **condition: str) -> bool:
         """One conditional PUT: ``True`` if written, ``False`` on a failed precondition (412). A
