@@ -65,6 +65,16 @@ def reference_window(week: str) -> Window:
     return Window(start=w.start - timedelta(days=WEEK_DAYS), end=w.start)
 
 
+def check_due(week: str, now: datetime) -> None:
+    """Refuse a cycle whose week has not begun at ``now``: its window (the week before it) is still
+    open, so it would mine a partial week and record that as the week's cycle."""
+    start = week_start(week)
+    if start > now:
+        raise CycleInputError(
+            f"week {week} has not begun (it starts {start:%Y-%m-%d}): its cycle covers the logs that arrive until "
+            f"then; run it on or after {start:%Y-%m-%d}, or give a week that has begun")
+
+
 def campaign_name(week: str) -> str:
     """The labeling campaign a cycle pushes to: ``fleetloop-2026-w49``."""
     week_start(week)  # validates
@@ -78,6 +88,9 @@ class CyclePlan(BaseModel):
     logs: list[LogManifest]  # arrived in the window, by log id
     reference_logs: list[LogManifest]  # arrived in the reference window
     key: str  # week + inputs: a second run with the same key is a no-op
+    # logs whose manifest could not be read (log id -> why), named by the arrival index since the
+    # reference window's start: left out of this cycle, which is then not marked done
+    unreadable: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("week")
     @classmethod
@@ -100,7 +113,7 @@ def window_manifests(store: Store, week: str,
     each ``[start, end)`` and sorted by log id, from one read of the arrival index. ``problems``:
     see :func:`fleetloop.store.logs.list_logs` (a manifest that cannot be read is named there)."""
     window, reference = cycle_window(week), reference_window(week)
-    manifests = list_logs(store, since=reference.start, inclusive=True, problems=problems)
+    manifests = list_logs(store, since=reference.start, inclusive=True, problems=problems, until=window.end)
 
     def arrived_in(w: Window) -> list[LogManifest]:
         return sorted((m for m in manifests if w.contains(m.arrived_at)), key=lambda m: m.log_id)
@@ -111,14 +124,17 @@ def window_manifests(store: Store, week: str,
 def plan_cycle(store: Store, week: str, params: LoopParams, *, extra: str = "") -> CyclePlan:
     """Which logs the cycle covers and its key. Reads the arrival index once."""
     window, reference = cycle_window(week), reference_window(week)
-    in_window, in_ref = window_manifests(store, week)
+    unreadable: dict[str, str] = {}  # one damaged manifest never stops the cycle: named, left out
+    in_window, in_ref = window_manifests(store, week, problems=unreadable)
     h = hashlib.sha256(week.encode())
     for m in in_window:
         h.update(f"{m.log_id}:{m.sha256}\n".encode())
+    for log_id in sorted(unreadable):
+        h.update(f"{log_id}:unreadable\n".encode())
     h.update(params.model_dump_json().encode())
     h.update(extra.encode())
     return CyclePlan(week=week, window=window, reference=reference, logs=in_window, reference_logs=in_ref,
-                     key=h.hexdigest()[:16])
+                     key=h.hexdigest()[:16], unreadable=dict(sorted(unreadable.items())))
 
 
 StepStatus = Literal["ran", "skipped", "failed"]
@@ -139,10 +155,18 @@ class CycleRecord(BaseModel):
     finished_at: datetime | None = None
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     noop: bool = False  # a second run of the same key: nothing was done
+    # logs of the cycle's window left out because they could not be read (log id -> why): the
+    # other logs went through; the cycle is not marked done, so a rerun after a repair takes them
+    left_out: dict[str, str] = Field(default_factory=dict)
 
     @property
     def failed(self) -> list[str]:
         return [name for name, s in self.steps.items() if s.status == "failed"]
+
+    @property
+    def complete(self) -> bool:
+        """No step failed and no log was left out: the cycle may be marked done."""
+        return not self.failed and not self.left_out
 
 
 def load_record(store: Store, plan: CyclePlan) -> CycleRecord | None:
@@ -153,5 +177,9 @@ def load_record(store: Store, plan: CyclePlan) -> CycleRecord | None:
 
 
 def save_record(store: Store, plan: CyclePlan, record: CycleRecord) -> None:
-    """Written once, when the cycle has finished without a failed step (a failed cycle reruns)."""
+    """Written once, when the cycle has finished without a failed step or a left-out log (such a
+    cycle reruns)."""
+    if not record.complete:
+        raise ValueError(f"cycle {record.week} is not complete (failed: {record.failed}, left out: "
+                         f"{sorted(record.left_out)}): it is not marked done")
     store.put_bytes(plan.record_key, record.model_dump_json(indent=2).encode())

@@ -414,7 +414,7 @@ def bootstrap(settings: Settings, state: DemoState, say: Say) -> WeekRow:
 
 def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
     """One simulated week: drive with the production model, ingest, the weekly cycle, labeling."""
-    from fleetloop.cycle import campaign_name
+    from fleetloop.cycle import campaign_name, week_start
     from fleetloop.flows.mine import ingest_logs
     from fleetloop.flows.weekly import weekly_cycle
     from fleetloop.label.api import client_for
@@ -422,6 +422,9 @@ def run_week(settings: Settings, state: DemoState, k: int, say: Say) -> WeekRow:
 
     c = state.config
     iso = _week_of(state, k)
+    if week_start(iso) > datetime.now(UTC):  # the weekly cycle refuses a week that has not begun
+        raise DemoStateError(f"the demo's calendar has reached today: week {k} would be {iso}, which has not begun "
+                             "(the demo starts 60 weeks back); start over with --reset")
     t: dict[str, float] = {}
     with _timed(t, "drive"):
         week, out = _drive(settings, state, k, _detector(settings), c.logs_per_week)

@@ -435,7 +435,7 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
         if not ids:
             also = f"; not listed: {', '.join(unlisted)}" if unlisted else ""
             raise fail(f"no stored logs match ({q.describe()}){also}", 1, as_json=as_json)
-        run = mining.plan_mining(store, mp, budget, log_ids=ids)
+        run = mining.plan_mining(store, mp, budget, log_ids=ids, unlisted=unlisted)
         shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
         summary = mining.finish_mining(store, run, shards, mp)
     except (LogQueryError, LookupError, StorageError) as exc:

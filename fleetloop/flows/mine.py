@@ -98,9 +98,10 @@ def mine(
     params = params or pipeline_params()
     st = store()
     plain = not (query.until or query.needs_content)
-    ids = log_ids if plain else select_logs(list_logs(st, since=None), query, st)
+    unlisted: dict[str, str] = {}  # manifests the query's listing could not read: named, left out
+    ids = log_ids if plain else select_logs(list_logs(st, since=None, problems=unlisted), query, st)
     run = mining.plan_mining(st, params, budget, since=since if plain else None, log_ids=ids,
-                             frames_per_shard=frames_per_shard)
+                             frames_per_shard=frames_per_shard, unlisted=unlisted)
     logger.info("mining run %s (%s): %d logs in %d shards", run.key, query.describe(), len(run.log_ids), len(run.shards))
     futures = [mine_shard_task.submit(run.key, i, logs, params) for i, logs in enumerate(run.shards)]
     shards = [f.result() for f in futures]

@@ -13,15 +13,27 @@ step's slice boosts go straight to mining); the store keeps what the next run ne
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from fleetloop.cycle import CycleRecord, StepRecord, campaign_name, iso_week, load_record, plan_cycle, save_record
+from fleetloop.cycle import (
+    CyclePlan,
+    CycleRecord,
+    StepRecord,
+    campaign_name,
+    check_due,
+    iso_week,
+    load_record,
+    plan_cycle,
+    save_record,
+)
 from fleetloop.dataset.config import dataset_config
 from fleetloop.flows.common import params, settings, store
 from fleetloop.flows.dataset import grow_dataset
@@ -30,8 +42,53 @@ from fleetloop.flows.label import label_push, label_sync
 from fleetloop.flows.mine import mine
 from fleetloop.flows.param_types import IsoWeek
 from fleetloop.flows.train import retrain_flow
+from fleetloop.params import LoopParams
 from fleetloop.recalibrate import Recalibration, recalibrate
+from fleetloop.registry import Registry
+from fleetloop.settings import redact
+from fleetloop.store.locks import held_or
 from fleetloop.store.logs import read_logs
+from fleetloop.store.objects import Store
+
+#: how long a cycle waits for another run of the same week (it then finds the week done, or
+#: retries what that run left failed); a cycle takes minutes, its retrain at most train.timeout_s
+CYCLE_LOCK_TIMEOUT_S = 3 * 3600.0
+#: a step's reason in the record and the artifact: one line, at most this long
+REASON_CHARS = 400
+
+#: what an engineer does about each step when it failed (the rerun is always safe: the steps that
+#: ran are not done again, their outputs are reused)
+NEXT: dict[str, str] = {
+    "drift": "check the logs it names (fleetloop logs list); drift steers mining only, the rest ran",
+    "sync": "check Label Studio is up and the token valid (fleetloop label status); labels stay in Label Studio "
+            "and are delivered once by the rerun",
+    "grow": "check the dataset repository and its lock (fleetloop dataset status); retrain waited for it",
+    "retrain": "check train.command and the training log (fleetloop retrain runs it alone); production is unchanged",
+    "calibrate": "mining went on with the params as they are; check the dataset version it names",
+    "mine": "check the logs it names; nothing was pushed this cycle",
+    "push": "check Label Studio is up and the token valid (fleetloop label status); the selection is kept and the "
+            "rerun pushes each frame once",
+}
+
+
+class StepIncomplete(RuntimeError):
+    """A step did part of its work: the rest is recorded in the message, the step as failed."""
+
+
+def _secrets() -> list[str]:
+    """Secret values of the settings, never to appear in a reason, a log line or an artifact."""
+    s = settings()
+    found = [s.label_studio.token, s.storage.s3.secret_access_key, s.storage.s3.access_key_id]
+    return [x.get_secret_value() for x in found if x is not None and len(x.get_secret_value()) >= 4]
+
+
+def one_line(text: str, secrets: list[str] | None = None, limit: int = REASON_CHARS) -> str:
+    """``text`` as one line a person reads: secrets masked, whitespace runs folded, cut at ``limit``."""
+    text = redact(text)
+    for secret in secrets or []:
+        text = text.replace(secret, "***")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def labeling_configured() -> bool:
@@ -45,6 +102,7 @@ class _Steps:
     def __init__(self, record: CycleRecord) -> None:
         self.record = record
         self.logger = get_run_logger()
+        self.secrets = _secrets()
 
     def skip(self, name: str, reason: str) -> None:
         self.logger.info("%s: skipped (%s)", name, reason)
@@ -55,8 +113,11 @@ class _Steps:
         try:
             summary, details = fn()
         except Exception as exc:  # recorded; the cycle reports it and is not marked done
-            self.logger.exception("%s failed", name)
-            self.record.steps[name] = StepRecord(status="failed", reason=f"{type(exc).__name__}: {exc}",
+            what = str(exc) if isinstance(exc, StepIncomplete) else f"{type(exc).__name__}: {exc}"
+            reason = one_line(what, self.secrets)
+            self.logger.error("%s failed: %s", name, reason)  # one line; the traceback only at debug level
+            self.logger.debug("%s failed", name, exc_info=True)
+            self.record.steps[name] = StepRecord(status="failed", reason=reason,
                                                  seconds=round(time.perf_counter() - t0, 2))
             return False
         self.record.steps[name] = StepRecord(status="ran", reason=summary, details=details,
@@ -85,22 +146,66 @@ def weekly_cycle(
     if budget < 1:
         raise ValueError(f"budget must be at least 1 frame, got {budget}")
     logger = get_run_logger()
-    scheduled = flow_run.scheduled_start_time or datetime.now(UTC)
+    now = datetime.now(UTC)
+    scheduled = flow_run.scheduled_start_time or now
     week = week or iso_week(scheduled)
-    st, loop = store(), params()
-    plan = plan_cycle(st, week, loop, extra=f"budget={budget};label={label}")
-    done = load_record(st, plan)
-    if done is not None:
-        logger.info("cycle %s already ran with these inputs (%s): nothing to do", week, plan.record_key)
-        create_markdown_artifact(key="weekly-cycle-summary", markdown=(
-            f"# Weekly cycle {week}: already done\n\nThe same inputs ran at {done.finished_at}; "
-            "this run (a duplicate schedule fire or a manual rerun) did nothing."))
-        return done.model_copy(update={"noop": True})
+    check_due(week, max(now, scheduled))  # a week not begun: its window is still open
+    # one cycle of a week at a time (two schedule fires, a fire and a manual run, two workers): the
+    # second waits, then finds the week done, or retries what the first left failed
+    with _week_lock(week):
+        st, loop = store(), params()
+        plan = plan_cycle(st, week, loop, extra=f"budget={budget};label={label}")
+        done = load_record(st, plan)
+        if done is not None:
+            logger.info("cycle %s already ran with these inputs (%s): nothing to do", week, plan.record_key)
+            create_markdown_artifact(key="weekly-cycle-summary", markdown=(
+                f"# Weekly cycle {week}: already done\n\nThe same inputs ran at {done.finished_at}; "
+                "this run (a duplicate schedule fire or a manual rerun) did nothing."))
+            return done.model_copy(update={"noop": True})
+        record = _run_cycle(plan, loop, st, budget=budget, label=label, retrain_unchanged=retrain_unchanged)
+    if not record.complete:
+        raise RuntimeError(_incomplete_message(record))
+    return record
 
-    record = CycleRecord(week=week, key=plan.key, logs=plan.log_ids, started_at=datetime.now(UTC))
+
+@contextmanager
+def _week_lock(week: str) -> Iterator[None]:
+    home = Path(settings().home).resolve()
+    path = home / "locks" / f"weekly-cycle-{week}.lock"
+    with held_or(path, CYCLE_LOCK_TIMEOUT_S, lambda pid: RuntimeError(
+            f"another weekly cycle of {week} (pid {pid}) has run for {CYCLE_LOCK_TIMEOUT_S / 3600:.0f} h; "
+            "run this one again when it has finished")):
+        yield
+
+
+def _incomplete_message(record: CycleRecord) -> str:
+    parts = [f"{name}: {record.steps[name].reason}" for name in record.failed]
+    if record.left_out:
+        parts.append("logs left out (unreadable): " + ", ".join(sorted(record.left_out)))
+    return one_line(f"weekly cycle {record.week} not done: " + "; ".join(parts)
+                    + " (the other steps ran; a rerun redoes only what is missing; see the run's artifacts)",
+                    limit=1000)
+
+
+def _trained_on(st: Store, dataset_version: int) -> bool:
+    """Whether some model in the registry was trained on ``dataset-v<dataset_version>``."""
+    return any(v.lineage.dataset_version == dataset_version for v in Registry(st).list())
+
+
+def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, label: bool,
+               retrain_unchanged: bool) -> CycleRecord:
+    week = plan.week
+    record = CycleRecord(week=week, key=plan.key, logs=plan.log_ids, started_at=datetime.now(UTC),
+                         left_out=dict(plan.unreadable))
     steps = _Steps(record)
     boost: dict[str, float] = {}
     labeling = label and labeling_configured()
+    if plan.unreadable:
+        steps.logger.warning("logs left out, their manifest unreadable (a rerun after a repair takes them): %s",
+                             one_line("; ".join(f"{k}: {v}" for k, v in plan.unreadable.items())))
+
+    def left_out_note(unreadable: dict[str, str]) -> str:
+        return f"; left out (unreadable): {', '.join(sorted(unreadable))}" if unreadable else ""
 
     # 1. drift: this window against the one before (logs read once, passed in memory)
     if not plan.logs or not plan.reference_logs:
@@ -109,13 +214,20 @@ def weekly_cycle(
         def drift_step() -> tuple[str, dict[str, Any]]:
             from fleetloop.drift.compare import compare
 
-            outcome = compare(st, read_logs(st, [m.log_id for m in plan.reference_logs]), read_logs(st, plan.log_ids),
-                              loop.drift, stamp=f"{week}-{plan.key}")
+            ref_bad: dict[str, str] = {}
+            cur_bad: dict[str, str] = {}  # one damaged log is left out, named; the others are compared
+            reference = read_logs(st, [m.log_id for m in plan.reference_logs], ref_bad)
+            current = read_logs(st, plan.log_ids, cur_bad)
+            record.left_out.update(cur_bad)
+            if not reference.num_frames or not current.num_frames:
+                raise StepIncomplete(one_line(
+                    "no readable logs to compare: " + "; ".join(f"{k}: {v}" for k, v in {**ref_bad, **cur_bad}.items())))
+            outcome = compare(st, reference, current, loop.drift, stamp=f"{week}-{plan.key}")
             publish_drift(st, outcome)
             boost.update(outcome.slice_boost)
-            return (outcome.headline(),
+            return (outcome.headline() + left_out_note({**ref_bad, **cur_bad}),
                     {"share_drifted": outcome.share_drifted, "slice_boost": outcome.slice_boost,
-                     "report": outcome.report_key})
+                     "report": outcome.report_key, "left_out": {**ref_bad, **cur_bad}})
         steps.run("drift", drift_step)
 
     # 2. sync every open campaign (last week's labels, whenever they were finished)
@@ -124,9 +236,11 @@ def weekly_cycle(
     else:
         def sync_step() -> tuple[str, dict[str, Any]]:
             out = label_sync()
-            return (f"{out.delivered} annotations delivered from {len(out.reports)} open campaign(s)",
-                    {"campaigns": out.campaigns, "completed": out.completed, "delivered": out.delivered,
-                     "failed": out.failed})
+            said = f"{out.delivered} annotations delivered from {len(out.reports)} open campaign(s)"
+            if out.failed:  # a campaign not synced: the step failed (the cycle is not done, a rerun syncs it)
+                raise StepIncomplete(f"{said}; campaigns that failed to sync: "
+                                     + "; ".join(f"{name}: {why}" for name, why in out.failed.items()))
+            return (said, {"campaigns": out.campaigns, "completed": out.completed, "delivered": out.delivered})
         steps.run("sync", sync_step)
 
     # 3. grow the dataset with every label delivered since the last version
@@ -143,10 +257,12 @@ def weekly_cycle(
     steps.run("grow", grow_step)
 
     # 4. retrain on the new version, register, gate, promote or reject
-    if grown is None or grown.version < 1:
+    if grown is None:
+        steps.skip("retrain", "the grow step failed: the dataset version to train on is not known (a rerun retries both)")
+    elif grown.version < 1:
         steps.skip("retrain", "no dataset version to train on")
-    elif grown.nothing_new and not retrain_unchanged:
-        steps.skip("retrain", f"dataset-v{grown.version} is unchanged since the last cycle")
+    elif grown.nothing_new and not retrain_unchanged and _trained_on(st, grown.version):
+        steps.skip("retrain", f"dataset-v{grown.version} is unchanged and was trained on already")
     else:
         version = grown.version
 
@@ -186,31 +302,33 @@ def weekly_cycle(
             nonlocal summary
             mp = mine_params.model_copy(update={"slice_boost": boost}) if boost else mine_params
             summary = mine(budget=budget, log_ids=plan.log_ids, params=mp)
-            return (f"{summary.selected} of {summary.frames} frames selected",
+            record.left_out.update(summary.unreadable)  # mined without them: a rerun retries them
+            return (f"{summary.selected} of {summary.frames} frames selected" + left_out_note(summary.unreadable),
                     {"run_key": summary.run_key, "frames": summary.frames, "selected": summary.selected,
-                     "slice_boost": boost})
+                     "slice_boost": boost, "left_out": summary.unreadable})
         steps.run("mine", mine_step)
 
     # 7. push the selection to this week's campaign
     if summary is None:
-        steps.skip("push", "no mining run in this cycle")
+        steps.skip("push", "no mining run in this cycle" if "mine" not in record.failed
+                   else "the mine step failed: nothing to push")
     elif not labeling:
         steps.skip("push", "no Label Studio configured" if label else "label=False")
     else:
         campaign = campaign_name(week)
+        run_key = summary.run_key
 
         def push_step() -> tuple[str, dict[str, Any]]:
-            pushed = label_push(campaign=campaign, run_key=summary.run_key)
+            pushed = label_push(campaign=campaign, run_key=run_key)
             return (f"{pushed.created} tasks created in {campaign}",
                     {"campaign": campaign, "created": pushed.created, "problems": len(pushed.problems)})
         steps.run("push", push_step)
 
+    record.left_out = {k: one_line(v, steps.secrets) for k, v in sorted(record.left_out.items())}
     record.finished_at = datetime.now(UTC)
-    if not record.failed:
+    if record.complete:
         save_record(st, plan, record)
     publish_cycle(plan.week, len(plan.logs), record)
-    if record.failed:
-        raise RuntimeError(f"weekly cycle {week}: steps failed: {', '.join(record.failed)} (see the run's artifacts)")
     return record
 
 
@@ -229,13 +347,31 @@ def publish_calibration(week: str, out: Recalibration) -> None:
 """)
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def publish_cycle(week: str, n_logs: int, record: CycleRecord) -> None:
-    rows = "\n".join(f"| {name} | {s.status} | {s.reason} | {s.seconds:.1f} |" for name, s in record.steps.items())
+    rows = "\n".join(f"| {name} | {'**failed**' if s.status == 'failed' else s.status} | {_cell(s.reason)} | "
+                     f"{s.seconds:.1f} |" for name, s in record.steps.items())
+    if record.complete:
+        verdict = "**Done.** Every step ran or said why it skipped; a rerun with the same inputs does nothing."
+        todo = ""
+    else:
+        bad = ", ".join(record.failed + (["logs left out"] if record.left_out else []))
+        verdict = (f"**Not done** ({bad}): the steps that ran keep their results; the cycle is not marked done, "
+                   f"so a rerun of `weekly-cycle` for {week} redoes only what is missing (mining and pushes are "
+                   "keyed on their inputs, nothing is duplicated).")
+        lines = [f"- **{name}**: {_cell(record.steps[name].reason)}. What to do: {NEXT.get(name, 'see its run')}; "
+                 f"then rerun `fleetloop run weekly-cycle --param week={week}`." for name in record.failed]
+        lines += [f"- log `{log_id}` left out: {_cell(why)}. What to do: re-ingest or repair it (or delete it), "
+                  "then rerun the cycle." for log_id, why in record.left_out.items()]
+        todo = "\n## What to do\n\n" + "\n".join(lines) + "\n"
     create_markdown_artifact(key="weekly-cycle-summary", markdown=f"""# Weekly cycle {week}
 
-{n_logs} logs arrived in the week before {week}.
+{n_logs} logs arrived in the week before {week}. {verdict}
 
 | step | status | what happened | seconds |
 |---|---|---|---|
 {rows}
-""")
+{todo}""")

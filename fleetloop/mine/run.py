@@ -66,15 +66,22 @@ class MiningSummary(BaseModel):
 
 
 def plan_mining(store, params, budget: int | None, *, since: datetime | None = None,
-                log_ids: list[str] | None = None, frames_per_shard: int = 50_000) -> MiningRun:
-    """Which logs (arrived at or after ``since``), in which shards, under which run key."""
+                log_ids: list[str] | None = None, frames_per_shard: int = 50_000,
+                unlisted: dict[str, str] | None = None) -> MiningRun:
+    """Which logs (arrived at or after ``since``; ``log_ids``: only these), in which shards, under
+    which run key. Logs whose manifest cannot be read are left out and named (``unlisted``): those
+    the listing finds (with ``log_ids``, only wanted ones) and those the caller's own listing found
+    (``unlisted``: e.g. while it answered a query, whose tags a damaged manifest cannot show)."""
     from fleetloop.store.logs import list_logs
 
-    unlisted: dict[str, str] = {}
-    manifests = list_logs(store, since=since, inclusive=True, problems=unlisted)
-    if log_ids is not None:
-        wanted = set(log_ids)
-        missing = wanted - {m.log_id for m in manifests}
+    found: dict[str, str] = {}
+    manifests = list_logs(store, since=since, inclusive=True, problems=found)
+    wanted = set(log_ids) if log_ids is not None else None
+    if wanted is not None:
+        found = {k: v for k, v in found.items() if k in wanted}  # other logs' damage is not this run's
+    unlisted = {**(unlisted or {}), **found}
+    if wanted is not None:
+        missing = wanted - {m.log_id for m in manifests} - set(unlisted)  # a damaged one: left out, named
         if missing:
             raise LookupError(f"logs not in the store: {sorted(missing)} (ingest them first: fleetloop ingest)")
         manifests = [m for m in manifests if m.log_id in wanted]

@@ -396,9 +396,10 @@ def read_logs(store: Store, log_ids: list[str], unreadable: dict[str, str] | Non
     return DriveLogs.concat(logs)
 
 def list_logs(store: Store, since: datetime | None = None, *, inclusive: bool = False,
-              problems: dict[str, str] | None = None) -> list[LogManifest]:
+              problems: dict[str, str] | None = None, until: datetime | None = None) -> list[LogManifest]:
     """Manifests of the logs that arrived strictly after ``since`` (all when None), oldest first;
-    at or after ``since`` when ``inclusive`` (a window's start, a user's ``--since``).
+    at or after ``since`` when ``inclusive`` (a window's start, a user's ``--since``); only those
+    that arrived before ``until`` when given (a window's end: the index is not read beyond it).
 
     Reads the arrival-index entries after ``since`` and the manifest of each log they name; an
     entry counts only when the manifest names the same arrival (entries of writers that lost a
@@ -419,7 +420,10 @@ def list_logs(store: Store, since: datetime | None = None, *, inclusive: bool = 
         start_after = f"{ARRIVALS_PREFIX}{since.strftime(_TIME_KEY)}_~"
     manifests: dict[str, LogManifest | None] = {}
     found: dict[str, LogManifest] = {}
+    stop = f"{ARRIVALS_PREFIX}{_as_utc(until).strftime(_TIME_KEY)}" if until is not None else None
     for key in store.list(ARRIVALS_PREFIX, start_after=start_after):
+        if stop is not None and key >= stop:  # keys sort by arrival time: the rest arrived at or after `until`
+            break
         log_id = _log_id_of_arrival(key)
         if log_id is None:
             continue

@@ -142,3 +142,28 @@ def test_logs_list_takes_the_query_mine_from_store_takes(configured) -> None:
     assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1
     res = CliRunner().invoke(app, ["logs", "list", "--tag", "weather=rain"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "1 logs match (tags=['weather=rain'])" in res.stdout
+
+
+def test_a_damaged_log_is_named_only_by_listings_and_runs_that_cover_it(configured) -> None:
+    """A damaged manifest used to be reported by every listing from before its arrival on, so a
+    weekly cycle of an earlier week was never done, and mining named logs ``log_ids`` -> one
+    damaged log among the wanted ones failed the whole run as "not in the store"."""
+    from datetime import UTC, datetime
+
+    from fleetloop.mine.params import MiningParams
+    from fleetloop.mine.run import plan_mining
+
+    store = configured
+    t = [datetime(2026, 11, d, 12, tzinfo=UTC) for d in (2, 10, 20)]
+    for i, (log_id, at) in enumerate(zip(("early", "middle", "late"), t, strict=True)):
+        put_log(store, make_log(log_id, 2, seed=i), "test", arrived_at=at)
+    store.put_bytes("logs/late/manifest.json", b"garbage")
+    store.put_bytes("logs/middle/manifest.json", store.get_bytes("logs/middle/manifest.json")[:-7])
+
+    problems: dict[str, str] = {}
+    listed = list_logs(store, problems=problems, until=datetime(2026, 11, 15, tzinfo=UTC))
+    assert [m.log_id for m in listed] == ["early"] and list(problems) == ["middle"]  # "late" arrived after
+    run = plan_mining(store, MiningParams(), 10, log_ids=["early", "middle"])
+    assert run.log_ids == ["early"] and list(run.unlisted) == ["middle"]  # named, not "not in the store"
+    run = plan_mining(store, MiningParams(), 10, log_ids=["early"])
+    assert run.log_ids == ["early"] and run.unlisted == {}  # the others' damage is not this run's
