@@ -488,15 +488,6 @@ def _answered(client: Any, campaign: str) -> int:
                for page in client.iter_tasks(c.project_id, page_size=100, fields="all") for task in page)
 
 
-def _trained_on(settings: Settings, dataset_version: int) -> int | None:
-    """The newest registered model version trained on ``dataset_version``, if any."""
-    from fleetloop.registry.api import Registry
-    from fleetloop.store.objects import get_store
-
-    found = [v.version for v in Registry(get_store(settings)).list() if v.lineage.dataset_version == dataset_version]
-    return max(found) if found else None
-
-
 def _train_on_labels(settings: Settings, row: WeekRow, campaign: str, k: int, t: dict[str, float], say: Say,
                      *, before: int) -> None:
     """The simulated team labels within the week, so the week ends as the issue's loop does:
@@ -523,7 +514,10 @@ def _train_on_labels(settings: Settings, row: WeekRow, campaign: str, k: int, t:
         return
     row.dataset_version = grown.version
     if resumed:
-        done = _trained_on(settings, grown.version)
+        from fleetloop.registry.api import Registry
+        from fleetloop.store.objects import get_store
+
+        done = Registry(get_store(settings)).trained_on(grown.version)
         if done is not None:  # trained (and judged) before the interruption
             row.model_version = done
             row.promoted = _production_metrics(settings)[0] == done

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetloop.dataset.config import DatasetConfig, DatasetError
+from fleetloop.settings import redact
 from fleetloop.store.locks import file_lock
 
 __all__ = ["BRANCH", "DVC_REMOTE", "GIT_REMOTE", "Repo", "repo_lock"]
@@ -125,7 +126,7 @@ def _tail(text: str) -> str:
     ``fatal:``/``error:`` line, else the first line; a line ending in ``:`` keeps the next one),
     DVC's first ``WARNING:`` line when there is one (it often says which files are missing), and how
     many lines were left out. Credentials in URLs are masked."""
-    text = _ANSI.sub("", _CREDENTIALS.sub(r"\1***@", text.strip()))
+    text = _ANSI.sub("", redact(text.strip()))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return ""
@@ -181,7 +182,7 @@ class Repo:
     def _run(self, argv: Sequence[str], what: str, cwd: Path | None = None, check: bool = True,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         cwd = cwd or self.root
-        what = _CREDENTIALS.sub(r"\1***@", what)  # a URL argument's user:pass@ (a git remote) masked
+        what = redact(what)  # a URL argument's user:pass@ (a git remote) masked
         try:
             proc = subprocess.run(
                 list(argv), cwd=cwd, env=env or self._env(), capture_output=True, text=True,
@@ -243,7 +244,7 @@ class Repo:
         long or pipeline commands (``repro``, ``import``, ``update``) that belong in a subprocess.
         Its output is captured and quoted when it fails (not ``--quiet``: that hides DVC's error)."""
         argv = [sys.executable, "-m", "dvc", *args]
-        what = _CREDENTIALS.sub(r"\1***@", "dvc " + " ".join(args))  # `dvc import <git remote>`
+        what = redact("dvc " + " ".join(args))  # `dvc import <git remote>`
         env = {**self._env(), "DVC_NO_ANALYTICS": "1"}
         overrides = self._dvc_overrides().get("remote", {}).get(DVC_REMOTE, {})
         env.update({k: v for k, v in (("AWS_ACCESS_KEY_ID", overrides.get("access_key_id")),

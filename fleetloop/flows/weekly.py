@@ -187,11 +187,6 @@ def _incomplete_message(record: CycleRecord) -> str:
                     limit=1000)
 
 
-def _trained_on(st: Store, dataset_version: int) -> bool:
-    """Whether some model in the registry was trained on ``dataset-v<dataset_version>``."""
-    return any(v.lineage.dataset_version == dataset_version for v in Registry(st).list())
-
-
 def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, label: bool,
                retrain_unchanged: bool) -> CycleRecord:
     week = plan.week
@@ -261,7 +256,7 @@ def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, lab
         steps.skip("retrain", "the grow step failed: the dataset version to train on is not known (a rerun retries both)")
     elif grown.version < 1:
         steps.skip("retrain", "no dataset version to train on")
-    elif grown.nothing_new and not retrain_unchanged and _trained_on(st, grown.version):
+    elif grown.nothing_new and not retrain_unchanged and Registry(st).trained_on(grown.version) is not None:
         steps.skip("retrain", f"dataset-v{grown.version} is unchanged and was trained on already")
     else:
         version = grown.version

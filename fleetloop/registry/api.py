@@ -222,6 +222,11 @@ class Registry:
         one object per hundred versions, plus the versions it lags behind."""
         return _versions.list_cards(self.store, self.layout, limit=limit)
 
+    def trained_on(self, dataset_version: int) -> int | None:
+        """The newest version trained on ``dataset-v<dataset_version>``, if any."""
+        found = [v.version for v in self.list() if v.lineage.dataset_version == dataset_version]
+        return max(found) if found else None
+
     def download(self, ref: VersionRef, to_dir: Path) -> Path:
         """Write the version's files under ``to_dir``, each checked against its sha256."""
         card = self.get(ref)
