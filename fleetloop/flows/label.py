@@ -57,7 +57,8 @@ Problems:
 @flow(name="label-sync", log_prints=True)
 def label_sync(campaign: str | None = None) -> api.OpenSync:
     """Deliver finished annotations (new and updated) as label shards, exactly once, validated
-    with the labels suite.
+    with the labels suite. The run fails when an open campaign could not be synced (the others are
+    delivered; the artifact and the error say which and why; the next run retries it).
 
     Args:
         campaign: Only this campaign; empty: every open campaign.
@@ -68,8 +69,8 @@ def label_sync(campaign: str | None = None) -> api.OpenSync:
     else:
         out = api.OpenSync(campaigns=[campaign], reports=[api.sync_campaign(campaign, s, validate=label_failures)])
     publish_sync(out)
-    if out.failed:
-        get_run_logger().warning("campaigns that failed to sync: %s", out.failed)
+    if out.failed:  # the run fails (the UI shows it); the delivered campaigns stay delivered
+        raise api.SyncIncomplete.of(out)
     return out
 
 

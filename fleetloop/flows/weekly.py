@@ -42,6 +42,7 @@ from fleetloop.flows.label import label_push, label_sync
 from fleetloop.flows.mine import mine
 from fleetloop.flows.param_types import IsoWeek
 from fleetloop.flows.train import retrain_flow
+from fleetloop.label.api import SyncIncomplete
 from fleetloop.params import LoopParams
 from fleetloop.recalibrate import Recalibration, recalibrate
 from fleetloop.registry import Registry
@@ -230,11 +231,11 @@ def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, lab
         steps.skip("sync", "no Label Studio configured (fleetloop services up, or settings)" if label else "label=False")
     else:
         def sync_step() -> tuple[str, dict[str, Any]]:
-            out = label_sync()
+            try:
+                out = label_sync()
+            except SyncIncomplete as exc:  # a campaign not synced: the step failed (the week is not done, a rerun syncs it)
+                raise StepIncomplete(str(exc)) from None
             said = f"{out.delivered} annotations delivered from {len(out.reports)} open campaign(s)"
-            if out.failed:  # a campaign not synced: the step failed (the cycle is not done, a rerun syncs it)
-                raise StepIncomplete(f"{said}; campaigns that failed to sync: "
-                                     + "; ".join(f"{name}: {why}" for name, why in out.failed.items()))
             return (said, {"campaigns": out.campaigns, "completed": out.completed, "delivered": out.delivered})
         steps.run("sync", sync_step)
 

@@ -108,6 +108,23 @@ class OpenSync(BaseModel):
         return sum(r.delivered for r in self.reports)
 
 
+class SyncIncomplete(RuntimeError):
+    """Some open campaigns failed to sync; the others were delivered. ``out`` (when known) says
+    what was delivered and which failed, and why."""
+
+    def __init__(self, message: str, out: OpenSync | None = None) -> None:
+        super().__init__(message)
+        self.out = out
+
+    @classmethod
+    def of(cls, out: OpenSync) -> SyncIncomplete:
+        from fleetloop.settings import redact
+
+        return cls(redact(f"{out.delivered} annotations delivered from {len(out.reports)} open campaign(s); "
+                          "campaigns that failed to sync: "
+                          + "; ".join(f"{name}: {' '.join(why.split())}" for name, why in out.failed.items())), out)
+
+
 def sync_open_campaigns(settings: Settings, *, validate: LabelValidator | None = None, page_size: int = 100,
                         shard_size: int = 5000) -> OpenSync:
     """Sync every open campaign of the index (oldest first). One campaign that fails (e.g. its

@@ -116,6 +116,35 @@ def test_label_studio_down_fails_sync_and_push_in_one_line_and_the_week_is_not_d
     assert _records(week_logs) == [], "a cycle whose sync failed is not marked done: its rerun syncs"
 
 
+def test_the_label_sync_flow_alone_fails_when_an_open_campaign_cannot_be_synced(prefect_api, week_logs, monkeypatch):
+    """The scheduled poll (``label-sync`` with no campaign) ended Completed with the failure only in
+    a log line and its artifact: a person watching the Prefect UI saw nothing wrong."""
+    import pickle
+
+    from fleetloop.flows.label import label_sync
+    from fleetloop.label import index
+    from fleetloop.label.api import SyncIncomplete
+
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", f"http://user:pa55@127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", SECRET)
+    get_settings.cache_clear()
+    index.register(week_logs, "fleetloop-2020-w01")
+
+    state = label_sync(return_state=True)
+    assert state.is_failed(), state
+    msg = state.message
+    assert "\n" not in msg and "fleetloop-2020-w01" in msg and "Connection refused" in msg, msg
+    assert SECRET not in msg and "pa55" not in msg
+    with pytest.raises(SyncIncomplete) as caught:
+        label_sync()
+    assert caught.value.out is not None and list(caught.value.out.failed) == ["fleetloop-2020-w01"]
+    assert str(pickle.loads(pickle.dumps(caught.value))) == str(caught.value)  # results may be persisted
+    r = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["label-sync-summary"]}},
+                                                            "sort": "CREATED_DESC", "limit": 1})
+    md = r.json()[0]["data"]
+    assert "fleetloop-2020-w01" in md.split("Campaigns that failed to sync:")[1] and SECRET not in md
+
+
 def test_a_failed_grow_is_named_by_retrain_and_the_rerun_finishes_the_week(prefect_api, week_logs, monkeypatch,
                                                                           tmp_path):
     repo_file = tmp_path / "dataset-is-a-file"
