@@ -9,7 +9,9 @@ sizes, at most ``MAX_DETS`` detections per frame and class, highest scores first
 
 * A frame is keyed by ``(log_id, frame)``. Predictions for frames not in the table and predictions
   of classes outside :data:`fleetloop.schema.CLASSES` are dropped; so are ground-truth boxes of
-  other classes.
+  other classes and ground-truth boxes with a null or non-finite coordinate or no area
+  (``x2 <= x1`` or ``y2 <= y1``). A prediction with a null field or a missing column is an error
+  (``ValueError`` naming the column).
 * Per class, detections are taken in descending score; each matches the unmatched ground-truth
   box of its class with the highest IoU, if that IoU is >= 0.5 (greedy, COCO). A match is a true
   positive, anything else a false positive; unmatched ground truth are misses.
@@ -144,7 +146,7 @@ def _flatten_gt(frames: pa.Table) -> _Gt:
     for row, boxes in enumerate(frames.column("boxes").to_pylist()):
         for b in boxes or []:
             cid = _CAT_ID.get(b["cls"])
-            if cid is None:
+            if cid is None or not _has_area(b):
                 continue
             image.append(row + 1)
             cat.append(cid)
@@ -158,10 +160,25 @@ def _flatten_gt(frames: pa.Table) -> _Gt:
     )
 
 
+def _has_area(box: dict[str, Any]) -> bool:
+    coords = [box.get(k) for k in ("x1", "y1", "x2", "y2")]
+    if any(v is None or not np.isfinite(v) for v in coords):
+        return False
+    x1, y1, x2, y2 = (float(v) for v in coords)  # type: ignore[arg-type]
+    return x2 > x1 and y2 > y1
+
+
 def _detections(frames: pa.Table, predictions: pa.Table) -> list[dict[str, Any]]:
     """Predictions as COCO result dicts, dropping unknown frames and classes."""
     keys = _frame_keys(frames)
-    cols = [predictions.column(name).to_pylist() for name in ("log_id", "frame", "cls", "score", "x1", "y1", "x2", "y2")]
+    names = PREDICTIONS_SCHEMA.names
+    missing = [n for n in names if n not in predictions.column_names]
+    if missing:
+        raise ValueError(f"predictions: missing column(s) {', '.join(missing)} (expected {', '.join(names)})")
+    nulls = {n: predictions.column(n).null_count for n in names if predictions.column(n).null_count}
+    if nulls:
+        raise ValueError("predictions: null values in " + ", ".join(f"{n} ({k} rows)" for n, k in nulls.items()))
+    cols = [predictions.column(name).to_pylist() for name in names]
     out: list[dict[str, Any]] = []
     for log, num, cls, score, x1, y1, x2, y2 in zip(*cols, strict=True):
         img = keys.get((str(log), int(num)))

@@ -2,13 +2,15 @@
 
 A split file is a parquet table in ``fleetloop.train.metrics.PREPARED_SCHEMA``. Images are
 decoded once into a uint8 (N, H, W, 3) array; frames of other sizes are padded bottom/right to
-the largest (boxes keep their pixel coordinates). Boxes of classes outside the model's classes
-are skipped and counted.
+the largest (boxes keep their pixel coordinates). Boxes are clipped to their frame; boxes of
+classes outside the model's classes, with a null or non-finite coordinate, or with no area inside
+the frame (zero or negative size, entirely outside) are skipped and counted.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +78,19 @@ def decode_png(data: bytes | None, where: str) -> np.ndarray:
         raise TrainingError(f"{where}: undecodable image_png ({type(exc).__name__})") from exc
 
 
-def decode_images(table: pa.Table, name: str = "split") -> np.ndarray:
-    """All frames' images stacked into uint8 (N, H, W, 3), padded to the largest frame."""
+def _decode_each(table: pa.Table, name: str) -> list[np.ndarray]:
     logs = table.column("log_id").to_pylist()
     nums = table.column("frame").to_pylist()
     pngs = table.column("image_png").to_pylist()
-    images = [decode_png(p, f"{name} frame {log}/{num}") for p, log, num in zip(pngs, logs, nums, strict=True)]
+    return [decode_png(p, f"{name} frame {log}/{num}") for p, log, num in zip(pngs, logs, nums, strict=True)]
+
+
+def decode_images(table: pa.Table, name: str = "split") -> np.ndarray:
+    """All frames' images stacked into uint8 (N, H, W, 3), padded to the largest frame."""
+    return _stack(_decode_each(table, name))
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
     if not images:
         return np.zeros((0, STRIDE_MULTIPLE, STRIDE_MULTIPLE, 3), np.uint8)
     h = max(im.shape[0] for im in images)
@@ -95,16 +104,29 @@ def decode_images(table: pa.Table, name: str = "split") -> np.ndarray:
 def load_split(table: pa.Table, classes: tuple[str, ...], name: str = "split") -> Split:
     """Decode the images and boxes of a prepared split table."""
     index = {c: i for i, c in enumerate(classes)}
-    images = decode_images(table, name)
+    decoded = _decode_each(table, name)
     boxes: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     skipped = 0
-    for row in table.column("boxes").to_pylist():
-        kept = [b for b in (row or []) if b["cls"] in index]
+    for row, image in zip(table.column("boxes").to_pylist(), decoded, strict=True):
+        kept = [(xyxy, index[b["cls"]]) for b in (row or []) if b["cls"] in index
+                and (xyxy := clip_box(b, image.shape[1], image.shape[0])) is not None]
         skipped += len(row or []) - len(kept)
-        boxes.append(np.array([[b["x1"], b["y1"], b["x2"], b["y2"]] for b in kept], np.float32).reshape(-1, 4))
-        labels.append(np.array([index[b["cls"]] for b in kept], np.int64))
-    return Split(table=table, images=images, boxes=boxes, labels=labels, skipped_boxes=skipped)
+        boxes.append(np.array([xyxy for xyxy, _ in kept], np.float32).reshape(-1, 4))
+        labels.append(np.array([c for _, c in kept], np.int64))
+    return Split(table=table, images=_stack(decoded), boxes=boxes, labels=labels, skipped_boxes=skipped)
+
+
+def clip_box(box: dict, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """``box``'s (x1, y1, x2, y2) clipped to a ``width`` x ``height`` frame, or ``None`` when a
+    coordinate is null or not finite or nothing of the box is inside the frame."""
+    coords = [box.get(k) for k in ("x1", "y1", "x2", "y2")]
+    if any(v is None or not math.isfinite(v) for v in coords):
+        return None
+    x1, y1, x2, y2 = (float(v) for v in coords)  # type: ignore[arg-type]
+    x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+    y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+    return (x1, y1, x2, y2) if x2 > x1 and y2 > y1 else None
 
 
 @dataclass

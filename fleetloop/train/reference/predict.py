@@ -46,17 +46,21 @@ def load_detector(model_dir: str | Path, backend: Backend = "auto",
     if not (model_dir / "config.json").is_file():
         raise TrainingError(f"not a model directory (no config.json): {model_dir}")
     use_onnx = backend == "onnx" or (backend == "auto" and (model_dir / "model.onnx").is_file())
-    if use_onnx:
-        if not (model_dir / "model.onnx").is_file():
-            raise TrainingError(f"no model.onnx in {model_dir}")
-        from fleetloop.train.reference.runner import OnnxDetector
+    weights = model_dir / ("model.onnx" if use_onnx else "model.pt")
+    if not weights.is_file():
+        raise TrainingError(f"no {weights.name} in {model_dir}")
+    try:
+        if use_onnx:
+            from fleetloop.train.reference.runner import OnnxDetector
 
-        return OnnxDetector(model_dir, intra_op_threads=2, score_threshold=score_threshold)
-    if not (model_dir / "model.pt").is_file():
-        raise TrainingError(f"no model.pt in {model_dir}")
-    from fleetloop.train.reference.model import TorchDetector
+            return OnnxDetector(model_dir, intra_op_threads=2, score_threshold=score_threshold)
+        from fleetloop.train.reference.model import TorchDetector
 
-    return TorchDetector(model_dir, score_threshold=score_threshold)
+        return TorchDetector(model_dir, score_threshold=score_threshold)
+    except Exception as exc:  # json, torch.load, onnxruntime and state-dict errors: many types for a bad file
+        said = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise TrainingError(f"cannot load the model in {model_dir} (config.json, {weights.name}): "
+                            f"{type(exc).__name__}{': ' + said[:300] if said else ''}") from exc
 
 
 def predictions_from_detections(log_ids: Sequence[str], frames: Sequence[int], detections: Sequence[np.ndarray],
@@ -103,13 +107,36 @@ def _sizes(chunk: pa.Table, images: np.ndarray) -> list[tuple[int, int]]:
 def predict(model_dir: str | Path, data: str | Path, out: str | Path | None = None, *, backend: Backend = "auto",
             batch_size: int = 64, score_threshold: float = DEFAULT_SCORE_THRESHOLD) -> pa.Table:
     """Detections of the model in ``model_dir`` on the split file ``data``; written to ``out`` if given."""
+    if batch_size < 1:
+        raise TrainingError(f"batch_size must be at least 1, not {batch_size}")
+    if not 0.0 <= score_threshold <= 1.0:  # also refuses NaN
+        raise TrainingError(f"score_threshold must be between 0 and 1, not {score_threshold}")
+    if out is not None and Path(out).is_dir():
+        raise TrainingError(f"--out {out} is a directory, not a predictions file")
     detector = load_detector(model_dir, backend, score_threshold)
     table = read_split(data, need_boxes=False)
     predictions = predict_table(table, detector, batch_size, Path(data).name)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(predictions, out)
+        try:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(predictions, out)
+        except OSError as exc:
+            raise TrainingError(f"cannot write {out}: {exc.strerror or str(exc).splitlines()[0]}") from exc
     return predictions
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)  # argparse reports the ValueError as "invalid _positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", required=True, type=Path, help="prepared split parquet file")
     ap.add_argument("--out", required=True, type=Path, help="predictions parquet file to write")
     ap.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD)
+    ap.add_argument("--batch-size", type=_positive_int, default=64)
+    ap.add_argument("--score-threshold", type=_probability, default=DEFAULT_SCORE_THRESHOLD)
     a = ap.parse_args(argv)
     try:
         preds = predict(a.model, a.data, a.out, backend=a.backend, batch_size=a.batch_size,

@@ -19,6 +19,9 @@ first batch that would start after the budget (at least one batch runs; the mode
 written, and the learning-rate schedule is the one planned for all epochs). ``init_from`` (a
 model directory of the same architecture) fine-tunes: the network starts from its ``model.pt``
 instead of a fresh initialisation (the optimiser and the schedule start afresh).
+``--init-from`` must name a directory; one without ``model.pt`` means from scratch. Boxes are
+clipped to their frame; unusable boxes are skipped and counted (``data.load_split``), and a train
+split without a usable box is an error. ``--out`` is checked before the training starts.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from fleetloop.schema import CLASSES
 from fleetloop.train.reference.data import (
@@ -60,19 +64,19 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = DEFAULT_EPOCHS
-    seed: int = 0
-    max_seconds: float | None = None
-    batch_size: int = 32
-    lr: float = 4e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
+    epochs: int = Field(DEFAULT_EPOCHS, ge=1)
+    seed: int = Field(0, ge=0, lt=2**63)  # numpy's and torch's generators take no negative seeds
+    max_seconds: float | None = Field(None, gt=0, allow_inf_nan=False)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(4e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    warmup_steps: int = Field(100, ge=0)
     flip: bool = True
-    threads: int = 2
-    widths: tuple[int, int, int, int] = ModelConfig.widths
-    head: int = ModelConfig.head
-    size_weight: float = 1.0
-    offset_weight: float = 1.0
+    threads: int = Field(2, ge=1)
+    widths: tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt] = ModelConfig.widths
+    head: PositiveInt = ModelConfig.head
+    size_weight: float = Field(1.0, ge=0, allow_inf_nan=False)
+    offset_weight: float = Field(1.0, ge=0, allow_inf_nan=False)
     export_onnx: bool = True
     init_from: str | None = None  # a model directory whose weights start the training (fine-tuning)
 
@@ -220,14 +224,20 @@ def _load_initial_weights(net: CenterNet, model_dir: Path) -> None:
     try:
         config = json.loads((model_dir / "config.json").read_text())
         theirs = ModelConfig.from_json(config["model"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         raise TrainingError(f"init_from: cannot read {model_dir / 'config.json'}: {exc}") from exc
     if (theirs.arch, tuple(theirs.classes), theirs.widths, theirs.head) != (
             net.config.arch, tuple(net.config.classes), net.config.widths, net.config.head):
         raise TrainingError(f"init_from: {model_dir} is {theirs.arch} widths {list(theirs.widths)} head {theirs.head} "
                             f"classes {list(theirs.classes)}; this run trains {net.config.arch} widths "
                             f"{list(net.config.widths)} head {net.config.head} classes {list(net.config.classes)}")
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:  # torch.load raises many types for corrupt files; load_state_dict RuntimeError
+        said = str(exc).strip().splitlines()[:2]
+        raise TrainingError(f"init_from: cannot load {weights} into {net.config.arch} widths "
+                            f"{list(net.config.widths)} head {net.config.head}: {type(exc).__name__}"
+                            f"{': ' + ' '.join(s.strip() for s in said) if said else ''}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,8 +260,6 @@ def load_params(path: str | Path | None, **overrides: object) -> TrainParams:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise TrainingError(f"bad training parameter {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
-    if params.epochs < 1 or params.batch_size < 1:
-        raise TrainingError("epochs and batch_size must be at least 1")
     return params
 
 
@@ -287,13 +295,22 @@ def train(data_dir: str | Path, out_dir: str | Path, *, epochs: int | None = Non
     if table.num_rows == 0:
         raise TrainingError(f"{data_dir / 'train.parquet'} has no frames")
     split = load_split(table, CLASSES, "train")
+    if split.n_objects == 0:
+        raise TrainingError(f"{data_dir / 'train.parquet'}: no box of the classes {', '.join(CLASSES)} to train on "
+                            f"({table.num_rows} frames, {split.skipped_boxes} boxes skipped: other classes, "
+                            "no area inside the frame or a coordinate that is not a number)")
+    if p.init_from is not None:  # its errors before anything is written (fit loads it again, after seeding)
+        _load_initial_weights(CenterNet(ModelConfig(widths=p.widths, head=p.head)), Path(p.init_from))
+    _make_out_dir(out_dir)  # before the training: a bad --out costs no training time
     height, width = split.images.shape[1:3]
     if log:
         start = f", from {p.init_from}" if p.init_from else ""
-        log(f"training {ARCH} on {len(split.images)} frames ({split.n_objects} objects) of {width}x{height}, "
+        skipped = f", {split.skipped_boxes} boxes skipped" if split.skipped_boxes else ""
+        log(f"training {ARCH} on {len(split.images)} frames ({split.n_objects} objects{skipped}) of {width}x{height}, "
             f"{p.epochs} epochs, seed {p.seed}{start}")
     net, losses, seconds, stopped = fit(split, p, log)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "val_metrics.json"):  # of an earlier run into the same folder
+        (out_dir / stale).unlink(missing_ok=True)
     torch.save(net.state_dict(), out_dir / "model.pt")
     config = {
         "arch": ARCH, "classes": list(CLASSES), "model": net.config.to_json(),
@@ -315,9 +332,21 @@ def train(data_dir: str | Path, out_dir: str | Path, *, epochs: int | None = Non
     report.val_frames, report.val_map50 = _validate(net, data_dir, out_dir)
     _write_config(out_dir, config, report)
     if log:
-        val = f", val map50 {report.val_map50:.3f} on {report.val_frames} frames" if report.val_frames else ""
+        map50 = "n/a (no ground truth)" if report.val_map50 is None else f"{report.val_map50:.3f}"
+        val = f", val map50 {map50} on {report.val_frames} frames" if report.val_frames else ""
         log(f"done in {seconds:.1f}s: {report.epochs_run} epochs{val}; wrote {out_dir}")
     return report
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"--out {out_dir} is a file, not a model directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"cannot create the model directory {out_dir}: {exc.strerror or exc}") from exc
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise TrainingError(f"cannot write into the model directory {out_dir}: permission denied")
 
 
 def _write_config(out_dir: Path, config: dict, report: TrainReport) -> None:
@@ -342,6 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--init-from", type=Path,
                     help="model directory whose weights start the training (fine-tune); one without model.pt: from scratch")
     a = ap.parse_args(argv)
+    if a.init_from is not None and not a.init_from.is_dir():
+        ap.error(f"argument --init-from: {a.init_from} is not a directory")
     try:
         # an init folder without a model (fleetloop's training workspace before the first production
         # model) means: train from scratch
