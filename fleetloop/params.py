@@ -62,7 +62,7 @@ def find_params_file(start: Path | None = None) -> Path | None:
     return packaged if packaged.is_file() else None
 
 
-def _yaml_problem(path: Path | str, exc: Exception) -> str:
+def yaml_problem(path: Path | str, exc: Exception) -> str:
     """One line for a YAML error: the file, the 1-based line and column, and the problem (the
     parser's own message spans several lines, with a picture of the spot)."""
     mark = getattr(exc, "problem_mark", None)
@@ -91,7 +91,7 @@ def _read_yaml(path: Path | str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ParamsError(_yaml_problem(path, exc)) from None
+        raise ParamsError(yaml_problem(path, exc)) from None
 
 
 def _validate(model: type[M], data: dict[str, Any], path: Path | str) -> M:

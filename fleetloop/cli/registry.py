@@ -2,8 +2,10 @@
 
 The registry lives in the configured store (``FLEETLOOP_STORAGE__*``: a local directory or S3);
 the gate's parameters are the ``promote:`` section of params.yaml. Every command takes ``--json``.
-Exit codes: 0 done; 1 ``promote`` rejected by the gate (the reasons name each failing slice);
-2 nothing done (bad input, unknown version, no earlier production, unreachable store).
+Exit codes: 0 done; 1 ``promote`` rejected by the gate (the reasons name each failing slice),
+or ``list``/``show``/``history`` printed what they could read around a damaged registry object
+(named on stderr); 2 nothing done (bad input, unknown version, no earlier production, unreachable
+store).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from fleetloop.cli.output import JsonOpt, fail, keep_whole, print_json
+from fleetloop.cli.output import JsonOpt, err, fail, keep_whole, print_json
 
 if TYPE_CHECKING:
     from fleetloop.registry import Decision, Registry
@@ -50,12 +53,17 @@ def _registry(model: str) -> Registry:
 def _load_train_params(path: Path) -> dict[str, Any]:
     import yaml
 
+    from fleetloop.params import yaml_problem
+
     try:
-        data = yaml.safe_load(path.read_text())  # JSON is YAML
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # JSON is YAML
     except OSError as exc:
         raise FileNotFoundError(f"cannot read params file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"params file {path} is not YAML or JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"params file {path}: not valid YAML (or JSON): not UTF-8 text "
+                         f"(byte {exc.start}: {exc.reason})") from None
+    except yaml.YAMLError as exc:  # the parser's own message spans lines: one line, naming the file
+        raise ValueError(f"params file {yaml_problem(path, exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -241,10 +249,11 @@ def list_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The model's versions, oldest first, with the aliases pointing at them."""
+    problems: dict[str, str] = {}  # damaged registry objects: named, the rest is listed (exit 1)
     try:
         reg = _registry(model)
-        cards = reg.list(limit=limit)
-        aliases = reg.aliases()
+        cards = reg.list(limit=limit, problems=problems)
+        aliases = reg.aliases(problems=problems)
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     by_version: dict[int, list[str]] = {}
@@ -268,7 +277,7 @@ def list_cmd(
         })
     if as_json:
         print_json(rows)
-        return
+        raise _damaged(problems)
     table = Table("version", "aliases", "created", "dataset", "primary", "latency ms", "files")
     for r in rows:
         table.add_row(
@@ -279,6 +288,15 @@ def list_cmd(
         )
     console.print(keep_whole(table, "created", "primary"))
     console.print(f"{len(rows)} versions")
+    raise _damaged(problems)
+
+
+def _damaged(problems: dict[str, str]) -> typer.Exit:
+    """Name each damaged registry object on stderr, one line each (the message starts with its
+    key); the exit to raise: 1 when there were any (the rest was printed), else 0."""
+    for why in problems.values():
+        err.print(f"[red]damaged:[/] {escape(why)}", highlight=False)
+    return typer.Exit(1 if problems else 0)
 
 
 def _known(value: object) -> str:
@@ -292,11 +310,12 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """One version: metrics, lineage, files, aliases and its latest decision."""
+    problems: dict[str, str] = {}  # damaged decisions or aliases: named, the rest is shown (exit 1)
     try:
         reg = _registry(model)
         card = reg.get(version)
-        decisions = reg.decisions(card.version)
-        aliases = [name for name, state in reg.aliases().items() if state.version == card.version]
+        decisions = reg.decisions(card.version, problems=problems)
+        aliases = [name for name, state in reg.aliases(problems=problems).items() if state.version == card.version]
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     out = card.model_dump(mode="json")
@@ -304,8 +323,10 @@ def show(
     out["decision"] = decisions[-1].model_dump(mode="json") if decisions else None
     out["decisions"] = [d.model_dump(mode="json") for d in decisions]
     if as_json:
-        print_json(out, ok=True)
-        return
+        if problems:
+            out = {"error": "; ".join(problems.values()), "problems": problems, **out}
+        print_json(out, ok=not problems)
+        raise _damaged(problems)
     primary = card.metrics.primary or "map50"
     value = card.primary_value(primary)
     console.print(f"[bold]{card.model} v{card.version}[/]" + (f" ({', '.join(aliases)})" if aliases else ""))
@@ -329,6 +350,7 @@ def show(
         console.print(f"  decision {d.number}: {d.action} by {d.who} at {d.when.isoformat()}")
         for reason in d.verdict.reasons:
             console.print(f"    - {reason}")
+    raise _damaged(problems)
 
 
 @app.command()
@@ -339,13 +361,14 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """Every alias move, oldest first: who moved which alias from where to where, when and why."""
+    problems: dict[str, str] = {}  # a damaged alias or entry ends its alias's history there (exit 1)
     try:
-        moves = _registry(model).history(alias, limit=limit)
+        moves = _registry(model).history(alias, limit=limit, problems=problems)
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None
     if as_json:
         print_json([m.dump() for m in moves])
-        return
+        raise _damaged(problems)
     table = Table("seq", "alias", "from", "to", "kind", "who", "when", "why")
     for m in moves:
         table.add_row(
@@ -353,3 +376,6 @@ def history(
             m.kind, m.who, m.when.isoformat()[:19], m.why,
         )
     console.print(keep_whole(table, "when"))
+    if not moves:
+        console.print("no alias moves yet" if not problems else "no readable alias moves")
+    raise _damaged(problems)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 
+from fleetloop.registry.errors import CorruptRecord
 from fleetloop.registry.keys import ALIASES, Layout, check_alias
 from fleetloop.registry.models import AliasMove, AliasState, MoveKind, parse_record, utcnow
 from fleetloop.store.objects import ObjectNotFound, Store
@@ -101,20 +102,40 @@ def read_move(store: Store, layout: Layout, seq: int) -> AliasMove:
     return parse_record(AliasMove, store.get_bytes(key), key, "history entry")
 
 
-def _chain(store: Store, layout: Layout, name: str) -> Iterator[AliasMove]:
-    """The alias's moves, newest first (one read per move, only as many as are consumed)."""
-    state, _ = read_alias(store, layout, name)
+def _chain(store: Store, layout: Layout, name: str, problems: dict[str, str] | None = None) -> Iterator[AliasMove]:
+    """The alias's moves, newest first (one read per move, only as many as are consumed). With
+    ``problems`` (a dict), a corrupt alias or a corrupt or missing entry ends the chain there and
+    is recorded (key -> what is wrong) instead of raised."""
+    try:
+        state, _ = read_alias(store, layout, name)
+    except CorruptRecord as exc:
+        if problems is None:
+            raise
+        problems[layout.alias(name)] = str(exc)
+        return
     seq = state.history_seq if state is not None else None
     while seq:
-        entry = read_move(store, layout, seq)
+        try:
+            entry = read_move(store, layout, seq)
+        except (CorruptRecord, ObjectNotFound) as exc:
+            if problems is None:
+                raise
+            problems[layout.history(seq)] = (
+                str(exc) if isinstance(exc, CorruptRecord)
+                else f"{layout.history(seq)} is missing: the {name} history before it cannot be read"
+            )
+            return
         yield entry
         seq = entry.prev_seq
 
 
-def history(store: Store, layout: Layout, alias: str | None = None, *, limit: int | None = None) -> list[AliasMove]:
-    """The moves of ``alias`` (default: every alias), oldest first; the newest ``limit`` when given."""
+def history(store: Store, layout: Layout, alias: str | None = None, *, limit: int | None = None,
+            problems: dict[str, str] | None = None) -> list[AliasMove]:
+    """The moves of ``alias`` (default: every alias), oldest first; the newest ``limit`` when given.
+    With ``problems`` (a dict), an alias whose chain cannot be read past a damaged object lists
+    the moves up to it, and the object is recorded there (see :func:`_chain`)."""
     names = [check_alias(alias)] if alias else list(ALIASES)
-    newest_first = heapq.merge(*(_chain(store, layout, n) for n in names), key=lambda m: -m.seq)
+    newest_first = heapq.merge(*(_chain(store, layout, n, problems) for n in names), key=lambda m: -m.seq)
     out: list[AliasMove] = []
     for move in newest_first:
         if limit is not None and len(out) >= limit:

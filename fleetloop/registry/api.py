@@ -33,6 +33,7 @@ from fleetloop.registry import aliases as _aliases
 from fleetloop.registry import versions as _versions
 from fleetloop.registry.blobs import download_files, scan_model_dir, upload_files
 from fleetloop.registry.errors import (
+    CorruptRecord,
     GateParamsError,
     InvalidRegistration,
     MetricsError,
@@ -100,9 +101,11 @@ def _read_metrics(metrics: Path | str | dict[str, Any] | Metrics) -> tuple[str, 
         return "metrics", metrics
     source = str(metrics)
     try:
-        data = json.loads(Path(metrics).read_text())
+        data = json.loads(Path(metrics).read_text(encoding="utf-8"))
     except OSError as exc:
         raise MetricsError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise MetricsError(f"{source} is not JSON: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise MetricsError(f"{source} is not JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -217,10 +220,12 @@ class Registry:
         except ObjectNotFound:
             raise VersionNotFound(f"model {self.model!r} has no version {version}") from None
 
-    def list(self, *, limit: int | None = None) -> list[ModelVersion]:
+    def list(self, *, limit: int | None = None, problems: dict[str, str] | None = None) -> list[ModelVersion]:
         """Every version, oldest first (the newest ``limit`` when given): read from the index,
-        one object per hundred versions, plus the versions it lags behind."""
-        return _versions.list_cards(self.store, self.layout, limit=limit)
+        one object per hundred versions, plus the versions it lags behind. With ``problems`` (a
+        dict), a corrupt index page or card is recorded there (key -> what is wrong) and the
+        others are listed, instead of :class:`CorruptRecord`."""
+        return _versions.list_cards(self.store, self.layout, limit=limit, problems=problems)
 
     def trained_on(self, dataset_version: int) -> int | None:
         """The newest version trained on ``dataset-v<dataset_version>``, if any."""
@@ -234,18 +239,29 @@ class Registry:
 
     # ------------------------------------------------------------------ aliases
 
-    def aliases(self) -> dict[str, AliasState]:
-        """The aliases that are set."""
+    def aliases(self, *, problems: dict[str, str] | None = None) -> dict[str, AliasState]:
+        """The aliases that are set. With ``problems`` (a dict), a corrupt alias record is
+        recorded there (key -> what is wrong) and left out, instead of :class:`CorruptRecord`."""
         out = {}
         for name in ALIASES:
-            state, _ = _aliases.read_alias(self.store, self.layout, name)
+            try:
+                state, _ = _aliases.read_alias(self.store, self.layout, name)
+            except CorruptRecord as exc:
+                if problems is None:
+                    raise
+                problems[self.layout.alias(name)] = str(exc)
+                continue
             if state is not None:
                 out[name] = state
         return out
 
-    def history(self, alias: str | None = None, *, limit: int | None = None) -> builtins.list[AliasMove]:
-        """Alias moves, oldest first: each move of an alias starts where its previous one ended."""
-        return _aliases.history(self.store, self.layout, alias, limit=limit)
+    def history(self, alias: str | None = None, *, limit: int | None = None,
+                problems: dict[str, str] | None = None) -> builtins.list[AliasMove]:
+        """Alias moves, oldest first: each move of an alias starts where its previous one ended.
+        With ``problems`` (a dict), an alias's moves are listed back to the first damaged alias
+        record or history entry, which is recorded there (key -> what is wrong), instead of
+        :class:`CorruptRecord`."""
+        return _aliases.history(self.store, self.layout, alias, limit=limit, problems=problems)
 
     def set_candidate(self, ref: VersionRef, *, who: str | None = None, why: str = "") -> AliasMove | None:
         """Point ``candidate`` at a version; ``None`` when it already does."""
@@ -384,8 +400,10 @@ class Registry:
 
     # ------------------------------------------------------------------ decisions
 
-    def decisions(self, ref: VersionRef) -> builtins.list[Decision]:
-        """The decisions recorded on a version, oldest first."""
+    def decisions(self, ref: VersionRef, *, problems: dict[str, str] | None = None) -> builtins.list[Decision]:
+        """The decisions recorded on a version, oldest first. With ``problems`` (a dict), a
+        corrupt decision is recorded there (key -> what is wrong) and left out, instead of
+        :class:`CorruptRecord`."""
         version = self._resolve(ref)
         out = []
         for key in self.store.list(self.layout.decisions_prefix(version)):
@@ -395,6 +413,10 @@ class Registry:
                 out.append(parse_record(Decision, self.store.get_bytes(key), key, "decision"))
             except ObjectNotFound:
                 continue
+            except CorruptRecord as exc:
+                if problems is None:
+                    raise
+                problems[key] = str(exc)
         return out
 
     def _record(self, decision: Decision) -> Decision:

@@ -58,7 +58,10 @@ def upload_files(store: Store, layout: Layout, files: dict[str, Path]) -> tuple[
     hashes: dict[str, str] = {}
     total = written = 0
     for rel, path in files.items():
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # unreadable (permissions, I/O) or gone since the scan: nothing is carded
+            raise RegistryError(f"cannot read {path} of the model directory: {exc.strerror or exc}") from None
         digest = hashlib.sha256(data).hexdigest()
         hashes[rel] = digest
         total += len(data)

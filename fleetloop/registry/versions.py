@@ -18,7 +18,6 @@ highest card, and the next writer, who collides with them, adds them to the inde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -136,32 +135,51 @@ def _merge_page(store: Store, layout: Layout, page: int, cards: dict[int, ModelV
     raise RegistryConflict(f"{key}: lost {_CAS_ATTEMPTS} compare-and-swaps in a row; the index lags (list still works)")
 
 
-def list_cards(store: Store, layout: Layout, *, limit: int | None = None) -> list[ModelVersion]:
+def list_cards(store: Store, layout: Layout, *, limit: int | None = None,
+               problems: dict[str, str] | None = None) -> list[ModelVersion]:
     """Every version, oldest first (the newest ``limit`` when given), from the index plus the few
     versions it lags behind. With ``limit``, pages are read from the last one back only until
-    they hold ``limit`` versions."""
+    they hold ``limit`` versions. A corrupt index page or card raises :class:`CorruptRecord`;
+    with ``problems`` (a dict) it is recorded there instead (key -> what is wrong), a corrupt
+    page's versions are read from their cards and a corrupt card is left out."""
+
+    def note(exc: CorruptRecord, key: str) -> None:
+        if problems is None:
+            raise exc
+        problems[key] = str(exc)
+
+    def card_of(v: int) -> None:
+        try:
+            cards[v] = read_card(store, layout, v)
+        except ObjectNotFound:
+            pass
+        except CorruptRecord as exc:
+            note(exc, layout.card(v))
+
     if limit is not None and limit <= 0:
         return []
     cards: dict[int, ModelVersion] = {}
     for key in reversed(_page_keys(store, layout)):
         if limit is not None and len(cards) >= limit:
             break
-        with contextlib.suppress(ObjectNotFound):
+        try:
             cards.update(_read_page(store, layout, key).cards)
+        except ObjectNotFound:
+            pass
+        except CorruptRecord as exc:
+            note(exc, key)
     top = max(cards, default=0)
     # versions the index lags behind: one listing after its highest card
     after = layout.card(top) if top else None
     for key in store.list(layout.versions_prefix, start_after=after):
         v = layout.version_of_card(key)
         if v is not None and v not in cards:
-            with contextlib.suppress(ObjectNotFound):
-                cards[v] = read_card(store, layout, v)
-    # holes (a page read before a writer's merge landed): read those cards directly
-    top = max(cards, default=0)
+            card_of(v)
+    # holes (a page read before a writer's merge landed, or a corrupt page): read those cards directly
+    top = max([*cards, *(n for k in problems or () if (n := layout.version_of_card(k)) is not None)], default=0)
     low = top - limit + 1 if limit is not None else 1
     for v in range(max(1, low), top + 1):
-        if v not in cards:
-            with contextlib.suppress(ObjectNotFound):
-                cards[v] = read_card(store, layout, v)
+        if v not in cards and (problems is None or layout.card(v) not in problems):
+            card_of(v)
     out = [cards[v] for v in sorted(cards)]
     return out[-limit:] if limit is not None else out
