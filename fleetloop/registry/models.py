@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -188,12 +188,12 @@ class AliasState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alias: str
-    version: int
+    version: int = Field(ge=1)
     moved_at: datetime
     by: str
     reason: str = ""
-    history_seq: int
-    stack: list[int] = Field(default_factory=list)
+    history_seq: int = Field(ge=1)
+    stack: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
 
 
 MoveKind = Literal["promote", "rollback", "set"]

@@ -54,7 +54,7 @@ class TrainParams(BaseModel):
     epochs: StrictInt = Field(24, ge=1, description="epochs of a training from scratch")
     warm_start: bool = Field(True, description="start from the production model's weights when there is one")
     finetune_epochs: StrictInt = Field(8, ge=1, description="epochs of a warm-started training")
-    seed: StrictInt = 0
+    seed: StrictInt = Field(0, ge=0)  # numpy's and torch's generators take no negative seed
     timeout_s: StrictInt = Field(3600, ge=1, description="the training subprocess is killed after this long")
 
     @field_validator("command", "predict")

@@ -90,8 +90,13 @@ def evaluate_model(model: Path, data: Path, out: Path, params: TrainParams) -> d
     """Predict on the test split (and the scenario sets), score, write ``metrics.json``."""
     from fleetloop.train.metrics import PREPARED_SCHEMA, evaluate, write_metrics
 
-    parts = [pq.read_table(data / name).cast(PREPARED_SCHEMA) for name in ("test.parquet", "scenarios.parquet")
-             if (data / name).is_file()]
+    parts = []
+    for name in ("test.parquet", "scenarios.parquet"):
+        if (data / name).is_file():
+            try:
+                parts.append(pq.read_table(data / name).cast(PREPARED_SCHEMA))
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                raise StageError(f"cannot read {data / name}: {' '.join(str(exc).split())}") from exc
     if not parts or sum(p.num_rows for p in parts) == 0:
         raise StageError(f"nothing to evaluate on: {data} has no test or scenario frames")
     frames = pa.concat_tables(parts)

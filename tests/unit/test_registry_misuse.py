@@ -188,6 +188,18 @@ def test_list_names_a_damaged_alias_and_lists_the_versions(reg: Registry, tmp_pa
     assert r.exit_code == 1 and "3 versions" in r.stdout and "aliases/candidate.json" in r.stderr, r.output
 
 
+def test_an_alias_record_naming_an_impossible_version_is_damaged(reg: Registry, tmp_path: Path, cli) -> None:
+    """A hand-edited alias pointing at version -5 was read as valid ("no version -5", or a key
+    ``versions/-0000005.json`` nobody wrote); now it is a damaged record like any other."""
+    three_promoted(reg, tmp_path)
+    state = json.loads(reg.store.get_bytes(BASE + "aliases/candidate.json"))
+    reg.store.put_bytes(BASE + "aliases/candidate.json", json.dumps({**state, "version": -5}).encode())
+    r = cli("list", "--json")
+    assert r.exit_code == 1, r.output
+    assert one_line(r.stderr).startswith(f"damaged: {BASE}aliases/candidate.json is not a valid alias record")
+    assert [row["aliases"] for row in json.loads(r.stdout)] == [[], [], ["production"]]
+
+
 def test_list_goes_on_past_a_damaged_index_page_and_card(reg: Registry, tmp_path: Path, cli) -> None:
     three_promoted(reg, tmp_path)
     reg.store.put_bytes(BASE + "index/000000.json", b'{"page": 0, "cards": {"1": {}}}')

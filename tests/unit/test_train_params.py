@@ -34,6 +34,7 @@ def load(tmp_path: Path, text: str):
         ("train: {epochs: true}", "train.epochs: Input should be a valid integer"),
         ("train: {finetune_epochs: false}", "train.finetune_epochs"),
         ("train: {seed: true}", "train.seed"),
+        ("train: {seed: -1}", "train.seed: Input should be greater than or equal to 0"),
         ("train: {timeout_s: true}", "train.timeout_s"),
         ('train: {epochs: "3"}', "train.epochs"),
         ("promote: {min_support: true}", "promote.min_support"),
@@ -82,3 +83,15 @@ def test_a_failing_trainer_is_named_with_its_last_words_and_a_slow_one_is_stoppe
     with pytest.raises(StageError, match=r"did not finish within train.timeout_s=1 s"):
         run_command(slow, TrainParams(command=slow, timeout_s=1))
     assert time.perf_counter() - t0 < 15
+
+
+def test_an_unreadable_evaluation_file_is_named_by_the_evaluate_stage(tmp_path: Path) -> None:
+    """A damaged test split stopped the stage with pyarrow's message, which does not say which file."""
+    from fleetloop.train.stages import StageError, evaluate_model
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(StageError, match=r"^cannot read .*test\.parquet: ") as err:
+        evaluate_model(tmp_path / "model", data, tmp_path / "metrics.json", TrainParams())
+    assert "\n" not in str(err.value)
