@@ -157,13 +157,17 @@ def sync(
 def _print_sync_report(report, *, brief: bool = False) -> None:
     """One campaign's sync for people; ``brief`` (a campaign among all open ones): only when it
     delivered or rejected something, without the shard keys."""
-    if brief and not (report.delivered or report.problems or report.recovered_shards):
+    if brief and not (report.delivered or report.problems or report.recovered_shards or report.retracted
+                      or report.tasks_deleted):
         return
+    retracted = f", {report.retracted} retracted (deleted in Label Studio)" if report.retracted else ""
+    tasks_gone = (f", {report.tasks_deleted} tasks deleted in Label Studio (their labels kept)"
+                  if report.tasks_deleted else "")
     console.print(
         f"campaign [bold]{escape(report.campaign)}[/]: {report.annotations_seen} annotations seen, "
         f"[green]{report.delivered} delivered[/] ({report.revisions} revisions, {report.labels} boxes, "
-        f"{report.empty} empty, {report.unusable} unusable), {report.already_delivered} already delivered, "
-        f"[red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s"
+        f"{report.empty} empty, {report.unusable} unusable){retracted}{tasks_gone}, {report.already_delivered} "
+        f"already delivered, [red]{len(report.problems)} rejected[/] in {report.seconds:.1f} s"
     )
     for key in report.recovered_shards:
         console.print(f"  recovered shard of an interrupted sync: {key}")

@@ -77,19 +77,19 @@ def label_sync(campaign: str | None = None) -> api.OpenSync:
 def publish_sync(out: api.OpenSync) -> None:
     lines = []
     for r in out.reports:
-        lines.append(f"| `{r.campaign}` | {r.delivered} | {r.revisions} | {r.labels} | {r.already_delivered} | "
-                     f"{len(r.problems)} |")
+        lines.append(f"| `{r.campaign}` | {r.delivered} | {r.revisions} | {r.labels} | {r.retracted} | "
+                     f"{r.already_delivered} | {len(r.problems)} |")
     problems = "\n".join(f"- `{r.campaign}` task {p.task_id} annotation {p.annotation_id}: {p.message}"
                          for r in out.reports for p in r.problems[:20]) or "- none"
     failed = "\n".join(f"- `{name}`: {why}" for name, why in out.failed.items()) or "- none"
-    table = "\n".join(lines) or "| (no open campaign) | | | | | |"
+    table = "\n".join(lines) or "| (no open campaign) | | | | | | |"
     create_markdown_artifact(key="label-sync-summary", markdown=f"""# Label sync
 
 **{out.delivered}** annotations delivered from {len(out.reports)} campaign(s);
 complete now: {', '.join(out.completed) or 'none'}.
 
-| campaign | delivered | revisions | boxes | already delivered | rejected |
-|---|---|---|---|---|---|
+| campaign | delivered | revisions | boxes | retracted (deleted in Label Studio) | already delivered | rejected |
+|---|---|---|---|---|---|---|
 {table}
 
 Rejected annotations:

@@ -9,12 +9,21 @@ time, revision), validates them, and writes them as Parquet shards to the store:
                                             ``fleetloop_annotations`` lists every annotation
                                             the shard delivers (also those with no boxes)
     labels/<campaign>/watermark.json        annotation id -> (updated_at, revision, task) delivered
+                                            (and whether retracted); tasks found deleted
 
 Exactly once, across crashes: a shard is written atomically *before* the watermark that covers
 it. A crash between the two leaves a shard the watermark does not know; the next sync first
 folds such shards into the watermark (from their metadata), so nothing is delivered twice, and
 anything not in a shard is delivered by the rerun, so nothing is lost. An annotation whose
 ``updated_at`` changed after delivery is delivered again as the next ``revision``.
+
+Retraction: a delivered annotation no longer on its task (deleted, or cancelled, in Label Studio)
+while the task exists gets a tombstone (its next revision, status ``unusable``, no rows,
+``retracted: true``, ordered at its last delivery's ``updated_at``), and the task's newest
+remaining finished annotation, if any, is delivered again after it as the frame's word (see
+:func:`_retract`). Both are deliveries like any other (shard, then watermark), so a rerun or a
+recovered crash retracts nothing twice. A task deleted as a whole is not retracted: it is counted
+once (``tasks_deleted``) and remembered in the watermark.
 
 A bad annotation (unknown class, box outside the image, rotated box, a region from a control
 that is not fleetloop's, a malformed value, a task whose data no longer matches the
@@ -41,7 +50,7 @@ from pydantic import BaseModel, Field
 
 from fleetloop.label import campaigns as camp
 from fleetloop.label.campaigns import BOX_CONTROL, STATUS_CONTROL, UNUSABLE
-from fleetloop.label.client import LabelStudioClient
+from fleetloop.label.client import LabelStudioClient, LabelStudioError
 from fleetloop.label.convert import BadRegion, is_unusable, positive_size, result_to_box
 from fleetloop.schema import LABELS
 from fleetloop.store.locks import file_lock, lock_path
@@ -67,12 +76,23 @@ class Delivered(BaseModel):
     updated_at: str  # Label Studio's updated_at string, compared exactly
     revision: int
     task_id: int
+    # the ``updated_at`` the delivery was ordered by in its shard, when not Label Studio's (a word
+    # delivered at a retraction is ordered after everything its task delivered before)
+    order_at: str | None = None
+    retracted: bool = False  # deleted (or cancelled) in Label Studio, and a tombstone delivered
+
+    @property
+    def order(self) -> tuple[datetime, int]:
+        return _parse_time(self.order_at or self.updated_at), self.revision
 
 
 class Watermark(BaseModel):
     campaign: str
     last_shard: int = 0
     delivered: dict[int, Delivered] = Field(default_factory=dict)
+    # tasks that held a delivered annotation and were deleted in Label Studio (not retracted:
+    # deleting tasks is cleanup); remembered so that each is looked up and reported once
+    deleted_tasks: list[int] = Field(default_factory=list)
 
 
 class SyncReport(BaseModel):
@@ -87,6 +107,8 @@ class SyncReport(BaseModel):
     empty: int = 0  # delivered annotations with no boxes (a verified empty frame)
     cancelled: int = 0  # skipped by the labeler in Label Studio (nothing to deliver)
     already_delivered: int = 0
+    retracted: int = 0  # delivered annotations deleted (or cancelled) in Label Studio: a tombstone each
+    tasks_deleted: int = 0  # tasks holding delivered annotations found deleted in Label Studio (not retracted)
     recovered_shards: list[str] = Field(default_factory=list)  # written by a crashed sync, folded in
     shards: list[str] = Field(default_factory=list)
     problems: list[AnnotationProblem] = Field(default_factory=list)
@@ -125,16 +147,24 @@ def load_watermark(store, campaign: str) -> tuple[Watermark, list[str]]:
         if not m or int(m.group(1)) <= wm.last_shard:
             continue
         for entry in shard_manifest(store.get_bytes(key)):
-            wm.delivered[int(entry["annotation_id"])] = Delivered(
-                updated_at=entry["updated_at"], revision=entry["revision"], task_id=entry["task_id"]
-            )
+            wm.delivered[int(entry["annotation_id"])] = _delivered(entry)
         wm.last_shard = max(wm.last_shard, int(m.group(1)))
         recovered.append(key)
     return wm, recovered
 
 
+def _delivered(entry: dict[str, Any]) -> Delivered:
+    """The watermark's record of a manifest entry (a delivery)."""
+    source = entry.get("source_updated_at")
+    return Delivered(
+        updated_at=source or entry["updated_at"], revision=entry["revision"], task_id=entry["task_id"],
+        order_at=entry["updated_at"] if source else None, retracted=bool(entry.get("retracted")),
+    )
+
+
 def _parse_time(s: str) -> datetime:
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+    t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
 
 
 class _Rejected(ValueError):
@@ -311,7 +341,7 @@ def _prepare(
         return None
     aid, updated = _int_or_none(ann.get("id")), ann.get("updated_at")
     prev = wm.delivered.get(aid) if aid is not None else None
-    if prev is not None and prev.updated_at == updated:
+    if prev is not None and prev.updated_at == updated and not prev.retracted:
         report.already_delivered += 1
         return None
     revision = prev.revision + 1 if prev else 1
@@ -333,6 +363,106 @@ def _prepare(
         "frame": frame,
     }
     return entry, new_rows
+
+
+def _task_items(
+    task: dict[str, Any], campaign: str, wm: Watermark, known: list[int], client: LabelStudioClient,
+    report: SyncReport,
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Everything one task delivers: its new and updated annotations, and, when an annotation
+    delivered before is no longer on the task, the retraction (see :func:`_retract`). ``known``:
+    the annotation ids of the task in the watermark."""
+    tid = int(task["id"])
+    items: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    present: dict[int, dict[str, Any]] = {}  # the task's finished annotations
+    for ann in task.get("annotations") or []:
+        report.annotations_seen += 1
+        aid = _int_or_none(ann.get("id")) if isinstance(ann, dict) else None
+        if aid is not None and not ann.get("was_cancelled"):
+            present[aid] = ann
+        try:
+            item = _prepare(task, ann, campaign, wm, client, report)
+        except Exception as exc:  # never let one task or annotation stop the others
+            report.problems.append(AnnotationProblem(
+                task_id=tid, annotation_id=aid, message=f"cannot convert: {type(exc).__name__}: {exc}"))
+            continue
+        if item is not None:
+            items.append(item)
+    gone = [a for a in known if a not in present and not wm.delivered[a].retracted]
+    if not gone and not (items and any(wm.delivered[a].retracted for a in known)):
+        return items  # nothing retracted, nor a new word to order after earlier retractions
+    try:
+        return _retract(task, campaign, wm, known, gone, present, items, client, report)
+    except Exception as exc:  # the task data no longer names its frame (reported), or worse
+        report.problems.append(AnnotationProblem(
+            task_id=tid, annotation_id=gone[0] if gone else None,
+            message=f"cannot retract the deleted annotations {gone} of the task: {type(exc).__name__}: {exc}"
+                    if gone else f"cannot order the task's delivery after its retractions: {exc}"))
+        return [] if gone else items
+
+
+def _retract(
+    task: dict[str, Any], campaign: str, wm: Watermark, known: list[int], gone: list[int],
+    present: dict[int, dict[str, Any]], items: list[tuple[dict[str, Any], list[dict[str, Any]]]],
+    client: LabelStudioClient, report: SyncReport,
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """A task with annotations delivered and then deleted (``gone`` now, or retracted before).
+
+    Each annotation in ``gone`` gets a tombstone: its next revision, status ``unusable``, no rows,
+    ``retracted: true``, ordered at its last delivery's ``updated_at`` (so it beats that delivery
+    in the dataset, and nothing newer from elsewhere). The newest remaining finished annotation
+    (by Label Studio's ``updated_at``) then becomes the frame's word: delivered again as its next
+    revision when it was delivered already, and ordered after every delivery the task made (a
+    revision past the tombstones, at the newest ``updated_at``). Without one the tombstone is the
+    frame's last word, and the frame leaves the dataset."""
+    tid = int(task["id"])
+    log_id, frame, _, _ = _task_frame(task, campaign)  # _Rejected: the task data was edited
+    # every delivery the task made so far, and the tombstones: (order, its updated_at string)
+    orders = [(wm.delivered[a].order, wm.delivered[a].order_at or wm.delivered[a].updated_at) for a in known]
+    out: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for a in gone:
+        d = wm.delivered[a]
+        at = d.order_at or d.updated_at
+        out.append(({"annotation_id": a, "task_id": tid, "updated_at": at, "source_updated_at": d.updated_at,
+                     "revision": d.revision + 1, "status": "unusable", "boxes": 0, "annotator": None,
+                     "log_id": log_id, "frame": frame, "retracted": True}, []))
+        orders.append(((d.order[0], d.revision + 1), at))
+    (floor_at, floor_rev), floor_str = max(orders, key=lambda o: o[0])
+    pending = {e["annotation_id"]: (e, rows) for e, rows in items}
+
+    def current(a: int) -> bool:  # delivered or being delivered, as it is now
+        d = wm.delivered.get(a)
+        return a in pending or (d is not None and not d.retracted and d.updated_at == present[a].get("updated_at"))
+
+    words = [a for a in present if current(a)]
+    if words:
+        word = max(words, key=lambda a: (_parse_time(str(present[a].get("updated_at"))), a))
+        entry: dict[str, Any] | None = None
+        rows: list[dict[str, Any]] = []
+        if word in pending:
+            entry, rows = pending[word]
+        elif gone:  # delivered already: delivered again, as the frame's word
+            prev = wm.delivered[word]
+            annotator = client.user_email(present[word].get("completed_by"))
+            status, rows, problems = convert_annotation(task, present[word], campaign, prev.revision + 1, annotator)
+            if problems:
+                report.problems.extend(problems)
+            else:
+                entry = {"annotation_id": word, "task_id": tid, "updated_at": prev.order_at or prev.updated_at,
+                         "source_updated_at": prev.updated_at, "revision": prev.revision + 1, "status": status,
+                         "boxes": len(rows), "annotator": annotator, "log_id": log_id, "frame": frame}
+                items.append((entry, rows))
+        if entry is not None:
+            if (_parse_time(entry["updated_at"]), entry["revision"]) <= (floor_at, floor_rev):
+                entry.setdefault("source_updated_at", entry["updated_at"])
+                entry["updated_at"] = floor_str
+                entry["revision"] = max(entry["revision"], floor_rev + 1)
+            if gone:
+                entry["retracts"] = sorted(gone)
+            when = _parse_time(entry["updated_at"])
+            for r in rows:
+                r["updated_at"], r["revision"] = when, entry["revision"]
+    return out + items
 
 
 def _project(client: LabelStudioClient, store, campaign: str) -> camp.Campaign:
@@ -413,9 +543,7 @@ def sync(
             if on_shard_written is not None:
                 on_shard_written(key)
             for e in manifest:
-                wm.delivered[e["annotation_id"]] = Delivered(
-                    updated_at=e["updated_at"], revision=e["revision"], task_id=e["task_id"]
-                )
+                wm.delivered[e["annotation_id"]] = _delivered(e)
             wm.last_shard = n
             store.put_bytes(_watermark_key(campaign), wm.model_dump_json().encode())  # atomic, after the shard
             report.shards.append(key)
@@ -423,31 +551,52 @@ def sync(
             rows.clear()
             manifest.clear()
 
-        for page in client.iter_tasks(c.project_id, annotated_only=True, page_size=page_size):
+        known: dict[int, list[int]] = {}  # task id -> its annotation ids in the watermark
+        for aid, d in wm.delivered.items():
+            known.setdefault(d.task_id, []).append(aid)
+        seen: set[int] = set()
+
+        def deliver(tasks: list[dict[str, Any]]) -> None:
             pending: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-            for task in page:
-                report.tasks_seen += 1
-                for ann in task.get("annotations") or []:
-                    report.annotations_seen += 1
-                    try:
-                        item = _prepare(task, ann, campaign, wm, client, report)
-                    except Exception as exc:  # never let one task or annotation stop the others
-                        report.problems.append(AnnotationProblem(
-                            task_id=int(task["id"]), annotation_id=_int_or_none(ann.get("id")),
-                            message=f"cannot convert: {type(exc).__name__}: {exc}"))
-                        continue
-                    if item is not None:
-                        pending.append(item)
+            for task in tasks:
+                seen.add(int(task["id"]))
+                pending.extend(_task_items(task, campaign, wm, known.get(int(task["id"]), []), client, report))
             for entry, new_rows in _validated(pending, validate, report):
+                # a task's deliveries (a retraction and the frame's new word) share a shard
+                if len(manifest) >= shard_size and entry["task_id"] != manifest[-1]["task_id"]:
+                    flush()
                 rows.extend(new_rows)
                 manifest.append(entry)
+                if entry.get("retracted"):
+                    report.retracted += 1
+                    continue
                 report.delivered += 1
                 report.revisions += entry["revision"] > 1
                 report.unusable += entry["status"] == "unusable"
                 report.empty += entry["status"] == "empty"
-                if len(manifest) >= shard_size:
-                    flush()
+
+        for page in client.iter_tasks(c.project_id, annotated_only=True, page_size=page_size):
+            report.tasks_seen += len(page)
+            deliver(page)
+        # tasks holding a delivered annotation that the paging did not see: no finished annotation
+        # is left on them (retract), or they were deleted (reported once, not retracted)
+        gone_tasks = set(wm.deleted_tasks)
+        missing = sorted(t for t, aids in known.items() if t not in seen and t not in gone_tasks
+                         and any(not wm.delivered[a].retracted for a in aids))
+        for start in range(0, len(missing), page_size):
+            found = []
+            for tid in missing[start:start + page_size]:
+                try:
+                    found.append(client.request("GET", f"/api/tasks/{tid}/"))
+                except LabelStudioError as exc:
+                    if exc.status != 404:
+                        raise
+                    wm.deleted_tasks.append(tid)
+                    report.tasks_deleted += 1
+            deliver([t for t in found if isinstance(t, dict)])
         flush()
+        if report.tasks_deleted:
+            store.put_bytes(_watermark_key(campaign), wm.model_dump_json().encode())  # remember them
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 
@@ -531,7 +680,8 @@ def _validated(
 
 def read_labels(store, campaign: str, *, latest: bool = True) -> pa.Table:
     """All delivered label rows of a campaign; with ``latest``, only each annotation's newest
-    revision (an annotation whose newest revision has no boxes contributes no rows)."""
+    revision (an annotation whose newest revision has no boxes, e.g. a retracted one, contributes
+    no rows)."""
     tables: list[pa.Table] = []
     newest: dict[int, int] = {}  # annotation id -> its newest revision
     for key in store.list(f"{labels_prefix(campaign)}sync-"):
@@ -559,6 +709,11 @@ def delivered_manifest(store, campaign: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _live(wm: Watermark, aid: int | None) -> bool:
+    d = wm.delivered.get(aid) if aid is not None else None
+    return d is not None and not d.retracted
+
+
 def campaign_status(campaign: str, *, client: LabelStudioClient, store) -> dict[str, Any]:
     """Counts for ``fleetloop label status``: ``tasks``, ``annotated`` (tasks with at least one
     annotation), ``synced`` (tasks of the project that hold a delivered annotation), and a few more."""
@@ -570,8 +725,7 @@ def campaign_status(campaign: str, *, client: LabelStudioClient, store) -> dict[
     # (else the campaign could be marked complete with a task left to label, never fetched again)
     synced = 0
     for page in client.iter_tasks(c.project_id, annotated_only=True, page_size=500):
-        synced += sum(any(_int_or_none(a.get("id")) in wm.delivered for a in t.get("annotations") or [])
-                      for t in page)
+        synced += sum(any(_live(wm, _int_or_none(a.get("id"))) for a in t.get("annotations") or []) for t in page)
     return {
         "campaign": campaign,
         "project_id": c.project_id,
