@@ -202,7 +202,8 @@ def status(
         console.print(
             f"campaign [bold]{campaign}[/] ({result['url']}): {result['tasks']} tasks, {result['annotated']} annotated, "
             f"{result['synced']} synced ({result['annotations_delivered']} annotations delivered in "
-            f"{result['shards']} shards)"
+            f"{result['shards']} shards"
+            + (f", {result['annotations_retracted']} retracted" if result.get("annotations_retracted") else "") + ")"
         )
     else:
         _print_campaigns(result)
