@@ -121,7 +121,9 @@ def main() -> None:
             annotated = []
             for page in client.iter_tasks(src.project_id, page_size=500, fields="task_only"):
                 for t in page:
-                    d = t["data"]
+                    d = dict(t["data"])
+                    if "fleetloop_key" in d:  # the task's key names its campaign (sync checks it)
+                        d["fleetloop_key"] = campaign + d["fleetloop_key"][len(f"bench-push-{tag}"):]
                     result = [
                         box_to_result(cls, x1, y1, x2, y2, d["image_width"], d["image_height"])
                         for cls, x1, y1, x2, y2 in index.get((d["log_id"], d["frame"]), [])
