@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from fleetloop.settings import Settings, redact
 
@@ -87,11 +87,28 @@ class WeekRow(BaseModel):
     seconds: dict[str, float] = Field(default_factory=dict)
 
 
+#: the version of ``demo/state.json`` this fleetloop writes; a state of a later version (a newer
+#: fleetloop's) is refused, not read in part and overwritten without what it does not know
+STATE_VERSION = 1
+
+#: how far back the demo's calendar starts: simulated week 0 is this many weeks before its first run
+BACK_WEEKS = 60
+
+
 class DemoState(BaseModel):
+    version: int = STATE_VERSION
     config: DemoConfig
     base_week: str  # the ISO week of simulated week 0
     rows: list[WeekRow] = Field(default_factory=list)
     labels_spent: int = 0
+
+    @field_validator("base_week")
+    @classmethod
+    def _an_iso_week(cls, v: str) -> str:
+        from fleetloop.cycle import week_start
+
+        week_start(v)  # CycleInputError (a ValueError): "invalid week ..."
+        return v
 
     @property
     def next_week(self) -> int:
@@ -133,7 +150,13 @@ def load_state(settings: Settings) -> DemoState | None:
     if not path.exists():
         return None
     try:
-        state = DemoState.model_validate_json(path.read_bytes())
+        raw = path.read_bytes()
+        version = _version_of(raw)
+        if version > STATE_VERSION:
+            raise DemoStateError(f"{path} was written by a newer fleetloop (demo state version {version}; this one "
+                                 f"reads version {STATE_VERSION}): run the demo with that fleetloop, or start over "
+                                 "with `fleetloop demo --reset`")
+        state = DemoState.model_validate_json(raw)
     except (OSError, ValueError) as exc:
         if isinstance(exc, ValidationError):
             first, more = first_problem(exc)
@@ -147,6 +170,54 @@ def load_state(settings: Settings) -> DemoState | None:
         raise DemoStateError(f"{path} is not a readable demo state (its rows are weeks {weeks}, not 0, 1, 2, ...): "
                              "restore it, or start over with `fleetloop demo --reset`")
     return state
+
+
+def _version_of(raw: bytes) -> int:
+    """The ``version`` a state document declares (1 when it declares none, or is not one)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return STATE_VERSION  # not JSON: model_validate_json says where
+    version = doc.get("version") if isinstance(doc, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else STATE_VERSION
+
+
+def config_note(started: DemoConfig, asked: DemoConfig) -> str:
+    """What a rerun with other world options says: the demo goes on with the options it started
+    with, and which of the asked ones it does not use."""
+    def shown(v: object) -> str:
+        return "default" if v is None else str(v)
+
+    differ = [f"{name} {shown(getattr(started, name))} (not {shown(getattr(asked, name))})"
+              for name in DemoConfig.model_fields if getattr(started, name) != getattr(asked, name)]
+    return (f"continuing the demo with the configuration it started with: {', '.join(differ)} "
+            "(use --reset to change it)")
+
+
+def _first_week() -> str:
+    """The ISO week a new demo's simulated week 0 is: BACK_WEEKS weeks before now."""
+    from fleetloop.cycle import iso_week
+
+    return iso_week(datetime.now(UTC) - timedelta(days=7 * BACK_WEEKS))
+
+
+def check_calendar(state: DemoState | None, weeks: int) -> None:
+    """Refuse at once, before anything starts, a run whose last week would not have begun yet
+    (the weekly cycle refuses such a week: the run would stop there after hours of weeks):
+    :class:`DemoStateError` saying how many weeks still fit."""
+    from fleetloop.cycle import week_start
+
+    state = state or DemoState(config=DemoConfig(), base_week=_first_week())
+    last = max(state.next_week, 1) + weeks - 1  # week 0 (the bootstrap) is always in the past
+    if weeks == 0 or week_start(_week_of(state, last)) <= datetime.now(UTC):
+        return
+    room = (datetime.now(UTC) - week_start(state.base_week)).days // 7  # the last week that has begun
+    fit = max(0, room - max(state.next_week, 1) + 1)
+    raise DemoStateError(
+        f"--weeks {weeks} would take the demo's calendar past today: week {last} would be {_week_of(state, last)}, "
+        f"which has not begun (the demo's week 0 is {state.base_week}); "
+        + (f"{fit} more week{'s' if fit != 1 else ''} fit: rerun with --weeks {fit}, or start over with --reset"
+           if fit else "no more weeks fit: start over with `fleetloop demo --reset`"))
 
 
 def _save_state(settings: Settings, state: DemoState) -> None:
@@ -601,6 +672,25 @@ def _one_demo(settings: Settings) -> Iterator[None]:
         yield
 
 
+class DemoHomeError(RuntimeError):
+    """The home (``FLEETLOOP_HOME``) is not a directory the demo can write in."""
+
+
+def _usable_home(settings: Settings) -> None:
+    """The home exists as a directory the demo can write in (made when missing), or
+    :class:`DemoHomeError` naming it and why."""
+    home = Path(settings.home).resolve()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = ("it is a file" if home.is_file() else
+               "a parent of it is a file" if isinstance(exc, FileExistsError | NotADirectoryError) else
+               exc.strerror or str(exc))
+        raise DemoHomeError(f"the demo's home {home} (FLEETLOOP_HOME) cannot be used: {why}") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise DemoHomeError(f"the demo's home {home} (FLEETLOOP_HOME) is not writable by this user")
+
+
 class DemoInterrupted(KeyboardInterrupt):
     """The demo was stopped by SIGINT (Ctrl-C) or SIGTERM; the message says which week a rerun
     redoes. ``signal`` is the signal's number."""
@@ -682,10 +772,11 @@ def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_fi
     """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks (one demo
     per home at a time: :class:`DemoBusy` otherwise). SIGINT or SIGTERM end it with
     :class:`DemoInterrupted` and nothing it started left running but the services; the
-    interrupted week is redone by the next run."""
+    interrupted week is redone by the next run. A home it cannot use, a state it cannot read and
+    more weeks than the calendar has left stop it before anything starts."""
+    _usable_home(settings)
     with _one_demo(settings):
-        if not reset_first:
-            load_state(settings)  # a state it cannot read stops it before anything starts
+        check_calendar(None if reset_first else load_state(settings), weeks)
         progress: dict[str, Any] = {}
         with _interruptible(progress, Path(settings.home).resolve()):
             return _run_demo(settings, config, weeks=weeks, reset_first=reset_first, say=say, progress=progress)
@@ -693,7 +784,6 @@ def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_fi
 
 def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first: bool, say: Say,
               progress: dict[str, Any]) -> DemoResult:
-    from fleetloop.cycle import iso_week
     from fleetloop.local import services
     from fleetloop.local.connect import resolve_settings
     from fleetloop.local.label_studio import read_state
@@ -711,11 +801,10 @@ def _run_demo(settings: Settings, config: DemoConfig, *, weeks: int, reset_first
         reset(settings, say)
     state = load_state(settings)
     if state is not None and state.config != config:
-        say("continuing the demo with the configuration it started with (use --reset to change it)")
+        say(config_note(state.config, config))
         config = state.config
     if state is None:
-        base = iso_week(datetime.now(UTC) - timedelta(days=7 * 60))
-        state = DemoState(config=config, base_week=base)
+        state = DemoState(config=config, base_week=_first_week())
     _pipeline_params(settings, state.config)
 
     @flow(name="demo", log_prints=True)

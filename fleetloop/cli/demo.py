@@ -8,7 +8,7 @@ import typer
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from fleetloop.cli.output import JsonOpt, err, fail
+from fleetloop.cli.output import JsonOpt, describe, err, fail
 
 if TYPE_CHECKING:
     from fleetloop.demo import DemoResult, WeekRow
@@ -38,23 +38,39 @@ def register(app: typer.Typer) -> None:
         model, mining finds its mistakes, a simulated team labels them in Label Studio, the
         dataset grows, the model retrains and is promoted when the gate says it is better.
         Reruns continue with the next week; --reset starts over."""
-        from fleetloop.demo import DemoBusy, DemoConfig, DemoInterrupted, DemoStateError, rows_json, run_demo
-        from fleetloop.settings import get_settings
+        try:  # its imports take a moment: Ctrl-C there is an interruption too, not "Aborted!"
+            from fleetloop.demo import (
+                DemoBusy,
+                DemoConfig,
+                DemoHomeError,
+                DemoInterrupted,
+                DemoStateError,
+                rows_json,
+                run_demo,
+            )
+            from fleetloop.settings import get_settings
+        except KeyboardInterrupt:
+            raise fail("interrupted by SIGINT before it started anything", 130, as_json=as_json,
+                       prefix="demo stopped") from None
+        try:  # invalid FLEETLOOP_* settings: one line, exit 2, as every command says it
+            settings = get_settings()
+        except Exception as exc:
+            raise fail(exc, 2, as_json=as_json, prefix="demo failed") from None
 
         config = DemoConfig(seed=seed, logs_per_week=logs_per_week, frames_per_log=frames_per_log,
                             seed_logs=seed_logs, budget=budget, eval_frames=eval_frames, epochs=epochs)
         say = (lambda msg: err.print(msg, highlight=False)) if as_json else (lambda msg: console.print(msg, highlight=False))
         try:
-            result = run_demo(get_settings(), config, weeks=weeks, reset_first=reset, say=say)
+            result = run_demo(settings, config, weeks=weeks, reset_first=reset, say=say)
         except DemoInterrupted as exc:  # Ctrl-C or SIGTERM: which week a rerun redoes; 128 + the signal
             raise fail(str(exc), 128 + exc.signal, as_json=as_json, prefix="demo stopped") from None
         except KeyboardInterrupt:
             raise fail("interrupted by SIGINT: a rerun continues where the demo left off", 130, as_json=as_json,
                        prefix="demo stopped") from None
-        except (DemoBusy, DemoStateError) as exc:  # their message says it all
+        except (DemoBusy, DemoHomeError, DemoStateError) as exc:  # their message says it all
             raise fail(str(exc), 1, as_json=as_json, prefix="demo failed") from None
-        except Exception as exc:  # the demo's boundary: say what failed, not a traceback
-            raise fail(f"{type(exc).__name__}: {exc}", 1, as_json=as_json, prefix="demo failed") from None
+        except Exception as exc:  # the demo's boundary: say what failed in one line, not a traceback
+            raise fail(f"{type(exc).__name__}: {describe(exc)}", 1, as_json=as_json, prefix="demo failed") from None
         if as_json:
             typer.echo(rows_json(result))
             return
