@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """dvc repro on a dataset version, register the model, run the promotion gate against
-        production: exit 0 when promoted (or already production), 1 when rejected, 2 on errors."""
+        production: exit 0 when promoted (or already production), 1 when rejected, 2 on errors,
+        130 when interrupted (Ctrl-C)."""
         from fleetloop.dataset.config import DatasetError
         from fleetloop.params import ParamsError, load_params
         from fleetloop.registry.errors import RegistryError
@@ -38,6 +39,9 @@ def register(app: typer.Typer) -> None:
             out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)", on_start=starting)
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             raise fail(exc, as_json=as_json) from None
+        except KeyboardInterrupt:  # typer would exit 130 silently: no line, no JSON
+            raise fail("interrupted by SIGINT; run it again: it trains what was not finished and reuses a model "
+                       "already registered", 130, as_json=as_json, prefix="retrain stopped") from None
         if as_json:
             print_json(out.model_dump(mode="json"), ok=out.promoted or out.action == "noop")
         else:

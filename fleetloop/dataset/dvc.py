@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleetloop.dataset.config import DatasetConfig, DatasetError
+from fleetloop.procs import die_with_parent
 from fleetloop.settings import redact
 from fleetloop.store.locks import file_lock
 
@@ -145,28 +145,6 @@ def _tail(text: str) -> str:
     return "; ".join(parts) + (f" (+{left} more line{'s' if left != 1 else ''})" if left else "")
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """On Linux, a ``preexec_fn`` that makes the child get SIGTERM when the process that started it
-    dies (``prctl(PR_SET_PDEATHSIG)``), so a SIGKILLed grow or checkout leaves no ``dvc`` or ``git``
-    running on as an orphan. None elsewhere (or when libc cannot be loaded)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def _preexec() -> None:  # runs in the child between fork and exec: no locks, no allocation to speak of
-        prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return _preexec
-
-
 class Repo:
     """A dataset repository (git + DVC) at ``root``, with the remotes of ``config``."""
 
@@ -186,7 +164,7 @@ class Repo:
         try:
             proc = subprocess.run(
                 list(argv), cwd=cwd, env=env or self._env(), capture_output=True, text=True,
-                timeout=self.config.command_timeout_s, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(),
+                timeout=self.config.command_timeout_s, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),
             )
         except subprocess.TimeoutExpired as exc:
             raise DatasetError(f"`{what}` in {cwd} did not finish in {self.config.command_timeout_s:.0f} s") from exc

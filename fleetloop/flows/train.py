@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import Strict
 
 from fleetloop.flows.common import params, settings
 from fleetloop.flows.param_types import DatasetVersion
@@ -11,12 +14,13 @@ from fleetloop.retrain import RetrainOutcome, retrain_latest
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -> RetrainOutcome:
+def retrain_flow(dataset_version: Annotated[DatasetVersion, Strict()] | None = None, why: str = "") -> RetrainOutcome:
     """Train on a dataset version, register the model, and promote it if it passes the gate
     against production.
 
     Args:
-        dataset_version: N of dataset-vN to train on; empty: the latest version.
+        dataset_version: N of dataset-vN to train on (an integer: ``true`` is not 1); empty: the
+            latest version.
         why: Recorded with the registration and the promotion decision.
     """
     out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why)

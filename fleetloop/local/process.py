@@ -33,6 +33,8 @@ from pathlib import Path
 
 import psutil
 
+from fleetloop.procs import die_with_parent as _pdeathsig
+
 __all__ = [
     "BASE_ENV",
     "SERVER_STOP",
@@ -64,7 +66,6 @@ SERVER_STOP: tuple[StopStep, ...] = ((signal.SIGTERM, 10.0), (signal.SIGINT, 5.0
 #: its flow-run processes must be stopped too. Well under 10 s in all.
 WORKER_STOP: tuple[StopStep, ...] = ((signal.SIGTERM, 3.0), (signal.SIGINT, 3.0), (signal.SIGKILL, 2.0))
 
-_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 
@@ -109,7 +110,7 @@ def spawn(launch: Launch, log: Path, *, die_with_parent: bool = False) -> subpro
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent() if die_with_parent else None,
+            preexec_fn=_pdeathsig(signal.SIGKILL) if die_with_parent else None,
         )
 
 
@@ -241,22 +242,6 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks the kernel to send ``sig`` to the child when its parent dies
-    (``PR_SET_PDEATHSIG``); None where unsupported. libc is loaded here, before the fork."""
-    libc = _libc()
-    if libc is None:
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def become_subreaper() -> bool:
     """Make this process the reaper of its orphaned descendants (``PR_SET_CHILD_SUBREAPER``):
     a grandchild whose parent dies is re-parented here, not to init, so it can still be found
@@ -315,7 +300,7 @@ def supervise(
     try:
         proc = subprocess.Popen(
             argv, env=dict(env) if env is not None else None, cwd=cwd, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=_die_with_parent(),
+            start_new_session=True, preexec_fn=_pdeathsig(signal.SIGKILL),
         )
         seen: list[psutil.Process] = []
         while True:

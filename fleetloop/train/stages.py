@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fleetloop.procs import die_with_parent, tie_to_parent
 from fleetloop.train.params import TrainParams
 
 
@@ -56,7 +57,8 @@ def run_command(template: str, params: TrainParams, **paths: Path) -> float:
         argv[0] = sys.executable  # the interpreter running the stage (the project's venv)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace")
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace",
+                                preexec_fn=die_with_parent())  # no trainer left running on its own
     except FileNotFoundError as exc:
         raise StageError(f"command not found: {argv[0]}") from exc
     timed_out = threading.Event()
@@ -126,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--data", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if argv is None:  # run as dvc's stage process: it ends with the dvc repro that started it, and its command with it
+        tie_to_parent()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     try:
         params = read_train_params()

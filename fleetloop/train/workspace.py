@@ -9,7 +9,10 @@ edits them in one place, the dataset imported from the dataset registry at its t
 an optional ``scenarios/`` folder of fixed evaluation sets, and ``init/``: the production model
 to warm-start from (``train.warm_start``; empty for a training from scratch). After a run, the workspace commits
 ``dvc.lock`` so its history says which dataset and params produced which metrics. DVC runs through
-the dataset package's adapter, the one place that calls git and DVC.
+the dataset package's adapter, the one place that calls git and DVC. What a killed run or a hand
+leaves is repaired first (the caller holds the workspace's lock): git's stale ``index.lock``, a
+``dvc.lock`` DVC cannot read, a ``data/dataset.dvc`` missing or importing from another repository
+than the configured dataset (then imported again).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from fleetloop.dataset.config import DatasetConfig
+from fleetloop.dataset.config import DatasetConfig, DatasetError, check_dir_path
 from fleetloop.dataset.dvc import Repo
 
 PIPELINE_FILES = ("dvc.yaml", "params.yaml")
@@ -49,6 +52,13 @@ def _repo(workspace: Path, dataset: DatasetConfig, timeout_s: float) -> Repo:
 
 def _ensure_workspace(repo: Repo) -> None:
     root = repo.root
+    try:
+        check_dir_path(root, "the training workspace")
+    except DatasetError as exc:
+        raise TrainingFailed(str(exc)) from None
+    # git's index lock left by a run killed during `git add`/`commit`: every later commit would
+    # fail (after the training). The caller holds the workspace's lock, so no git of ours runs here.
+    (root / ".git" / "index.lock").unlink(missing_ok=True)
     if (root / ".git").is_dir() and (root / ".dvc").is_dir():
         return
     root.mkdir(parents=True, exist_ok=True)
@@ -81,6 +91,45 @@ def _fill(folder: Path, source: Path | None) -> None:
 
 def _dataset_source(dataset: DatasetConfig) -> str:
     return dataset.git_remote or str(Path(dataset.repo_dir).resolve())
+
+
+def _imported_from(dvcfile: Path) -> str | None:
+    """The repository ``data/dataset.dvc`` imports from (None: no such file, or not one DVC can read)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(dvcfile.read_text())
+        url = data["deps"][0]["repo"]["url"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return None
+    return url if isinstance(url, str) else None
+
+
+def _lock_readable(lock: Path) -> bool:
+    """``dvc.lock`` is missing or has the shape DVC writes (``stages:`` of mappings); a file edited
+    by hand into something else makes every DVC command in the workspace fail."""
+    import yaml
+
+    if not lock.exists():
+        return True
+    try:
+        data = yaml.safe_load(lock.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    stages = data.get("stages", {}) if isinstance(data, dict) else None
+    return isinstance(stages, dict) and all(isinstance(k, str) and isinstance(v, dict) for k, v in stages.items())
+
+
+def _repair_lock(repo: Repo) -> None:
+    """A damaged ``dvc.lock`` is replaced by the one last committed (or removed: the stages run again)."""
+    lock = repo.root / "dvc.lock"
+    if _lock_readable(lock):
+        return
+    lock.unlink()
+    if repo.git("cat-file", "-e", "HEAD:dvc.lock", check=False).returncode == 0:
+        repo.git("checkout", "-q", "HEAD", "--", "dvc.lock")
+        if not _lock_readable(lock):
+            lock.unlink()
 
 
 def retrain(
@@ -117,12 +166,22 @@ def retrain(
         target = scen / Path(path).name
         if not target.exists() or target.read_bytes() != Path(path).read_bytes():
             shutil.copyfile(path, target)
+    _repair_lock(repo)
     tag = f"dataset-v{version}"
-    if (workspace / "data" / "dataset.dvc").is_file():
+    source, dvcfile = _dataset_source(dataset), workspace / "data" / "dataset.dvc"
+    if _imported_from(dvcfile) == source:
         repo.dvc("update", "--rev", tag, "data/dataset.dvc")
     else:
+        # the first import, or one to make again: data/dataset.dvc removed, damaged, left out by an
+        # interrupted import, or naming another repository than the configured one (moved or gone)
+        dvcfile.unlink(missing_ok=True)
+        stale = workspace / "data" / "dataset"  # a copy of the dataset registry's files
+        if stale.is_dir() and not stale.is_symlink():
+            Repo.discard(stale)
+        elif stale.exists() or stale.is_symlink():
+            stale.unlink()
         (workspace / "data").mkdir(exist_ok=True)
-        repo.dvc("import", _dataset_source(dataset), "data", "-o", "data/dataset", "--rev", tag)
+        repo.dvc("import", source, "data", "-o", "data/dataset", "--rev", tag)
     lock_before = (workspace / "dvc.lock").read_bytes() if (workspace / "dvc.lock").is_file() else b""
     env_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     os.environ["PATH"] = env_path  # the stages' `python -m ...` must be this interpreter's
