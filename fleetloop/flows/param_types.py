@@ -83,4 +83,4 @@ DriveUntil = Annotated[datetime, AfterValidator(_window_end("drive_since", "driv
 #: An ISO week ``YYYY-Www`` that exists (``2026-W49``).
 IsoWeek = Annotated[str, Field(pattern=_WEEK_SCHEMA, description="ISO week, e.g. 2026-W49"), AfterValidator(_week)]
 #: A dataset version (``dataset-vN``), from 1.
-DatasetVersion = Annotated[int, Field(ge=1, description="dataset version N of dataset-vN")]
+DatasetVersion = Annotated[int, Field(ge=1, strict=True, description="dataset version N of dataset-vN (an integer: true is not 1)")]

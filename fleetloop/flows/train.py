@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import Strict
 
 from fleetloop.flows.common import params, settings
 from fleetloop.flows.param_types import DatasetVersion
@@ -14,7 +11,7 @@ from fleetloop.retrain import RetrainOutcome, retrain_latest
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(dataset_version: Annotated[DatasetVersion, Strict()] | None = None, why: str = "") -> RetrainOutcome:
+def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -> RetrainOutcome:
     """Train on a dataset version, register the model, and promote it if it passes the gate
     against production.
 
