@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 
 from fleetloop.cycle import campaign_name, iso_week
 from fleetloop.flows.common import params, settings, store
@@ -70,7 +71,11 @@ def label_sync(campaign: str | None = None) -> api.OpenSync:
         out = api.OpenSync(campaigns=[campaign], reports=[api.sync_campaign(campaign, s, validate=label_failures)])
     publish_sync(out)
     if out.failed:  # the run fails (the UI shows it); the delivered campaigns stay delivered
-        raise api.SyncIncomplete.of(out)
+        failed = api.SyncIncomplete.of(out)
+        get_run_logger().error("%s", failed)
+        # a Failed state rather than a raise: one line in the run's log, not Prefect's traceback; a
+        # caller (the weekly cycle) still gets the exception raised, with what was delivered
+        return Failed(message=str(failed), data=failed)  # type: ignore[return-value]
     return out
 
 
