@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
+
+
+def _a_number(v: Any) -> Any:
+    if isinstance(v, bool):  # YAML's yes/no/true/false: float() would take them as 1 and 0
+        raise ValueError("should be a number, not true/false")
+    if isinstance(v, float) and math.isnan(v):  # else the first failing bound (">= 0") would be named
+        raise ValueError("should be a finite number, not nan")
+    return v
+
+
+#: a finite number (an int is fine; true/false, .inf and .nan are not)
+Number = Annotated[float, BeforeValidator(_a_number), Field(allow_inf_nan=False)]
 
 
 class PromoteParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     primary: str = Field("map50", description="the metric a candidate must beat production on")
-    min_improvement: float = Field(0.0, ge=0, description="the primary metric must rise by more than this")
+    min_improvement: Number = Field(0.0, ge=0, description="the primary metric must rise by more than this")
     min_support: StrictInt = Field(20, ge=0, description="slices with fewer objects than this are not gated")
-    slice_tolerance: float = Field(0.03, ge=0, description="largest allowed drop of a gated slice's metric")
-    floor: float = Field(0.1, ge=0, description="the first model is promoted only when its primary metric reaches this")
-    max_latency_ms: float | None = Field(None, gt=0, description="candidates slower than this (CPU, per image) are rejected")
+    slice_tolerance: Number = Field(0.03, ge=0, description="largest allowed drop of a gated slice's metric")
+    floor: Number = Field(0.1, ge=0, description="the first model is promoted only when its primary metric reaches this")
+    max_latency_ms: Number | None = Field(None, gt=0, description="candidates slower than this (CPU, per image) are rejected")
 
     @field_validator("primary")
     @classmethod

@@ -39,6 +39,10 @@ def load(tmp_path: Path, text: str):
         ('train: {epochs: "3"}', "train.epochs"),
         ("promote: {min_support: true}", "promote.min_support"),
         ('promote: {primary: ""}', "promote.primary"),
+        ("promote: {floor: yes}", "promote.floor: should be a number, not true/false"),
+        ("promote: {min_improvement: .inf}", "promote.min_improvement: Input should be a finite number"),
+        ("promote: {slice_tolerance: .nan}", "promote.slice_tolerance: should be a finite number, not nan"),
+        ("promote: {max_latency_ms: true}", "promote.max_latency_ms"),
     ],
 )
 def test_bad_train_params_are_refused_at_load(tmp_path: Path, section: str, message: str) -> None:
