@@ -155,8 +155,12 @@ def _alive(pid: int) -> bool:
 
 def _start_and_wait_for_trainer(env: dict[str, str], pid_file: Path) -> subprocess.Popen[str]:
     pid_file.unlink(missing_ok=True)
+    # SIGINT at its default, as in a terminal, whatever this test process has (a process started
+    # with SIGINT ignored keeps it ignored: Python installs its handler only when it is not; in one
+    # full CI run the retrain ran to the end through the Ctrl-C, as if it had been)
     proc = subprocess.Popen([*FLEETLOOP, "retrain", "--json"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not pid_file.is_file() or not pid_file.read_text():
         assert proc.poll() is None, proc.communicate()
