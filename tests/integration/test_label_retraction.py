@@ -4,7 +4,6 @@ exactly once, and the dataset grown from the shards no longer trains on the dele
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from fleetloop.label import api
 from fleetloop.label.convert import box_to_result
 from fleetloop.label.sync import delivered_manifest, load_watermark, read_labels, sync
 from fleetloop.store.objects import get_store
+from tests.integration.test_labeling_misuse import _annotate, _push
 
 pytestmark = [pytest.mark.services, pytest.mark.kitti, pytest.mark.timeout(600)]
 pytest_plugins = ["tests.fixtures_ls"]
@@ -42,22 +42,6 @@ def logs(kitti_root):
     from fleetloop.ingest.importers import load_logs
 
     return load_logs(kitti_root, format="kitti-tracking", log_ids=["0012"])
-
-
-def _push(ls_settings, tmp_path, logs, campaign: str, frames) -> list[dict]:
-    sel = tmp_path / f"{campaign}.csv"
-    with sel.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["log_id", "frame", "score", "reasons"])
-        w.writerows(["0012", fr, 0.5, "lidar_only:car"] for fr in frames)
-    report = api.push_selection(sel, campaign, ls_settings, logs=logs)
-    assert report.created == len(frames) and not report.problems
-    with api.client_for(ls_settings) as client:
-        return sorted((t for page in client.iter_tasks(report.project_id) for t in page), key=lambda t: t["id"])
-
-
-def _annotate(client, task_id: int, result: list[dict]) -> int:
-    return client.request("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})["id"]
 
 
 def _delete(client, annotation_id: int) -> None:
