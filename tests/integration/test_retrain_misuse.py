@@ -173,7 +173,10 @@ def _start_and_wait_for_trainer(env: dict[str, str], pid_file: Path) -> subproce
 def test_ctrl_c_and_sigterm_during_training_then_the_rerun_trains(tmp_path: Path) -> None:
     env = _world(tmp_path / "w")
     pid_file = tmp_path / "trainer.pid"
-    slow = {**env, "TRAINER_PID_FILE": str(pid_file), "TRAINER_SLEEP": "120"}
+    # SHELL=/bin/sh as where no login shell is set: dvc runs each stage as `$SHELL -c cmd`, and
+    # Debian's sh (dash) forks for it instead of exec'ing, so a stage's parent is the shell, not dvc
+    # (CI failed here once the stage commands relied on their parent being dvc)
+    slow = {**env, "TRAINER_PID_FILE": str(pid_file), "TRAINER_SLEEP": "120", "SHELL": "/bin/sh"}
     trainers: list[int] = []
     try:
         # Ctrl-C in a terminal: SIGINT to the whole foreground process group
