@@ -293,6 +293,7 @@ def reset(settings: Settings, say: Say) -> None:
         shutil.rmtree(home / sub, ignore_errors=True)
     for lock in home.glob(".dataset*.lock"):
         lock.unlink(missing_ok=True)
+    demo_dir(settings).mkdir()  # the home stays the demo's (see _claim_home), whatever a store elsewhere still holds
     say(f"reset: removed the demo's state under {home} and {deleted} Label Studio projects")
 
 
@@ -691,6 +692,42 @@ def _usable_home(settings: Settings) -> None:
         raise DemoHomeError(f"the demo's home {home} (FLEETLOOP_HOME) is not writable by this user")
 
 
+def _claim_home(settings: Settings) -> None:
+    """The demo works in a home of its own: one it made before (``demo/`` in it) or one that holds
+    no fleetloop data yet, which it then marks as its own (``demo/``, made before anything else).
+    A home whose store holds logs, campaigns or models, or whose dataset repository exists, is
+    someone's real fleet: the demo would mix simulated logs, labels and models into it, and
+    ``--reset`` would delete its campaigns' Label Studio projects and its local store and dataset.
+    :class:`DemoHomeError` names what is there, before anything starts or is deleted."""
+    from fleetloop.dataset.config import dataset_config
+    from fleetloop.store import keys
+    from fleetloop.store.objects import get_store
+
+    home = Path(settings.home).resolve()
+    if demo_dir(settings).is_dir():
+        return
+    found: list[str] = []
+    repo = Path(dataset_config(settings).repo_dir).expanduser()
+    if repo.is_dir() and any(repo.iterdir()):
+        found.append(f"a dataset repository ({repo})")
+    try:
+        store = get_store(settings)
+        held = [what for prefix, what in ((keys.CAMPAIGNS, "labeling campaigns"), (keys.REGISTRY, "registered models"),
+                                          (keys.ARRIVALS, "logs")) if store.list(prefix)]
+    except Exception as exc:
+        raise DemoHomeError(f"the demo's home {home} (FLEETLOOP_HOME): its store cannot be checked for data the "
+                            f"demo did not make: {redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+    if held:
+        found.insert(0, f"a store ({redact(store.location)}) with {', '.join(held)}")
+    if found:
+        raise DemoHomeError(
+            f"the demo's home {home} (FLEETLOOP_HOME) holds fleetloop data the demo did not make: "
+            f"{'; '.join(found)}. The demo would mix simulated logs, labels and models into it (and --reset would "
+            "delete them): give the demo a home of its own, e.g. FLEETLOOP_HOME=.fleetloop-demo fleetloop demo")
+    demo_dir(settings).mkdir(parents=True, exist_ok=True)
+
+
 class DemoInterrupted(KeyboardInterrupt):
     """The demo was stopped by SIGINT (Ctrl-C) or SIGTERM; the message says which week a rerun
     redoes. ``signal`` is the signal's number."""
@@ -772,11 +809,13 @@ def run_demo(settings: Settings, config: DemoConfig, *, weeks: int = 3, reset_fi
     """Bring the services up, bootstrap week 0 when needed, run ``weeks`` more weeks (one demo
     per home at a time: :class:`DemoBusy` otherwise). SIGINT or SIGTERM end it with
     :class:`DemoInterrupted` and nothing it started left running but the services; the
-    interrupted week is redone by the next run. A home it cannot use, a state it cannot read and
-    more weeks than the calendar has left stop it before anything starts."""
+    interrupted week is redone by the next run. A home it cannot use, a state it cannot read,
+    more weeks than the calendar has left and a home holding fleetloop data the demo did not make
+    stop it before anything starts."""
     _usable_home(settings)
     with _one_demo(settings):
         check_calendar(None if reset_first else load_state(settings), weeks)
+        _claim_home(settings)
         progress: dict[str, Any] = {}
         with _interruptible(progress, Path(settings.home).resolve()):
             return _run_demo(settings, config, weeks=weeks, reset_first=reset_first, say=say, progress=progress)

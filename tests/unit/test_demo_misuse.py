@@ -200,3 +200,59 @@ def test_a_rerun_with_other_world_options_says_which_it_does_not_use():
     note = config_note(DemoConfig(), DemoConfig(logs_per_week=6, epochs=2))
     assert note == ("continuing the demo with the configuration it started with: logs_per_week 12 (not 6), "
                     "epochs default (not 2) (use --reset to change it)")
+
+
+def _a_log_in_the_store(home) -> None:
+    from fleetloop.store.logs import put_log
+    from fleetloop.store.objects import get_store
+    from tests.factory_logs import make_log
+
+    put_log(get_store(get_settings()), make_log("fleet-log", 2), "test")
+
+
+def _a_campaign_in_the_store(home) -> None:
+    from fleetloop.store.objects import get_store
+
+    get_store(get_settings()).put_bytes("labeling/campaigns/fleetloop-2026-w40.json", b'{"name": "fleetloop-2026-w40"}')
+
+
+def _a_model_in_the_store(home) -> None:
+    from fleetloop.store.objects import get_store
+
+    get_store(get_settings()).put_bytes("registry/camera-detector/aliases/production.json", b'{"version": 3}')
+
+
+def _a_dataset_repository(home) -> None:
+    (home / "dataset" / ".git").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+@pytest.mark.parametrize("data, needle", [
+    (_a_log_in_the_store, "a store ({store}) with logs"),
+    (_a_campaign_in_the_store, "a store ({store}) with labeling campaigns"),
+    (_a_model_in_the_store, "a store ({store}) with registered models"),
+    (_a_dataset_repository, "a dataset repository ({home}/dataset)"),
+])
+def test_a_home_holding_a_real_fleets_data_is_refused_and_reset_deletes_nothing(home, data, needle, reset):
+    """A user's FLEETLOOP_HOME holding their fleet: the demo would have ingested simulated logs,
+    labels and a simulated production model into it, and --reset would have deleted its store,
+    dataset and campaigns' projects."""
+    data(home)
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    error = _error(runner.invoke(app, ["demo", "--json", *(["--reset"] if reset else [])]))
+    assert error.startswith(f"demo failed: the demo's home {home} (FLEETLOOP_HOME) holds fleetloop data the demo "
+                            "did not make: ")
+    assert needle.format(store=home / "store", home=home) in error
+    assert error.endswith("give the demo a home of its own, e.g. FLEETLOOP_HOME=.fleetloop-demo fleetloop demo")
+    after = sorted(p.relative_to(home) for p in home.rglob("*") if p.name != ".demo.lock")
+    assert after == before and not (home / "demo").exists()
+
+
+def test_a_home_the_demo_made_or_an_empty_one_is_the_demos(home):
+    started = "demo failed: _ServicesWouldStart: services would start"
+    res = runner.invoke(app, ["demo", "--json"])  # a fresh home: claimed, then the services would start
+    assert json.loads(res.stdout)["error"] == started
+    assert (home / "demo").is_dir()
+    _a_log_in_the_store(home)  # its own simulated logs do not make it foreign on the rerun
+    for argv in (["demo", "--json"], ["demo", "--json", "--reset"]):
+        assert json.loads(runner.invoke(app, argv).stdout)["error"] == started
