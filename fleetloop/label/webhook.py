@@ -22,11 +22,13 @@ from typing import Any
 
 from fleetloop.label import campaigns as camp
 from fleetloop.label.client import LabelStudioClient
+from fleetloop.settings import redact
 
 log = logging.getLogger(__name__)
 
 SYNC_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
 SECRET_HEADER = "X-Fleetloop-Webhook-Secret"
+MAX_BODY = 16 << 20  # a webhook's payload is a few kB (one task's annotations): more is refused unread (413)
 
 
 def register_webhook(client: LabelStudioClient, campaign: str, url: str, secret: str) -> int:
@@ -84,8 +86,14 @@ class _Coalescer:
             try:
                 self.action(campaign)
             except Exception as exc:  # keep serving; the next event or the poll retries
-                log.exception("sync action for campaign %s failed", campaign)
-                self.errors.append(f"{campaign}: {exc}")
+                # one line per failure (a listener runs for days: a Label Studio outage must not
+                # print a traceback per event), credentials in URLs masked; the traceback at debug
+                message = (f"sync of campaign {campaign} failed: {type(exc).__name__}: "
+                           f"{redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else '(no message)'} "
+                           "(the next event or the label-sync poll retries it)")
+                log.error(message)
+                log.debug("sync of campaign %s failed", campaign, exc_info=True)
+                self.errors.append(message)
             with self._lock:
                 self.runs[campaign] = self.runs.get(campaign, 0) + 1
                 if not self._again.pop(campaign, False):
@@ -120,9 +128,16 @@ class WebhookReceiver:
                 log.debug("webhook: " + fmt, *args)
 
             def do_POST(self) -> None:
-                status, message = receiver.handle(
-                    self.headers.get(SECRET_HEADER) or "", self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                )
+                raw = self.headers.get("Content-Length") or "0"
+                size = int(raw) if raw.isascii() and raw.isdigit() else -1
+                if size < 0:
+                    status, message = 400, "bad Content-Length header"
+                    self.close_connection = True  # the body's end is unknown: nothing more on this connection
+                elif size > MAX_BODY:
+                    status, message = 413, f"body over {MAX_BODY} bytes"
+                    self.close_connection = True  # not read
+                else:
+                    status, message = receiver.handle(self.headers.get(SECRET_HEADER) or "", self.rfile.read(size))
                 body = json.dumps({"status": message}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -145,13 +160,16 @@ class WebhookReceiver:
             return 403, "bad or missing secret"
         try:
             payload = json.loads(raw or b"{}")
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return 400, "body is not JSON"
+        if not isinstance(payload, dict):
+            return 400, f"body is not a JSON object: {type(payload).__name__}"
         action = payload.get("action")
-        campaign = (payload.get("project") or {}).get("title")
-        if action not in SYNC_ACTIONS:
+        project = payload.get("project")
+        campaign = project.get("title") if isinstance(project, dict) else None
+        if not isinstance(action, str) or action not in SYNC_ACTIONS:
             return 200, f"ignored action {action!r}"
-        if not campaign or (self.campaigns is not None and campaign not in self.campaigns):
+        if not isinstance(campaign, str) or not campaign or (self.campaigns is not None and campaign not in self.campaigns):
             return 200, f"ignored project {campaign!r}"
         self.events.append({"action": action, "campaign": campaign})
         self.coalescer.trigger(campaign)
