@@ -10,6 +10,7 @@ both, beside the weekly cycle.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from fleetloop.ingest.importers import LogFormatError, get_importer
-from fleetloop.mine.files import out_kind, write_frames
+from fleetloop.mine.files import MiningOutputError, out_kind, write_frames
 from fleetloop.mine.mining import MiningResult, compact_frames, expand_frames, mine, rank, select, select_cost
 from fleetloop.mine.params import MiningParams
 from fleetloop.perception.batch import MiningInputError
-from fleetloop.schema import DriveLogs
+from fleetloop.schema import DriveLogs, camera_stream_matches
 
 if TYPE_CHECKING:
     from fleetloop.ingest.validation import ValidationResult
@@ -42,6 +43,36 @@ class MineFilesReport:
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # stage -> CPU seconds of this process (all threads)
     validation: str = "off"  # "great-expectations" | "off" | "unavailable"
+
+
+class CameraStreamError(ValueError):
+    """The camera stream asked for by name (``--camera-tracker``) is judged in no log: mining
+    would silently judge another stream. Raised before anything is written."""
+
+
+def check_judged(wanted: str | None, judged: list[str], skipped: list[str]) -> None:
+    """Raise :class:`CameraStreamError` when a camera stream asked for by name (``wanted``) was
+    judged in no shard (``judged``: the streams that were; ``skipped``: the miner's notes, which
+    name the streams the logs have)."""
+    if not wanted or any(camera_stream_matches(name, wanted) for name in judged):
+        return
+    note = next((s for s in skipped if s.startswith("camera stream ")), "")
+    listed = re.search(r"\(streams: \[(.*?)\]\)", note)  # the miner's note names the streams the logs have
+    streams = dict.fromkeys(n.strip().strip("'\"") for n in listed.group(1).split(",")) if listed else {}
+    have = (f"the logs have {', '.join(streams)}" if streams else
+            f"judged instead: {', '.join(judged)}" if judged else "the logs have no camera stream")
+    raise CameraStreamError(f"no log has the camera stream {wanted!r} ({have}); nothing written")
+
+
+def _input_files(importer, root: Path, ids: list[str], out: Path) -> str | None:
+    """The log whose own file ``out`` is (a parquet layout's ``<log>/<stream>.parquet``), or None:
+    writing the ranking there would destroy the log."""
+    from fleetloop.schema import STREAMS
+
+    if importer.name != "parquet" or out.suffix.lower() != ".parquet" or out.stem not in STREAMS:
+        return None
+    target = out.resolve().parent
+    return next((i for i in ids if importer.location(root, i).resolve() == target), None)
 
 
 def _load_shard(importer, root: Path, ids: list[str], report: MineFilesReport) -> DriveLogs | None:
@@ -93,12 +124,16 @@ def mine_files(
     log_ids: list[str] | None = None,
     importer_options: dict | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    camera_tracker: str | None = None,
 ) -> tuple[pa.Table, MineFilesReport]:
     """Load, validate, mine, rank (or select ``budget`` frames, or frames worth ``budget_cost``
     of labelling cost) and write to ``out``.
 
     Returns the written table (ranked frames, or the selection) and a report. ``progress`` is
-    called as ``progress(stage, logs_done, logs_total)``."""
+    called as ``progress(stage, logs_done, logs_total)``. ``camera_tracker``: the camera stream
+    asked for by name (``--camera-tracker``, also set as ``params.camera_stream``): judged in no
+    log, it is a :class:`CameraStreamError` and nothing is written. An ``out`` that is one of the logs' own
+    files is a :class:`~fleetloop.mine.files.MiningOutputError` before any work."""
     params = params or MiningParams()
     root = Path(root)
     out = Path(out) if out is not None else None
@@ -109,6 +144,9 @@ def mine_files(
     report = MineFilesReport()
     importer = get_importer(fmt, **(importer_options or {}))
     available = importer.list_logs(root)
+    if out is not None and (owner := _input_files(importer, root, available, out)):
+        raise MiningOutputError(f"--out {out}: is a file of log {owner} under {root}; writing the ranking there "
+                                "would destroy the log")
     if log_ids:
         missing = sorted(set(log_ids) - set(available))
         if missing:
@@ -172,6 +210,7 @@ def mine_files(
         raise MiningInputError(f"no logs to mine: all {len(available)} logs were quarantined"
                                + (f" ({why}{'; ...' if len(report.quarantined) > 3 else ''})" if why else ""),
                                quarantined=dict(report.quarantined))
+    check_judged(camera_tracker, report.judged_camera, sorted(skipped))
     t0, c0 = time.perf_counter(), clock()
     all_frames = pa.concat_tables(frames)
     report.frames = all_frames.num_rows

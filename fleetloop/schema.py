@@ -166,3 +166,9 @@ class DriveLogs:
                 for name in STREAMS
             }
         )
+
+
+def camera_stream_matches(name: str, wanted: str) -> bool:
+    """``wanted`` (``yolox_sort`` or ``camera:yolox_sort``, as ``mine.camera_stream`` and
+    ``--camera-tracker`` name it) is the camera stream ``name`` (``camera:yolox_sort``)."""
+    return name == wanted or name == f"camera:{wanted}" or name.split(":", 1)[-1] == wanted

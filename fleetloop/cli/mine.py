@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -70,14 +71,21 @@ def register(app: typer.Typer) -> None:
         tag: Annotated[list[str] | None, typer.Option("--tag", help="--from-store: name=value, e.g. weather=rain (repeatable).")] = None,
     ) -> None:
         """Run the sanity checks over every frame and write the frames ranked by priority
-        (columns log_id, frame, score, reasons, ...; higher score = label first)."""
+        (columns log_id, frame, score, reasons, ...; higher score = label first).
+
+        A log that does not parse or validate is quarantined and named (file, line) and the
+        others are mined. Exit 0 when --out was written (quarantined logs included); 1 when nothing could
+        be mined or written (no logs, every log quarantined, no stored log matching, --out not
+        writable); 2 for a bad command line, query or params (e.g. a --camera-tracker or
+        --lidar-detector the logs do not have); 130 when interrupted (Ctrl-C; --out is never
+        left half-written: it is as it was, or the whole new output)."""
         from pydantic import ValidationError
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         from fleetloop.ingest.importers import FORMATS, LogFormatError
         from fleetloop.mine.files import MiningOutputError, out_kind
         from fleetloop.mine.params import MiningParams
-        from fleetloop.mine_files import mine_files
+        from fleetloop.mine_files import CameraStreamError, mine_files
         from fleetloop.params import ParamsError, find_params_file, mining_params
         from fleetloop.perception.batch import MiningInputError
 
@@ -89,6 +97,19 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"expected one of {FORMATS}", param_hint="--format")
         if budget is not None and budget_cost is not None:
             raise typer.BadParameter("give --budget or --budget-cost, not both", param_hint="--budget-cost")
+        if budget_cost is not None and not math.isfinite(budget_cost):
+            raise typer.BadParameter(f"{budget_cost} is not a finite number", param_hint="--budget-cost")
+        if from_store and path is not None:
+            raise typer.BadParameter(f"give a directory of logs or --from-store, not both ({path})", param_hint="PATH")
+        if from_store and lidar_detector:  # the store holds the detector each log was ingested with
+            raise typer.BadParameter("only for a directory of logs (KITTI layout), not --from-store",
+                                     param_hint="--lidar-detector")
+        query_options = {"--since": since, "--until": until, "--drive-since": drive_since, "--drive-until": drive_until,
+                         "--vehicle": vehicle, "--tag": tag or None}
+        stray = [name for name, value in query_options.items() if value is not None]
+        if stray and not from_store:  # they would be ignored: every log of PATH mined, as if unfiltered
+            raise typer.BadParameter(f"{', '.join(stray)} query the store: only with --from-store "
+                                     "(--log picks logs of PATH)", param_hint=stray[0])
         try:
             mp = mining_params(params)
             source = params or find_params_file()
@@ -100,22 +121,25 @@ def register(app: typer.Typer) -> None:
             out_kind(out)
         except MiningOutputError as exc:
             raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
-        problem = writable_dir_problem(out.parent)
+        problem = f"{out} is a directory" if out.is_dir() else writable_dir_problem(out.parent)
         if problem:
             raise fail(f"--out {out}: cannot write: {problem}", 1, as_json=as_json, prefix="mine failed")
         if from_store:
-            _mine_store(mp, source, out, budget, budget_cost, quiet, as_json, since=since, until=until, drive_since=drive_since,
-                        drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
+            _mine_store(mp, source, out, budget, budget_cost, quiet, as_json, camera_tracker, since=since, until=until,
+                        drive_since=drive_since, drive_until=drive_until, vehicle=vehicle, tags=tag, log_ids=log or None)
             return
         if path is None:
             raise typer.BadParameter("give a directory of logs, or --from-store", param_hint="PATH")
         options = {}
         if format == "kitti-tracking":
             options = {k: v for k, v in {"lidar_detector": lidar_detector}.items() if v}
-            _check_kitti_tracker(path, camera_tracker)
+            if path.is_dir():  # a missing PATH is mine_files' error ("does not exist"), not the tracker's
+                _check_kitti_tracker(path, camera_tracker)
+                _check_kitti_source(path, "lidar_det", lidar_detector, "--lidar-detector")
         elif lidar_detector:
             raise typer.BadParameter("only for --format kitti-tracking", param_hint="--lidar-detector")
 
+        before = _file_identity(out)
         with Progress(TextColumn("{task.description:<11}"), BarColumn(), MofNCompleteColumn(), TextColumn("logs"),
                       TimeElapsedColumn(), console=console, disable=quiet or as_json, transient=True) as bar:
             task = bar.add_task("starting", total=None)
@@ -126,16 +150,24 @@ def register(app: typer.Typer) -> None:
             try:
                 _table, report = mine_files(path, format, out, budget=budget, budget_cost=budget_cost, params=mp, validate=validate,
                                            shard_logs=shard_logs, log_ids=log or None, importer_options=options,
-                                           progress=progress)
+                                           progress=progress, camera_tracker=camera_tracker)
+            except CameraStreamError as exc:
+                bar.stop()
+                raise typer.BadParameter(str(exc), param_hint="--camera-tracker") from None
             except (LogFormatError, MiningInputError, MiningOutputError, FileNotFoundError) as exc:
                 bar.stop()
                 raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
+            except KeyboardInterrupt:  # typer would exit 130 silently: no line, no JSON
+                bar.stop()
+                raise fail(_interrupted(out, before), 130, as_json=as_json, prefix="mine stopped") from None
         if as_json:
             print_json({"ok": True, "out": str(out), "budget": budget, "budget_cost": budget_cost,
                         "params": str(source) if source else None, **dataclasses.asdict(report)})
             _exit_now()
             return
-        if quiet:
+        if quiet:  # no summary, but a log left out is still named
+            for line in grouped(report.quarantined, "[red]quarantined[/]", ""):
+                console.print(line, highlight=False)
             _exit_now()
             return
         what = (f"top {report.written:,} frames (budget {budget})" if budget else
@@ -280,14 +312,29 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Argument(help="Directory to write the sample logs to (parquet layout).")],
         logs: Annotated[int, typer.Option(min=1, help="Number of logs.")] = 3,
         frames: Annotated[int, typer.Option(min=10, help="Frames per log.")] = 150,
-        seed: Annotated[int, typer.Option(help="Random seed (same seed, same sample).")] = 0,
+        seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same sample).")] = 0,
     ) -> None:
         """Write a small generated fleet sample with injected perception errors (and the list of
         injected errors, injected_errors.csv), so `fleetloop mine OUT --format parquet` runs
-        without any real data."""
+        without any real data.
+
+        OUT is created if missing; an existing OUT may hold only an earlier sample's logs that
+        this one replaces (a rerun), never other files. Exit 1 when OUT cannot be written, 2 for
+        a bad option."""
         from fleetloop.sim.sample import write_sample
 
-        dirs = write_sample(out, n_logs=logs, n_frames=frames, seed=seed)
+        ours = {f"sample-{i:03d}" for i in range(logs)} | {"injected_errors.csv"}
+        if out.exists() and not out.is_dir():
+            raise fail(f"{out} is not a directory", 1, prefix="sample failed")
+        others = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith(".")) \
+            if out.is_dir() else []
+        if others:  # they would be mined with the sample, and not be in its injected_errors.csv
+            raise fail(f"{out} holds other entries ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}); "
+                       "write the sample into a new or empty directory", 1, prefix="sample failed")
+        try:
+            dirs = write_sample(out, n_logs=logs, n_frames=frames, seed=seed)
+        except OSError as exc:
+            raise fail(f"{out}: cannot write: {exc.strerror or exc}", 1, prefix="sample failed") from None
         console.print(f"[green]wrote {len(dirs)} logs of {frames} frames to {out}[/] (injected errors: {out / 'injected_errors.csv'})")
 
 
@@ -300,6 +347,33 @@ def _check_kitti_tracker(root: Path, camera_tracker: str | None) -> None:
     if camera_tracker and camera_tracker.removeprefix("camera:") not in names:
         raise typer.BadParameter(f"no camera tracker {camera_tracker!r} under {root / 'camera_trk'}; available: {names}",
                                  param_hint="--camera-tracker")
+
+
+def _check_kitti_source(root: Path, kind: str, name: str | None, option: str) -> None:
+    """A source asked for by name (``--lidar-detector``) that the KITTI layout does not have is a
+    usage error naming the ones it has, not every log quarantined for the same reason."""
+    from fleetloop.ingest.importers.kitti import KittiTrackingImporter
+
+    names = KittiTrackingImporter.source_names(root, kind)
+    if name and name not in names:
+        raise typer.BadParameter(f"no {kind} source {name!r} under {root / kind}; available: {names}", param_hint=option)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """What tells whether ``path`` was replaced (its inode and modification time), None when absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _interrupted(out: Path, before: tuple[int, int] | None) -> str:
+    """The line for a run stopped by Ctrl-C: whether ``out`` was written (outputs are renamed into
+    place whole, so it is either as it was or complete)."""
+    if _file_identity(out) != before:
+        return f"interrupted by SIGINT after --out {out} was written whole"
+    return f"interrupted by SIGINT; --out {out} is as it was (nothing written): run it again"
 
 
 def _check_file_stream(root: Path, stream: str, params_file: Path, as_json: bool) -> None:
@@ -411,12 +485,14 @@ def _exit_now(code: int = 0) -> None:
     os._exit(code)
 
 
-def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: bool, as_json: bool, **query) -> None:
+def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: bool, as_json: bool,
+                camera_tracker: str | None, **query) -> None:
     """``fleetloop mine --from-store``: the mining step over the store's logs that match a query."""
     from pydantic import ValidationError
 
     from fleetloop.mine import run as mining
     from fleetloop.mine.files import MiningOutputError, write_frames
+    from fleetloop.mine_files import CameraStreamError, check_judged
     from fleetloop.settings import get_settings
     from fleetloop.store.logs import list_logs
     from fleetloop.store.objects import StorageError, get_store
@@ -438,8 +514,15 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
         run = mining.plan_mining(store, mp, budget, log_ids=ids, unlisted=unlisted)
         shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
         summary = mining.finish_mining(store, run, shards, mp)
+        check_judged(camera_tracker, summary.judged_camera, summary.skipped)
+    except CameraStreamError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--camera-tracker") from None
     except (LogQueryError, LookupError, StorageError) as exc:
         raise fail(exc, 1, as_json=as_json, prefix="mine failed") from None
+    except KeyboardInterrupt:  # typer would exit 130 silently: no line, no JSON
+        raise fail(f"interrupted by SIGINT; --out {out} is as it was (nothing written): run it again (finished "
+                   "shards are kept in the store and not mined again)", 130, as_json=as_json,
+                   prefix="mine stopped") from None
     for log_id, why in summary.unreadable.items():
         console.print(f"[yellow]left out[/] {escape(log_id)}: {escape(why)}", highlight=False)
     import pyarrow as pa

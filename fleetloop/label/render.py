@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from fleetloop.schema import DriveLogs
+from fleetloop.schema import DriveLogs, camera_stream_matches
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -97,11 +97,6 @@ def _box_table(cols: dict, with_det_id: bool = False) -> pa.Table:
     )
 
 
-def _stream_matches(name: str, wanted: str) -> bool:
-    """``wanted`` names a camera stream as the miner does: ``yolox_sort`` or ``camera:yolox_sort``."""
-    return name == wanted or name == f"camera:{wanted}" or name.split(":", 1)[-1] == wanted
-
-
 def sensor_boxes(logs: DriveLogs) -> dict[str, pa.Table]:
     """All 2D boxes per sensor: ``lidar`` (projected), ``camera`` (detections), ``track`` (every
     camera tracker's tracks, for the rendering), and each camera tracker's own tracks under its
@@ -140,7 +135,7 @@ def prediction_source(logs: DriveLogs, log_id: str, camera_stream: str | None = 
     if tracks.num_rows:
         streams += sorted(n for n in pc.unique(tracks["sensor"]).to_pylist() if n.startswith("camera"))
     if camera_stream:
-        hit = [n for n in streams if _stream_matches(n, camera_stream)]
+        hit = [n for n in streams if camera_stream_matches(n, camera_stream)]
         if hit:
             return hit[0]
     if streams:

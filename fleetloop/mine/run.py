@@ -113,8 +113,9 @@ def _run_prefix(run_key: str) -> str:
 
 
 def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> ShardOutput:
-    """Mine one shard of logs; its ranked frames go to the store. Skips a finished shard. A log
-    that is gone or damaged when read is left out and named (``unreadable``); the others are
+    """Mine one shard of logs; its ranked frames go to the store. Skips a finished shard (whose
+    frames are still there: one deleted since, e.g. by a bucket's expiry rule, is mined again). A
+    log that is gone or damaged when read is left out and named (``unreadable``); the others are
     mined, and the shard is done only without such logs (a rerun retries them)."""
     from fleetloop.mine.mining import mine
     from fleetloop.store.logs import read_logs
@@ -123,7 +124,7 @@ def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> S
     meta_key = f"{_run_prefix(run_key)}/shards/{index:05d}.json"
     if store.exists(meta_key):
         out = ShardOutput.model_validate_json(store.get_bytes(meta_key))
-        if not out.unreadable:
+        if not out.unreadable and store.exists(out.key):
             return out.model_copy(update={"resumed": True})
     unreadable: dict[str, str] = {}
     logs = read_logs(store, log_ids, unreadable)
@@ -136,7 +137,8 @@ def mine_shard(store, run_key: str, index: int, log_ids: list[str], params) -> S
 
 
 def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_n: int = 20) -> MiningSummary:
-    """Rank all shards' frames, select under the budget, write the run's outputs once."""
+    """Rank all shards' frames, select under the budget, write the run's outputs once (again
+    when one of them is gone: a rerun would otherwise fail on it for good)."""
     from fleetloop.mine.mining import rank, select
 
     prefix = _run_prefix(run.key)
@@ -144,7 +146,7 @@ def finish_mining(store, run: MiningRun, shards: list[ShardOutput], params, top_
     unreadable = run.unlisted | {k: v for s in shards for k, v in s.unreadable.items()}
     if store.exists(summary_key) and not unreadable:
         summary = MiningSummary.model_validate_json(store.get_bytes(summary_key))
-        if not summary.unreadable:
+        if not summary.unreadable and store.exists(summary.ranked_key) and store.exists(summary.selected_key):
             return summary.model_copy(update={"reused": True})
     frames = pa.concat_tables([table_from_bytes(store.get_bytes(s.key)) for s in shards]) if shards else None
     if frames is None or frames.num_rows == 0:

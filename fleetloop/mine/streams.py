@@ -21,7 +21,7 @@ from fleetloop.mine.flags import KEY_CAMERA, KEY_TRACK, REF_CAMERA, REF_TRACK
 from fleetloop.mine.params import MiningParams
 from fleetloop.perception.batch import Batch, Stream
 from fleetloop.perception.geometry import MODE_IOU, associate_slots
-from fleetloop.schema import CLASSES
+from fleetloop.schema import CLASSES, camera_stream_matches
 
 #: The ``name`` of the camera-detections stream.
 DETECTIONS = "camera"
@@ -82,10 +82,6 @@ def _side(batch: Batch, stream: Stream, mask: np.ndarray, name: str, params: Min
                 stream.score[idx].astype(np.float64), _cover(params.camera_classes, cls))
 
 
-def _matches(name: str, wanted: str) -> bool:
-    return name == wanted or name == f"camera:{wanted}" or name.split(":", 1)[-1] == wanted
-
-
 def camera_sides(batch: Batch, params: MiningParams, skipped: list[str] | None = None) -> list[Side]:
     """Every camera stream of the batch, the judged one first (see module doc); [] when none."""
     sides: list[Side] = []
@@ -101,7 +97,7 @@ def camera_sides(batch: Batch, params: MiningParams, skipped: list[str] | None =
         return sides
     wanted = params.camera_stream
     if wanted:
-        hit = [i for i, s in enumerate(sides) if _matches(s.name, wanted)]
+        hit = [i for i, s in enumerate(sides) if camera_stream_matches(s.name, wanted)]
         if hit:
             sides.insert(0, sides.pop(hit[0]))
         elif skipped is not None:
