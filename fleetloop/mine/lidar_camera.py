@@ -31,7 +31,9 @@ flags that say only the lidar missed a camera box (``lidar_miss``, ``evidence_on
 is not one object of its class standing on the road: its height in metres, where its bottom edge
 meets the road (the log's road height is the median bottom of its confident lidar boxes), over its
 class's typical height is outside ``height_ratio`` (a merged or partial box, or something off the
-road: not an object the labels would count as missed).
+road: not an object the labels would count as missed). A log without a single lidar detection
+(one that does not carry the stream, or whose lidar was dead) is not judged against the lidar at
+all: its camera boxes would otherwise all read as lidar misses; the run's ``skipped`` names it.
 """
 
 from __future__ import annotations
@@ -169,6 +171,13 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     missing = [batch.log_ids[k] for k in np.flatnonzero(~batch.has_calib)]
     if missing:
         skipped.append(f"lidar<->camera: no usable calibration for logs {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    # a log without a single lidar detection does not carry the stream (its file absent) or its
+    # lidar was dead: every camera box of it would read as a lidar miss and fill the budget
+    has_lidar = np.bincount(batch.frame_log[L.g], minlength=len(batch.log_ids)) > 0
+    blind = [batch.log_ids[k] for k in np.flatnonzero(~has_lidar)]
+    if blind:
+        skipped.append(f"lidar<->camera: no lidar detection at all in logs {blind[:5]}{'...' if len(blind) > 5 else ''} "
+                       "(a stream they do not carry, or a dead lidar): their camera boxes are not judged against it")
 
     J, E = sides[0], sides[1:]
     thr = lidar_thresholds(batch, params)
@@ -230,7 +239,7 @@ def check_lidar_camera(batch: Batch, geo: LidarGeometry | None, params: MiningPa
     def in_lidar(s: Side) -> np.ndarray:
         h = s.boxes[:, 3] - s.boxes[:, 1]
         return (lid_cov[s.cls] & (camera_range(s) <= params.lidar_range_m) & (h >= params.min_box_height_px)
-                & batch.has_calib[log_of[s.g]])
+                & batch.has_calib[log_of[s.g]] & has_lidar[log_of[s.g]])
 
     def cam_factor(s: Side, lidar_match: np.ndarray | None = None) -> np.ndarray:
         """size_factor of a side's boxes; with a lidar partner (``lidar_match`` >= 0) the range

@@ -95,6 +95,24 @@ def test_camera_only_and_lidar_flicker_when_the_lidar_drops_a_frame():
     assert res.frames.column("n_flags").to_pylist()[1] >= 2
 
 
+def test_a_log_without_any_lidar_detection_is_not_judged_against_the_lidar():
+    """Mined beside a log that has lidar, a log whose lidar stream is absent (its file missing)
+    or dead would read as the lidar missing every object it has: camera_only on every frame,
+    filling the budget. Its camera boxes are not judged against a lidar, and the run says so."""
+    seen = make_logs(lidar=[(f, "car", 0.99, 15.0, 0.0) for f in range(3)],
+                     camera=[(f, "car", 0.9, BOX) for f in range(3)], log_id="with-lidar")
+    blind = make_logs(camera=[(f, "car", 0.9, BOX) for f in range(3)], log_id="no-lidar")
+    res = mine(DriveLogs.concat([seen, blind]))
+    for reason in ("camera_only", "lidar_miss", "lidar_only", "camera_miss"):
+        assert not flags_of(res, reason), reason
+    assert any("no lidar detection at all in logs ['no-lidar']" in note for note in res.skipped)
+    # the log with lidar is still judged: the camera losing its car in frame 1 is flagged
+    gap = make_logs(lidar=[(f, "car", 0.99, 15.0, 0.0) for f in range(3)],
+                    camera=[(0, "car", 0.9, BOX), (2, "car", 0.9, BOX)], log_id="with-lidar")
+    res = mine(DriveLogs.concat([gap, blind]))
+    assert [(f, o) for f, o, _ in flags_of(res, "lidar_only")] == [(1, ["lidar:0"])]
+
+
 def test_lidar_weak_when_the_lidar_partner_is_below_the_operating_point():
     res = mine(make_logs(n_frames=1, lidar=[(0, "car", 0.6, 15.0, 0.0)], camera=[(0, "car", 0.9, BOX)]))
     assert [(f, o) for f, o, _ in flags_of(res, "lidar_weak")] == [(0, ["camera:0", "lidar:0"])]
