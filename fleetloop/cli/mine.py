@@ -493,7 +493,7 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
     from fleetloop.mine import run as mining
     from fleetloop.mine.files import MiningOutputError, write_frames
     from fleetloop.mine_files import CameraStreamError, check_judged
-    from fleetloop.settings import get_settings
+    from fleetloop.settings import get_settings, redact
     from fleetloop.store.logs import list_logs
     from fleetloop.store.objects import StorageError, get_store
     from fleetloop.store.query import LogQuery, LogQueryError, select_logs
@@ -510,7 +510,8 @@ def _mine_store(mp, source: Path | None, out: Path, budget, budget_cost, quiet: 
         ids = select_logs(list_logs(store, since=None, problems=unlisted), q, store)
         if not ids:
             also = f"; not listed: {', '.join(unlisted)}" if unlisted else ""
-            raise fail(f"no stored logs match ({q.describe()}){also}", 1, as_json=as_json)
+            raise fail(f"no stored logs match ({q.describe()}) in the store {redact(store.location)}{also}", 1,
+                       as_json=as_json)
         run = mining.plan_mining(store, mp, budget, log_ids=ids, unlisted=unlisted)
         shards = [mining.mine_shard(store, run.key, i, s, mp) for i, s in enumerate(run.shards)]
         summary = mining.finish_mining(store, run, shards, mp)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
@@ -147,8 +148,12 @@ def test_cli_mine_from_store_rejects_bad_queries_and_empty_answers(home, tmp_pat
     res = runner.invoke(app, ["mine", "--from-store", "--since", "2025-03-05", "--until", "2025-03-04",
                               "--out", str(tmp_path / "x.csv")])
     assert res.exit_code == 2 and "until must be after since" in res.output
-    res = runner.invoke(app, ["mine", "--from-store", "--tag", "weather=snow", "--out", str(tmp_path / "x.csv")])
-    assert res.exit_code == 1 and "no stored logs match" in res.output
+    res = runner.invoke(app, ["mine", "--from-store", "--tag", "weather=snow", "--out", str(tmp_path / "x.csv"),
+                              "--json"])
+    assert res.exit_code == 1
+    # the store is named: a mistyped FLEETLOOP_HOME reads as an empty store
+    assert json.loads(res.stdout)["error"].startswith(
+        f"no stored logs match (tags=['weather=snow']) in the store {(home / 'store').resolve()}")
     res = runner.invoke(app, ["mine", "--from-store", "--log", "nope", "--out", str(tmp_path / "x.csv")])
     assert res.exit_code == 1 and "not in the store" in res.output
     assert not (tmp_path / "x.csv").exists()
