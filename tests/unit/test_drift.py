@@ -361,3 +361,17 @@ def test_a_drift_alert_reads_as_news_with_where_mining_is_steered_not_as_a_failu
     skipped = DriftOutcome(status="skipped", reason="nothing to compare")
     assert skipped.headline() == "nothing to compare"
     assert "FAILED" not in alert.headline()
+
+
+def test_a_constant_feature_prints_no_numpy_warning():
+    """A feature constant in a window (no green cone all week: a count of 0 on every frame) made
+    Evidently's correlation step divide by a zero spread, and every demo run printed numpy's
+    'invalid value encountered in divide' on the user's terminal."""
+    import warnings
+
+    ref, cur = windows(n=400)
+    cur["n_lidar_car"] = 0  # green cones appear in the reference week only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        s = compute_drift(ref, cur).summary
+    assert s.features["range_m"].drifted and s.features["n_lidar_car"].drifted  # the cars vanished: drift all the same
