@@ -13,6 +13,7 @@ from uuid import UUID
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetloop.cli.output import JsonOpt, err, fail, print_json
 from fleetloop.settings import redact
@@ -36,7 +37,9 @@ DEPLOYMENTS = {
 }
 
 
-def _prefect_env(as_json: bool = False):
+def _prefect_env(as_json: bool = False, *, check: bool = True):
+    """The settings and the Prefect API URL in effect; exit 2 when there is none or (``check``)
+    when nothing answers there as a Prefect API."""
     from fleetloop.local.services import ensure_prefect_env
     from fleetloop.settings import get_settings
 
@@ -45,16 +48,43 @@ def _prefect_env(as_json: bool = False):
     if not url:
         raise fail("start the local one with `fleetloop services up`, or set FLEETLOOP_PREFECT__API_URL / "
                    "PREFECT_API_URL.", 2, as_json=as_json, prefix="No Prefect API")
+    if check and (problem := api_problem(url)):
+        raise fail(problem, 2, as_json=as_json, prefix=f"No Prefect API at {redact(url)}")
     return settings, url
 
 
+def api_problem(url: str) -> str | None:
+    """None when the Prefect API at ``url`` answers; else why not, in one line. A server that is
+    down, a wrong host or scheme, or a URL without its ``/api`` (which answers 404 to every call,
+    so a run would read as "no deployment") are told apart here, before any work."""
+    import httpx
+    from prefect.client.base import ServerType
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            if client.server_type != ServerType.CLOUD:  # as Prefect's own version check, which Cloud skips
+                client.api_version()  # JSON from a Prefect API; a 404, or a web page, from anything else
+    except httpx.HTTPStatusError as exc:
+        hint = "" if url.rstrip("/").endswith("/api") else " (a Prefect API URL ends in /api)"
+        return f"HTTP {exc.response.status_code} from {exc.request.url}{hint}"
+    except httpx.HTTPError as exc:  # connection refused, unknown host, TLS to a plain server, no scheme
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except ValueError:  # not JSON: some other web server
+        return "it answers, but not as a Prefect API (check the URL; it ends in /api)"
+    return None
+
+
 def parse_params(pairs: list[str]) -> dict:
-    """``key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    """``key=value`` pairs; values are JSON when they parse as JSON, else strings. A key given
+    twice is refused (one of the two values would be dropped without a word)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint="--param")
+        if key in out:
+            raise typer.BadParameter(f"{key} is given twice", param_hint="--param")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -62,10 +92,12 @@ def parse_params(pairs: list[str]) -> dict:
     return out
 
 
-def check_parameters(flow_name: str, parameters: dict) -> None:
+def check_parameters(flow_name: str, parameters: dict, texts: dict[str, str] | None = None) -> dict:
     """Refuse, before any work, parameters the flow would refuse: unknown names, wrong types,
     values out of range (the flow's own signature and pydantic constraints; deployments may skip
-    this validation, so the flows check again when they run)."""
+    this validation, so the flows check again when they run). Returns the parameters to send:
+    ``texts`` (each key's text on the command line) is used instead of a number the JSON reading
+    made of it where the flow takes a string (``--param vehicle=42``)."""
     import inspect
     import logging
 
@@ -82,8 +114,22 @@ def check_parameters(flow_name: str, parameters: dict) -> None:
     level, quiet.level = quiet.level, logging.CRITICAL  # the error is ours to print, once
     try:
         fl.validate_parameters(parameters)
+        return parameters
     except Exception as exc:  # prefect's ParameterTypeError: say which value and why, in one line
-        message = " ".join(str(exc).split()).removeprefix("Flow run received invalid parameters: ")
+        from prefect.exceptions import ParameterTypeError
+
+        def one_line(e: Exception) -> str:
+            return " ".join(str(e).split()).removeprefix("Flow run received invalid parameters: ")
+
+        message = one_line(exc)
+        scalars = {k: texts[k] for k, v in parameters.items() if texts and k in texts and isinstance(v, int | float)
+                   and not isinstance(v, bool) and f"{k}: Input should be a valid string" in message}
+        if scalars:  # --param vehicle=42: JSON read a number where the flow takes text
+            try:
+                fl.validate_parameters(as_text := parameters | scalars)
+                return as_text
+            except ParameterTypeError as as_text_too:  # --param week=2026: say what the text lacks
+                message = one_line(as_text_too)
         lists = [k for k, v in parameters.items() if isinstance(v, str) and f"{k}: Input should be a valid list" in message]
         if lists:  # --param tags=weather=rain: a string where the flow takes a list
             message += f" (a list is JSON: --param '{lists[0]}=[\"...\"]')"
@@ -97,7 +143,10 @@ def register(app: typer.Typer) -> None:
     def deploy(
         serve: Annotated[bool, typer.Option("--serve", help="Register and run the deployments in this process.")] = False,
     ) -> None:
-        """Register every flow's deployment (weekly cycle on its cron schedule, each step on demand)."""
+        """Register every flow's deployment (weekly cycle on its cron schedule, each step on demand).
+
+        Running it again updates them in place. Exit 2 when no Prefect API answers, or when the
+        work pool (FLEETLOOP_PREFECT__WORK_POOL) exists and is not a process pool."""
         from fleetloop.flows import deployments
 
         settings, url = _prefect_env()
@@ -112,7 +161,10 @@ def register(app: typer.Typer) -> None:
             with reaping_descendants():  # flow runs still going when serving stops are stopped too
                 deployments.serve(settings, on_replace=replacing)
             return
-        ids = deployments.deploy_to_pool(settings)
+        try:
+            ids = deployments.deploy_to_pool(settings)
+        except deployments.WorkPoolTypeError as exc:
+            raise fail(exc, 2, prefix="Not deployed") from None
         console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {redact(url)}: "
                       f"{', '.join(ids)}.", highlight=False, soft_wrap=True)
         console.print("Run them with: [bold]fleetloop worker[/]")
@@ -125,8 +177,12 @@ def register(app: typer.Typer) -> None:
         10 s, and nothing it started outlives this command (nor its unexpected death)."""
         from fleetloop.local.process import supervise
 
-        settings, url = _prefect_env()
+        settings, url = _prefect_env(check=False)
         pool = settings.prefect.work_pool
+        if problem := api_problem(url):  # a server still starting comes up later: keep going, but say so
+            err.print(f"[yellow]The Prefect API at {redact(url)} does not answer ({escape(problem)}):[/] the worker "
+                      "keeps trying; check PREFECT_API_URL / FLEETLOOP_PREFECT__API_URL, or start it with "
+                      "`fleetloop services up`.", highlight=False)
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
         err.print(f"Prefect worker for work pool [bold]{pool}[/] at {redact(url)} (Ctrl-C to stop)", highlight=False)
 
@@ -138,9 +194,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def run(
         flow: Annotated[str, typer.Argument(help=f"One of: {', '.join(DEPLOYMENTS)}")],
-        param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value (JSON values allowed)")] = None,
+        param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value, once per key (JSON values allowed; a number where the flow takes text stays text)")] = None,
         wait: Annotated[bool, typer.Option("--wait", help="Wait for the run; exit non-zero if it fails.")] = False,
-        timeout: Annotated[float, typer.Option(help="With --wait: give up after this many seconds (exit 3).")] = 3600,
+        timeout: Annotated[float, typer.Option(
+            help="With --wait: give up waiting after this many seconds (exit 3; the run goes on).")] = 3600,
         no_worker_after: Annotated[float, typer.Option(
             "--no-worker-after",
             help="With --wait: after this many seconds still Scheduled/Pending, check that a worker "
@@ -149,15 +206,20 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Trigger a deployed flow on demand and print its URL in the Prefect UI (with --wait,
-        its final state: exit 1 when it did not complete, 3 on timeout)."""
+        its final state: exit 1 when it did not complete, 3 on timeout, 130 when Ctrl-C stops the
+        waiting; the run itself goes on in both). Exit 2, before any run is made, for a bad
+        command line or parameter, no Prefect API answering, or no such deployment."""
         if flow not in DEPLOYMENTS:
             raise typer.BadParameter(f"unknown flow {flow!r}; expected one of {list(DEPLOYMENTS)}", param_hint="FLOW")
+        for value, option in ((timeout, "--timeout"), (no_worker_after, "--no-worker-after")):
+            if not value > 0:  # NaN too; 0 or less would make a run and give up on it at once
+                raise typer.BadParameter(f"must be a number of seconds > 0, got {value}", param_hint=option)
         parameters = parse_params(param or [])
         from fleetloop.local.services import ensure_prefect_env
         from fleetloop.settings import get_settings
 
         ensure_prefect_env(get_settings())  # before check_parameters imports prefect, which reads its API URL then
-        check_parameters(flow, parameters)
+        parameters = check_parameters(flow, parameters, {k: v for k, _, v in (p.partition("=") for p in param or [])})
         _, api_url = _prefect_env(as_json)
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
@@ -184,7 +246,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print_json({"ok": True, **run_doc, "state": fr.state.name if fr.state else "Scheduled"})
             return
-        state = _wait_for_run(fr, timeout, no_worker_after, as_json)
+        state = _wait_for_run(fr, timeout, no_worker_after, as_json, run_doc)
         if as_json:
             print_json({"ok": state.is_completed(), **run_doc, "state": state.name, "message": state.message or ""})
             raise typer.Exit(0 if state.is_completed() else 1)
@@ -194,37 +256,60 @@ def register(app: typer.Typer) -> None:
         raise fail(state.message or "", 1, prefix=state.name or "not completed")
 
 
-def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json: bool = False) -> State:
+def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json: bool = False,
+                  run_doc: dict | None = None) -> State:
     """Poll the run until it is final. While it sits in Scheduled/Pending, check every
     ``hint_after`` seconds that something polls for it and say once, on stderr, when nothing
-    does. Exit 3 after ``timeout`` seconds."""
+    does. Exit 3 after ``timeout`` seconds and 130 on Ctrl-C (the run goes on in both), 1 when
+    the run is deleted meanwhile; with ``as_json`` the JSON also carries ``run_doc`` (the run's
+    id and URL, so a script can follow the run it gave up on)."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     started = time.monotonic()
     next_check, hinted, queued = hint_after, False, False
-    with get_client(sync_client=True) as client:
-        while True:
-            state = client.read_flow_run(flow_run.id).state
-            if state is not None and state.is_final():
-                return state
-            elapsed = time.monotonic() - started
-            if state is not None and state.name == "AwaitingConcurrencySlot" and not queued:
-                queued = True  # the weekly cycle runs one at a time (fleetloop.flows.deployments)
-                err.print(f"[yellow]Another run of this deployment is going:[/] run {flow_run.name} starts when it "
-                          "has finished (one at a time).", highlight=False, soft_wrap=True)
-            waiting = state is None or state.is_scheduled() or state.is_pending()
-            if waiting and not hinted and elapsed >= next_check and flow_run.deployment_id is not None:
-                next_check += hint_after
-                hint = no_poller_hint(client, flow_run.deployment_id)
-                if hint:
-                    hinted = True
-                    err.print(f"[yellow]{hint}[/] Still waiting for run {flow_run.name} "
-                              f"({state.name if state else 'Scheduled'}, {elapsed:.0f} s).",
-                              highlight=False, soft_wrap=True)
-            if elapsed > timeout:
-                raise fail(f"Still {state.name if state else 'Scheduled'} after {timeout:.0f} s", 3, as_json=as_json,
-                           prefix=f"flow run {flow_run.name}")
-            time.sleep(1.0)
+    state: State | None = None
+    try:
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    state = client.read_flow_run(flow_run.id).state
+                except ObjectNotFound:  # deleting a deployment deletes its scheduled runs
+                    raise _gave_up(flow_run, run_doc, "deleted before it finished (was its deployment deleted?)",
+                                   1, as_json, state) from None
+                if state is not None and state.is_final():
+                    return state
+                elapsed = time.monotonic() - started
+                if state is not None and state.name == "AwaitingConcurrencySlot" and not queued:
+                    queued = True  # the weekly cycle runs one at a time (fleetloop.flows.deployments)
+                    err.print(f"[yellow]Another run of this deployment is going:[/] run {flow_run.name} starts when "
+                              "it has finished (one at a time).", highlight=False, soft_wrap=True)
+                waiting = state is None or state.is_scheduled() or state.is_pending()
+                if waiting and not hinted and elapsed >= next_check and flow_run.deployment_id is not None:
+                    next_check += hint_after
+                    hint = no_poller_hint(client, flow_run.deployment_id)
+                    if hint:
+                        hinted = True
+                        err.print(f"[yellow]{hint}[/] Still waiting for run {flow_run.name} "
+                                  f"({state.name if state else 'Scheduled'}, {elapsed:.0f} s).",
+                                  highlight=False, soft_wrap=True)
+                if elapsed > timeout:
+                    raise _gave_up(flow_run, run_doc, f"Still {state.name if state else 'Scheduled'} after "
+                                   f"{timeout:.0f} s; it goes on", 3, as_json, state)
+                time.sleep(1.0)
+    except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the run
+        raise _gave_up(flow_run, run_doc, "stopped waiting (Ctrl-C); the run goes on", 130, as_json, state) from None
+
+
+def _gave_up(flow_run: FlowRun, run_doc: dict | None, problem: str, code: int, as_json: bool,
+             state: State | None) -> typer.Exit:
+    """Report a wait that ended without a final state: one line on stderr; with ``as_json`` also
+    the JSON, naming the run (id, URL) that may still be going."""
+    where = f": {run_doc['url']}" if run_doc else ""
+    if as_json:
+        print_json({"error": f"flow run {flow_run.name}: {problem}{where}", **(run_doc or {}),
+                    "state": state.name if state else None}, ok=False)
+    return fail(f"{problem}{where}", code, prefix=f"flow run {flow_run.name}")
 
 
 #: A worker counts as polling until it misses this many heartbeats (Prefect's foreman: 3 x 30 s).

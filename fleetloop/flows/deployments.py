@@ -108,9 +108,15 @@ def _delete_pool_deployments(names: list[str]) -> list[str]:
     return anyio.run(delete)
 
 
+class WorkPoolTypeError(ValueError):
+    """The configured work pool exists and is not a ``process`` pool."""
+
+
 def deploy_to_pool(settings: Settings) -> dict[str, str]:
     """Register every deployment in the process work pool (created when missing); returns each
-    deployment's ``flow/name`` and id."""
+    deployment's ``flow/name`` and id. A pool of that name of another type (docker, kubernetes...)
+    is refused (:class:`WorkPoolTypeError`) before anything is registered: ``fleetloop worker``
+    is a process worker, and the deployments load their code from this source tree."""
     import anyio
     from prefect import flow as prefect_flow
     from prefect.client.orchestration import get_client
@@ -123,6 +129,11 @@ def deploy_to_pool(settings: Settings) -> dict[str, str]:
         async with get_client() as client:
             with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            existing = await client.read_work_pool(pool)
+            if existing.type != "process":
+                raise WorkPoolTypeError(f"work pool {pool!r} is a {existing.type} pool; fleetloop's deployments go "
+                                        "in a process pool (the one `fleetloop worker` polls): name another one "
+                                        "with FLEETLOOP_PREFECT__WORK_POOL")
 
     anyio.run(ensure_pool)
     ids = {}

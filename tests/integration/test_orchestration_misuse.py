@@ -1,0 +1,316 @@
+"""`fleetloop deploy`, `worker` and `run` misused: no Prefect API at the configured URL, a URL
+without its /api, odd `--timeout`s, Ctrl-C while waiting, a deployment deleted while a run
+waits, a work pool of another type, `deploy` twice.
+
+Against a real Prefect API (Prefect's test harness: a server process on loopback), with the real
+command line in a subprocess. Every failure is one line on stderr and, with `--json`, one JSON
+document on stdout with ``ok`` false, with the exit code the command's help gives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.services
+
+FLEETLOOP = [sys.executable, "-m", "fleetloop"]
+IDLE = "misuse-nobody-polls"  # a process pool no worker ever polls
+MARK = "FLEETLOOP_TEST_ORCH_MISUSE_MARK"
+
+
+def _dead_url() -> str:
+    """An API URL on a loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/api"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a `fleetloop` subprocess, without this shell's Prefect/fleetloop
+    settings; PREFECT_API_URL is set by each test (or by ``api_env``)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETLOOP_", "PREFECT_"))}
+    return clean | {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "FLEETLOOP_HOME": str(tmp_path / "home"),
+        "FLEETLOOP_PREFECT__WORK_POOL": IDLE,
+        MARK: uuid.uuid4().hex,
+    }
+
+
+@pytest.fixture
+def api_env(prefect_api: str, env: dict[str, str]) -> dict[str, str]:
+    return env | {"PREFECT_API_URL": prefect_api}
+
+
+@pytest.fixture
+def idle_deployment(prefect_api: str) -> str:
+    """``monitor-drift/daily`` in a process pool that no worker polls (made again for each test:
+    a test may delete it); its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            client.create_work_pool(WorkPoolCreate(name=IDLE, type="process"))
+        dep = client.create_deployment(flow_id=client.create_flow_from_name("monitor-drift"), name="daily",
+                                       work_pool_name=IDLE, entrypoint="drift.py:monitor_drift")
+    return str(dep)
+
+
+def _runs_of(deployment_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[uuid.UUID(deployment_id)])))
+
+
+def _fleetloop(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEETLOOP, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_json_failure(r: subprocess.CompletedProcess[str], code: int) -> dict:
+    """stdout is one JSON document with ok false; stderr says why in one line, no traceback."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and isinstance(doc["error"], str) and "\n" not in doc["error"], doc
+    assert "Traceback" not in r.stderr, r.stderr
+    return doc
+
+
+def _wait_for_new_run(deployment_id: str, before: int, proc: subprocess.Popen[str], timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        runs = _runs_of(deployment_id)
+        if len(runs) > before:
+            return runs[0] if len(runs) == 1 else max(runs, key=lambda r: r.created)
+        time.sleep(0.3)
+    raise AssertionError("fleetloop run made no flow run")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+# --- no Prefect API at the configured URL ---------------------------------------------------------
+
+
+def test_run_against_an_api_that_is_down_is_one_line_exit_2(env) -> None:
+    """Before: `ConnectError: [Errno 111] Connection refused` (not naming the URL), exit 1, the
+    code of a run that did not complete."""
+    url = _dead_url()
+    r = _fleetloop(["run", "mine", "--json"], env | {"PREFECT_API_URL": url})
+    doc = _one_json_failure(r, 2)
+    assert doc["error"].startswith(f"No Prefect API at {url}: ConnectError"), doc
+    assert r.stderr.strip().count("\n") == 0 and url in r.stderr, r.stderr
+
+
+def test_deploy_against_an_api_that_is_down_is_one_line_exit_2(env) -> None:
+    url = _dead_url()
+    r = _fleetloop(["deploy"], env | {"PREFECT_API_URL": url})
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip().count("\n") == 0 and f"No Prefect API at {url}" in r.stderr, r.stderr
+
+
+def test_run_with_an_api_url_missing_its_api_path_says_so(api_env, idle_deployment) -> None:
+    """Before: every call answered 404, so the run read as `No deployment monitor-drift/daily:
+    register them with fleetloop deploy` (and `deploy` itself failed with a raw HTTP error)."""
+    base = api_env["PREFECT_API_URL"].removesuffix("/api")
+    before = len(_runs_of(idle_deployment))
+    r = _fleetloop(["run", "monitor-drift", "--json"], api_env | {"PREFECT_API_URL": base})
+    doc = _one_json_failure(r, 2)
+    assert f"No Prefect API at {base}: HTTP 404" in doc["error"] and "ends in /api" in doc["error"], doc
+    assert "No deployment" not in r.stderr
+    assert len(_runs_of(idle_deployment)) == before
+
+
+def test_worker_says_when_the_api_does_not_answer(env, tmp_path) -> None:
+    """A worker started against a wrong URL keeps trying (a server may come up later) but says so
+    in one line first. Before: Prefect's retries and tracebacks, and nothing naming the URL."""
+    url = _dead_url()
+    log = tmp_path / "worker.err"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([*FLEETLOOP, "worker"], env=env | {"PREFECT_API_URL": url}, stdout=subprocess.DEVNULL,
+                                stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "Prefect worker for work pool" not in log.read_text():  # printed just before `prefect worker` starts
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        said = " ".join(log.read_text().split())
+        assert f"The Prefect API at {url} does not answer (ConnectError" in said, said
+        assert "the worker keeps trying" in said
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+        _stop(proc)
+        for p in psutil.process_iter():  # whatever it started, by pid
+            with contextlib.suppress(psutil.Error):
+                if p.environ().get(MARK) == env[MARK]:
+                    p.kill()
+
+
+# --- odd timeouts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "nan"])
+def test_run_wait_refuses_a_timeout_that_is_not_positive_before_making_a_run(api_env, idle_deployment, timeout) -> None:
+    """Before: the run was made, then given up on at once (exit 3, `Still Scheduled after -5 s`),
+    left behind for a worker to pick up later."""
+    before = len(_runs_of(idle_deployment))
+    r = _fleetloop(["run", "monitor-drift", "--wait", "--timeout", timeout, "--json"], api_env)
+    doc = _one_json_failure(r, 2)
+    assert doc["error"].startswith("usage: Invalid value for --timeout: must be a number of seconds > 0"), doc
+    assert len(_runs_of(idle_deployment)) == before
+
+
+def test_run_wait_timeout_with_json_names_the_run_that_goes_on(api_env, idle_deployment) -> None:
+    """Before: `{"ok": false, "error": "flow run x: Still Scheduled after 2 s"}`: no id, no URL, so
+    a script could not follow (or cancel) the run it had just made."""
+    r = _fleetloop(["run", "monitor-drift", "--wait", "--timeout", "2", "--no-worker-after", "3600", "--json"], api_env)
+    doc = _one_json_failure(r, 3)
+    run = _runs_of(idle_deployment)
+    assert doc["id"] in {str(x.id) for x in run}, doc
+    assert doc["url"].endswith(f"/runs/flow-run/{doc['id']}") and doc["state"] in ("Scheduled", "Late", "Pending")
+    assert "after 2 s; it goes on" in doc["error"] and doc["url"] in doc["error"]
+    assert "it goes on" in r.stderr
+
+
+# --- interrupted or pulled from under the wait ------------------------------------------------------
+
+
+def test_ctrl_c_during_run_wait_stops_waiting_not_the_run(api_env, idle_deployment) -> None:
+    """Before: `Aborted!`, exit 1 (as if the run had failed) and nothing on stdout for --json."""
+    before = len(_runs_of(idle_deployment))
+    proc = subprocess.Popen([*FLEETLOOP, "run", "monitor-drift", "--wait", "--no-worker-after", "3600", "--json"],
+                            env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run = _wait_for_new_run(idle_deployment, before, proc)
+        time.sleep(1.5)  # in the waiting loop
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        _stop(proc)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    doc = _one_json_failure(r, 130)
+    assert doc["id"] == str(run.id) and "stopped waiting (Ctrl-C); the run goes on" in doc["error"], doc
+    still = [x for x in _runs_of(idle_deployment) if x.id == run.id]
+    assert still and still[0].state is not None and still[0].state.is_scheduled(), still  # not cancelled
+
+
+def test_run_wait_when_the_deployment_is_deleted_meanwhile(api_env, idle_deployment) -> None:
+    """Deleting a deployment deletes its scheduled runs. Before: `ObjectNotFound: None`."""
+    from prefect.client.orchestration import get_client
+
+    before = len(_runs_of(idle_deployment))
+    proc = subprocess.Popen([*FLEETLOOP, "run", "monitor-drift", "--wait", "--timeout", "120", "--no-worker-after", "3600",
+                             "--json"], env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run = _wait_for_new_run(idle_deployment, before, proc)
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(uuid.UUID(idle_deployment))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        _stop(proc)
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    doc = _one_json_failure(r, 1)
+    assert doc["id"] == str(run.id) and "deleted before it finished" in doc["error"], doc
+    assert "ObjectNotFound" not in err
+
+
+# --- deploy ------------------------------------------------------------------------------------------
+
+
+def test_deploy_refuses_a_work_pool_of_another_type(api_env) -> None:
+    """Before: 8 deployments registered in a kubernetes pool (exit 0), which `fleetloop worker`, a
+    process worker, then polled with a type-mismatch warning."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pool = "misuse-kubernetes"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes"))
+    r = _fleetloop(["deploy"], api_env | {"FLEETLOOP_PREFECT__WORK_POOL": pool})
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert f"work pool '{pool}' is a kubernetes pool" in r.stderr and "FLEETLOOP_PREFECT__WORK_POOL" in r.stderr
+    with get_client(sync_client=True) as client:
+        assert [d.name for d in client.read_deployments() if d.work_pool_name == pool] == []
+
+
+def test_deploy_twice_updates_in_place(api_env) -> None:
+    """Twice: the same deployment ids, one schedule each, one work pool (a regression guard: this
+    already held)."""
+    from prefect.client.orchestration import get_client
+
+    pool = "misuse-twice"
+    env = api_env | {"FLEETLOOP_PREFECT__WORK_POOL": pool}
+
+    def deployed() -> dict[str, tuple[str, int]]:
+        with get_client(sync_client=True) as client:
+            flows = {f.id: f.name for f in client.read_flows()}
+            return {f"{flows[d.flow_id]}/{d.name}": (str(d.id), len(d.schedules))
+                    for d in client.read_deployments() if d.work_pool_name == pool}
+
+    for _ in range(2):
+        r = _fleetloop(["deploy"], env)
+        assert r.returncode == 0, r.stderr
+        if _ == 0:
+            first = deployed()
+    second = deployed()
+    assert len(second) == 8 and second == first
+    assert second["weekly-cycle/weekly"][1] == 1 and second["mine/on-demand"][1] == 0
+
+
+# --- --param --------------------------------------------------------------------------------------
+
+
+def test_run_param_given_twice_is_refused_before_making_a_run(api_env, idle_deployment) -> None:
+    """Before: the last one won without a word (`--param week=2026-W01 --param week=2026-W02`
+    ran week 2026-W02)."""
+    before = len(_runs_of(idle_deployment))
+    r = _fleetloop(["run", "monitor-drift", "--param", "week=2026-W01", "--param", "week=2026-W02", "--json"], api_env)
+    doc = _one_json_failure(r, 2)
+    assert doc["error"] == "usage: Invalid value for --param: week is given twice", doc
+    assert len(_runs_of(idle_deployment)) == before
+
+
+def test_run_param_that_reads_as_a_number_is_sent_as_text_where_the_flow_takes_text(api_env, idle_deployment) -> None:
+    """`--param vehicle=42`: JSON reads 42, the mine flow takes a vehicle id (a string). Before:
+    refused, `vehicle: Input should be a valid string`; numbers stay numbers where the flow takes one."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        dep = str(client.create_deployment(flow_id=client.create_flow_from_name("mine"), name="on-demand",
+                                           work_pool_name=IDLE, entrypoint="mine.py:mine"))
+    r = _fleetloop(["run", "mine", "--param", "vehicle=42", "--param", "budget=7", "--json"], api_env)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    doc = json.loads(r.stdout)
+    run = [x for x in _runs_of(dep) if str(x.id) == doc["id"]]
+    assert run and run[0].parameters == {"vehicle": "42", "budget": 7}, run
+    r = _fleetloop(["run", "mine", "--param", "budget=1.5", "--json"], api_env)  # still refused: not an integer
+    assert _one_json_failure(r, 2)["error"].endswith("budget: Input should be a valid integer, got a number with a "
+                                                    "fractional part"), r.stdout
+    r = _fleetloop(["run", "monitor-drift", "--param", "week=2026", "--json"], api_env)  # the text's own problem
+    assert "week: String should match pattern" in _one_json_failure(r, 2)["error"], r.stdout
