@@ -74,12 +74,16 @@ _panels(app)
 
 def main() -> None:
     """The console script: errors that reach the top become one clear line (exit 1), not a
-    traceback. ``FLEETLOOP_DEBUG=1`` shows the traceback. A usage error (an unknown or missing
+    traceback. ``FLEETLOOP_DEBUG=1`` shows the traceback. Ctrl-C is exit 130 with one line (the
+    command's own, or a generic one; JSON too with ``--json``). A usage error (an unknown or missing
     option, a bad value) is shown as typer shows it, exit 2; with ``--json`` stdout also gets
     ``{"ok": false, "error": ...}``, like every other error of a ``--json`` command."""
     import os
     import sys
 
+    from fleetloop.cli.output import REPORTED
+
+    REPORTED.clear()
     try:
         code = app(standalone_mode=False)  # typer.Exit(n) comes back as n; a finished command as None
     except typer.TyperException as exc:  # click's ClickException: the command line itself is wrong
@@ -107,6 +111,13 @@ def main() -> None:
             print(json.dumps({"ok": False, "error": message}))
         print(f"fleetloop: {message}{hint}", file=sys.stderr)
         raise SystemExit(code) from None
+    if code == 130 and 130 not in REPORTED:  # typer's own Exit(130) on Ctrl-C, which says nothing
+        message = "interrupted by SIGINT (Ctrl-C); what finished is kept: run it again"
+        if "--json" in sys.argv[1:]:
+            import json
+
+            print(json.dumps({"ok": False, "error": message}))
+        print(f"fleetloop: {message}", file=sys.stderr)
     raise SystemExit(code if isinstance(code, int) else 0)
 
 

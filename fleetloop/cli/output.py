@@ -70,6 +70,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+#: codes of the errors a command reported itself (through :func:`fail`), so the console script
+#: adds no line of its own (e.g. to an interruption the command already worded)
+REPORTED: list[int] = []
+
+
 def fail(problem: BaseException | str, code: int = 2, *, as_json: bool = False, prefix: str = "error") -> typer.Exit:
     """Report ``problem`` (stderr; with ``as_json`` also as JSON on stdout) and return the
     ``typer.Exit(code)`` to raise: ``raise fail(exc, as_json=as_json) from None``. Exception text
@@ -78,6 +83,7 @@ def fail(problem: BaseException | str, code: int = 2, *, as_json: bool = False, 
     if as_json:
         typer.echo(json.dumps({"ok": False, "error": f"{prefix}: {message}" if prefix != "error" else message}))
     err.print(f"[red]{escape(prefix)}:[/] {escape(message)}", highlight=False)
+    REPORTED.append(code)
     return typer.Exit(code)
 
 

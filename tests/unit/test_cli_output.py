@@ -169,6 +169,30 @@ def test_the_console_script_keeps_exit_codes_and_answers_usage_errors_in_json(em
         assert err_needle in err
 
 
+@pytest.mark.parametrize("as_json", [False, True])
+def test_ctrl_c_in_any_command_is_one_line_exit_130(empty_home, monkeypatch, capsys, as_json):
+    """Ctrl-C in a command that does not catch it itself (here while ``logs list`` reads the
+    store): exit 130 as a shell counts an interruption, one line (click printed "Aborted!" and
+    exited 1, as if the command had failed), and with ``--json`` one JSON document."""
+    import sys
+
+    from fleetloop.cli import main
+    from fleetloop.store import objects
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(objects, "get_store", interrupted)
+    monkeypatch.setattr(sys, "argv", ["fleetloop", "logs", "list", *(["--json"] if as_json else [])])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 130
+    out, err = capsys.readouterr()
+    line = "interrupted by SIGINT (Ctrl-C); what finished is kept: run it again"
+    assert err.strip() == f"fleetloop: {line}" and "Aborted!" not in err
+    assert (json.loads(out) == {"ok": False, "error": line}) if as_json else out == ""
+
+
 def test_a_second_demo_on_the_same_home_stops_at_once_naming_the_first(empty_home, tmp_path):
     """While a demo runs on a home (it holds ``<home>/.demo.lock``), ``fleetloop demo`` there fails
     before it starts anything, naming the running one's pid; once that ends the lock is free."""
