@@ -700,6 +700,7 @@ def _claim_home(settings: Settings) -> None:
     ``--reset`` would delete its campaigns' Label Studio projects and its local store and dataset.
     :class:`DemoHomeError` names what is there, before anything starts or is deleted."""
     from fleetloop.dataset.config import dataset_config
+    from fleetloop.dataset.versions import compact, published
     from fleetloop.store import keys
     from fleetloop.store.objects import get_store
 
@@ -707,9 +708,17 @@ def _claim_home(settings: Settings) -> None:
     if demo_dir(settings).is_dir():
         return
     found: list[str] = []
-    repo = Path(dataset_config(settings).repo_dir).expanduser()
+    cfg = dataset_config(settings)
+    repo = Path(cfg.repo_dir).expanduser()
     if repo.is_dir() and any(repo.iterdir()):
-        found.append(f"a dataset repository ({repo})")
+        try:
+            versions = published(cfg)
+        except Exception:  # a repository git cannot read: not the demo's to write into
+            versions = None
+        if versions is None:
+            found.append(f"a directory that is not a dataset repository fleetloop can read ({repo})")
+        elif versions:  # (a repository without a version, as a `dataset grow` that found nothing leaves, holds no data)
+            found.append(f"a dataset repository with versions {compact(versions)} ({repo})")
     try:
         store = get_store(settings)
         held = [what for prefix, what in ((keys.CAMPAIGNS, "labeling campaigns"), (keys.REGISTRY, "registered models"),

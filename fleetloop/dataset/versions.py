@@ -52,6 +52,13 @@ def _versions(repo: Repo) -> list[int]:
     return sorted(int(m.group(1)) for t in repo.tags(TAG_PREFIX) if (m := _TAG.match(t)))
 
 
+def published(config: DatasetConfig) -> list[int] | None:
+    """The numbers of the published versions, oldest first; None when ``config.repo_dir`` is not
+    a dataset repository (git + DVC) at all."""
+    repo = Repo(config.repo_dir, config)
+    return _versions(repo) if repo.exists() else None
+
+
 def compact(versions: list[int]) -> str:
     """``[1, 3, 4, 5, 9]`` -> ``"1, 3..5, 9"``."""
     runs: list[list[int]] = []

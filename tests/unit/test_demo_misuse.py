@@ -223,6 +223,14 @@ def _a_model_in_the_store(home) -> None:
 
 
 def _a_dataset_repository(home) -> None:
+    import subprocess
+
+    res = runner.invoke(app, ["dataset", "grow", "--json"])  # nothing to grow from: an empty repository
+    assert res.exit_code == 0, res.output
+    subprocess.run(["git", "tag", "dataset-v1"], cwd=home / "dataset", check=True)
+
+
+def _a_directory_in_the_datasets_place(home) -> None:
     (home / "dataset" / ".git").mkdir(parents=True)
 
 
@@ -231,7 +239,9 @@ def _a_dataset_repository(home) -> None:
     (_a_log_in_the_store, "a store ({store}) with logs"),
     (_a_campaign_in_the_store, "a store ({store}) with labeling campaigns"),
     (_a_model_in_the_store, "a store ({store}) with registered models"),
-    (_a_dataset_repository, "a dataset repository ({home}/dataset)"),
+    (_a_dataset_repository, "a dataset repository with versions 1 ({home}/dataset)"),
+    (_a_directory_in_the_datasets_place, "a directory that is not a dataset repository fleetloop can read "
+                                         "({home}/dataset)"),
 ])
 def test_a_home_holding_a_real_fleets_data_is_refused_and_reset_deletes_nothing(home, data, needle, reset):
     """A user's FLEETLOOP_HOME holding their fleet: the demo would have ingested simulated logs,
@@ -254,5 +264,15 @@ def test_a_home_the_demo_made_or_an_empty_one_is_the_demos(home):
     assert json.loads(res.stdout)["error"] == started
     assert (home / "demo").is_dir()
     _a_log_in_the_store(home)  # its own simulated logs do not make it foreign on the rerun
+    for argv in (["demo", "--json"], ["demo", "--json", "--reset"]):
+        assert json.loads(runner.invoke(app, argv).stdout)["error"] == started
+
+
+def test_a_dataset_repository_without_a_version_is_no_data(home):
+    """`fleetloop dataset grow` with nothing to grow makes the repository (git + DVC, no version):
+    a user who tried it first in the default home must still be able to run the demo there."""
+    started = "demo failed: _ServicesWouldStart: services would start"
+    res = runner.invoke(app, ["dataset", "grow", "--json"])
+    assert res.exit_code == 0 and (home / "dataset" / ".git").is_dir(), res.output
     for argv in (["demo", "--json"], ["demo", "--json", "--reset"]):
         assert json.loads(runner.invoke(app, argv).stdout)["error"] == started
