@@ -22,7 +22,9 @@ is re-read line by line, to raise :class:`LogFormatError` naming the first bad l
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,9 +314,17 @@ def _read_slow(path: Path, layout: _Layout, max_frames: int) -> dict[str, np.nda
 CALIB_ALIASES = {"R_rect": "R0_rect", "Tr_velo_cam": "Tr_velo_to_cam"}
 
 
+#: A calibration entry's name (``P2``, ``R0_rect``, ``Tr_imu_to_velo``, ...).
+_CALIB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def read_calibration(path: Path) -> dict[str, np.ndarray]:
     """The entries of a KITTI calibration file fleetloop needs (``CALIB_KEYS``), validated: each
-    present once, with the right count of finite numbers, and an invertible lidar -> camera map."""
+    present once, with the right count of finite numbers, and an invertible lidar -> camera map.
+    Every other non-blank line must be an entry too (``<name>[:] <numbers>``; KITTI's files hold
+    ``P0``, ``P1``, ``P3``, ``Tr_imu_to_velo``, which are read and not used), given once: a line
+    that is not one (garbage, bytes that are not UTF-8, a value that is not a number) is an error
+    naming it, never skipped."""
     if not path.exists():
         raise LogFormatError(path, "calibration file is missing")
     if path.is_dir():
@@ -322,7 +332,7 @@ def read_calibration(path: Path) -> dict[str, np.ndarray]:
     values: dict[str, np.ndarray] = {}
     seen_at: dict[str, int] = {}
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of a name
     except OSError as exc:
         raise LogFormatError(path, f"cannot read: {exc.strerror or exc}") from None
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -333,9 +343,11 @@ def read_calibration(path: Path) -> dict[str, np.ndarray]:
         if ":" in head[:-1]:  # "P2:1.0 ..." without a space
             key, _, first = head.partition(":")
             rest = [first, *rest]
+        if not _CALIB_NAME.fullmatch(key):
+            shown = line.strip()
+            raise LogFormatError(path, "not a calibration entry (expected '<name>: <numbers>'): "
+                                 f"{shown[:40] + ('...' if len(shown) > 40 else '')!r}", line=lineno)
         key = CALIB_ALIASES.get(key, key)
-        if key not in CALIB_KEYS:
-            continue
         if key in seen_at:
             raise LogFormatError(path, f"duplicate calibration entry (first on line {seen_at[key]})", line=lineno, field=key)
         seen_at[key] = lineno
@@ -343,6 +355,10 @@ def read_calibration(path: Path) -> dict[str, np.ndarray]:
             arr = np.array([float(v) for v in rest], dtype=np.float64)
         except ValueError as exc:
             raise LogFormatError(path, f"not a number ({exc})", line=lineno, field=key) from None
+        if key not in CALIB_KEYS:  # an entry fleetloop does not use: numbers, but any count
+            if not arr.size:
+                raise LogFormatError(path, "calibration entry without values", line=lineno, field=key)
+            continue
         if arr.size != CALIB_KEYS[key]:
             raise LogFormatError(
                 path, f"expected {CALIB_KEYS[key]} numbers, found {arr.size}", line=lineno, field=key
@@ -353,6 +369,11 @@ def read_calibration(path: Path) -> dict[str, np.ndarray]:
     for key in CALIB_KEYS:
         if key not in values:
             raise LogFormatError(path, "missing calibration entry", field=key)
+    if _image_size_or_none(values["P2"]) is None:
+        P = values["P2"]
+        raise LogFormatError(path, f"P2's focal length {P[0]:g} matches no KITTI camera, and its principal point "
+                             f"({P[2]:g}, {P[6]:g}) gives no image size (twice it must be at most {_I32_MAX:,} px)",
+                             line=seen_at["P2"], field="P2")
     M = np.eye(4)
     M[:3] = lidar_to_cam_matrix(values)
     if not np.isfinite(np.linalg.cond(M)) or np.linalg.cond(M) > 1e12:
@@ -383,11 +404,24 @@ def image_size_for(P: np.ndarray) -> tuple[int, int]:
     """(width, height) of the camera image. Not in KITTI's calibration files: it follows from the
     recording setup, which P2's focal length identifies. For an unknown setup, twice the
     principal point (the principal point of a rectified KITTI camera is near the image centre)."""
+    size = _image_size_or_none(P)
+    if size is None:
+        raise ValueError(f"no image size for P2 = {list(P)}")  # read_calibration refuses such a file first
+    return size
+
+
+def _image_size_or_none(P: np.ndarray) -> tuple[int, int] | None:
+    """:func:`image_size_for`, or None when the principal point gives no size an image can have
+    (twice it not finite or beyond the int32 columns of the calibration table)."""
     focal = float(P[0])
     best = min(IMAGE_SIZES, key=lambda f: abs(f - focal))
     if abs(best - focal) < 0.5:
         return IMAGE_SIZES[best]
-    return max(1, round(2 * float(P[2]))), max(1, round(2 * float(P[6])))
+    with np.errstate(over="ignore"):
+        wh = 2 * np.asarray([P[2], P[6]], np.float64)
+    if not (np.isfinite(wh).all() and (wh < _I32_MAX).all()):
+        return None
+    return max(1, round(float(wh[0]))), max(1, round(float(wh[1])))
 
 
 def lidar_to_cam_matrix(calib: dict[str, np.ndarray]) -> np.ndarray:
@@ -546,10 +580,10 @@ class KittiTrackingImporter:
         """The sequences ``seqmap.txt`` declares on well-formed lines (a bad line is an error of
         the sequence it names when loading; an unreadable seqmap fails loading, not listing)."""
         try:
-            text = (root / "seqmap.txt").read_text(encoding="utf-8", errors="replace")
+            text = (root / "seqmap.txt").read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark is not part of a name
         except OSError:
             return []
-        return [parts[0] for parts in map(str.split, text.splitlines()) if len(parts) == 4 and parts[3].isdigit()]
+        return [parts[0] for parts in map(str.split, text.splitlines()) if len(parts) == 4 and parts[3].isdecimal()]
 
     def log_location(self, root: Path, log_id: str) -> Path:
         """The file that anchors a sequence: its calibration."""
@@ -592,7 +626,7 @@ class KittiTrackingImporter:
         if not os.path.lexists(path):
             return out, bad, None
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8-sig", errors="replace")
         except OSError as exc:
             return out, bad, LogFormatError(path, f"cannot read: {exc.strerror or exc}")
         known_ids = set(self.list_logs(root) if known is None else known)
@@ -606,7 +640,7 @@ class KittiTrackingImporter:
             if len(parts) != 4:
                 err = LogFormatError(path, f"expected '<seq> empty <start> <n_frames>', found {len(parts)} fields",
                                      line=lineno, field="n_frames" if len(parts) < 4 else None)
-            elif not parts[3].isdigit():
+            elif not parts[3].isdecimal():  # not isdigit: "²" is a digit int() refuses
                 err = LogFormatError(path, f"n_frames is not a whole number: {parts[3]!r}", line=lineno, field="n_frames")
             elif int(parts[3]) > self.max_frames:
                 err = LogFormatError(path, f"{int(parts[3]):,} frames is beyond the bound of {self.max_frames:,} frames "
@@ -643,7 +677,7 @@ class KittiTrackingImporter:
         declared_only = sorted(set(log_ids) - self._file_names(root))
         if declared_only:  # named by the seqmap, but every file of it is gone: never dropped silently
             s = declared_only[0]
-            lines = [i for i, line in enumerate((root / "seqmap.txt").read_text(errors="replace").splitlines(), 1)
+            lines = [i for i, line in enumerate((root / "seqmap.txt").read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1)
                      if line.split()[:1] == [s]]
             raise LogFormatError(root / "seqmap.txt", f"sequence {s!r} is listed here but has no files "
                                  f"(calib/{s}.txt and every output of it are missing)",
@@ -669,6 +703,7 @@ class KittiTrackingImporter:
         sizes = [image_size_for(p) for p in P]
         log_values = pa.array(log_ids, pa.string())
         max_frame = np.full(K, -1, np.int64)
+        max_dropped = np.full(K, -1, np.int64)  # of tracker lines of types not ours (dropped)
 
         def log_column(idx: np.ndarray) -> pa.Array:
             return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32)), log_values).cast(pa.string())
@@ -716,6 +751,10 @@ class KittiTrackingImporter:
             raw = d["score"] if "score" in d else np.full(n, -1.0)
             code = pc.index_in(d["type"], value_set=pa.array(_TYPES)).to_numpy(zero_copy_only=False).astype(np.int64)
             keep = np.flatnonzero(np.array([c is not None for c in _TYPE_CLASS])[code])
+            if keep.size < n:  # a dropped line (DontCare, ...) beyond the seqmap's count is an error too
+                dropped = np.ones(n, bool)
+                dropped[keep] = False
+                np.maximum.at(max_dropped, log_idx[dropped], d["frame"][dropped])
             # tracker_score per file, on the rows kept: a file whose scores are all -1 has none
             none = np.bincount(log_idx[keep], weights=(raw[keep] != -1.0), minlength=K) == 0
             c = np.clip(raw, 0.0, None)
@@ -782,7 +821,8 @@ class KittiTrackingImporter:
                 )
 
         n_frames = np.array([seqmap.get(seq, int(max_frame[k]) + 1) for k, seq in enumerate(log_ids)], np.int64)
-        bad = np.flatnonzero((max_frame >= n_frames) | (n_frames == 0))
+        declared = np.array([seq in seqmap for seq in log_ids], bool)
+        bad = np.flatnonzero((max_frame >= n_frames) | (n_frames == 0) | (declared & (max_dropped >= n_frames)))
         if bad.size:  # log by log names the problem
             return None
         f_log = np.repeat(np.arange(K), n_frames)
@@ -798,6 +838,7 @@ class KittiTrackingImporter:
         width, height = image_size_for(P)
         max_frame = -1
         bound = self.max_frames
+        last: list[tuple[int, Path, _Layout]] = []  # each file's largest frame (any line), for the seqmap check
 
         lidar = LIDAR_DETECTIONS.empty_table()
         if lidar_dir is not None and _present(lidar_dir / f"{seq}.txt"):
@@ -806,13 +847,15 @@ class KittiTrackingImporter:
             n = frame.size
             box = cam_boxes_to_lidar(d, l2c)
             max_frame = max(max_frame, int(frame.max(initial=-1)))
+            last.append((int(frame.max(initial=-1)), lidar_dir / f"{seq}.txt", POINTRCNN_LAYOUT))
             lidar = _lidar_table(_const(seq, n), d, _det_ids(frame), box)
 
         track_parts = []
         for trk_dir in trk_dirs:
             if not _present(trk_dir / f"{seq}.txt"):
                 continue
-            d = _read_tracking(trk_dir / f"{seq}.txt", bound)
+            d, any_last = _read_tracking(trk_dir / f"{seq}.txt", bound)
+            last.append((any_last, trk_dir / f"{seq}.txt", TRACKING_LAYOUT))
             n = d["frame"].size
             max_frame = max(max_frame, int(d["frame"].max(initial=-1)))
             score = tracker_score(d["score"])
@@ -831,7 +874,8 @@ class KittiTrackingImporter:
 
         camera = CAMERA_DETECTIONS.empty_table()
         if det_dir is not None and _present(det_dir / f"{seq}.txt"):
-            d = _read_tracking(det_dir / f"{seq}.txt", bound)
+            d, any_last = _read_tracking(det_dir / f"{seq}.txt", bound)
+            last.append((any_last, det_dir / f"{seq}.txt", TRACKING_LAYOUT))
             frame = d["frame"]
             n = frame.size
             max_frame = max(max_frame, int(frame.max(initial=-1)))
@@ -848,13 +892,38 @@ class KittiTrackingImporter:
             )
 
         n = n_frames if n_frames is not None else max_frame + 1
-        if max_frame >= n:
-            raise LogFormatError(root / "seqmap.txt", f"log {seq} has outputs at frame {max_frame} but only {n} frames")
+        # with a seqmap count only: without one, n follows from the outputs (of the types kept)
+        beyond = [(path, layout) for file_last, path, layout in last if file_last >= n] if n_frames is not None else []
+        if beyond:
+            raise _beyond_seqmap(root, seq, n, *beyond[0])
         if n == 0:
             raise LogFormatError(root / "seqmap.txt", f"log {seq} has no frames (no seqmap entry and no outputs)")
         return DriveLogs(frames=_frames_table(_const(seq, n), np.arange(n, dtype=np.int32)), lidar_detections=lidar,
                          camera_detections=camera, tracks=tracks,
                          calibration=_calibration_table([seq], [P], [l2c], [(width, height)]))
+
+
+def _beyond_seqmap(root: Path, seq: str, n: int, path: Path, layout: _Layout) -> LogFormatError:
+    """The error for an output file holding a frame the seqmap says the log does not have: it
+    names the file's first such line, and the seqmap's line (found by reading both again; this
+    runs only when the check failed)."""
+    lineno, frame = None, None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for k, line in enumerate(fh, 1):
+                parts = line.split(",") if layout.sep == "," else line.split()
+                if parts and parts[0].strip() and int(float(parts[0])) >= n:
+                    lineno, frame = k, int(float(parts[0]))
+                    break
+    except (OSError, ValueError):  # changed since it was parsed: the file is still the one to name
+        pass
+    declared = None
+    with contextlib.suppress(OSError):
+        declared = next((k for k, line in enumerate((root / "seqmap.txt").read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1)
+                         if line.split()[:1] == [seq]), None)
+    at = f"seqmap.txt, line {declared}" if declared is not None else "seqmap.txt"
+    return LogFormatError(path, f"log {seq} has outputs at frame {frame if frame is not None else '>= ' + str(n)} "
+                          f"but only {n} frames ({at})", line=lineno, field="frame")
 
 
 def _hidden(path: Path) -> bool:
@@ -869,9 +938,12 @@ def _present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def _read_tracking(path: Path, max_frames: int = MAX_FRAMES) -> dict:
-    """A KITTI tracking-format output file, classes mapped, other types dropped, sorted by frame."""
+def _read_tracking(path: Path, max_frames: int = MAX_FRAMES) -> tuple[dict, int]:
+    """A KITTI tracking-format output file, classes mapped, other types dropped, sorted by frame;
+    and the largest frame of any of its lines (the dropped types' too: a line beyond the seqmap's
+    frame count is an error whatever its type)."""
     d = _read_table(path, TRACKING_LAYOUT, max_frames)
+    last = int(d["frame"].max(initial=-1))
     if "score" not in d:
         d["score"] = np.full(d["frame"].size, -1.0)
     types = d["type"]
@@ -882,7 +954,7 @@ def _read_tracking(path: Path, max_frames: int = MAX_FRAMES) -> dict:
     idx = np.flatnonzero(keep)
     out = {k: (v.take(pa.array(idx)) if isinstance(v, pa.Array | pa.ChunkedArray) else v[idx]) for k, v in d.items()}
     out["cls"] = _strings(cls_code[idx], names)
-    return _sort_by_frame(out)
+    return _sort_by_frame(out), last
 
 
 CLASSES_OF_KITTI = tuple(sorted(set(KITTI_CLASSES.values())))

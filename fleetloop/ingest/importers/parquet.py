@@ -4,8 +4,10 @@ not carry that stream; ``frames`` (at least one row) and ``calibration`` are req
 may also be a single log directory. Every directory under ``<root>`` holding a ``*.parquet``
 entry is a log, so a log missing its ``frames.parquet`` is reported, never skipped. A stream
 entry that is not a readable regular file (a directory, a broken or looping link, an
-unreadable file), extra columns aside, missing columns, types that do not cast safely, null
-keys and rows of another log are :class:`LogFormatError`. Values (NaN, ranges, box sizes, ...)
+unreadable file), extra columns aside, missing or repeated columns, types that do not cast
+safely or are of another kind (text for a number, a number for text, booleans; a timestamp is
+read as ``timestamp_ns`` in nanoseconds whatever its unit), null keys and rows of another log
+are :class:`LogFormatError`. Values (NaN, ranges, box sizes, ...)
 are the validation's job (``fleetloop.ingest.validation``), not the importer's.
 """
 
@@ -126,20 +128,34 @@ def _read_stream(path: Path, name: str, schema: pa.Schema) -> pa.Table:
     if not path.is_file():  # pq.read_table would read a directory as a dataset
         raise LogFormatError(path, "not a readable regular file (a directory, a broken or looping link?)")
     try:
-        t = pq.read_table(path)
+        with pq.ParquetFile(path) as pf:
+            names = pf.schema_arrow.names
+            for f in schema:
+                if f.name not in names:
+                    raise LogFormatError(path, f"missing column of the {name} schema", field=f.name)
+                if names.count(f.name) > 1:
+                    raise LogFormatError(path, f"column given {names.count(f.name)} times (which one is the log's?)",
+                                         field=f.name)
+            t = pf.read(columns=schema.names)  # the schema's columns only: extra ones (even repeated) are ignored
     except (pa.ArrowException, OSError) as exc:
         raise LogFormatError(path, f"not a readable parquet file: {exc}") from None
-    for f in schema:
-        if f.name not in t.column_names:
-            raise LogFormatError(path, f"missing column of the {name} schema", field=f.name)
     t = t.select(schema.names)
     columns = []
     for f in schema:
+        col = t[f.name]
+        kind = _kind_mismatch(col.type, f.type, time=f.name == "timestamp_ns")
+        if kind:
+            raise LogFormatError(path, f"type {col.type} does not cast to {f.type}: {kind}", field=f.name)
+        if f.name == "timestamp_ns" and pa.types.is_timestamp(col.type):  # nanoseconds, whatever the unit stored
+            try:
+                col = col.cast(pa.timestamp("ns", tz=col.type.tz))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise LogFormatError(path, f"type {col.type} does not cast to {f.type}: {exc}", field=f.name) from None
         try:
-            columns.append(t[f.name].cast(f.type))  # safe cast: no truncation, no overflow
+            columns.append(col.cast(f.type))  # safe cast: no truncation, no overflow
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
             raise LogFormatError(
-                path, f"type {t.schema.field(f.name).type} does not cast to {f.type}: {exc}", field=f.name
+                path, f"type {col.type} does not cast to {f.type}: {exc}", field=f.name
             ) from None
     t = pa.Table.from_arrays(columns, schema=schema)
     for key in ("log_id", "frame"):
@@ -147,3 +163,32 @@ def _read_stream(path: Path, name: str, schema: pa.Schema) -> pa.Table:
             row = int(pc.index(pc.is_null(t[key]), True).as_py())
             raise LogFormatError(path, "null key", row=row, field=key)
     return t
+
+
+def _kind_mismatch(src: pa.DataType, dst: pa.DataType, time: bool = False) -> str | None:
+    """Why a column of type ``src`` cannot hold a ``dst`` column's values, or None. A cast may
+    narrow or widen within a kind (int64 -> int32 in range, float64 -> float32, dictionary or
+    large strings -> strings, any list of 12 numbers -> the fixed-size list); across kinds it
+    would convert values, not check them (strings parsed as numbers, booleans as 0/1, numbers
+    written as text, a timestamp's count in its own unit), so a column of another kind is a
+    wrong type. A timestamp is accepted for a ``time`` column (``timestamp_ns``: the caller
+    converts it to nanoseconds). An all-null column (type null) is left to the null checks."""
+    if pa.types.is_dictionary(src):
+        src = src.value_type
+    if pa.types.is_null(src):
+        return None
+    if pa.types.is_string(dst) or pa.types.is_large_string(dst):
+        ok = (pa.types.is_string(src) or pa.types.is_large_string(src) or pa.types.is_binary(src)
+              or pa.types.is_large_binary(src) or getattr(pa.types, "is_string_view", lambda _: False)(src))
+        return None if ok else "a text column cannot be of another kind"
+    if pa.types.is_integer(dst) or pa.types.is_floating(dst):
+        if time and pa.types.is_timestamp(src):
+            return None
+        ok = pa.types.is_integer(src) or pa.types.is_floating(src) or pa.types.is_decimal(src)
+        return None if ok else "a numeric column cannot be of another kind"
+    if pa.types.is_list(dst) or pa.types.is_fixed_size_list(dst) or pa.types.is_large_list(dst):
+        if not (pa.types.is_list(src) or pa.types.is_fixed_size_list(src) or pa.types.is_large_list(src)):
+            return "a list column cannot be of another kind"
+        inner = _kind_mismatch(src.value_type, dst.value_type)
+        return f"its values: {inner}" if inner else None
+    return None
