@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from fleetloop.cli.output import JsonOpt, err, fail, print_json
+from fleetloop.cli.output import REPORTED, JsonOpt, err, fail, print_json
 from fleetloop.settings import redact
 
 if TYPE_CHECKING:
@@ -188,6 +188,7 @@ def register(app: typer.Typer) -> None:
 
         def stopping(sig: signal.Signals) -> None:
             err.print(f"{sig.name}: stopping the Prefect worker and its flow runs", highlight=False)
+            REPORTED.append(128 + sig)  # said here: the console script adds no line of its own
 
         raise typer.Exit(supervise(cmd, env=os.environ.copy(), on_stop=stopping))
 

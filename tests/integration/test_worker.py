@@ -162,9 +162,12 @@ def test_sigterm_stops_the_worker_and_its_running_flow_run(worker, env, deployme
     print(f"SIGTERM with a flow run going: worker and {len(tree) - 1} descendant(s) gone in {took:.1f}s")
 
 
-def test_sigint_stops_an_idle_worker(worker, env, deployments) -> None:
+def test_sigint_stops_an_idle_worker(worker, env, deployments, tmp_path) -> None:
     took = _stopped_within(worker, signal.SIGINT, 10)
     assert worker.returncode == 128 + signal.SIGINT
+    said = (tmp_path / "worker.log").read_text(errors="replace")
+    # its own line, not the console script's generic one for a command that says nothing
+    assert "SIGINT: stopping the Prefect worker" in said and "interrupted by SIGINT (Ctrl-C)" not in said, said[-2000:]
     _assert_nothing_left(env)
     print(f"SIGINT: gone in {took:.1f}s")
 
