@@ -203,8 +203,12 @@ def test_run_wait_timeout_with_json_names_the_run_that_goes_on(api_env, idle_dep
 def test_ctrl_c_during_run_wait_stops_waiting_not_the_run(api_env, idle_deployment) -> None:
     """Before: `Aborted!`, exit 1 (as if the run had failed) and nothing on stdout for --json."""
     before = len(_runs_of(idle_deployment))
+    # SIGINT at its default, as in a terminal, whatever this test process has: a process started
+    # with SIGINT ignored (a background job's, as a CI rehearsal started with `&` runs) keeps it
+    # ignored, and the Ctrl-C would never arrive (it timed out so once)
     proc = subprocess.Popen([*FLEETLOOP, "run", "monitor-drift", "--wait", "--no-worker-after", "3600", "--json"],
-                            env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         run = _wait_for_new_run(idle_deployment, before, proc)
         time.sleep(1.5)  # in the waiting loop
