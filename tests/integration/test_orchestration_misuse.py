@@ -200,23 +200,33 @@ def test_run_wait_timeout_with_json_names_the_run_that_goes_on(api_env, idle_dep
 # --- interrupted or pulled from under the wait ------------------------------------------------------
 
 
-def test_ctrl_c_during_run_wait_stops_waiting_not_the_run(api_env, idle_deployment) -> None:
-    """Before: `Aborted!`, exit 1 (as if the run had failed) and nothing on stdout for --json."""
-    before = len(_runs_of(idle_deployment))
-    # SIGINT at its default, as in a terminal, whatever this test process has: a process started
-    # with SIGINT ignored (a background job's, as a CI rehearsal started with `&` runs) keeps it
-    # ignored, and the Ctrl-C would never arrive (it timed out so once)
-    proc = subprocess.Popen([*FLEETLOOP, "run", "monitor-drift", "--wait", "--no-worker-after", "3600", "--json"],
+def _wait_then(api_env, deployment: str, extra: list[str], meanwhile, timeout: float):
+    """`fleetloop run monitor-drift --wait --json` (with ``extra``): once its run exists,
+    ``meanwhile(proc)``, then its end within ``timeout`` s. Returns the run and what the command
+    did. SIGINT is at its default in it, as in a terminal, whatever this test process has: a
+    process started with SIGINT ignored (a background job's, as a CI rehearsal started with `&`
+    runs) keeps it ignored, and a Ctrl-C would never arrive (it timed out so once)."""
+    before = len(_runs_of(deployment))
+    proc = subprocess.Popen([*FLEETLOOP, "run", "monitor-drift", "--wait", *extra, "--no-worker-after", "3600", "--json"],
                             env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        run = _wait_for_new_run(idle_deployment, before, proc)
-        time.sleep(1.5)  # in the waiting loop
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        run = _wait_for_new_run(deployment, before, proc)
+        meanwhile(proc)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         _stop(proc)
-    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_during_run_wait_stops_waiting_not_the_run(api_env, idle_deployment) -> None:
+    """Before: `Aborted!`, exit 1 (as if the run had failed) and nothing on stdout for --json."""
+
+    def ctrl_c(proc: subprocess.Popen) -> None:
+        time.sleep(1.5)  # in the waiting loop
+        proc.send_signal(signal.SIGINT)
+
+    run, r = _wait_then(api_env, idle_deployment, [], ctrl_c, 30)
     doc = _one_json_failure(r, 130)
     assert doc["id"] == str(run.id) and "stopped waiting (Ctrl-C); the run goes on" in doc["error"], doc
     still = [x for x in _runs_of(idle_deployment) if x.id == run.id]
@@ -227,20 +237,14 @@ def test_run_wait_when_the_deployment_is_deleted_meanwhile(api_env, idle_deploym
     """Deleting a deployment deletes its scheduled runs. Before: `ObjectNotFound: None`."""
     from prefect.client.orchestration import get_client
 
-    before = len(_runs_of(idle_deployment))
-    proc = subprocess.Popen([*FLEETLOOP, "run", "monitor-drift", "--wait", "--timeout", "120", "--no-worker-after", "3600",
-                             "--json"], env=api_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        run = _wait_for_new_run(idle_deployment, before, proc)
+    def delete(_proc: subprocess.Popen) -> None:
         with get_client(sync_client=True) as client:
             client.delete_deployment(uuid.UUID(idle_deployment))
-        out, err = proc.communicate(timeout=60)
-    finally:
-        _stop(proc)
-    r = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    run, r = _wait_then(api_env, idle_deployment, ["--timeout", "120"], delete, 60)
     doc = _one_json_failure(r, 1)
     assert doc["id"] == str(run.id) and "deleted before it finished" in doc["error"], doc
-    assert "ObjectNotFound" not in err
+    assert "ObjectNotFound" not in r.stderr
 
 
 # --- deploy ------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ is re-read line by line, to raise :class:`LogFormatError` naming the first bad l
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections import Counter
@@ -677,11 +676,9 @@ class KittiTrackingImporter:
         declared_only = sorted(set(log_ids) - self._file_names(root))
         if declared_only:  # named by the seqmap, but every file of it is gone: never dropped silently
             s = declared_only[0]
-            lines = [i for i, line in enumerate((root / "seqmap.txt").read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1)
-                     if line.split()[:1] == [s]]
             raise LogFormatError(root / "seqmap.txt", f"sequence {s!r} is listed here but has no files "
                                  f"(calib/{s}.txt and every output of it are missing)",
-                                 line=lines[0] if lines else None, field="seq")
+                                 line=_seqmap_line(root, s), field="seq")
         if len(log_ids) > 1:  # every file of a kind in one parse; any doubt: log by log (which names the line)
             batch = self._load_batch(root, log_ids, seqmap, lidar_dir, trk_dirs, det_dir)
             if batch is not None:
@@ -917,13 +914,20 @@ def _beyond_seqmap(root: Path, seq: str, n: int, path: Path, layout: _Layout) ->
                     break
     except (OSError, ValueError):  # changed since it was parsed: the file is still the one to name
         pass
-    declared = None
-    with contextlib.suppress(OSError):
-        declared = next((k for k, line in enumerate((root / "seqmap.txt").read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1)
-                         if line.split()[:1] == [seq]), None)
+    declared = _seqmap_line(root, seq)
     at = f"seqmap.txt, line {declared}" if declared is not None else "seqmap.txt"
     return LogFormatError(path, f"log {seq} has outputs at frame {frame if frame is not None else '>= ' + str(n)} "
                           f"but only {n} frames ({at})", line=lineno, field="frame")
+
+
+def _seqmap_line(root: Path, seq: str) -> int | None:
+    """The 1-based line of ``seqmap.txt`` declaring ``seq`` (None: none, or no readable seqmap);
+    read again only to name it in an error."""
+    try:
+        text = (root / "seqmap.txt").read_text(encoding="utf-8-sig", errors="replace")
+    except OSError:
+        return None
+    return next((k for k, line in enumerate(text.splitlines(), 1) if line.split()[:1] == [seq]), None)
 
 
 def _hidden(path: Path) -> bool:
