@@ -142,14 +142,19 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def deploy(
         serve: Annotated[bool, typer.Option("--serve", help="Register and run the deployments in this process.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """Register every flow's deployment (weekly cycle on its cron schedule, each step on demand).
 
         Running it again updates them in place. Exit 2 when no Prefect API answers, or when the
-        work pool (FLEETLOOP_PREFECT__WORK_POOL) exists and is not a process pool."""
+        work pool (FLEETLOOP_PREFECT__WORK_POOL) exists and is not a process pool. With --json,
+        the pool, the API and each deployment's id (not with --serve, which runs until stopped)."""
         from fleetloop.flows import deployments
 
-        settings, url = _prefect_env()
+        if serve and as_json:
+            raise typer.BadParameter("--serve runs until stopped and prints no JSON; register with "
+                                     "`fleetloop deploy --json`", param_hint="--json")
+        settings, url = _prefect_env(as_json)
         if serve:
             from fleetloop.local.process import reaping_descendants
 
@@ -164,7 +169,11 @@ def register(app: typer.Typer) -> None:
         try:
             ids = deployments.deploy_to_pool(settings)
         except deployments.WorkPoolTypeError as exc:
-            raise fail(exc, 2, prefix="Not deployed") from None
+            raise fail(exc, 2, as_json=as_json, prefix="Not deployed") from None
+        if as_json:
+            print_json({"work_pool": settings.prefect.work_pool, "api_url": redact(url),
+                        "deployments": {name: str(i) for name, i in ids.items()}}, ok=True)
+            return
         console.print(f"Registered {len(ids)} deployments in work pool [bold]{settings.prefect.work_pool}[/] at {redact(url)}: "
                       f"{', '.join(ids)}.", highlight=False, soft_wrap=True)
         console.print("Run them with: [bold]fleetloop worker[/]")
@@ -207,9 +216,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Trigger a deployed flow on demand and print its URL in the Prefect UI (with --wait,
-        its final state: exit 1 when it did not complete, 3 on timeout, 130 when Ctrl-C stops the
-        waiting; the run itself goes on in both). Exit 2, before any run is made, for a bad
-        command line or parameter, no Prefect API answering, or no such deployment."""
+        its final state: exit 1 when it did not complete, 3 on timeout or when the Prefect API stops
+        answering for a minute, 130 when Ctrl-C stops the waiting; the run itself goes on in all
+        three). Exit 2, before any run is made, for a bad command line or parameter, no Prefect API
+        answering, or no such deployment."""
         if flow not in DEPLOYMENTS:
             raise typer.BadParameter(f"unknown flow {flow!r}; expected one of {list(DEPLOYMENTS)}", param_hint="FLOW")
         for value, option in ((timeout, "--timeout"), (no_worker_after, "--no-worker-after")):
@@ -261,23 +271,44 @@ def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json:
                   run_doc: dict | None = None) -> State:
     """Poll the run until it is final. While it sits in Scheduled/Pending, check every
     ``hint_after`` seconds that something polls for it and say once, on stderr, when nothing
-    does. Exit 3 after ``timeout`` seconds and 130 on Ctrl-C (the run goes on in both), 1 when
-    the run is deleted meanwhile; with ``as_json`` the JSON also carries ``run_doc`` (the run's
+    does. Exit 3 after ``timeout`` seconds or when the API has not answered for
+    ``API_DOWN_GRACE_S`` (said on stderr when it stops and when it answers again), 130 on Ctrl-C
+    (the run goes on in all three), 1 when the run is deleted meanwhile; with ``as_json`` the JSON also carries ``run_doc`` (the run's
     id and URL, so a script can follow the run it gave up on)."""
+    import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     started = time.monotonic()
     next_check, hinted, queued = hint_after, False, False
     state: State | None = None
-    try:
-        with get_client(sync_client=True) as client:
+    down_since: float | None = None  # when the API stopped answering (None: it answers)
+    try:  # the client's own retries (about a minute of silence per call) are ours here, said as they go
+        with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), get_client(sync_client=True) as client:
             while True:
                 try:
                     state = client.read_flow_run(flow_run.id).state
                 except ObjectNotFound:  # deleting a deployment deletes its scheduled runs
                     raise _gave_up(flow_run, run_doc, "deleted before it finished (was its deployment deleted?)",
                                    1, as_json, state) from None
+                except httpx.HTTPError as exc:  # the server went down (or restarts): try again, then give up
+                    if not _server_trouble(exc):
+                        raise
+                    now = time.monotonic()
+                    if down_since is None:
+                        down_since = now
+                        err.print(f"[yellow]The Prefect API stopped answering[/] ({escape(_one_line(exc))}): still "
+                                  f"trying for {API_DOWN_GRACE_S:.0f} s.", highlight=False, soft_wrap=True)
+                    if now - down_since >= API_DOWN_GRACE_S or now - started > timeout:
+                        raise _gave_up(flow_run, run_doc, f"the Prefect API has not answered for {now - down_since:.0f} s "
+                                       f"({_one_line(exc)}); stopped waiting, the run may go on", 3, as_json,
+                                       state) from None
+                    time.sleep(API_RETRY_S)
+                    continue
+                if down_since is not None:
+                    down_since = None
+                    err.print("The Prefect API answers again; still waiting.", highlight=False)
                 if state is not None and state.is_final():
                     return state
                 elapsed = time.monotonic() - started
@@ -288,7 +319,12 @@ def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json:
                 waiting = state is None or state.is_scheduled() or state.is_pending()
                 if waiting and not hinted and elapsed >= next_check and flow_run.deployment_id is not None:
                     next_check += hint_after
-                    hint = no_poller_hint(client, flow_run.deployment_id)
+                    try:
+                        hint = no_poller_hint(client, flow_run.deployment_id)
+                    except httpx.HTTPError as exc:  # down between two calls: the next poll says so
+                        if not _server_trouble(exc):
+                            raise
+                        hint = None
                     if hint:
                         hinted = True
                         err.print(f"[yellow]{hint}[/] Still waiting for run {flow_run.name} "
@@ -300,6 +336,27 @@ def _wait_for_run(flow_run: FlowRun, timeout: float, hint_after: float, as_json:
                 time.sleep(1.0)
     except KeyboardInterrupt:  # Ctrl-C stops the waiting, not the run
         raise _gave_up(flow_run, run_doc, "stopped waiting (Ctrl-C); the run goes on", 130, as_json, state) from None
+
+
+#: How long ``run --wait`` keeps polling a Prefect API that stopped answering (a restart takes
+#: seconds) before it gives up (exit 3, as on a timeout: the run may go on), and how often.
+API_DOWN_GRACE_S = 60.0
+API_RETRY_S = 2.0
+
+
+def _server_trouble(exc: Exception) -> bool:
+    """The API cannot be reached or fails on its side (connection refused or cut, a 5xx): worth
+    another try. A 4xx is an answer, and stays an error."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
 def _gave_up(flow_run: FlowRun, run_doc: dict | None, problem: str, code: int, as_json: bool,

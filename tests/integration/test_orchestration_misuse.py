@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -128,6 +129,10 @@ def test_deploy_against_an_api_that_is_down_is_one_line_exit_2(env) -> None:
     r = _fleetloop(["deploy"], env | {"PREFECT_API_URL": url})
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert r.stderr.strip().count("\n") == 0 and f"No Prefect API at {url}" in r.stderr, r.stderr
+    doc = _one_json_failure(_fleetloop(["deploy", "--json"], env | {"PREFECT_API_URL": url}), 2)
+    assert doc["error"].startswith(f"No Prefect API at {url}: ConnectError"), doc
+    doc = _one_json_failure(_fleetloop(["deploy", "--serve", "--json"], env | {"PREFECT_API_URL": url}), 2)
+    assert doc["error"].startswith("usage: Invalid value for --json: --serve runs until stopped"), doc
 
 
 def test_run_with_an_api_url_missing_its_api_path_says_so(api_env, idle_deployment) -> None:
@@ -247,6 +252,103 @@ def test_run_wait_when_the_deployment_is_deleted_meanwhile(api_env, idle_deploym
     assert "ObjectNotFound" not in r.stderr
 
 
+class _Outage:
+    """A loopback TCP relay to the Prefect API: ``down()`` closes it and every connection through
+    it (the server vanishes for the client: refused, or cut mid-keep-alive), ``up()`` opens it
+    again on the same port. The Prefect server behind it stays as it is."""
+
+    def __init__(self, api_url: str) -> None:
+        from urllib.parse import urlsplit
+
+        target = urlsplit(api_url)
+        self.target = (target.hostname or "127.0.0.1", target.port or 80)
+        self.path = target.path
+        self.port = 0
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.path}"
+
+    def up(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for c in self.conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+                c.close()
+            self.conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def outage(api_env):
+    relay = _Outage(api_env["PREFECT_API_URL"])
+    yield relay
+    relay.down()
+
+
+def test_run_wait_when_the_api_goes_down_for_good_says_so_and_names_the_run(api_env, idle_deployment, outage) -> None:
+    """Before: a minute of silence (Prefect's client retrying), then `ConnectError: All connection
+    attempts failed`, exit 1: the code of a run that failed, without the run's id or URL."""
+    run, r = _wait_then(api_env | {"PREFECT_API_URL": outage.url}, idle_deployment, ["--timeout", "10"],
+                        lambda _proc: (time.sleep(1.5), outage.down()), 60)
+    doc = _one_json_failure(r, 3)
+    assert doc["id"] == str(run.id) and doc["url"].endswith(f"/runs/flow-run/{run.id}"), doc
+    assert "the Prefect API has not answered for" in doc["error"] and "the run may go on" in doc["error"], doc
+    said = " ".join(r.stderr.split())
+    assert "The Prefect API stopped answering" in said and "still trying for 60 s" in said, said
+    assert "ConnectError" in doc["error"] or "ReadError" in doc["error"] or "RemoteProtocolError" in doc["error"], doc
+
+
+def test_run_wait_when_the_api_comes_back_goes_on_waiting(api_env, idle_deployment, outage) -> None:
+    """A server restart is a few seconds without an API: the wait says so and goes on."""
+
+    def restart(_proc: subprocess.Popen) -> None:
+        time.sleep(1.5)
+        outage.down()
+        time.sleep(5)
+        outage.up()
+
+    run, r = _wait_then(api_env | {"PREFECT_API_URL": outage.url}, idle_deployment, ["--timeout", "14"], restart, 60)
+    doc = _one_json_failure(r, 3)
+    assert doc["id"] == str(run.id) and "Still Scheduled after 14 s; it goes on" in doc["error"], doc
+    said = " ".join(r.stderr.split())
+    assert "The Prefect API stopped answering" in said and "The Prefect API answers again; still waiting." in said, said
+
+
 # --- deploy ------------------------------------------------------------------------------------------
 
 
@@ -259,10 +361,11 @@ def test_deploy_refuses_a_work_pool_of_another_type(api_env) -> None:
     pool = "misuse-kubernetes"
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes"))
-    r = _fleetloop(["deploy"], api_env | {"FLEETLOOP_PREFECT__WORK_POOL": pool})
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    r = _fleetloop(["deploy", "--json"], api_env | {"FLEETLOOP_PREFECT__WORK_POOL": pool})
+    doc = _one_json_failure(r, 2)
     assert r.stderr.strip().count("\n") == 0, r.stderr
     assert f"work pool '{pool}' is a kubernetes pool" in r.stderr and "FLEETLOOP_PREFECT__WORK_POOL" in r.stderr
+    assert doc["error"].startswith(f"Not deployed: work pool '{pool}' is a kubernetes pool"), doc
     with get_client(sync_client=True) as client:
         assert [d.name for d in client.read_deployments() if d.work_pool_name == pool] == []
 
@@ -282,12 +385,15 @@ def test_deploy_twice_updates_in_place(api_env) -> None:
                     for d in client.read_deployments() if d.work_pool_name == pool}
 
     for _ in range(2):
-        r = _fleetloop(["deploy"], env)
+        r = _fleetloop(["deploy", *(["--json"] if _ else [])], env)
         assert r.returncode == 0, r.stderr
         if _ == 0:
             first = deployed()
     second = deployed()
     assert len(second) == 8 and second == first
+    doc = json.loads(r.stdout)  # --json: what was registered, for a script (before: no such option)
+    assert doc["ok"] is True and doc["work_pool"] == pool and doc["api_url"] == env["PREFECT_API_URL"], doc
+    assert doc["deployments"] == {name: dep_id for name, (dep_id, _n) in second.items()}, doc
     assert second["weekly-cycle/weekly"][1] == 1 and second["mine/on-demand"][1] == 0
 
 
