@@ -75,21 +75,24 @@ def api_problem(url: str) -> str | None:
     return None
 
 
-def parse_params(pairs: list[str]) -> dict:
-    """``key=value`` pairs; values are JSON when they parse as JSON, else strings. A key given
-    twice is refused (one of the two values would be dropped without a word)."""
-    out = {}
+def parse_params(pairs: list[str]) -> tuple[dict, dict[str, str]]:
+    """``key=value`` pairs: the values (JSON when they parse as JSON, else strings) and each
+    key's text as given. A key given twice is refused (one of the two values would be dropped
+    without a word)."""
+    out: dict = {}
+    texts: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"expected key=value, got {pair!r}", param_hint="--param")
         if key in out:
             raise typer.BadParameter(f"{key} is given twice", param_hint="--param")
+        texts[key] = value
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
-    return out
+    return out, texts
 
 
 def check_parameters(flow_name: str, parameters: dict, texts: dict[str, str] | None = None) -> dict:
@@ -183,7 +186,8 @@ def register(app: typer.Typer) -> None:
         """Start a Prefect process worker for fleetloop's work pool (no Docker needed).
 
         SIGTERM, SIGINT (Ctrl-C) or SIGHUP stops the worker and the flow runs it started within
-        10 s, and nothing it started outlives this command (nor its unexpected death)."""
+        10 s, and nothing it started outlives this command (nor its unexpected death). Exit 2 when
+        the work pool (FLEETLOOP_PREFECT__WORK_POOL) exists and is not a process pool."""
         from fleetloop.local.process import supervise
 
         settings, url = _prefect_env(check=False)
@@ -192,6 +196,13 @@ def register(app: typer.Typer) -> None:
             err.print(f"[yellow]The Prefect API at {redact(url)} does not answer ({escape(problem)}):[/] the worker "
                       "keeps trying; check PREFECT_API_URL / FLEETLOOP_PREFECT__API_URL, or start it with "
                       "`fleetloop services up`.", highlight=False)
+        else:
+            from fleetloop.flows.deployments import WorkPoolTypeError, check_worker_pool
+
+            try:
+                check_worker_pool(pool)
+            except WorkPoolTypeError as exc:
+                raise fail(exc, 2, prefix="No worker started") from None
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
         err.print(f"Prefect worker for work pool [bold]{pool}[/] at {redact(url)} (Ctrl-C to stop)", highlight=False)
 
@@ -225,12 +236,12 @@ def register(app: typer.Typer) -> None:
         for value, option in ((timeout, "--timeout"), (no_worker_after, "--no-worker-after")):
             if not value > 0:  # NaN too; 0 or less would make a run and give up on it at once
                 raise typer.BadParameter(f"must be a number of seconds > 0, got {value}", param_hint=option)
-        parameters = parse_params(param or [])
+        parameters, texts = parse_params(param or [])
         from fleetloop.local.services import ensure_prefect_env
         from fleetloop.settings import get_settings
 
         ensure_prefect_env(get_settings())  # before check_parameters imports prefect, which reads its API URL then
-        parameters = check_parameters(flow, parameters, {k: v for k, _, v in (p.partition("=") for p in param or [])})
+        parameters = check_parameters(flow, parameters, texts)
         _, api_url = _prefect_env(as_json)
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError

@@ -112,6 +112,28 @@ class WorkPoolTypeError(ValueError):
     """The configured work pool exists and is not a ``process`` pool."""
 
 
+def _not_a_process_pool(pool: str, kind: str) -> str:
+    return (f"work pool {pool!r} is a {kind} pool; fleetloop's deployments go in a process pool (the one "
+            "`fleetloop worker` polls): name another one with FLEETLOOP_PREFECT__WORK_POOL")
+
+
+def check_worker_pool(pool: str) -> None:
+    """Refuse (:class:`WorkPoolTypeError`) a work pool that exists and is not a process pool:
+    ``fleetloop worker`` is a process worker, and Prefect would start it there anyway, polling a
+    pool whose runs it was never meant to run. A pool not there yet is fine (the worker makes it,
+    as ``fleetloop deploy`` would)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(pool)
+        except ObjectNotFound:
+            return
+    if existing.type != "process":
+        raise WorkPoolTypeError(_not_a_process_pool(pool, existing.type))
+
+
 def deploy_to_pool(settings: Settings) -> dict[str, str]:
     """Register every deployment in the process work pool (created when missing); returns each
     deployment's ``flow/name`` and id. A pool of that name of another type (docker, kubernetes...)
@@ -131,9 +153,7 @@ def deploy_to_pool(settings: Settings) -> dict[str, str]:
                 await client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
             existing = await client.read_work_pool(pool)
             if existing.type != "process":
-                raise WorkPoolTypeError(f"work pool {pool!r} is a {existing.type} pool; fleetloop's deployments go "
-                                        "in a process pool (the one `fleetloop worker` polls): name another one "
-                                        "with FLEETLOOP_PREFECT__WORK_POOL")
+                raise WorkPoolTypeError(_not_a_process_pool(pool, existing.type))
 
     anyio.run(ensure_pool)
     ids = {}

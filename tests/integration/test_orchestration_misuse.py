@@ -370,6 +370,36 @@ def test_deploy_refuses_a_work_pool_of_another_type(api_env) -> None:
         assert [d.name for d in client.read_deployments() if d.work_pool_name == pool] == []
 
 
+def test_worker_refuses_a_work_pool_of_another_type(api_env) -> None:
+    """Before: `fleetloop worker` started a process worker on a kubernetes pool, which Prefect
+    allows with a type-mismatch warning, and polled for runs it was never meant to run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    pool = "misuse-kubernetes-worker"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="kubernetes"))
+    proc = subprocess.Popen([*FLEETLOOP, "worker"], env=api_env | {"FLEETLOOP_PREFECT__WORK_POOL": pool},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:  # a worker that started after all: stop it and what it started
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            _stop(proc)
+            for p in psutil.process_iter():
+                with contextlib.suppress(psutil.Error):
+                    if p.environ().get(MARK) == api_env[MARK]:
+                        p.kill()
+    assert proc.returncode == 2, (proc.returncode, out, err)
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert f"No worker started: work pool '{pool}' is a kubernetes pool" in " ".join(err.split()), err
+    with get_client(sync_client=True) as client:
+        assert client.read_workers_for_work_pool(pool) == []  # nothing ever polled it
+
+
 def test_deploy_twice_updates_in_place(api_env) -> None:
     """Twice: the same deployment ids, one schedule each, one work pool (a regression guard: this
     already held)."""
