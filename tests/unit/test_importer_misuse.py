@@ -97,6 +97,16 @@ def test_outputs_beyond_the_seqmap_count_name_their_file_line_and_field(tiny_kit
     assert "log 0001 has outputs at frame" in str(err) and "but only 4 frames (seqmap.txt, line 2)" in str(err)
 
 
+@pytest.mark.parametrize("track_id", [2**62, -(2**62), 2**63 - 1])
+def test_a_track_id_out_of_range_is_refused_by_both_paths(tiny_kitti: Path, track_id: int) -> None:
+    """The fast (pyarrow) path read a track id of 2**62 or more (an int64) and loaded it, while the
+    diagnostic path refuses it as out of range: which one a file met decided whether it loaded."""
+    path = tiny_kitti / "camera_trk/ciwt/0001.txt"
+    _replace_line(path, CIWT_TEXT, 2, TRACK.format(f=1, id=track_id, t="Car", s=0.87))
+    err = _refused(tiny_kitti, "0001")
+    assert (err.path, err.line, err.field) == (str(path), 2, "track_id") and "integer out of range" in str(err)
+
+
 def test_without_a_seqmap_a_dropped_line_beyond_the_others_changes_nothing(tiny_kitti: Path) -> None:
     """No seqmap: the frame count follows from the outputs of our classes, as before."""
     (tiny_kitti / "seqmap.txt").unlink()

@@ -210,6 +210,8 @@ def _fast_columns(table: pa.Table, layout: _Layout, max_frames: int) -> dict[str
                     values = f.astype(np.int64)
                 else:
                     values = col.to_numpy().astype(np.int64, copy=False)
+                    if values.size and (values.min() <= -(2**62) or values.max() >= 2**62):
+                        return None  # out of range, as the diagnostic path says
                 if name in layout.integer and values.size and values.min() < 0:
                     return None
                 if name in layout.bounded and values.size and values.max() >= max_frames:
