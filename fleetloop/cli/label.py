@@ -34,10 +34,12 @@ def _boundary_errors() -> tuple[type[Exception], ...]:
     from fleetloop.label.sync import SyncError
     from fleetloop.local.label_studio import LabelStudioServerError
     from fleetloop.store.locks import LockTimeout
+    from fleetloop.store.logs import LogIntegrityError
     from fleetloop.store.objects import StorageError
 
     return (
         LabelStudioError,
+        LogIntegrityError,
         LabelStudioServerError,
         LogFormatError,
         SelectionError,
@@ -80,13 +82,20 @@ def push(
     from fleetloop.label.api import push_selection, selection_rows
 
     try:
+        from fleetloop.label.campaigns import check_name
+        from fleetloop.label.push import SelectionError
+
+        check_name(campaign)  # a usage error before anything is read
         settings = _settings()
+        from fleetloop.store.objects import get_store
+
+        rows = selection_rows(selection, get_store(settings))
+        if not rows:  # nothing to push: no empty campaign is made
+            raise SelectionError(f"{selection}: no frames selected (no rows under the header)")
         logs = None
         if source is not None:  # the logs straight from files, not from the store
             from fleetloop.ingest.importers import load_logs
-            from fleetloop.store.objects import get_store
 
-            rows = selection_rows(selection, get_store(settings))
             logs = load_logs(source, format=format, log_ids=sorted({r["log_id"] for r in rows}))
         from fleetloop.params import load_params
 

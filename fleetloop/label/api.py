@@ -14,7 +14,14 @@ from pydantic import BaseModel, Field
 from fleetloop.label import index
 from fleetloop.label.campaigns import check_name
 from fleetloop.label.client import LabelStudioClient
-from fleetloop.label.push import PushReport, load_logs_for, push, read_selection, read_selection_text
+from fleetloop.label.push import (
+    PushReport,
+    decode_selection,
+    load_logs_for,
+    push,
+    read_selection,
+    read_selection_text,
+)
 from fleetloop.label.sync import LabelValidator, SyncError, SyncReport, campaign_status, sync
 from fleetloop.schema import DriveLogs
 from fleetloop.settings import Settings
@@ -32,10 +39,11 @@ def selection_rows(selection: Path | str, store: Store) -> list[dict[str, Any]]:
     if path.exists():
         return read_selection(path)
     try:
-        text = store.get_bytes(str(selection)).decode()
+        data = store.get_bytes(str(selection))
     except (ObjectNotFound, ValueError):
         return read_selection(path)  # raises "does not exist" naming the path
-    return read_selection_text(text, f"{store.location}/{selection}")
+    where = f"{store.location}/{selection}"
+    return read_selection_text(decode_selection(data, where), where)
 
 
 def push_selection(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ from fleetloop.label.convert import box_to_result
 from fleetloop.label.images import ImageProblem, LocalFilesPublisher, Publisher, resolve_image
 from fleetloop.label.render import group_boxes, prediction_source, render_frame, save_png, sensor_boxes
 from fleetloop.schema import CLASSES, DriveLogs
+from fleetloop.store.ids import InvalidLogIdError, check_log_id
 from fleetloop.store.keys import LABELING_IMAGES
 from fleetloop.store.locks import file_lock, lock_path
 from fleetloop.store.objects import Store
@@ -70,36 +73,83 @@ def read_selection(path: Path | str) -> list[dict[str, Any]]:
     """The rows of a selection CSV (``fleetloop mine --budget`` output): ``log_id`` (kept as a
     string: ``0001`` stays ``0001``), ``frame``, ``score``, ``reasons`` and any other columns."""
     path = Path(path)
+    if path.is_dir():
+        raise SelectionError(f"selection {path} is a directory, not a CSV file")
     if not path.is_file():
         raise SelectionError(f"selection file {path} does not exist")
-    return read_selection_text(path.read_text(), str(path))
+    return read_selection_text(decode_selection(path.read_bytes(), str(path)), str(path))
+
+
+def decode_selection(data: bytes, where: str) -> str:
+    """The text of a selection file: UTF-8, with or without the byte-order mark spreadsheets write."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SelectionError(f"{where}, line {line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+                             "save it as CSV UTF-8") from None
+
+
+_WHOLE = re.compile(r"-?[0-9]+")
 
 
 def read_selection_text(text: str, where: str) -> list[dict[str, Any]]:
-    """:func:`read_selection` of CSV text; ``where`` names it in errors."""
+    """:func:`read_selection` of CSV text; ``where`` names it in errors. Rows whose cells are all
+    empty (a spreadsheet's) and a repeat of the header line (two selections concatenated) are
+    skipped; anything else that is not a frame is an error naming the line."""
     rows: list[dict[str, Any]] = []
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    missing = [c for c in ("log_id", "frame") if c not in (reader.fieldnames or [])]
+    reader = csv.DictReader(io.StringIO(text.removeprefix("\ufeff"), newline=""))
+    fields = list(reader.fieldnames or [])
+    if not fields:
+        raise SelectionError(f"{where}: empty file (no header line)")
+    twice = sorted({c for c in fields if fields.count(c) > 1})
+    if twice:
+        raise SelectionError(f"{where}: columns {twice} appear more than once in the header")
+    missing = [c for c in ("log_id", "frame") if c not in fields]
     if missing:
-        raise SelectionError(f"{where}: missing columns {missing} (have {reader.fieldnames})")
-    for lineno, row in enumerate(reader, start=2):
-        if None in row or row["frame"] is None:  # more cells than the header names, or fewer
-            raise SelectionError(f"{where}, line {lineno}: {len(reader.fieldnames or [])} columns in the header, "
-                                 "another number of cells on this line")
-        try:
-            frame = int(row["frame"])
-        except ValueError:
-            raise SelectionError(f"{where}, line {lineno}: frame {row['frame']!r} is not a whole number") from None
-        if frame < 0:
-            raise SelectionError(f"{where}, line {lineno}: frame {frame} is negative")
-        row["frame"] = frame
-        try:
-            row["score"] = float(row["score"]) if row.get("score") not in (None, "") else None
-        except ValueError:
-            raise SelectionError(f"{where}, line {lineno}: score {row['score']!r} is not a number") from None
-        row["reasons"] = row.get("reasons") or ""
-        rows.append(row)
+        hint = " (KITTI's `sequence` column? name it log_id)" if "log_id" in missing and "sequence" in fields else ""
+        raise SelectionError(f"{where}: missing columns {missing} (have {fields}){hint}")
+    try:
+        for row in reader:
+            rows.extend(_selection_row(row, fields, where, reader.line_num))  # line_num: physical line
+    except csv.Error as exc:
+        raise SelectionError(f"{where}, line {reader.line_num}: not readable as CSV ({exc})") from None
     return rows
+
+
+def _selection_row(row: dict[str, Any], fields: list[str], where: str, lineno: int) -> list[dict[str, Any]]:
+    """The selection row of a CSV line as a list of none (an empty line or a repeated header) or one."""
+    if None in row or row["frame"] is None:  # more cells than the header names, or fewer
+        raise SelectionError(f"{where}, line {lineno}: {len(fields)} columns in the header, "
+                             "another number of cells on this line")
+    if not any((v or "").strip() for v in row.values()):
+        return []  # an empty row of a spreadsheet
+    if [row[c] for c in fields] == fields:
+        return []  # the header again: two selections concatenated
+    if {"log_id", "frame"} <= set(row.values()):  # a header of other columns
+        raise SelectionError(f"{where}, line {lineno}: another header line, with other columns "
+                             "(selections concatenated?): put each file's columns in the first file's order")
+    try:
+        row["log_id"] = check_log_id(row["log_id"].strip())
+    except InvalidLogIdError as exc:
+        raise SelectionError(f"{where}, line {lineno}: {exc}") from None
+    if (row.get("sequence") or "").strip() not in ("", row["log_id"]):
+        raise SelectionError(f"{where}, line {lineno}: log_id {row['log_id']!r} and sequence "
+                             f"{row['sequence']!r} differ (KITTI's sequence is the log id): fix one")
+    if not _WHOLE.fullmatch(row["frame"].strip()):
+        raise SelectionError(f"{where}, line {lineno}: frame {row['frame']!r} is not a whole number")
+    frame = int(row["frame"])
+    if frame < 0:
+        raise SelectionError(f"{where}, line {lineno}: frame {frame} is negative")
+    row["frame"] = frame
+    try:
+        row["score"] = float(row["score"]) if (row.get("score") or "").strip() else None
+    except ValueError:
+        raise SelectionError(f"{where}, line {lineno}: score {row['score']!r} is not a number") from None
+    if row["score"] is not None and not math.isfinite(row["score"]):
+        raise SelectionError(f"{where}, line {lineno}: score {row['score']} is not a finite number")
+    row["reasons"] = row.get("reasons") or ""
+    return [row]
 
 
 def _why(reasons: str, score: float | None) -> str:
@@ -343,10 +393,20 @@ def push(
 
 def load_logs_for(rows: list[dict[str, Any]], store: Store) -> DriveLogs:
     """The logs the selection names, from the store."""
-    from fleetloop.store.logs import get_log
+    from fleetloop.store.logs import LogNotFoundError, get_log
 
-    log_ids = sorted({r["log_id"] for r in rows})
-    return DriveLogs.concat([get_log(store, log_id) for log_id in log_ids])
+    parts, missing = [], []
+    for log_id in sorted({r["log_id"] for r in rows}):
+        try:
+            parts.append(get_log(store, log_id))
+        except LogNotFoundError:
+            missing.append(log_id)
+    if missing:
+        hint = (" (log ids are text: did a spreadsheet turn '0001' into '1'?)"
+                if any(m.isdigit() and not m.startswith("0") for m in missing) else "")
+        shown = ", ".join(map(repr, missing[:10])) + (f", ... ({len(missing)} logs)" if len(missing) > 10 else "")
+        raise SelectionError(f"the selection names logs that are not in {store.location}: {shown}{hint}")
+    return DriveLogs.concat(parts)
 
 
 __all__ = [
@@ -354,6 +414,7 @@ __all__ = [
     "PushReport",
     "SelectionError",
     "build_tasks",
+    "decode_selection",
     "existing_keys",
     "load_logs_for",
     "push",
