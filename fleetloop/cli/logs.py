@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -94,21 +93,28 @@ def register(app: typer.Typer) -> None:
 
     @logs_app.command("list")
     def list_cmd(
-        since: Annotated[datetime | None, typer.Option(help="Only logs that arrived at or after this time (UTC "
-                                                       "unless it names a zone, e.g. 2026-11-23T08:00:00+01:00).")] = None,
-        until: Annotated[datetime | None, typer.Option(help="Only logs that arrived before this time.")] = None,
-        drive_since: Annotated[datetime | None, typer.Option(help="Only logs driven at or after this time.")] = None,
-        drive_until: Annotated[datetime | None, typer.Option(help="Only logs driven before this time.")] = None,
-        vehicle: Annotated[str | None, typer.Option(help="Only this vehicle's logs.")] = None,
+        since: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="Only logs that arrived at or after "
+                         "this time: ISO 8601, UTC unless it names a zone (2026-11-23T08:00:00+01:00, ...Z); a date "
+                         "alone is its midnight UTC.")] = None,
+        until: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="Only logs that arrived before this "
+                         "time (a date alone: before that day, so --until 2026-11-24 leaves out the 24th).")] = None,
+        drive_since: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="Only logs driven at or after "
+                               "this time.")] = None,
+        drive_until: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="Only logs driven before this "
+                               "time.")] = None,
+        vehicle: Annotated[list[str] | None, typer.Option(metavar="<str>", help="Only this vehicle's logs (ignoring case).")] = None,
         tag: Annotated[list[str] | None, typer.Option("--tag", help="name=value, e.g. weather=rain (repeatable; "
-                                                      "a log matches when one of its frames has every pair).")] = None,
+                                                      "a log matches when one of its frames has every pair; "
+                                                      "values match ignoring case).")] = None,
         log: Annotated[list[str] | None, typer.Option("--log", help="Only these log ids (repeatable).")] = None,
         as_json: JsonOpt = False,
     ) -> None:
         """The logs in the store, oldest arrival first; with query options, the logs that match
         (the query `fleetloop mine --from-store` takes, so this previews what it would mine). A
         log whose manifest is not readable (a foreign or damaged object, an I/O error) is named on
-        stderr, one line each, the others are listed, and the exit code is 1."""
+        stderr, one line each, the others are listed, and the exit code is 1. A bad query (a date
+        that is not one, a tag that is not name=value, an option given twice, --since not before
+        --until) is one line and exit 2; a --log not in the store, exit 1."""
         from pydantic import ValidationError
 
         from fleetloop.settings import get_settings
@@ -117,8 +123,9 @@ def register(app: typer.Typer) -> None:
         from fleetloop.store.query import LogQuery, LogQueryError, select_logs
 
         try:
-            q = LogQuery(since=since, until=until, drive_since=drive_since, drive_until=drive_until, vehicle=vehicle,
-                         tags=tag or [], log_ids=log or None)
+            q = LogQuery.model_validate({"since": since, "until": until, "drive_since": drive_since,
+                                         "drive_until": drive_until, "vehicle": vehicle, "tags": tag or [],
+                                         "log_ids": log or None})
         except ValidationError as exc:
             from fleetloop.problems import first_problem
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -63,12 +62,17 @@ def register(app: typer.Typer) -> None:
                                               "bar): logs, frames, flags, quarantined and warned logs, seconds.")] = False,
         from_store: Annotated[bool, typer.Option("--from-store", help="Mine logs in the configured store (with the "
                               "query options below) instead of PATH.")] = False,
-        since: Annotated[datetime | None, typer.Option(help="--from-store: arrived at or after (UTC).")] = None,
-        until: Annotated[datetime | None, typer.Option(help="--from-store: arrived before (UTC).")] = None,
-        drive_since: Annotated[datetime | None, typer.Option(help="--from-store: driven at or after (UTC).")] = None,
-        drive_until: Annotated[datetime | None, typer.Option(help="--from-store: driven before (UTC).")] = None,
-        vehicle: Annotated[str | None, typer.Option(help="--from-store: only this vehicle's logs.")] = None,
-        tag: Annotated[list[str] | None, typer.Option("--tag", help="--from-store: name=value, e.g. weather=rain (repeatable).")] = None,
+        since: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="--from-store: arrived at or after "
+                         "(ISO 8601, UTC unless it names a zone, e.g. 2026-11-23T08:00:00+01:00; a date alone is its "
+                         "midnight UTC).")] = None,
+        until: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="--from-store: arrived before (a date "
+                         "alone: before that day, so --until 2026-11-24 leaves out the 24th).")] = None,
+        drive_since: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="--from-store: driven at or "
+                               "after.")] = None,
+        drive_until: Annotated[list[str] | None, typer.Option(metavar="<datetime>", help="--from-store: driven "
+                               "before.")] = None,
+        vehicle: Annotated[list[str] | None, typer.Option(metavar="<str>", help="--from-store: only this vehicle's logs (ignoring case).")] = None,
+        tag: Annotated[list[str] | None, typer.Option("--tag", help="--from-store: name=value, e.g. weather=rain (repeatable; values match ignoring case).")] = None,
     ) -> None:
         """Run the sanity checks over every frame and write the frames ranked by priority
         (columns log_id, frame, score, reasons, ...; higher score = label first).

@@ -12,7 +12,7 @@ from pydantic import Field
 from fleetloop.drift.steer import latest_slice_boost
 from fleetloop.flows.common import SettingsDaskTaskRunner, store
 from fleetloop.flows.common import params as loop_params
-from fleetloop.flows.param_types import DriveUntil, LogId, Tag, Until, Vehicle
+from fleetloop.flows.param_types import DriveSince, DriveUntil, LogId, Since, Tag, Until, Vehicle
 from fleetloop.ingest.ingest import IngestReport, ingest
 from fleetloop.mine import run as mining
 from fleetloop.mine.params import MiningParams
@@ -58,12 +58,12 @@ def mine_shard_task(run_key: str, index: int, log_ids: list[str], params: Mining
 @flow(name="mine", log_prints=True, task_runner=SettingsDaskTaskRunner())  # type: ignore[arg-type]
 def mine(
     budget: Annotated[int, Field(ge=1)] | None = 200,
-    since: datetime | None = None,
+    since: Since | None = None,
     log_ids: list[LogId] | None = None,
     params: MiningParams | None = None,
     frames_per_shard: Annotated[int, Field(ge=1)] = 50_000,
     until: Until | None = None,  # after `since`: declared after it (param_types)
-    drive_since: datetime | None = None,
+    drive_since: DriveSince | None = None,
     drive_until: DriveUntil | None = None,
     vehicle: Vehicle | None = None,
     tags: list[Tag] | None = None,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, ValidationError, ValidationInfo
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo
 
 from fleetloop.cycle import week_start
 from fleetloop.problems import first_problem
@@ -54,6 +54,19 @@ def _window_end(start: str, end: str) -> Callable[[datetime, ValidationInfo], da
     return check
 
 
+def _time(field: str) -> Callable[[Any], Any]:
+    """A window end as given, before pydantic reads it: a bare number is refused as
+    :class:`LogQuery` refuses it (pydantic would read ``20261124`` as seconds since 1970, and
+    ``--param since=20261124`` arrives as a number)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, int | float | str) and not isinstance(value, bool):
+            _by_log_query(**{field: value})
+        return value
+
+    return check
+
+
 def _week(value: str) -> str:
     week_start(value)  # 2025-W53 matches the pattern but is no ISO week (2025 has 52)
     return value
@@ -76,10 +89,15 @@ LogId = Annotated[
 Tag = Annotated[str, AfterValidator(_tag),
                 Field(description="name=value, e.g. weather=rain", json_schema_extra={"pattern": _TAG_SCHEMA})]
 Vehicle = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_vehicle)]
+#: ``since`` of the arrival window (a time, never a bare number).
+Since = Annotated[datetime, BeforeValidator(_time("since"))]
 #: ``until`` of the arrival window: after ``since`` (declare ``since`` first).
-Until = Annotated[datetime, AfterValidator(_window_end("since", "until"))]
+Until = Annotated[datetime, BeforeValidator(_time("until")), AfterValidator(_window_end("since", "until"))]
+#: ``drive_since`` of the drive-time window.
+DriveSince = Annotated[datetime, BeforeValidator(_time("drive_since"))]
 #: ``drive_until`` of the drive-time window: after ``drive_since`` (declare ``drive_since`` first).
-DriveUntil = Annotated[datetime, AfterValidator(_window_end("drive_since", "drive_until"))]
+DriveUntil = Annotated[datetime, BeforeValidator(_time("drive_until")),
+                       AfterValidator(_window_end("drive_since", "drive_until"))]
 #: An ISO week ``YYYY-Www`` that exists (``2026-W49``).
 IsoWeek = Annotated[str, Field(pattern=_WEEK_SCHEMA, description="ISO week, e.g. 2026-W49"), AfterValidator(_week)]
 #: A dataset version (``dataset-vN``), from 1.

@@ -9,8 +9,13 @@ Fields (all optional, combined with AND):
 * ``drive_since`` / ``drive_until``: drive-time window (the log's frames' timestamps overlap it);
 * ``vehicle``: the log's vehicle tag; ``tags``: ``name=value`` pairs over the frame tags
   (``weather``, ``time_of_day``, ``place``, ``vehicle``): a log matches when some frame has
-  every pair's value (within one name, several values mean any of them);
+  every pair's value (within one name, several values mean any of them; values match ignoring
+  case and the spaces around them; ``vehicle`` and ``vehicle=`` tags must agree);
 * ``log_ids``: only these logs.
+
+Times are datetimes or ISO 8601 text (``2026-11-24``, ``2026-11-24T08:00:00+01:00``, ``...Z``);
+naive ones are UTC and a date alone is its midnight, so ``until="2026-11-24"`` ends before that
+day. A bare number is refused (pydantic would read ``20261124`` as seconds since 1970).
 
 Manifests that record ``vehicle`` / ``tags`` / ``drive_start`` / ``drive_end`` are filtered from
 the manifest alone; for older manifests the log's ``frames`` table is read (one small table per
@@ -19,13 +24,15 @@ log) when ``store`` is given.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import overload
+from typing import Any, overload
 
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 TAG_NAMES = ("weather", "time_of_day", "place", "vehicle")
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
 class LogQueryError(ValueError):
@@ -59,36 +66,68 @@ class LogQuery(BaseModel):
     tags: list[str] = Field(default_factory=list, description="name=value, e.g. weather=rain")
     log_ids: list[str] | None = None
 
+    @field_validator("since", "until", "drive_since", "drive_until", "vehicle", mode="before")
+    @classmethod
+    def _given(cls, v: Any, info: ValidationInfo) -> Any:
+        """One value as given: a command line's option given several times comes as a list and is
+        refused (never the last one kept silently); a time that is a bare number is refused (it
+        would be read as seconds since 1970); spaces around a vehicle are dropped."""
+        if isinstance(v, list | tuple):
+            if len(v) > 1:
+                also = " (several vehicles: --tag vehicle=A --tag vehicle=B)" if info.field_name == "vehicle" else ""
+                raise ValueError(f"given {len(v)} times ({', '.join(map(str, v))}): give it once{also}")
+            v = v[0] if v else None
+        if info.field_name == "vehicle":
+            return v.strip() if isinstance(v, str) else v
+        if (isinstance(v, int | float) and not isinstance(v, bool)) or (isinstance(v, str) and _NUMBER.fullmatch(v)):
+            raise ValueError(f"{v!r} is a number, not a date: give e.g. 2026-11-24 or 2026-11-24T08:00:00+01:00 "
+                             "(a number would be read as seconds since 1970)")
+        return v
+
     @field_validator("since", "until", "drive_since", "drive_until")
     @classmethod
     def _tz(cls, v: datetime | None) -> datetime | None:
-        return _utc(v)
+        try:
+            return _utc(v)
+        except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00: no such UTC time
+            raise ValueError(f"{v.isoformat() if v else v} is out of range in UTC") from None
 
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: list[str]) -> list[str]:
+        out = []
         for t in v:
-            name, sep, value = t.partition("=")
-            if not sep or name not in TAG_NAMES or not value:
-                raise ValueError(f"tag {t!r} must look like 'weather=rain' with a name in {TAG_NAMES}")
-        return v
+            name, sep, value = (s.strip() for s in t.partition("="))
+            name = name.lower()
+            if not sep or name not in TAG_NAMES or not value or "=" in value:
+                raise ValueError(f"tag {t!r} must look like 'weather=rain' (one '=', a value) with a name in "
+                                 f"{TAG_NAMES}")
+            out.append(f"{name}={value}")
+        return out
 
     @model_validator(mode="after")
     def _windows(self) -> LogQuery:
         if self.since and self.until and self.until <= self.since:
-            raise ValueError("until must be after since")
+            raise ValueError(f"until must be after since (until {self.until}, since {self.since}; a date alone is "
+                             "its midnight)")
         if self.drive_since and self.drive_until and self.drive_until <= self.drive_since:
-            raise ValueError("drive_until must be after drive_since")
+            raise ValueError(f"drive_until must be after drive_since (drive_until {self.drive_until}, drive_since "
+                             f"{self.drive_since}; a date alone is its midnight)")
+        vehicles = {t.partition("=")[2].casefold() for t in self.tags if t.startswith("vehicle=")}
+        if self.vehicle and vehicles and self.vehicle.casefold() not in vehicles:
+            raise ValueError(f"vehicle {self.vehicle!r} and tags vehicle={'|'.join(sorted(vehicles))} cannot both "
+                             "hold (a frame has one vehicle): give the vehicles as --tag vehicle=... only")
         return self
 
     @property
     def tag_sets(self) -> dict[str, set[str]]:
+        """Wanted values (casefolded) by tag name; ``vehicle`` narrows the ``vehicle=`` tags (AND)."""
         out: dict[str, set[str]] = {}
         for t in self.tags:
             name, _, value = t.partition("=")
-            out.setdefault(name, set()).add(value)
+            out.setdefault(name, set()).add(value.casefold())
         if self.vehicle:
-            out.setdefault("vehicle", set()).add(self.vehicle)
+            out["vehicle"] = {self.vehicle.casefold()}
         return out
 
     @property
@@ -124,7 +163,11 @@ def _frames_summary(store, manifest) -> tuple[dict[str, set[str]], datetime | No
 
 
 def _tags_match(rows: list[dict], wanted: dict[str, set[str]]) -> bool:
-    return any(all(r.get(n) in vals for n, vals in wanted.items()) for r in rows)
+    """Does some row hold every wanted tag (values compared casefolded, spaces around them ignored)?"""
+    def fold(v: object) -> object:
+        return v.strip().casefold() if isinstance(v, str) else v
+
+    return any(all(fold(r.get(n)) in vals for n, vals in wanted.items()) for r in rows)
 
 
 def select_logs(manifests: list, query: LogQuery, store=None) -> list[str]:

@@ -32,6 +32,11 @@ from fleetloop.cli import app
         ("mine", "tags=weather=rain", """a list is JSON: --param 'tags=["..."]'"""),
         ("retrain", "dataset_version=-1", "greater than or equal to 1"),
         ("retrain", "dataset_version=0", "greater than or equal to 1"),
+        # a bare number is no time (pydantic read it as seconds since 1970: since=1970-08-23)
+        ("mine", "since=20250304", "since: Value error, 20250304 is a number, not a date"),
+        ("mine", "until=1741046400", "until: Value error, 1741046400 is a number, not a date"),
+        ("mine", "drive_since=-5", "drive_since: Value error, -5 is a number, not a date"),
+        ("mine", "drive_until=1.5", "drive_until: Value error, 1.5 is a number, not a date"),
     ],
 )
 def test_bad_flow_parameters_are_refused_before_any_work(flow, param, message, monkeypatch) -> None:
