@@ -5,19 +5,48 @@ Read from the environment (prefix ``FLEETLOOP_``, nested sections with ``__``, e
 they never appear in ``repr``, logs or artifacts. A URL setting may embed credentials
 (``https://user:pass@host/...``): whatever shows one to a person goes through :func:`redact`.
 What the model *is* (thresholds, weights) lives in params, not here.
+
+The environment wins over ``.env`` (read from the working directory). A path setting has ``~``
+expanded and is made absolute against the working directory when it is read. A ``FLEETLOOP_*``
+name that is no setting is named on stderr (:func:`unknown_names`); a ``.env`` line of a
+``FLEETLOOP_*`` name that python-dotenv cannot read is an error, not a setting left out.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+import sys
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"<>]+@")
+
+
+def _not_empty(value: object) -> object:
+    if isinstance(value, str) and not value.strip():  # Path("") is the working directory
+        raise ValueError("is empty: unset it for the default, or give a directory")
+    return value
+
+
+#: a path setting: not empty, ``~`` expanded, absolute (a relative one against the working directory)
+SettingPath = Annotated[Path, BeforeValidator(_not_empty), AfterValidator(lambda p: p.expanduser().resolve())]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+PREFIX = "FLEETLOOP_"
+ENV_FILE = ".env"  # in the working directory; the environment wins over it
+#: ``FLEETLOOP_*`` variables that are no settings: read elsewhere (the params file, who acts, debug and
+#: test hooks) or by infra/docker-compose.yaml; ``FLEETLOOP_TEST_*`` are the tests' own
+NOT_SETTINGS = frozenset({"FLEETLOOP_PARAMS", "FLEETLOOP_ACTOR", "FLEETLOOP_DEBUG", "FLEETLOOP_NO_FAST_EXIT",
+                          "FLEETLOOP_DATASET_CRASH_AT", "FLEETLOOP_KITTI_ROOT", "FLEETLOOP_S3_PUBLIC_ENDPOINT",
+                          "FLEETLOOP_BUCKET", "FLEETLOOP_WORK_POOL"})
 
 
 def redact(text: str) -> str:
@@ -29,48 +58,68 @@ def redact(text: str) -> str:
 class S3Settings(BaseModel):
     bucket: str = "fleetloop"
     prefix: str = ""
-    endpoint_url: str | None = Field(None, pattern=r"^https?://[^\s/]+")  # any S3-compatible endpoint (MinIO, moto, ...)
+    endpoint_url: str | None = None  # any S3-compatible endpoint (MinIO, moto, ...)
     region: str = "us-east-1"
     access_key_id: SecretStr | None = None  # None: boto3's default credential chain
     secret_access_key: SecretStr | None = None
     # Fail fast on a dead endpoint: seconds, not botocore's minutes of retries.
-    connect_timeout_s: float = 3.0
-    read_timeout_s: float = 30.0
-    max_attempts: int = 3  # total attempts per request, first one included
+    connect_timeout_s: float = Field(3.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1)  # total attempts per request, first one included
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _an_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):  # the value may hold credentials: not shown
+            raise ValueError("must be an http:// or https:// URL, e.g. http://minio:9000")
+        return value
 
 
 class StorageSettings(BaseModel):
     backend: Literal["local", "s3"] = "local"
-    local_root: Path | None = None  # default: <home>/store
+    local_root: SettingPath | None = None  # default: <home>/store
     s3: S3Settings = Field(default_factory=S3Settings)
 
 
 class PrefectSettings(BaseModel):
     api_url: str | None = None  # default: the local server started by `fleetloop services up`
-    port: int = 4200
+    port: Port = 4200
     dask_address: str | None = None  # an existing Dask scheduler; None: a LocalCluster
-    dask_workers: int = 2
+    dask_workers: int = Field(2, ge=1)
     weekly_cron: str = "0 3 * * 1"  # Monday 03:00
     drift_cron: str = "0 4 * * *"  # daily 04:00
     label_sync_cron: str = "*/15 * * * *"  # poll Label Studio every 15 minutes
     timezone: str = "UTC"
     work_pool: str = "fleetloop"
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value == "UTC":  # the default: never a lookup (a machine may lack a time zone database)
+            return value
+        try:
+            ZoneInfo(value)  # a schedule's time zone must be one (Prefect's rule)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name, e.g. UTC or Europe/Berlin)") from None
+        return value
+
 
 class LabelStudioSettings(BaseModel):
     url: str | None = None  # default: the local server started by `fleetloop services up`
     token: SecretStr | None = None  # legacy token (Token) or personal access token (JWT)
-    port: int = 8080
+    port: Port = 8080
     model_version: str = "fleetloop-mined"
     # Label Studio's LOCAL_FILES_DOCUMENT_ROOT when it serves task images from this machine's
     # disk (the local server); None: images go to the object store and tasks get presigned URLs.
-    document_root: Path | None = None
+    document_root: SettingPath | None = None
 
 
 class DatasetSettings(BaseModel):
     """Where the labeled dataset lives (fleetloop/dataset/config.py derives the defaults)."""
 
-    repo_dir: Path | None = None  # default: <home>/dataset
+    repo_dir: SettingPath | None = None  # default: <home>/dataset
     dvc_remote_url: str | None = None  # default: <home>/dvc-remote, or s3://<bucket>/<prefix>/dvc on S3 (s3://<bucket>/dvc without a prefix)
     git_remote: str | None = None  # a URL or path the versions are pushed to; None: the local repo only
 
@@ -79,11 +128,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEETLOOP_",
         env_nested_delimiter="__",
-        env_file=".env",
+        env_file=ENV_FILE,
         extra="ignore",
     )
 
-    home: Path = Path(".fleetloop")  # project-local state: services, store, caches
+    home: SettingPath = Field(Path(".fleetloop"), validate_default=True)  # project-local state: services, store, caches
     storage: StorageSettings = Field(default_factory=StorageSettings)
     prefect: PrefectSettings = Field(default_factory=PrefectSettings)
     label_studio: LabelStudioSettings = Field(default_factory=LabelStudioSettings)
@@ -94,6 +143,59 @@ class Settings(BaseSettings):
         return (self.storage.local_root or self.home / "store").resolve()
 
 
+def setting_names(model: type[BaseModel] | None = None, prefix: str = PREFIX) -> set[str]:
+    """Every ``FLEETLOOP_*`` name the settings read: each field and each section (JSON)."""
+    names: set[str] = set()
+    for name, field in (model or Settings).model_fields.items():
+        names.add(f"{prefix}{name}".upper())
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names |= setting_names(field.annotation, f"{prefix}{name}__")
+    return names
+
+
+def unknown_names(names: Iterable[str]) -> list[str]:
+    """A line for each ``FLEETLOOP_*`` name in ``names`` that no setting reads (a typo leaves its
+    setting at the default), with the nearest name that is one."""
+    known = setting_names() | NOT_SETTINGS
+    suffixes = sorted(k.removeprefix(PREFIX) for k in known)
+    found: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        upper = name.upper()  # the settings' names are not case-sensitive
+        if not upper.startswith(PREFIX) or upper in known or upper.startswith("FLEETLOOP_TEST_") or upper in seen:
+            continue
+        seen.add(upper)
+        near = difflib.get_close_matches(upper.removeprefix(PREFIX), suffixes, n=1)
+        found.append(f"{name} is not a setting, ignored" + (f" (did you mean {PREFIX}{near[0]}?)" if near else ""))
+    return found
+
+
+def env_file_names(path: Path) -> list[str]:
+    """The names a ``.env`` file sets. A ``FLEETLOOP_*`` line python-dotenv cannot read (no ``=``,
+    a quote left open) is a :class:`SettingsError`: python-dotenv would leave it out and go on."""
+    from dotenv.parser import parse_stream
+
+    if not path.is_file():
+        return []
+    try:
+        with path.open(encoding="utf-8") as stream:
+            bindings = list(parse_stream(stream))
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path.resolve()} is not UTF-8 text") from None
+    names = []
+    for b in bindings:
+        word = re.match(r"\s*(?:export\s+)?(\w*)", b.original.string)
+        if b.error and word and word[1].upper().startswith(PREFIX):
+            raise SettingsError(f"{path.resolve()} line {b.original.line}: {word[1]} is not read (NAME=value "
+                                "expected; a quote left open?)")
+        if b.key:
+            names.append(b.key)
+    return names
+
+
 @lru_cache
 def get_settings() -> Settings:
+    """The settings of this process. A ``FLEETLOOP_*`` name no setting reads is named on stderr."""
+    for line in unknown_names([*env_file_names(Path(ENV_FILE)), *os.environ]):
+        print(f"fleetloop: warning: {line}", file=sys.stderr)
     return Settings()

@@ -49,6 +49,10 @@ def _describe(exc: BaseException) -> str:
     from pydantic_settings import SettingsError
 
     if isinstance(exc, SettingsError):
+        if isinstance(exc.__cause__, json.JSONDecodeError):  # a section set as JSON; its text may hold secrets
+            why = exc.__cause__
+            return (f"invalid settings (FLEETLOOP_* environment or .env): {exc}: not valid JSON ({why.msg} at "
+                    f"character {why.pos})")
         return f"invalid settings (FLEETLOOP_* environment or .env): {exc}"
     if not isinstance(exc, ValidationError):
         return str(exc)
