@@ -26,7 +26,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"<>]+@")
+#: ``scheme://userinfo@``: userinfo without ``/ ? #`` (``user:p@ss@``), or ``user:password@`` whose
+#: password holds them (generated passwords often hold ``/``; a ``host:8080/path@x`` is no password)
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/?#\s'\"<>]+|[^/?#\s'\"<>@:]*:(?!\d+/)[^\s'\"<>@]*)@")
 
 
 def _not_empty(value: object) -> object:

@@ -43,7 +43,11 @@ def test_redact_masks_url_credentials_only():
     assert redact("at https://bob:hunter2@example.invalid/repo.git: x") == "at https://***@example.invalid/repo.git: x"
     assert redact('"http://AKIAFAKE:fakesecret@127.0.0.1:9/b?k=a@b"') == '"http://***@127.0.0.1:9/b?k=a@b"'
     assert redact("https://bob:p@ss@host/r") == "https://***@host/r"
-    for plain in ("s3://fleetloop/dvc", "mail bob@example.com", "https://host/a@b", "/tmp/x@y"):
+    # a password holding / ? # (a generated one; unencoded): masked whole (before: 'https://u:ab/cd@host' as it was)
+    assert redact("git https://u:ab/cd+e=@host/r.git x") == "git https://***@host/r.git x"
+    assert redact("https://u:a?b#c/d@host") == "https://***@host"
+    for plain in ("s3://fleetloop/dvc", "mail bob@example.com", "https://host/a@b", "/tmp/x@y",
+                  "https://host:8080/a@b", "http://127.0.0.1:9/api/x@y"):
         assert redact(plain) == plain
 
 
