@@ -149,8 +149,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Register every flow's deployment (weekly cycle on its cron schedule, each step on demand).
 
-        Running it again updates them in place. Exit 2 when no Prefect API answers, or when the
-        work pool (FLEETLOOP_PREFECT__WORK_POOL) exists and is not a process pool. With --json,
+        Running it again updates them in place. Exit 2 when no Prefect API answers, when a cron
+        setting is no schedule, or when the work pool (FLEETLOOP_PREFECT__WORK_POOL) exists and is
+        not a process pool. With --json,
         the pool, the API and each deployment's id (not with --serve, which runs until stopped)."""
         from fleetloop.flows import deployments
 
@@ -158,6 +159,10 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("--serve runs until stopped and prints no JSON; register with "
                                      "`fleetloop deploy --json`", param_hint="--json")
         settings, url = _prefect_env(as_json)
+        try:
+            deployments.flow_specs(settings)  # the schedules: a cron setting Prefect cannot take
+        except deployments.ScheduleError as exc:
+            raise fail(exc, 2, as_json=as_json, prefix="Not deployed") from None
         if serve:
             from fleetloop.local.process import reaping_descendants
 
@@ -241,7 +246,12 @@ def register(app: typer.Typer) -> None:
         from fleetloop.settings import get_settings
 
         ensure_prefect_env(get_settings())  # before check_parameters imports prefect, which reads its API URL then
-        parameters = check_parameters(flow, parameters, texts)
+        from fleetloop.flows.deployments import ScheduleError
+
+        try:
+            parameters = check_parameters(flow, parameters, texts)
+        except ScheduleError as exc:  # the flows are found through the deployments' specs
+            raise fail(exc, 2, as_json=as_json, prefix="Invalid settings") from None
         _, api_url = _prefect_env(as_json)
         from prefect.deployments import run_deployment
         from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError

@@ -23,12 +23,27 @@ if TYPE_CHECKING:
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
+class ScheduleError(ValueError):
+    """A cron setting Prefect cannot schedule (the message names the variable)."""
+
+
+def _cron(settings: Settings, field: str):
+    """The schedule of the cron setting ``field`` (``weekly_cron``...), or a :class:`ScheduleError`
+    naming its ``FLEETLOOP_PREFECT__*`` variable."""
+    from prefect.schedules import Cron
+
+    try:
+        return Cron(getattr(settings.prefect, field), timezone=settings.prefect.timezone)
+    except ValueError as exc:  # "Invalid cron string: ...", "Random and Hashed expressions are unsupported"
+        raise ScheduleError(f"FLEETLOOP_PREFECT__{field.upper()}: {exc} (five fields: minute hour "
+                            "day-of-month month day-of-week, e.g. '0 3 * * 1')") from None
+
+
 def flow_specs(settings: Settings) -> list[dict]:
     """(entrypoint, deployment name, schedule) for every deployment, in one place."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.schedules import Cron
 
-    weekly = Cron(settings.prefect.weekly_cron, timezone=settings.prefect.timezone)
+    weekly = _cron(settings, "weekly_cron")
     # one weekly cycle at a time: a second fire (a redeploy's duplicate schedule, a manual run
     # during the scheduled one) waits for the first, then finds the week done (its key) and does nothing
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
@@ -38,12 +53,12 @@ def flow_specs(settings: Settings) -> list[dict]:
         {"entrypoint": "fleetloop/flows/mine.py:ingest_logs", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/mine.py:mine", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/drift.py:monitor_drift", "name": "daily",
-         "schedules": [Cron(settings.prefect.drift_cron, timezone=settings.prefect.timezone)]},
+         "schedules": [_cron(settings, "drift_cron")]},
         {"entrypoint": "fleetloop/flows/label.py:label_push", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/dataset.py:grow_dataset", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/train.py:retrain_flow", "name": "on-demand"},
         {"entrypoint": "fleetloop/flows/label.py:label_sync", "name": "poll",
-         "schedules": [Cron(settings.prefect.label_sync_cron, timezone=settings.prefect.timezone)]},
+         "schedules": [_cron(settings, "label_sync_cron")]},
     ]
 
 

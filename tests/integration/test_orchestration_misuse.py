@@ -370,6 +370,24 @@ def test_deploy_refuses_a_work_pool_of_another_type(api_env) -> None:
         assert [d.name for d in client.read_deployments() if d.work_pool_name == pool] == []
 
 
+@pytest.mark.parametrize(("variable", "cron"), [("FLEETLOOP_PREFECT__WEEKLY_CRON", "0 3 * * 8"),
+                                                ("FLEETLOOP_PREFECT__LABEL_SYNC_CRON", "*/15 * * * * R")])
+def test_deploy_with_a_cron_setting_that_is_no_schedule_names_it_and_registers_nothing(api_env, variable, cron) -> None:
+    """Before: `ValueError: Invalid cron string: "0 3 * * 8"`, not naming the setting, exit 1 (and
+    so did every `fleetloop run`)."""
+    from prefect.client.orchestration import get_client
+
+    pool = f"misuse-cron-{variable[-14:].lower().strip('_')}"
+    r = _fleetloop(["deploy", "--json"], api_env | {"FLEETLOOP_PREFECT__WORK_POOL": pool, variable: cron})
+    doc = _one_json_failure(r, 2)
+    assert doc["error"].startswith(f"Not deployed: {variable}: "), doc
+    assert cron in doc["error"] and "five fields" in doc["error"], doc
+    with get_client(sync_client=True) as client:
+        assert [d.name for d in client.read_deployments() if d.work_pool_name == pool] == []
+    r = _fleetloop(["run", "mine", "--json"], api_env | {variable: cron})  # run finds its flow through the specs
+    assert _one_json_failure(r, 2)["error"].startswith(f"Invalid settings: {variable}: "), r.stdout
+
+
 def test_worker_refuses_a_work_pool_of_another_type(api_env) -> None:
     """Before: `fleetloop worker` started a process worker on a kubernetes pool, which Prefect
     allows with a type-mismatch warning, and polled for runs it was never meant to run."""
