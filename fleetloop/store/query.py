@@ -31,6 +31,8 @@ from typing import Any, overload
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from fleetloop.store.ids import InvalidLogIdError, check_log_id
+
 TAG_NAMES = ("weather", "time_of_day", "place", "vehicle")
 _NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
@@ -91,6 +93,17 @@ class LogQuery(BaseModel):
             return _utc(v)
         except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00: no such UTC time
             raise ValueError(f"{v.isoformat() if v else v} is out of range in UTC") from None
+
+    @field_validator("log_ids")
+    @classmethod
+    def _ids(cls, v: list[str] | None) -> list[str] | None:
+        """Each a valid log id (``''`` or ``../x`` can name no stored log: a typo, said as one)."""
+        for log_id in v or []:
+            try:
+                check_log_id(log_id)
+            except InvalidLogIdError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
     @field_validator("tags")
     @classmethod

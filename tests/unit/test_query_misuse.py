@@ -117,3 +117,11 @@ def test_the_help_says_what_a_date_alone_and_a_zone_mean(monkeypatch, capsys):
         text = " ".join(out.split())
         assert "--until 2026-11-24 leaves out the 24th" in text, text
         assert "UTC unless it names a zone" in text and "ignoring case" in text
+
+
+@pytest.mark.parametrize("log_id", ["", "../x", "a b"])
+def test_a_log_id_that_is_no_log_id_is_a_bad_query_not_a_missing_log(home, tmp_path, monkeypatch, capsys, log_id):
+    # before: `logs not in the store: ['']`, exit 1, as if a stored log had gone
+    for argv in both_commands(tmp_path, "--log", "mon-7-dry", "--log", log_id):
+        assert f"invalid log_id {log_id!r}" in bad_query(monkeypatch, capsys, *argv)
+    assert not (tmp_path / "x.csv").exists()
