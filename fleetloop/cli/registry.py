@@ -4,8 +4,8 @@ The registry lives in the configured store (``FLEETLOOP_STORAGE__*``: a local di
 the gate's parameters are the ``promote:`` section of params.yaml. Every command takes ``--json``.
 Exit codes: 0 done; 1 ``promote`` rejected by the gate (the reasons name each failing slice),
 or ``list``/``show``/``history`` printed what they could read around a damaged registry object
-(named on stderr); 2 nothing done (bad input, unknown version, no earlier production, unreachable
-store).
+(named on stderr; for ``show`` also a file of the version missing from the store); 2 nothing done
+(bad input, unknown version, no earlier production, unreachable store).
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def _slice_table(details: dict[str, Any]) -> Table | None:
         if row["gated"]:
             mark = "[green]ok[/]" if row["ok"] else "[red]REGRESSED[/]"
         else:
-            mark = f"[dim]not gated: {row.get('note') or 'no'}[/]"
+            mark = f"[dim]not gated: {escape(row.get('note') or 'no')}[/]"
         table.add_row(
-            name, num(row["production"]), num(row["candidate"]),
+            escape(name), num(row["production"]), num(row["candidate"]),
             "—" if row["delta"] is None else f"{row['delta']:+.3f}",
             "—" if row["support"] is None else str(row["support"]), mark,
         )
@@ -153,7 +153,7 @@ def register(
     value = card.primary_value(primary)
     console.print(
         f"registered [bold]{card.model} v{card.version}[/]: {len(card.files)} files, {card.size_bytes:,} bytes, "
-        f"{primary} {'—' if value is None else f'{value:.3f}'}" + (" (candidate)" if candidate else "")
+        f"{escape(primary)} {'—' if value is None else f'{value:.3f}'}" + (" (candidate)" if candidate else "")
     )
 
 
@@ -193,7 +193,7 @@ def promote(
             console.print(f"[red]rejected[/] {decision.model} v{decision.version} "
                           f"(production stays {decision.production_before or 'none'}):")
         for reason in decision.verdict.reasons:
-            console.print(f"  - {reason}")
+            console.print(f"  - {reason}", markup=False)
     raise typer.Exit(0 if ok else 1)
 
 
@@ -283,7 +283,7 @@ def list_cmd(
         table.add_row(
             str(r["version"]), ", ".join(r["aliases"]), r["created_at"][:19],
             "—" if r["dataset_version"] is None else str(r["dataset_version"]),
-            f"{r['primary']} " + ("—" if r["value"] is None else f"{r['value']:.3f}"),
+            escape(f"{r['primary']} ") + ("—" if r["value"] is None else f"{r['value']:.3f}"),
             "—" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}", str(r["files"]),
         )
     console.print(keep_whole(table, "created", "primary"))
@@ -309,11 +309,13 @@ def show(
     model: ModelOpt = "camera",
     as_json: JsonOpt = False,
 ) -> None:
-    """One version: metrics, lineage, files, aliases and its latest decision."""
-    problems: dict[str, str] = {}  # damaged decisions or aliases: named, the rest is shown (exit 1)
+    """One version: metrics, lineage, files, aliases and its latest decision. Exit 1 when a file of
+    the version is missing from the store or a decision or alias is damaged (each named on stderr)."""
+    problems: dict[str, str] = {}  # missing files, damaged decisions or aliases: named, the rest is shown (exit 1)
     try:
         reg = _registry(model)
         card = reg.get(version)
+        reg.check_files(card, problems=problems)
         decisions = reg.decisions(card.version, problems=problems)
         aliases = [name for name, state in reg.aliases(problems=problems).items() if state.version == card.version]
     except _boundary_errors() as exc:
@@ -330,7 +332,7 @@ def show(
     primary = card.metrics.primary or "map50"
     value = card.primary_value(primary)
     console.print(f"[bold]{card.model} v{card.version}[/]" + (f" ({', '.join(aliases)})" if aliases else ""))
-    console.print(f"  created {card.created_at.isoformat()}  {primary} {'—' if value is None else f'{value:.3f}'}"
+    console.print(f"  created {card.created_at.isoformat()}  {escape(primary)} {'—' if value is None else f'{value:.3f}'}"
                   f"  latency {'—' if card.latency_ms is None else f'{card.latency_ms:.2f} ms'}")
     lin = card.lineage
     console.print(
@@ -338,18 +340,19 @@ def show(
         f"training {'unknown' if lin.training_seconds is None else f'{lin.training_seconds:g} s'}",
         highlight=False, markup=False,
     )
-    table = Table("slice", primary, "objects")
+    table = Table("slice", escape(primary), "objects")
     for name, block in card.metrics.slices.items():
         v = block.value(primary)
-        table.add_row(name, "—" if v is None else f"{v:.3f}", str(block.support))
+        table.add_row(escape(name), "—" if v is None else f"{v:.3f}", str(block.support))
     console.print(table)
     for rel, digest in card.files.items():
-        console.print(f"  {rel}  sha256:{digest[:12]}")
+        gone = reg.layout.blob(digest) in problems
+        console.print(f"  {escape(rel)}  sha256:{digest[:12]}" + ("  [red]missing from the store[/]" if gone else ""))
     if decisions:
         d = decisions[-1]
-        console.print(f"  decision {d.number}: {d.action} by {d.who} at {d.when.isoformat()}")
+        console.print(f"  decision {d.number}: {d.action} by {d.who} at {d.when.isoformat()}", markup=False)
         for reason in d.verdict.reasons:
-            console.print(f"    - {reason}")
+            console.print(f"    - {reason}", markup=False)
     raise _damaged(problems)
 
 
@@ -373,7 +376,7 @@ def history(
     for m in moves:
         table.add_row(
             str(m.seq), m.alias, "—" if m.from_version is None else str(m.from_version), str(m.to_version),
-            m.kind, m.who, m.when.isoformat()[:19], m.why,
+            m.kind, escape(m.who), m.when.isoformat()[:19], escape(m.why),
         )
     console.print(keep_whole(table, "when"))
     if not moves:

@@ -335,33 +335,52 @@ class Registry:
                 ))
         raise RegistryConflict(f"production of {self.model!r} kept changing: {MOVE_ATTEMPTS} attempts lost")
 
-    def check_files(self, card: ModelVersion) -> None:
+    def check_files(self, card: ModelVersion, *, problems: dict[str, str] | None = None) -> None:
         """Every file of the version's card is in the store (one existence check per distinct
         file), else :class:`MissingFiles` naming the first missing one: a version whose files are
-        gone cannot become production (download and warm start would fail)."""
+        gone cannot become production (download and warm start would fail). With ``problems`` (a
+        dict), every missing file is recorded there instead (blob key -> what is wrong)."""
         seen: set[str] = set()
         for rel, digest in sorted(card.files.items()):
             if digest in seen:
                 continue
             seen.add(digest)
             key = self.layout.blob(digest)
-            if not self.store.exists(key):
-                raise MissingFiles(
-                    f"version {card.version} of {self.model!r} cannot become production: its file {rel} "
-                    f"({key}) is missing from the store"
-                )
+            if self.store.exists(key):
+                continue
+            if problems is not None:
+                problems[key] = f"{key} is missing: version {card.version}'s file {rel} (it cannot become production)"
+                continue
+            raise MissingFiles(
+                f"version {card.version} of {self.model!r} cannot become production: its file {rel} "
+                f"({key}) is missing from the store"
+            )
 
     @staticmethod
     def _check_primary(card: ModelVersion, params: PromoteParams) -> None:
-        """The gate's primary metric is one the version's metrics have (a null value is a real
-        outcome the gate rejects; a metric it never had is a params mistake)."""
-        have = card.metrics.overall.model_extra or {}
-        if params.primary not in have:
-            names = ", ".join(sorted(have)) or "none"
-            raise GateParamsError(
-                f"promote.primary is {params.primary!r}, but version {card.version}'s metrics have no overall "
-                f"{params.primary} (they have: {names}): fix promote.primary in params.yaml"
-            )
+        """The gate's primary metric is one the version's metrics have, overall and in every slice
+        the gate would compare (at least ``min_support`` objects), as a number or null. A null
+        value is a real outcome (rejected overall, not gated in a slice); a metric it never had, or
+        text, is a params mistake: its slices would be silently ungated, or the version rejected
+        for "no" metric it has."""
+        metric = params.primary
+        blocks = [(f"overall {metric}", card.metrics.overall),
+                  *((f"{metric} in slice {n}", b) for n, b in card.metrics.gated_slices().items()
+                    if b.support >= params.min_support)]  # smaller slices are never gated
+        for what, block in blocks:
+            have = block.model_extra or {}
+            if metric not in have:
+                names = ", ".join(sorted(have)) or "none"
+                raise GateParamsError(
+                    f"promote.primary is {metric!r}, but version {card.version}'s metrics have no {what} "
+                    f"(they have: {names}): fix promote.primary in params.yaml"
+                )
+            raw = have[metric]
+            if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int | float)):
+                raise GateParamsError(
+                    f"promote.primary is {metric!r}, but version {card.version}'s {what} is {raw!r}, "
+                    "not a number: fix promote.primary in params.yaml"
+                )
 
     def rollback(self, *, who: str | None = None, why: str = "") -> Decision:
         """Move production back to the production version before it (the last one promoted over

@@ -133,6 +133,8 @@ def _slice_table(cand: Metrics, prod: Metrics | None, params: PromoteParams) -> 
             note = "no production to compare with"
         elif c is None or p is None:
             note = "missing in " + ("candidate" if c is None else "production")
+        elif metric not in (c.model_extra or {}) or metric not in (p.model_extra or {}):
+            note = f"no {metric} in " + ("candidate" if metric not in (c.model_extra or {}) else "production")
         elif cv is None or pv is None:
             note = "no value (no objects)"
         elif not gated:

@@ -24,7 +24,7 @@ ROOT = keys.REGISTRY.rstrip("/")
 INDEX_PAGE = 100
 ALIASES = ("production", "candidate")
 
-_MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_MODEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # fullmatch: "$" would let a trailing newline in
 _CARD_RE = re.compile(r"versions/(\d{8})\.json$")
 _DECISION_RE = re.compile(r"decision-(\d{4,})\.json$")
 _HISTORY_RE = re.compile(r"history/(\d{8,})\.json$")
@@ -33,7 +33,7 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_model_name(model: str) -> str:
-    if not isinstance(model, str) or not _MODEL_RE.match(model):
+    if not isinstance(model, str) or not _MODEL_RE.fullmatch(model):
         raise ValueError(f"invalid model name {model!r}: lowercase letters, digits, '.', '_', '-' (max 64)")
     return model
 
@@ -67,7 +67,7 @@ class Layout:
 
     # blobs
     def blob(self, sha256: str) -> str:
-        if not _SHA256_RE.match(sha256):
+        if not _SHA256_RE.fullmatch(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return f"{self.base}blobs/sha256/{sha256}"
 
