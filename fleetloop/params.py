@@ -79,6 +79,32 @@ def yaml_problem(path: Path | str, exc: Exception) -> str:
     return f"{where}: not valid YAML (or JSON): {' '.join(str(problem).split())}"
 
 
+def _unique_key_loader():
+    """PyYAML's safe loader refusing a key given twice in one mapping (YAML readers keep the last
+    one without a word: a second ``mine:`` section would silently replace the first)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the safe loader's own error says so
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice in its mapping (only the last one would be read)",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def _read_yaml(path: Path | str) -> Any:
     import yaml
 
@@ -89,7 +115,7 @@ def _read_yaml(path: Path | str) -> Any:
     except UnicodeDecodeError as exc:
         raise ParamsError(f"{path}: not valid YAML (or JSON): not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader())  # a SafeLoader
     except yaml.YAMLError as exc:
         raise ParamsError(yaml_problem(path, exc)) from None
 
@@ -145,8 +171,8 @@ def write_params(path: Path | str, params: LoopParams) -> bool:
     When the edited text would not read back as exactly ``params`` (a layout the round trip
     cannot keep), or the file is not a YAML mapping, the whole file is written instead
     (:func:`dump_params`, every value spelled out) keeping the comment lines that open it.
-    Returns True when the whole file was written. :class:`ParamsError` naming the file when it
-    cannot be written."""
+    Its byte-order mark and CRLF line ends, if any, are kept. Returns True when the whole file was
+    written. :class:`ParamsError` naming the file when it cannot be written."""
     from fleetloop.store.atomic import write_atomic
 
     path = Path(path)
@@ -157,11 +183,16 @@ def write_params(path: Path | str, params: LoopParams) -> bool:
         mode = path.stat().st_mode & 0o777
         with contextlib.suppress(OSError, UnicodeDecodeError):
             text = path.read_bytes().decode("utf-8")
+    bom = "\ufeff" if text and text.startswith("\ufeff") else ""  # the file's BOM and line ends are kept
+    crlf = text is not None and "\r\n" in text
+    if text is not None:
+        text = text.removeprefix("\ufeff").replace("\r\n", "\n")
     edited = _edited(text, params) if text is not None else None
     whole = edited is None
     if edited is None:
         header = "".join(itertools.takewhile(lambda ln: ln.startswith("#"), (text or "").splitlines(keepends=True)))
         edited = header + dump_params(params)
+    edited = bom + (edited.replace("\n", "\r\n") if crlf else edited)
     try:
         write_atomic(path, edited.encode("utf-8"), mode=mode)
     except OSError as exc:

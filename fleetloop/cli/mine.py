@@ -205,8 +205,11 @@ def register(app: typer.Typer) -> None:
         """Fit each flag's severity per class from labelled frames (how often it marked a real
         error, with the counts) and write them into the mine: section of params.yaml. Prints
         which values change from the file's and why. Exit 1 when nothing can be fitted (no
-        labelled frame) or the file cannot be read or written (nothing is written then); 2 for
-        a camera stream that is not in the layout."""
+        labelled frame), the file cannot be read or written (a FIFO, read-only, a key given twice)
+        or changed while it ran (nothing is written then); 2 for a camera stream that is not in
+        the layout."""
+        import os
+
         from rich.table import Table
 
         from fleetloop.ingest.importers import LogFormatError
@@ -217,14 +220,22 @@ def register(app: typer.Typer) -> None:
             log = []
         _check_kitti_tracker(path, camera_tracker)
         target = params_file.resolve() if params_file.is_symlink() else params_file  # a link: write its target
+        if target.exists() and not target.is_file() and not target.is_dir():  # a FIFO would block the read
+            raise fail(f"--params-file {params_file}: not a regular file", 1, as_json=as_json, prefix="calibrate failed")
         if not dry_run:
             problem = (f"{params_file} is a directory" if target.is_dir()
+                       else f"{params_file} is read-only" if target.is_file() and (
+                           not target.stat().st_mode & 0o222 or not os.access(target, os.W_OK))
                        else writable_dir_problem(target.parent))
             if problem:
                 raise fail(f"--params-file {params_file}: cannot write: {problem}", 1, as_json=as_json,
                            prefix="calibrate failed")
         try:
+            read = target.read_bytes() if target.is_file() else None  # what the file was; compared before writing
             loop = load_params(params_file) if params_file.exists() else LoopParams()
+        except OSError as exc:
+            raise fail(f"cannot read {params_file}: {exc.strerror or exc}", 1, as_json=as_json,
+                       prefix="calibrate failed") from None
         except ParamsError as exc:
             raise fail(exc, 1, as_json=as_json, prefix="calibrate failed") from None
         mp = loop.mine
@@ -251,6 +262,10 @@ def register(app: typer.Typer) -> None:
         was = str(params_file) if params_file.is_file() else "the defaults"
         before = "new" if not target.is_file() else None
         if not dry_run:
+            now = target.read_bytes() if target.is_file() else None
+            if now != read:  # another calibration or an edit while this one ran: writing would undo it
+                raise fail(f"--params-file {params_file} changed while calibrating (another calibration or an edit); "
+                           "nothing written: run it again", 1, as_json=as_json, prefix="calibrate failed")
             try:
                 whole = write_params(target, loop.model_copy(update={"mine": result.params}))
             except ParamsError as exc:
