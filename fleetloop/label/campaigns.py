@@ -37,7 +37,7 @@ class Campaign:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # "$" of .match would let a trailing newline in
         raise CampaignError(
             f"invalid campaign name {name!r}: 3-50 characters, letters, digits, '.', '_' or '-', starting alphanumeric"
         )

@@ -264,7 +264,7 @@ def test_label_config_matches_the_taxonomy():
     assert campaigns.UNUSABLE in xml
 
 
-@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 51, "a/b", "c", "c1"])
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 51, "a/b", "c", "c1", "week-23\n"])  # "\n": "$" let it in
 def test_bad_campaign_names(name):
     with pytest.raises(campaigns.CampaignError):
         campaigns.check_name(name)
