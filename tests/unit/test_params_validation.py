@@ -172,3 +172,24 @@ def test_mine_cli_accepts_a_params_file_without_a_mine_section(tmp_path) -> None
     nomine = _without_mine(tmp_path)
     res = runner.invoke(app, ["mine", str(tmp_path / "nologs"), "-o", str(tmp_path / "r.csv"), "--params", str(nomine)])
     assert res.exit_code == 1 and "does not exist" in res.output, res.output  # past the params: no logs there
+
+
+@pytest.mark.parametrize(("text", "line", "key"), [
+    ("mine:\n  budget: 5\ndrift:\n  threshold: 0.2\nmine:\n  budget: 10\n", 5, "mine"),  # a second section
+    ("mine:\n  budget: 5\n  budget: 10\n", 3, "budget"),
+])
+def test_a_key_given_twice_is_a_params_error_naming_line_and_key(tmp_path, text, line, key) -> None:
+    """Before: YAML kept the last one without a word (a second mine: section replaced the first)."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    for read in (load_params, mining_params):
+        with pytest.raises(ParamsError, match=rf"params.yaml: line {line}, column \d+: not valid YAML .*key '{key}' "
+                                              "is given twice"):
+            read(path)
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("mine:\n  <<: {budget: 5, diversity_window: 3}\n  budget: 7\n")
+    params = load_params(path)
+    assert (params.mine.budget, params.mine.diversity_window) == (7, 3)  # the explicit key wins, as YAML says
