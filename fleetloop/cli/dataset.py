@@ -68,7 +68,8 @@ def grow(as_json: JsonOpt = False) -> None:
     if any(left_out.values()):
         console.print("  " + ", ".join(f"{n} {what}" for what, n in left_out.items() if n), highlight=False)
         for p in result.problems[:20]:
-            where = f"{p.log_id} frame {p.frame}" if p.log_id is not None else (p.shard or "")
+            where = (p.log_id + (f" frame {p.frame}" if p.frame is not None else "") if p.log_id is not None
+                     else (p.shard or ""))
             console.print(f"  [yellow]{p.kind}[/] {escape(where)}: {escape(p.message)}", highlight=False)
     for w in result.warnings:
         console.print(f"  [yellow]warning:[/] {escape(w)}", highlight=False)

@@ -376,6 +376,11 @@ class Repo:
         )
         return proc.stdout if proc.returncode == 0 else None
 
+    def branch(self) -> str | None:
+        """The branch HEAD is on (None: a detached HEAD)."""
+        proc = self.git("symbolic-ref", "-q", "--short", "HEAD", check=False)
+        return proc.stdout.strip() or None if proc.returncode == 0 else None
+
     def tags(self, prefix: str) -> dict[str, str]:
         """Tags named ``prefix*`` -> the commit each points to."""
         out = self.git("for-each-ref", "--format=%(refname:short) %(objectname) %(*objectname)",
@@ -452,6 +457,22 @@ class Repo:
     def pull(self, targets: Sequence[str] = ()) -> None:
         self.api(f"dvc pull {' '.join(targets)}".strip(),
                  lambda r: r.pull(targets=[self._abs(t) for t in targets] or None, remote=DVC_REMOTE))
+
+    def unpullable(self, targets: Sequence[str]) -> list[str]:
+        """The targets whose data cannot be pulled from the DVC remote, each tried alone (to name
+        what is missing after a pull of them all failed; what did arrive is in the cache)."""
+        _, DvcException, _ = _dvc_api()
+
+        def _each(r: Any) -> list[str]:
+            bad = []
+            for t in targets:
+                try:
+                    r.pull(targets=[self._abs(t)], remote=DVC_REMOTE)
+                except (DvcException, OSError):
+                    bad.append(t)
+            return bad
+
+        return self.api(f"dvc pull {' '.join(targets)}", _each)
 
     def _abs(self, path: str) -> str:
         """DVC's API resolves relative targets against the process's working directory."""

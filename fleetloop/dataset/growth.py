@@ -131,6 +131,16 @@ def read_manifest(repo: Repo, rev: str = "HEAD") -> Manifest | None:
                            f"{_problems(exc)}") from None
 
 
+def misplaced_tag(where: str | Path, tag: str, found: int | None) -> DatasetError:
+    """The error for a tag ``dataset-vN`` at a commit that does not hold version N (made or moved
+    by hand): what it holds, and the repair."""
+    holds = f"version {found}'s manifest" if found else "no manifest"
+    return DatasetError(f"the tag {tag} in {redact(str(where))} points at a commit that holds {holds}, not version "
+                        f"{tag.removeprefix(TAG_PREFIX)}'s (a tag made or moved by hand?): delete it (`git tag -d {tag}` "
+                        "there, and on the git remote if it was pushed); grow re-creates the tag of a version it made, "
+                        "at that version's commit")
+
+
 def _rev_name(rev: str, data: bytes) -> str:
     """``dataset-vN`` for a tag, else ``dataset-vN (rev)`` when the file still says its version."""
     if rev.removeprefix("refs/tags/").startswith(TAG_PREFIX):
@@ -226,13 +236,27 @@ def open_repo(config: DatasetConfig, recovered: list[str] | None = None) -> Repo
         else:
             repo = Repo.create(root, config, README)
     else:
+        _check_branch(repo)
         _undo_uncommitted(repo, notes)
     if config.git_remote:
         repo.configure_git_remote(config.git_remote)
         _catch_up(repo, notes)
     _check_dvc_remote(repo)
     _finish_pending(repo, notes)
+    _check_newer_tags(repo)
     return repo
+
+
+def _check_newer_tags(repo: Repo) -> None:
+    """Refuse a tag ``dataset-vN`` beyond the newest version ``main`` holds (made by hand): the
+    next version's tag would fail after its commit."""
+    manifest = read_manifest(repo)
+    version = manifest.version if manifest else 0
+    for name in sorted(repo.tags(TAG_PREFIX)):
+        n = name.removeprefix(TAG_PREFIX)
+        if n.isdigit() and int(n) > version:
+            found = read_manifest(repo, f"refs/tags/{name}")
+            raise misplaced_tag(repo.root, name, found.version if found else None)
 
 
 def _check_dvc_remote(repo: Repo) -> None:
@@ -252,6 +276,21 @@ def _check_dvc_remote(repo: Repo) -> None:
             f"copy {have} to {want}, then `dvc remote modify storage url {want}` and `git commit -am` in "
             f"{repo.root} (docs/dataset.md, \"Moving the DVC remote\")")
     repo.configure_dvc_remote(local=True)
+
+
+def _check_branch(repo: Repo) -> None:
+    """Refuse a working repository whose HEAD was moved off ``main`` by hand (a tag or another
+    branch checked out): grow would commit there, take again the shards ``main`` consumed and fail
+    to tag (or tag a commit ``main`` does not hold), after resetting the work tree and removing the
+    batch folders that commit does not list. Checked before anything is changed."""
+    branch = repo.branch()
+    if branch == BRANCH:
+        return
+    head = repo.head()
+    where = f"it is on branch {branch}" if branch else f"HEAD is detached at {head[:10] if head else '?'}"
+    raise DatasetError(f"the dataset repository {repo.root} is not on branch {BRANCH} ({where}): grow commits on "
+                       f"{BRANCH} only; run `git checkout {BRANCH}` there (keep any commit of your own on a branch "
+                       "first) and grow again")
 
 
 def _undo_uncommitted(repo: Repo, notes: list[str]) -> None:

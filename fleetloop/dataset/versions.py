@@ -16,9 +16,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from fleetloop.dataset.batches import BATCHES_DIR
 from fleetloop.dataset.config import DatasetConfig, DatasetError, check_dir_path
 from fleetloop.dataset.dvc import Repo
-from fleetloop.dataset.growth import read_manifest
+from fleetloop.dataset.growth import misplaced_tag, read_manifest
 from fleetloop.dataset.manifest import TAG_PREFIX, Manifest, SplitCount, VersionInfo, tag_of
 
 __all__ = ["CheckoutResult", "DatasetStatus", "checkout", "history", "latest_manifest", "status"]
@@ -77,7 +78,12 @@ def latest_manifest(config: DatasetConfig) -> Manifest | None:
     if not repo.exists():
         return None
     versions = _versions(repo)
-    return read_manifest(repo, tag_of(versions[-1])) if versions else None
+    if not versions:
+        return None
+    m = read_manifest(repo, tag_of(versions[-1]))
+    if m is None or m.version != versions[-1]:
+        raise misplaced_tag(repo.root, tag_of(versions[-1]), m.version if m else None)
+    return m
 
 
 def status(config: DatasetConfig) -> DatasetStatus:
@@ -107,6 +113,10 @@ def checkout(version: int, to_dir: Path, config: DatasetConfig) -> CheckoutResul
     git remote (else the working repository) and the DVC remote."""
     to_dir = Path(to_dir).expanduser().resolve()
     check_dir_path(to_dir, "the checkout directory")
+    repo_root = Path(config.repo_dir).expanduser().resolve()
+    if to_dir == repo_root or repo_root in to_dir.parents:
+        raise DatasetError(f"{to_dir} is inside the dataset repository {repo_root}: check out outside it (grow "
+                           "resets that work tree and removes batch folders it did not commit)")
     if to_dir.exists() and any(to_dir.iterdir()):
         raise DatasetError(f"{to_dir} is not an empty directory: check out into a new or empty one")
     source = config.git_remote or str(Path(config.repo_dir).resolve())
@@ -134,11 +144,15 @@ def checkout(version: int, to_dir: Path, config: DatasetConfig) -> CheckoutResul
         Repo.discard(tmp)
     try:
         repo = Repo.clone(source, tmp, config, rev=f"refs/tags/{tag}")
-        repo.configure_dvc_remote(local=True)
-        repo.pull()
         m = read_manifest(repo)
-        if m is None or m.version != version:
-            raise DatasetError(f"{tag} in {source} holds no manifest for version {version}")
+        if m is None or m.version != version:  # checked before pulling the data
+            raise misplaced_tag(source, tag, m.version if m else None)
+        repo.configure_dvc_remote(local=True)
+        try:
+            repo.pull()
+        except DatasetError as exc:
+            cause = str(exc).replace(f" in {tmp}", "").replace(f"{tmp.name}/", "")
+            raise DatasetError(_unpullable(repo, tag, cause)) from None
         try:
             os.rename(tmp, to_dir)  # onto a missing or empty directory
         except OSError as exc:
@@ -149,6 +163,36 @@ def checkout(version: int, to_dir: Path, config: DatasetConfig) -> CheckoutResul
         raise
     return CheckoutResult(version=version, tag=tag, path=str(to_dir), frames=m.frames, objects=m.objects,
                           batches=len(m.batches))
+
+
+_MISSING_DATA = ("Missing cache files", "failed to transfer", "do not exist")
+_DIR_HASH = re.compile(r"md5: ([0-9a-f]{32})\.dir")
+
+
+def _unpullable(repo: Repo, tag: str, cause: str) -> str:
+    """Why ``tag``'s data could not be pulled, naming the batches whose data the DVC remote lacks
+    and how to push them again (a failed pull of them all says neither)."""
+    remote = repo.config.resolved_remote_url()
+    targets = sorted(f"{BATCHES_DIR}/{p.name}" for p in (repo.root / BATCHES_DIR).glob("*.dvc"))
+    try:
+        bad = repo.unpullable(targets)
+    except DatasetError:
+        bad = targets
+    if not bad or not any(m in cause for m in _MISSING_DATA):
+        return f"{tag}'s data could not be pulled from the DVC remote {remote}: {cause}"
+    names = [Path(t).name.removesuffix(".dvc") for t in bad]
+    listings = []
+    for t in bad:
+        found = _DIR_HASH.search((repo.root / t).read_text(errors="replace"))
+        if found:
+            listings.append(f"files/md5/{found.group(1)[:2]}/{found.group(1)[2:]}.dir")
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    listing = (f"delete {', '.join(listings[:5])} from the remote if there (DVC takes a batch whose listing it "
+               "finds as complete), then " if listings else "")
+    return (f"{tag}'s data is missing from the DVC remote {remote}: batch{'es' if len(names) > 1 else ''} {shown} "
+            f"({len(names)} of {len(targets)}; {cause}). To repair, push it again from a repository whose DVC cache "
+            f"still holds it (the working repository {Path(repo.config.repo_dir).resolve()}): {listing}"
+            f"`dvc push {' '.join(bad[:5])}` there")
 
 
 def _discard_stale(to_dir: Path) -> None:
