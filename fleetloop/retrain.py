@@ -100,6 +100,21 @@ def _snapshot_params(params_file: Path, loop: LoopParams, into: Path) -> Path:
     return snapshot
 
 
+def _warm_start_files(registry: Registry, version: int, into: Path) -> Path:
+    """The production model's files to warm-start from; :class:`TrainingFailed` naming it and the
+    ways out when they cannot be fetched (deleted or corrupt in the store), before any training."""
+    from fleetloop.registry.errors import RegistryError
+    from fleetloop.store.objects import StorageError
+
+    try:
+        return registry.download(version, into)
+    except (RegistryError, StorageError) as exc:
+        raise TrainingFailed(
+            f"cannot warm-start from production v{version} (train.warm_start): its files cannot be fetched: {exc}; "
+            "restore them, roll production back (fleetloop registry rollback) or set train.warm_start: false"
+        ) from None
+
+
 def _earlier_rejection(registry: Registry, mv: ModelVersion, production: int | None) -> Decision | None:
     """The gate's last decision on ``mv`` when it rejected it against this same production."""
     decisions = [d for d in registry.decisions(mv.version) if d.action in ("promote", "reject")]
@@ -122,6 +137,7 @@ def retrain(
     who: str | None = None,
     why: str = "",
     model: str = "camera",
+    progress: Callable[[str], None] | None = None,
 ) -> RetrainOutcome:
     """Train on ``dataset-v<version>`` with the pipeline ``pipeline`` (dvc.yaml) and exactly the
     params file ``params_file`` (copied into the workspace as params.yaml; its ``train:`` section
@@ -154,9 +170,9 @@ def retrain(
         else:
             init = None
             if init_version is not None:
-                init = registry.download(init_version, Path(tmp) / "production")
+                init = _warm_start_files(registry, init_version, Path(tmp) / "production")
             out = train_on(workspace, dataset, version, pipeline=pipeline, params=params_copy, init=init,
-                           scenarios=scenarios, timeout_s=timeout_s)
+                           scenarios=scenarios, timeout_s=timeout_s, progress=progress)
             latency = onnx_latency_ms(out.model_dir)
             mv = registry.register(out.model_dir, out.metrics, dataset_version=version, params=train_params,
                                    trainer=loop.train.command, latency_ms=latency,
@@ -197,13 +213,14 @@ def find_pipeline(start: Path | None = None) -> Path | None:
 
 def retrain_latest(
     settings: Settings, loop: LoopParams, version: int | None = None, *, who: str, why: str = "",
-    on_start: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None, progress: Callable[[str], None] | None = None,
 ) -> RetrainOutcome:
     """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
     (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the repository's dvc.yaml
     (:func:`find_pipeline`) and the params file ``loop`` was loaded from (``FLEETLOOP_PARAMS``
     or the repository's params.yaml: :func:`~fleetloop.params.find_params_file`), the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call.
-    ``on_start`` hears the dataset version once it is known to exist, before the work."""
+    ``on_start`` hears the dataset version once it is known to exist, before the work;
+    ``progress`` the trainer's output lines while it runs."""
     from fleetloop.dataset.versions import compact, history
 
     cfg = dataset_config(settings)
@@ -224,4 +241,5 @@ def retrain_latest(
     if on_start is not None:
         on_start(version)
     return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", pipeline=pipeline,
-                   params_file=found, scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why)
+                   params_file=found, scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why,
+                   progress=progress)

@@ -48,7 +48,7 @@ ENV_FILE = ".env"  # in the working directory; the environment wins over it
 #: test hooks) or by infra/docker-compose.yaml; ``FLEETLOOP_TEST_*`` are the tests' own
 NOT_SETTINGS = frozenset({"FLEETLOOP_PARAMS", "FLEETLOOP_ACTOR", "FLEETLOOP_DEBUG", "FLEETLOOP_NO_FAST_EXIT",
                           "FLEETLOOP_DATASET_CRASH_AT", "FLEETLOOP_KITTI_ROOT", "FLEETLOOP_S3_PUBLIC_ENDPOINT",
-                          "FLEETLOOP_BUCKET", "FLEETLOOP_WORK_POOL"})
+                          "FLEETLOOP_BUCKET", "FLEETLOOP_WORK_POOL", "FLEETLOOP_TRAIN_PROGRESS"})
 
 
 def redact(text: str) -> str:

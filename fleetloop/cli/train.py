@@ -36,7 +36,11 @@ def register(app: typer.Typer) -> None:
                 if not as_json:
                     err.print(f"training on dataset-v{version} (dvc repro; minutes) ...")
 
-            out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)", on_start=starting)
+            def progress(line: str) -> None:  # the trainer's lines (epochs), on stderr: stdout stays the JSON
+                err.print(f"  {line}", markup=False, highlight=False)
+
+            out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)", on_start=starting,
+                                 progress=progress)
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             raise fail(exc, as_json=as_json) from None
         except KeyboardInterrupt:  # typer would exit 130 silently: no line, no JSON

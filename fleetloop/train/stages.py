@@ -28,6 +28,10 @@ import pyarrow.parquet as pq
 from fleetloop.procs import die_with_parent, tie_to_parent
 from fleetloop.train.params import TrainParams
 
+#: a file the train and evaluate stages append their command's output lines to (set by the
+#: training workspace's retrain, which shows them while ``dvc repro`` runs with its output captured)
+PROGRESS_ENV = "FLEETLOOP_TRAIN_PROGRESS"
+
 
 class StageError(RuntimeError):
     """A stage could not run (bad params, a command that failed or timed out)."""
@@ -57,7 +61,8 @@ def run_command(template: str, params: TrainParams, **paths: Path) -> float:
         argv[0] = sys.executable  # the interpreter running the stage (the project's venv)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace",
+        # its stdout (the reference trainer's progress lines) with its stderr, as they come
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                 preexec_fn=die_with_parent())  # no trainer left running on its own
     except FileNotFoundError as exc:
         raise StageError(f"command not found: {argv[0]}") from exc
@@ -70,16 +75,22 @@ def run_command(template: str, params: TrainParams, **paths: Path) -> float:
     timer = threading.Timer(params.timeout_s, stop)
     timer.start()
     last: collections.deque[str] = collections.deque(maxlen=1)  # its last words: usually the error
+    progress = os.environ.get(PROGRESS_ENV)  # where `fleetloop retrain` (dvc captures this stderr) reads them
+    sink = open(progress, "a", buffering=1, errors="replace") if progress else None  # noqa: SIM115
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # streamed through, as it comes
+        assert proc.stdout is not None
+        for line in proc.stdout:  # streamed through, as it comes
             sys.stderr.write(line)
             sys.stderr.flush()
+            if sink is not None:
+                sink.write(line)
             if line.strip():
                 last.append(line.strip())
         returncode = proc.wait()
     finally:
         timer.cancel()
+        if sink is not None:
+            sink.close()
     if timed_out.is_set():
         raise StageError(f"{argv[0]} did not finish within train.timeout_s={params.timeout_s} s")
     if returncode != 0:

@@ -21,7 +21,11 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -132,6 +136,47 @@ def _repair_lock(repo: Repo) -> None:
             lock.unlink()
 
 
+@contextmanager
+def _progress(show: Callable[[str], None] | None) -> Iterator[None]:
+    """While ``dvc repro`` runs (its output captured), pass the lines the stages' commands write
+    (the trainer's epochs) to ``show`` as they come: the stages append them to a file named in
+    the environment (:data:`fleetloop.train.stages.PROGRESS_ENV`)."""
+    if show is None:
+        yield
+        return
+    from fleetloop.train.stages import PROGRESS_ENV
+
+    fd, name = tempfile.mkstemp(prefix="fleetloop-train-", suffix=".log")
+    os.close(fd)
+    done = threading.Event()
+
+    def follow() -> None:
+        with open(name, errors="replace") as f:
+            while True:
+                finished = done.is_set()  # read once more after the last stage has written
+                for line in f:
+                    if line.strip():
+                        show(line.rstrip("\n"))
+                if finished:
+                    return
+                done.wait(0.5)
+
+    before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = name
+    thread = threading.Thread(target=follow, name="train-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+        if before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = before
+        Path(name).unlink(missing_ok=True)
+
+
 def retrain(
     workspace: Path,
     dataset: DatasetConfig,
@@ -142,11 +187,13 @@ def retrain(
     init: Path | None = None,
     scenarios: list[Path] | None = None,
     timeout_s: float = 3600.0,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainOutcome:
     """Train and evaluate on ``dataset-v<version>``: import/update the dataset, ``dvc repro``,
     commit the lock. Stages that did not change are not rerun (DVC's own cache). ``pipeline``
     is the project's ``dvc.yaml``; ``params`` the params file to train with (any name, anywhere:
-    it is copied in as ``params.yaml``, the file the stages and ``dvc.lock`` read)."""
+    it is copied in as ``params.yaml``, the file the stages and ``dvc.lock`` read). ``progress``
+    hears the output lines of the trainer and the predictor while they run."""
     t0 = time.perf_counter()
     workspace = Path(workspace).resolve()
     sources = dict(zip(PIPELINE_FILES, (Path(pipeline), Path(params)), strict=True))
@@ -186,7 +233,8 @@ def retrain(
     env_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     os.environ["PATH"] = env_path  # the stages' `python -m ...` must be this interpreter's
     try:
-        repo.dvc("repro")
+        with _progress(progress):
+            repo.dvc("repro")
     except Exception as exc:
         raise TrainingFailed(f"dvc repro on {tag} failed: {exc}") from exc
     model_dir, metrics_file = workspace / "model", workspace / "metrics.json"

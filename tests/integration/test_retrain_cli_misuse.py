@@ -1,0 +1,110 @@
+"""``fleetloop retrain`` seen from the command line during and before the minutes of training.
+
+The trainer is a trivial script (the reference model is not what is tested); the dataset is the
+small simulated seed set of :mod:`tests.production.world`.
+
+- progress: ``dvc repro`` runs with its output captured, so before, a retrain showed one line
+  ("training on dataset-vN ...", none with ``--json``) and then nothing at all until the end,
+  whatever the trainer printed (the reference trainer prints a line per epoch); now the trainer's
+  lines reach stderr as they come (stdout stays the one JSON document);
+- ``train.warm_start`` with the production model's files gone from the store (deleted, a store
+  restored without the registry's blobs): before, ``error: local store ...: no object
+  'registry/camera/blobs/sha256/...'`` (which model, and what to do?); now the line names
+  production vN and the ways out, before anything trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.production.world import build, pipeline_params
+
+ROOT = Path(__file__).resolve().parents[2]
+FLEETLOOP = [sys.executable, "-m", "fleetloop"]
+
+TRAIN = """\
+import pathlib, sys
+out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1]); out.mkdir(parents=True, exist_ok=True)
+print("epoch 1/1 loss 0.4242 (a trainer's progress line)", flush=True)
+(out / "weights.txt").write_text("w")
+"""
+PREDICT = """\
+import pathlib, sys
+import pyarrow.parquet as pq
+from fleetloop.train.metrics import PREDICTIONS_SCHEMA
+pq.write_table(PREDICTIONS_SCHEMA.empty_table(), pathlib.Path(sys.argv[sys.argv.index("--out") + 1]))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _dvc_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+
+
+def _world(base: Path, **train: object) -> dict[str, str]:
+    """dataset-v1 in ``base/home`` and a params file with the trivial trainer (``train`` on top);
+    the env of a ``fleetloop`` process pointed at them."""
+    params = pipeline_params(base / "pipeline")
+    data = yaml.safe_load(params.read_text())
+    for name, text in (("train", TRAIN), ("predict", PREDICT)):
+        (base / f"{name}.py").write_text(text)
+    script = {n: shlex.quote(str(base / f"{n}.py")) for n in ("train", "predict")}
+    data["train"]["command"] = f"python {script['train']} --data {{data}} --out {{model}}"
+    data["train"]["predict"] = f"python {script['predict']} --model {{model}} --data {{data}} --out {{out}}"
+    data["train"].update(train)
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")},
+           "FLEETLOOP_HOME": str(base / "home"), "FLEETLOOP_STORAGE__BACKEND": "local",
+           "FLEETLOOP_PARAMS": str(params)}
+    build(env, base / "world")
+    return env
+
+
+def _retrain(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEETLOOP, "retrain", "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_the_trainers_progress_lines_are_shown_while_it_trains(tmp_path: Path) -> None:
+    env = _world(tmp_path / "w")
+    done = _retrain(env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)  # stdout is still one JSON document
+    assert doc["ok"] and doc["model_version"] == 1 and not doc["reused"]
+    assert "epoch 1/1 loss 0.4242 (a trainer's progress line)" in done.stderr, done.stderr[-2000:]
+
+    plain = subprocess.run([*FLEETLOOP, "retrain", "--dataset", "1"], env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)  # reused: nothing trains, nothing to show
+    assert plain.returncode == 0 and "epoch" not in plain.stderr, plain.stderr
+
+
+def test_a_warm_start_from_production_files_gone_names_the_model_and_the_ways_out(tmp_path: Path) -> None:
+    env = _world(tmp_path / "w", warm_start=True)
+    first = _retrain(env)
+    assert first.returncode == 0 and json.loads(first.stdout)["production_after"] == 1, first.stderr[-2000:]
+    blobs = Path(env["FLEETLOOP_HOME"]) / "store" / "registry" / "camera" / "blobs"
+    for blob in blobs.rglob("*"):
+        if blob.is_file():
+            blob.unlink()
+    params = Path(env["FLEETLOOP_PARAMS"])
+    data = yaml.safe_load(params.read_text())
+    data["train"]["seed"] = 5  # new train params: a new candidate, warm-started from production v1
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    done = _retrain(env)
+    assert done.returncode == 2, (done.stdout, done.stderr[-2000:])
+    error = json.loads(done.stdout)["error"]
+    assert error.startswith("cannot warm-start from production v1 (train.warm_start): its files cannot be fetched: ")
+    assert error.endswith("restore them, roll production back (fleetloop registry rollback) or set "
+                          "train.warm_start: false"), error
+    assert "epoch" not in done.stderr  # before any training
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
