@@ -32,7 +32,14 @@ def _out_dir_problem(out: Path) -> str | None:
     """Why the report directory ``out`` cannot be written (an existing file, a read-only
     directory or parent), found before the logs are loaded; it is created only when written."""
     if out.exists():
-        return writable_dir_problem(out) if out.is_dir() else f"{out} exists and is not a directory"
+        if not out.is_dir():
+            return f"{out} exists and is not a directory"
+        from fleetloop.drift.report import HTML_NAME, SUMMARY_NAME
+
+        for name in (HTML_NAME, SUMMARY_NAME):  # replaced by the report: only a file can be
+            if (out / name).exists() and not (out / name).is_file():
+                return f"{out / name} exists and is not a file"
+        return writable_dir_problem(out)
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -21,14 +21,18 @@ against Evidently's.
 
 A log present in both windows counts as two units (its frames in each). A window of more than
 :data:`MAX_UNITS` logs is dealt in that many random groups of whole logs (groups are exchangeable
-too, so the test stays valid, and the matrix product small). When the logs cannot be
-dealt in enough ways for the test to reach ``significance`` (1 log against 1, 2 against 3: fewer
-than ``1 / significance`` deals), it is not applied and the threshold alone decides, as the
-summary's ``chance_check`` says.
+too, so the test stays valid, and the matrix product small). When there are at most
+``permutations + 1`` ways to deal the logs (7 logs against 4: 330), each way is dealt once and the
+p-value is exact. When the logs cannot be dealt in enough ways for the test to reach
+``significance`` (the smallest p-value, the observed split's share of the ways, twice that for
+windows of as many logs since the mirror deal is as far apart, is over it: 1 log against 1, 2
+against 3, 3 against 3), it is not applied and the threshold alone decides, as the summary's
+``chance_check`` says.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -76,8 +80,15 @@ def _units(reference: pd.DataFrame, current: pd.DataFrame,
 
 def _deals(n_ref: int, n_cur: int, permutations: int, rng: np.random.Generator) -> np.ndarray:
     """(permutations + 1, units) 0/1 matrix: row 0 is the observed split, the others random deals
-    of the pooled units into ``n_ref`` reference units and the rest."""
+    of the pooled units into ``n_ref`` reference units and the rest; or, when there are at most
+    ``permutations + 1`` ways to deal them, every way once (row 0 still the observed split)."""
     n = n_ref + n_cur
+    ways = math.comb(n, n_ref)
+    if ways <= permutations + 1:  # every deal once (the first is the observed split): an exact p-value
+        deals = np.zeros((ways, n))
+        for row, chosen in enumerate(itertools.combinations(range(n), n_ref)):
+            deals[row, list(chosen)] = 1.0
+        return deals
     ranks = np.argsort(rng.random((permutations, n)), axis=1)
     deals = np.zeros((permutations + 1, n))
     deals[0, :n_ref] = 1.0
@@ -149,10 +160,16 @@ def chance_check(reference: pd.DataFrame, current: pd.DataFrame, numerical: list
         (f" (in {n_ref} and {n_cur} random groups of whole logs)" if (n_ref, n_cur) != (ref_logs, cur_logs) else "")
     if significance >= 1:
         return ChanceCheck(False, "not applied (significance 1); the threshold alone decides", {})
-    if math.comb(n_ref + n_cur, n_ref) * significance < 1:
-        return ChanceCheck(False, f"not applied: {logs} can be dealt in too few ways to reach significance "
-                                  f"{significance:g}; the threshold alone decides", {})
+    # the smallest p-value a deal can give: the observed split's own share of the ways, twice that
+    # for windows of as many units (the mirror deal, the windows swapped, is as far apart)
+    ways = math.comb(n_ref + n_cur, n_ref)
+    smallest = (2 if n_ref == n_cur else 1) / ways
+    if smallest > significance:
+        return ChanceCheck(False, f"not applied: {logs} can be dealt in too few ways ({ways}; the smallest "
+                                  f"p-value is {smallest:.2g}) to reach significance {significance:g}; "
+                                  "the threshold alone decides", {})
     deals = _deals(n_ref, n_cur, permutations, rng)
+    dealt = f"dealt in every one of their {ways} ways" if len(deals) == ways else f"re-dealt {permutations} times"
     n_units = n_ref + n_cur
     p_values: dict[str, float] = {}
     observed_distance: dict[str, float] = {}
@@ -177,5 +194,5 @@ def chance_check(reference: pd.DataFrame, current: pd.DataFrame, numerical: list
         # at least as large, up to rounding (a deal equal to the observed split counts)
         p_values[name] = float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + len(null)))
         observed_distance[name] = float(observed)
-    return ChanceCheck(True, f"{logs} re-dealt {permutations} times; a feature drifts when over the threshold "
+    return ChanceCheck(True, f"{logs} {dealt}; a feature drifts when over the threshold "
                              f"and p <= {significance:g}", p_values, observed_distance)

@@ -63,8 +63,12 @@ class DriftResult:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        self._snapshot.save_html(str(tmp))
-        tmp.replace(path)
+        try:
+            self._snapshot.save_html(str(tmp))
+            tmp.replace(path)
+        except BaseException:  # no half-written or orphaned 5 MB temporary left in the user's directory
+            tmp.unlink(missing_ok=True)
+            raise
         size = path.stat().st_size
         if size > HTML_LIMIT_BYTES:
             log.warning("drift report %s is %.1f MB (over %.0f MB): lower display_sample",

@@ -95,8 +95,12 @@ class DriftSummary(BaseModel):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False))
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, allow_nan=False))
+            tmp.replace(path)
+        except BaseException:  # no orphaned temporary left next to the report
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
