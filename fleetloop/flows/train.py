@@ -20,7 +20,9 @@ def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -
             latest version.
         why: Recorded with the registration and the promotion decision.
     """
-    out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why)
+    logger = get_run_logger()  # the trainer's lines (its epochs) in the run's log, as they come
+    out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why,
+                         progress=lambda line: logger.info("trainer: %s", line))
     publish_retrain(out)
     return out
 

@@ -108,3 +108,41 @@ def test_a_warm_start_from_production_files_gone_names_the_model_and_the_ways_ou
                           "train.warm_start: false"), error
     assert "epoch" not in done.stderr  # before any training
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_retrain_flow_logs_the_trainers_lines_in_its_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             prefect_api: str) -> None:
+    """In the Prefect UI, a retrain run's log showed nothing between its start and its end (minutes
+    of training): now each line the trainer prints, as it comes."""
+    import time
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    from fleetloop.flows.train import retrain_flow
+    from fleetloop.settings import get_settings
+
+    env = _world(tmp_path / "w")
+    for name in [k for k in os.environ if k.startswith("FLEETLOOP_")]:
+        monkeypatch.delenv(name)
+    for name in ("FLEETLOOP_HOME", "FLEETLOOP_STORAGE__BACKEND", "FLEETLOOP_PARAMS"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.chdir(ROOT)
+    get_settings.cache_clear()
+    try:
+        state = retrain_flow(return_state=True)
+    finally:
+        get_settings.cache_clear()
+    assert state.is_completed(), state.message
+    run_id = state.state_details.flow_run_id
+    assert isinstance(run_id, uuid.UUID)
+    deadline, messages = time.monotonic() + 30, []
+    while time.monotonic() < deadline:  # the run's logs reach the API in batches
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        messages = [log.message for log in logs]
+        if any("epoch 1/1 loss 0.4242" in m for m in messages):
+            break
+        time.sleep(1)
+    assert "trainer: epoch 1/1 loss 0.4242 (a trainer's progress line)" in messages, messages
