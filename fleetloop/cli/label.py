@@ -213,6 +213,9 @@ def status(
             f"{result['synced']} synced ({result['annotations_delivered']} annotations delivered in "
             f"{result['shards']} shards"
             + (f", {result['annotations_retracted']} retracted" if result.get("annotations_retracted") else "") + ")"
+            + (f"; [yellow]{result['annotations_undelivered']} annotations not delivered as they are now[/] (new,"
+               " updated since, or rejected: `fleetloop label sync -c` delivers or reports them)"
+               if result.get("annotations_undelivered") else "")
         )
     else:
         _print_campaigns(result)

@@ -52,12 +52,13 @@ def get(store: Store, name: str) -> CampaignRecord:
 
 def update(store: Store, name: str, *, tasks: int, synced: int) -> CampaignRecord:
     """Record a sync's counts; the campaign is complete when every task is synced. A campaign
-    that gains tasks again (a re-push) reopens."""
+    that gains tasks again (a re-push) reopens; a complete campaign whose tasks were all deleted
+    in Label Studio (cleanup) stays complete."""
     try:
         record = get(store, name)
     except ObjectNotFound:
         record = CampaignRecord(name=name, created_at=_now())
-    complete = tasks > 0 and synced >= tasks
+    complete = synced >= tasks and (tasks > 0 or record.state == "complete")
     record = record.model_copy(update={
         "tasks": tasks, "synced": synced, "updated_at": _now(),
         "state": "complete" if complete else "open",

@@ -477,6 +477,10 @@ def _project(client: LabelStudioClient, store, campaign: str) -> camp.Campaign:
     try:
         index.get(store, campaign)
     except ObjectNotFound:
+        similar = [r.name for r in index.campaigns(store) if r.name.lower() == campaign.lower()]
+        if similar:  # titles are case-sensitive: pushing to this spelling would label every frame again
+            raise SyncError(f"no campaign {campaign!r}: did you mean {similar[0]!r}? (campaign names are"
+                            " case-sensitive)") from None
         raise SyncError(f"no project titled {campaign!r} in Label Studio {client.url}: push to the campaign first"
                         " (`fleetloop label push`)") from None
     raise SyncError(
@@ -516,6 +520,7 @@ def sync(
     invalid row is reported and not delivered (nor watermarked), the others are delivered.
     """
     t0 = time.perf_counter()
+    camp.check_name(campaign)  # before the lock file, whose path holds the name
     with file_lock(lock_path(home, "sync", campaign), timeout=lock_timeout):
         c = _project(client, store, campaign)
         bad_config = camp.config_problems(
@@ -714,18 +719,30 @@ def _live(wm: Watermark, aid: int | None) -> bool:
     return d is not None and not d.retracted
 
 
+def _current(wm: Watermark, ann: dict[str, Any]) -> bool:
+    """The annotation is delivered as it is now (not retracted, not updated since)."""
+    aid = _int_or_none(ann.get("id"))
+    d = wm.delivered.get(aid) if aid is not None else None
+    return d is not None and not d.retracted and d.updated_at == ann.get("updated_at")
+
+
 def campaign_status(campaign: str, *, client: LabelStudioClient, store) -> dict[str, Any]:
     """Counts for ``fleetloop label status``: ``tasks``, ``annotated`` (tasks with at least one
-    annotation), ``synced`` (tasks of the project that hold a delivered annotation), and a few more."""
+    annotation), ``synced`` (tasks of the project that hold a delivered annotation),
+    ``annotations_undelivered`` (finished annotations not delivered as they are now: new, updated
+    since their delivery, or rejected), and a few more."""
     c = _project(client, store, campaign)
     p = client.request("GET", f"/api/projects/{c.project_id}")
     wm, _ = load_watermark(store, campaign)
     # a task counts as synced while it exists and holds an annotation delivered (in any revision):
     # a task deleted in Label Studio, or whose delivered annotation was deleted, is not synced
     # (else the campaign could be marked complete with a task left to label, never fetched again)
-    synced = 0
+    synced = undelivered = 0
     for page in client.iter_tasks(c.project_id, annotated_only=True, page_size=500):
         synced += sum(any(_live(wm, _int_or_none(a.get("id"))) for a in t.get("annotations") or []) for t in page)
+        # finished annotations not delivered as they are now: new, updated since, or rejected
+        undelivered += sum(not _current(wm, a) for t in page for a in t.get("annotations") or []
+                           if isinstance(a, dict) and not a.get("was_cancelled"))
     return {
         "campaign": campaign,
         "project_id": c.project_id,
@@ -734,6 +751,7 @@ def campaign_status(campaign: str, *, client: LabelStudioClient, store) -> dict[
         "annotated": int(p.get("num_tasks_with_annotations") or 0),
         "synced": synced,
         "annotations": int(p.get("total_annotations_number") or 0),
+        "annotations_undelivered": undelivered,
         "annotations_delivered": sum(not d.retracted for d in wm.delivered.values()),
         "annotations_retracted": sum(d.retracted for d in wm.delivered.values()),
         "skipped": int(p.get("skipped_annotations_number") or 0),
