@@ -17,6 +17,7 @@ than the configured dataset (then imported again).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
@@ -163,7 +164,9 @@ def _progress(show: Callable[[str], None] | None) -> Iterator[None]:
 
     before = os.environ.get(PROGRESS_ENV)
     os.environ[PROGRESS_ENV] = name
-    thread = threading.Thread(target=follow, name="train-progress", daemon=True)
+    # in a copy of the caller's context: ``show`` may log to a Prefect run, whose API (the run
+    # context, temporary settings) lives in context variables a bare thread would not see
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(follow,), name="train-progress", daemon=True)
     thread.start()
     try:
         yield
