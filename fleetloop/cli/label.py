@@ -99,7 +99,7 @@ def push(
             logs = load_logs(source, format=format, log_ids=sorted({r["log_id"] for r in rows}))
         from fleetloop.params import load_params
 
-        report = push_selection(selection, campaign, settings, logs=logs, batch_size=batch_size,
+        report = push_selection(selection, campaign, settings, logs=logs, batch_size=batch_size, rows=rows,
                                 model_version=model_version, camera_stream=load_params().mine.camera_stream)
     except _boundary_errors() as exc:
         raise fail(exc, as_json=as_json) from None

@@ -69,7 +69,7 @@ def api_problem(url: str) -> str | None:
         hint = "" if url.rstrip("/").endswith("/api") else " (a Prefect API URL ends in /api)"
         return f"HTTP {exc.response.status_code} from {exc.request.url}{hint}"
     except httpx.HTTPError as exc:  # connection refused, unknown host, TLS to a plain server, no scheme
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return _one_line(exc)
     except ValueError:  # not JSON: some other web server
         return "it answers, but not as a Prefect API (check the URL; it ends in /api)"
     return None

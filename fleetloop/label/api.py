@@ -55,15 +55,18 @@ def push_selection(
     batch_size: int = 200,
     model_version: str | None = None,
     camera_stream: str | None = None,
+    rows: list[dict[str, Any]] | None = None,
 ) -> PushReport:
     """``fleetloop label push``: the selected frames (from ``logs`` when given, else from the
     store's logs) become tasks of the campaign; frames already pushed are skipped. The campaign
     is recorded as open in the campaign index once its Label Studio project exists (a push that
     fails before leaves no campaign behind). ``camera_stream``: the judged stream whose boxes are
-    the pre-annotations (the miner's ``mine.camera_stream``)."""
+    the pre-annotations (the miner's ``mine.camera_stream``). ``rows``: the selection's rows when
+    the caller has read them already (:func:`selection_rows`), else they are read here."""
     check_name(campaign)  # a usage error before anything is read or created
     store = get_store(settings)
-    rows = selection_rows(selection, store)
+    if rows is None:
+        rows = selection_rows(selection, store)
     if logs is None:
         logs = load_logs_for(rows, store)
     with client_for(settings) as client:

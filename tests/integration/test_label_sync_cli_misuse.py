@@ -3,7 +3,6 @@ path, a campaign name in the wrong case, a complete campaign cleaned up in Label
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
@@ -13,11 +12,9 @@ from fleetloop.cli import app
 from fleetloop.label import api, index
 from fleetloop.label.convert import box_to_result
 from fleetloop.store.objects import get_store
+from tests.integration.test_labeling_misuse import GOOD, H, W, _annotate, _push, kitti_log_0012  # noqa: F401 (fixture logs)
 
 pytest_plugins = ["tests.fixtures_ls"]
-
-W, H = 1242, 375
-GOOD = box_to_result("car", 100, 100, 200, 200, W, H)
 
 
 def test_a_campaign_name_that_is_a_path_creates_no_file_outside_the_locks(tmp_path, monkeypatch):
@@ -39,29 +36,6 @@ def test_a_campaign_name_that_is_a_path_creates_no_file_outside_the_locks(tmp_pa
     assert res.exit_code == 2, res.output
     assert "invalid campaign name '../../../outside'" in res.output
     assert [p for p in tmp_path.rglob("*.lock") if home / "locks" not in p.parents] == []
-
-
-@pytest.fixture(scope="module")
-def logs(kitti_root):
-    from fleetloop.ingest.importers import load_logs
-
-    return load_logs(kitti_root, format="kitti-tracking", log_ids=["0012"])
-
-
-def _push(ls_settings, tmp_path, logs, campaign: str, frames) -> list[dict]:
-    sel = tmp_path / f"{campaign}.csv"
-    with sel.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["log_id", "frame", "score", "reasons"])
-        w.writerows(["0012", fr, 0.5, "lidar_only:car"] for fr in frames)
-    report = api.push_selection(sel, campaign, ls_settings, logs=logs)
-    assert report.created == len(frames) and not report.problems
-    with api.client_for(ls_settings) as client:
-        return sorted((t for page in client.iter_tasks(report.project_id) for t in page), key=lambda t: t["id"])
-
-
-def _annotate(client, task_id: int, result: list[dict]) -> int:
-    return client.request("POST", f"/api/tasks/{task_id}/annotations/", json={"result": result})["id"]
 
 
 @pytest.mark.services

@@ -24,8 +24,9 @@ W, H = 1242, 375
 GOOD = box_to_result("car", 100, 100, 200, 200, W, H)
 
 
-@pytest.fixture(scope="module")
-def logs(kitti_root):
+@pytest.fixture(scope="module", name="logs")
+def kitti_log_0012(kitti_root):
+    """KITTI's log 0012 (fixture ``logs``)."""
     from fleetloop.ingest.importers import load_logs
 
     return load_logs(kitti_root, format="kitti-tracking", log_ids=["0012"])

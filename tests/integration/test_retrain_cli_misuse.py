@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.production.world import build, pipeline_params
+from tests.integration.test_retrain_misuse import _dvc_env  # noqa: F401 (autouse fixture)
+from tests.integration.test_retrain_misuse import _world as misuse_world
 
 ROOT = Path(__file__).resolve().parents[2]
 FLEETLOOP = [sys.executable, "-m", "fleetloop"]
@@ -36,37 +36,11 @@ out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1]); out.mkdir(parents=Tru
 print("epoch 1/1 loss 0.4242 (a trainer's progress line)", flush=True)
 (out / "weights.txt").write_text("w")
 """
-PREDICT = """\
-import pathlib, sys
-import pyarrow.parquet as pq
-from fleetloop.train.metrics import PREDICTIONS_SCHEMA
-pq.write_table(PREDICTIONS_SCHEMA.empty_table(), pathlib.Path(sys.argv[sys.argv.index("--out") + 1]))
-"""
-
-
-@pytest.fixture(autouse=True)
-def _dvc_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
 
 
 def _world(base: Path, **train: object) -> dict[str, str]:
-    """dataset-v1 in ``base/home`` and a params file with the trivial trainer (``train`` on top);
-    the env of a ``fleetloop`` process pointed at them."""
-    params = pipeline_params(base / "pipeline")
-    data = yaml.safe_load(params.read_text())
-    for name, text in (("train", TRAIN), ("predict", PREDICT)):
-        (base / f"{name}.py").write_text(text)
-    script = {n: shlex.quote(str(base / f"{n}.py")) for n in ("train", "predict")}
-    data["train"]["command"] = f"python {script['train']} --data {{data}} --out {{model}}"
-    data["train"]["predict"] = f"python {script['predict']} --model {{model}} --data {{data}} --out {{out}}"
-    data["train"].update(train)
-    params.write_text(yaml.safe_dump(data, sort_keys=False))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")},
-           "FLEETLOOP_HOME": str(base / "home"), "FLEETLOOP_STORAGE__BACKEND": "local",
-           "FLEETLOOP_PARAMS": str(params)}
-    build(env, base / "world")
-    return env
+    """test_retrain_misuse's world with this module's trainer (it prints a progress line)."""
+    return misuse_world(base, TRAIN, **train)
 
 
 def _retrain(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

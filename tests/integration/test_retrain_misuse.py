@@ -63,16 +63,17 @@ def _dvc_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
 
 
-def _world(base: Path) -> dict[str, str]:
-    """dataset-v1 in ``base/home`` and a params file with the trivial trainer; the env of a
-    ``fleetloop`` process pointed at them."""
+def _world(base: Path, trainer: str = TRAIN, **train: object) -> dict[str, str]:
+    """dataset-v1 in ``base/home`` and a params file with a trivial trainer (``trainer``, the
+    script's text; ``train``: params on top); the env of a ``fleetloop`` process pointed at them."""
     params = pipeline_params(base / "pipeline")
     data = yaml.safe_load(params.read_text())
-    for name, text in (("train", TRAIN), ("predict", PREDICT)):
+    for name, text in (("train", trainer), ("predict", PREDICT)):
         (base / f"{name}.py").write_text(text)
     script = {n: shlex.quote(str(base / f"{n}.py")) for n in ("train", "predict")}
     data["train"]["command"] = f"python {script['train']} --data {{data}} --out {{model}}"
     data["train"]["predict"] = f"python {script['predict']} --model {{model}} --data {{data}} --out {{out}}"
+    data["train"].update(train)
     params.write_text(yaml.safe_dump(data, sort_keys=False))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLEETLOOP_")},
            "FLEETLOOP_HOME": str(base / "home"), "FLEETLOOP_STORAGE__BACKEND": "local",

@@ -529,8 +529,8 @@ def test_local_files_publisher_keeps_images_inside_the_served_directory(tmp_path
 # ------------------------------------------------------------------ CLI and API over an unreachable or fake server
 
 
-@pytest.fixture
-def unreachable_ls(tmp_path, monkeypatch):
+@pytest.fixture(name="unreachable_ls")
+def unreachable_label_studio(tmp_path, monkeypatch):
     """Settings with a local store and a Label Studio nobody listens on."""
     import socket
 

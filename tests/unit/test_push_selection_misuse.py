@@ -6,32 +6,21 @@ Studio is contacted; never a traceback, never a frame of another log, never an e
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from typer.testing import CliRunner
 
 from fleetloop.label.push import SelectionError, read_selection
+from tests.unit.test_labeling import unreachable_label_studio  # noqa: F401 (fixture unreachable_ls)
 
 HEADER = "log_id,frame,score,reasons,rank,vehicle,sequence\n"
 ROW = "0008,163,2.2,lidar_only:4,1,kitti,0008\n"
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch):
+def settings(unreachable_ls):
     """A local store and a Label Studio nobody listens on (every test must stop before it)."""
-    from fleetloop.settings import get_settings
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("FLEETLOOP_LABEL_STUDIO__TOKEN", "0" * 40)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return unreachable_ls
 
 
 def _push_json(selection, *extra: str):

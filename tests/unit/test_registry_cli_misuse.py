@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from fleetloop.registry import PromoteParams, Registry
 from fleetloop.registry.errors import GateParamsError
 from fleetloop.registry.gate import decide
 from fleetloop.store.objects import LocalStore
+from tests.unit.test_registry_misuse import model_dir, registry_cli, registry_fixture  # noqa: F401 (fixtures cli, reg)
 
 GATE = PromoteParams(floor=0.0)
 BASE = "registry/camera/"
@@ -24,39 +24,6 @@ BASE = "registry/camera/"
 def metrics(primary: float | None, rain: float | None = None) -> dict[str, Any]:
     return {"primary": "map50", "overall": {"map50": primary, "support": 100, "frames": 10},
             "per_class": {}, "slices": {"weather=rain": {"map50": primary if rain is None else rain, "support": 50}}}
-
-
-def model_dir(root: Path, weights: bytes) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "model.onnx").write_bytes(weights)
-    (root / "config.json").write_text('{"arch": "tiny"}')
-    return root
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    return Registry(LocalStore(tmp_path / "store"))
-
-
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from fleetloop.settings import get_settings
-
-    monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FLEETLOOP_STORAGE__BACKEND", "local")
-    monkeypatch.setenv("FLEETLOOP_STORAGE__LOCAL_ROOT", str(tmp_path / "store"))
-    monkeypatch.setenv("COLUMNS", "200")
-    params = tmp_path / "params.yaml"
-    params.write_text("promote: {floor: 0.0}\n")
-    monkeypatch.setenv("FLEETLOOP_PARAMS", str(params))
-    get_settings.cache_clear()
-    from fleetloop.cli import app
-
-    def run(*args: str) -> Any:
-        return CliRunner().invoke(app, ["registry", *args])
-
-    yield run
-    get_settings.cache_clear()
 
 
 def one_line(text: str) -> str:

@@ -34,13 +34,15 @@ def model_dir(root: Path, weights: bytes) -> Path:
     return root
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
+@pytest.fixture(name="reg")
+def registry_fixture(tmp_path: Path) -> Registry:
+    """A registry in a local store under ``tmp_path`` (fixture ``reg``)."""
     return Registry(LocalStore(tmp_path / "store"))
 
 
-@pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(name="cli")
+def registry_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``fleetloop registry ARGS`` in this process on that store, ``promote: {floor: 0.0}`` (fixture ``cli``)."""
     from fleetloop.settings import get_settings
 
     monkeypatch.setenv("FLEETLOOP_HOME", str(tmp_path / "home"))
