@@ -4,9 +4,11 @@ Trains on ``dataset-vN`` in the training workspace (``dvc repro``, :mod:`fleetlo
 registers the model with its lineage and per-slice metrics (and its ONNX CPU latency when it
 has one), makes it the candidate, and runs the promotion gate against production: promoted, or
 rejected with one reason per failing slice. Idempotent: a dataset version already trained with
-the same training params from the same starting model (none, or the production version it was
+the same training params and the same pipeline (dvc.yaml's stages and the evaluation sets:
+:func:`pipeline_digest`) from the same starting model (none, or the production version it was
 warm-started from) is not trained again (the registered version is reported, and not gated again
-against a production that already rejected it). One retrain per training workspace at a time: a
+against a production that already rejected it); ``force`` trains again anyway (after a change
+to the trainer's code, which no digest sees). One retrain per training workspace at a time: a
 second one waits for the first and reuses its model. With ``train.warm_start`` the candidate
 starts from the production model's weights, so a new production model trains it again.
 The workspace trains with exactly the params file that was loaded (``FLEETLOOP_PARAMS``, any
@@ -15,6 +17,8 @@ name), copied in as params.yaml, and the repository's dvc.yaml.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import tempfile
 import time
@@ -23,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, Field
 
 from fleetloop.dataset.config import DatasetConfig, DatasetError, dataset_config
@@ -39,7 +44,7 @@ from fleetloop.train.workspace import retrain as train_on
 class RetrainOutcome(BaseModel):
     dataset_version: int
     model_version: int
-    reused: bool = False  # this dataset version and these params were trained before
+    reused: bool = False  # this dataset version was trained before with these params and this pipeline
     promoted: bool
     action: str  # promote | reject | noop
     reasons: list[str] = Field(default_factory=list)
@@ -74,12 +79,51 @@ def _workspace_lock(workspace: Path, timeout_s: float) -> Iterator[None]:
         yield
 
 
-def _trained(registry: Registry, version: int, params: dict[str, Any], init: int | None) -> ModelVersion | None:
-    """The newest version trained on dataset ``version`` with these train params, starting from
-    version ``init`` (``None``: from scratch): what this retrain would train again."""
+def pipeline_digest(pipeline: Path, scenarios: list[Path] | None = None) -> str | None:
+    """What the training pipeline is, as a sha256: ``pipeline`` (dvc.yaml) as parsed (comments,
+    layout and key order aside) and the evaluation scenario files, by name and bytes. A model
+    registered with another digest was made by another pipeline, so a retrain does not reuse it.
+    ``None`` when dvc.yaml cannot be read (the training then names the problem)."""
+    try:
+        raw = Path(pipeline).read_bytes()
+    except OSError:
+        return None
+    try:
+        body = json.dumps(yaml.safe_load(raw), sort_keys=True, default=str).encode()
+    except yaml.YAMLError:
+        body = raw
+    digest = hashlib.sha256(body)
+    for path in sorted(scenarios or [], key=lambda p: Path(p).name):
+        digest.update(b"\0" + Path(path).name.encode() + b"\0" + hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+#: Train params that say how a training is run, not what it makes: a change to them alone trains
+#: nothing again (dvc.yaml's train stage does not depend on them either).
+RUN_CONTROL = frozenset({"timeout_s"})
+
+
+def _same_training(recorded: dict[str, Any], params: dict[str, Any]) -> bool:
+    """Whether train params recorded in a lineage make the same model as ``params``."""
+    return ({k: v for k, v in recorded.items() if k not in RUN_CONTROL}
+            == {k: v for k, v in params.items() if k not in RUN_CONTROL})
+
+
+def _made_here(v: ModelVersion, version: int, params: dict[str, Any], pipeline: str | None) -> bool:
+    """``v`` was trained on dataset ``version`` with these train params and this pipeline (a
+    version registered without a pipeline digest, before it was recorded, is not known to be)."""
+    lin = v.lineage
+    return (lin.dataset_version == version and _same_training(lin.params, params)
+            and pipeline is not None and lin.pipeline == pipeline)
+
+
+def _trained(registry: Registry, version: int, params: dict[str, Any], init: int | None,
+             pipeline: str | None) -> ModelVersion | None:
+    """The newest version trained on dataset ``version`` with these train params and this
+    pipeline, starting from version ``init`` (``None``: from scratch): what this retrain would
+    train again."""
     for v in reversed(registry.list()):
-        lin = v.lineage
-        if lin.dataset_version == version and lin.params == params and lin.init_version == init:
+        if _made_here(v, version, params, pipeline) and v.lineage.init_version == init:
             return v
     return None
 
@@ -138,17 +182,21 @@ def retrain(
     why: str = "",
     model: str = "camera",
     progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> RetrainOutcome:
     """Train on ``dataset-v<version>`` with the pipeline ``pipeline`` (dvc.yaml) and exactly the
     params file ``params_file`` (copied into the workspace as params.yaml; its ``train:`` section
     must be ``loop.train``), register, set candidate, gate.
 
-    *Already trained* means: a version on this dataset version with these train params that
-    started from the same model (``lineage.init_version``: the production version it was
+    *Already trained* means: a version on this dataset version with these train params (but
+    :data:`RUN_CONTROL`) and this pipeline (:func:`pipeline_digest` of dvc.yaml and the scenario
+    sets) that started from the same model (``lineage.init_version``: the production version it was
     warm-started from, or none). So a new production model with ``train.warm_start`` trains the
     candidate again (docs/training.md); production itself, when it was trained on this dataset
     version with these params, is reused (a no-op). A reused version the gate already rejected
-    against the current production is not gated again: its earlier decision is reported."""
+    against the current production is not gated again: its earlier decision is reported.
+    ``force``: train again even so (``dvc repro --force``: every stage, whatever DVC's cache says),
+    register the result as a new version and gate it."""
     registry = Registry(store, model=model)
     train_params = loop.train.model_dump(mode="json")
     t0 = time.perf_counter()
@@ -159,12 +207,11 @@ def retrain(
         params_copy = _snapshot_params(Path(params_file), loop, Path(tmp))
         production = registry.get("production") if "production" in registry.aliases() else None
         init_version = production.version if loop.train.warm_start and production is not None else None
+        digest = pipeline_digest(pipeline, scenarios)
         existing: ModelVersion | None = None
-        if production is not None and production.lineage.dataset_version == version \
-                and production.lineage.params == train_params:
-            existing = production
-        else:
-            existing = _trained(registry, version, train_params, init_version)
+        if not force:
+            existing = (production if production is not None and _made_here(production, version, train_params, digest)
+                        else _trained(registry, version, train_params, init_version, digest))
         if existing is not None:
             mv, reused, latency = existing, True, existing.latency_ms
         else:
@@ -172,11 +219,12 @@ def retrain(
             if init_version is not None:
                 init = _warm_start_files(registry, init_version, Path(tmp) / "production")
             out = train_on(workspace, dataset, version, pipeline=pipeline, params=params_copy, init=init,
-                           scenarios=scenarios, timeout_s=timeout_s, progress=progress)
+                           scenarios=scenarios, timeout_s=timeout_s, progress=progress, force=force)
             latency = onnx_latency_ms(out.model_dir)
             mv = registry.register(out.model_dir, out.metrics, dataset_version=version, params=train_params,
                                    trainer=loop.train.command, latency_ms=latency,
-                                   training_seconds=out.training_seconds, init_version=init_version)
+                                   training_seconds=out.training_seconds, init_version=init_version,
+                                   pipeline=digest)
             reused = False
     seconds = time.perf_counter() - t0
     aliases = registry.aliases()
@@ -214,13 +262,15 @@ def find_pipeline(start: Path | None = None) -> Path | None:
 def retrain_latest(
     settings: Settings, loop: LoopParams, version: int | None = None, *, who: str, why: str = "",
     on_start: Callable[[int], None] | None = None, progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> RetrainOutcome:
     """:func:`retrain` where the settings put things: the dataset of ``settings`` at ``version``
     (default: its latest), the workspace ``$FLEETLOOP_HOME/train``, the repository's dvc.yaml
     (:func:`find_pipeline`) and the params file ``loop`` was loaded from (``FLEETLOOP_PARAMS``
     or the repository's params.yaml: :func:`~fleetloop.params.find_params_file`), the scenario sets in ``$FLEETLOOP_HOME/scenarios/``. What the CLI and the flow call.
     ``on_start`` hears the dataset version once it is known to exist, before the work;
-    ``progress`` the trainer's output lines while it runs."""
+    ``progress`` the trainer's output lines while it runs; ``force``: train again even when this
+    version was trained already (:func:`retrain`)."""
     from fleetloop.dataset.versions import compact, history
 
     cfg = dataset_config(settings)
@@ -242,4 +292,4 @@ def retrain_latest(
         on_start(version)
     return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", pipeline=pipeline,
                    params_file=found, scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why,
-                   progress=progress)
+                   progress=progress, force=force)

@@ -18,11 +18,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def retrain(
         dataset: Annotated[int | None, typer.Option("--dataset", min=1, help="Dataset version (default: the latest).")] = None,
+        force: Annotated[bool, typer.Option(
+            "--force", help="Train again even when this dataset version was trained with these params and this "
+                            "pipeline (e.g. after the trainer's code changed): every stage reruns, the result is "
+                            "registered as a new version and gated.")] = False,
         as_json: JsonOpt = False,
     ) -> None:
         """dvc repro on a dataset version, register the model, run the promotion gate against
         production: exit 0 when promoted (or already production), 1 when rejected, 2 on errors,
-        130 when interrupted (Ctrl-C)."""
+        130 when interrupted (Ctrl-C). A version already trained with the same params and
+        pipeline (dvc.yaml, evaluation sets) is reused, not trained again, unless --force."""
         from fleetloop.dataset.config import DatasetError
         from fleetloop.params import ParamsError, load_params
         from fleetloop.registry.errors import RegistryError
@@ -40,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 err.print(f"  {line}", markup=False, highlight=False)
 
             out = retrain_latest(get_settings(), load_params(), dataset, who="fleetloop retrain (cli)", on_start=starting,
-                                 progress=progress)
+                                 progress=progress, force=force)
         except (DatasetError, ParamsError, RegistryError, StorageError, TrainingFailed, OSError) as exc:
             raise fail(exc, as_json=as_json) from None
         except KeyboardInterrupt:  # typer would exit 130 silently: no line, no JSON

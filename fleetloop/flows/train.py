@@ -11,7 +11,7 @@ from fleetloop.retrain import RetrainOutcome, retrain_latest
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -> RetrainOutcome:
+def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "", force: bool = False) -> RetrainOutcome:
     """Train on a dataset version, register the model, and promote it if it passes the gate
     against production.
 
@@ -19,10 +19,12 @@ def retrain_flow(dataset_version: DatasetVersion | None = None, why: str = "") -
         dataset_version: N of dataset-vN to train on (an integer: ``true`` is not 1); empty: the
             latest version.
         why: Recorded with the registration and the promotion decision.
+        force: Train again even when this dataset version was trained with these params and this
+            pipeline (e.g. after the trainer's code changed).
     """
     logger = get_run_logger()  # the trainer's lines (its epochs) in the run's log, as they come
     out = retrain_latest(settings(), params(), dataset_version, who="fleetloop retrain", why=why,
-                         progress=lambda line: logger.info("trainer: %s", line))
+                         progress=lambda line: logger.info("trainer: %s", line), force=force)
     publish_retrain(out)
     return out
 

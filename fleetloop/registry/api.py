@@ -166,14 +166,16 @@ class Registry:
         training_seconds: float | None = None,
         code_revision: str | None = None,
         init_version: int | None = None,
+        pipeline: str | None = None,
     ) -> ModelVersion:
         """A new immutable version of the model in ``model_dir`` (every file under it) with its
         metrics and lineage. ``code_revision`` defaults to the git HEAD of the working directory;
-        ``init_version`` is the version whose weights the training started from (warm start)."""
+        ``init_version`` is the version whose weights the training started from (warm start);
+        ``pipeline`` the digest of the training pipeline that made it (:func:`fleetloop.retrain.pipeline_digest`)."""
         # everything is checked before anything is written: the card is create-only
         checked = check_registration(
             metrics, dataset_version=dataset_version, params=dict(params or {}), trainer=trainer,
-            latency_ms=latency_ms, training_seconds=training_seconds, init_version=init_version,
+            latency_ms=latency_ms, training_seconds=training_seconds, init_version=init_version, pipeline=pipeline,
             code_revision=code_revision if code_revision is not None else git_revision(),
         )
         files = scan_model_dir(Path(model_dir))

@@ -138,6 +138,7 @@ class Lineage(BaseModel):
     training_seconds: float | None = None
     trainer: str | None = None
     init_version: int | None = None  # the version whose weights the training started from (warm start)
+    pipeline: str | None = None  # sha256 of the training pipeline's stages and evaluation sets (retrain.pipeline_digest)
 
 
 class Registration(BaseModel):
@@ -156,11 +157,13 @@ class Registration(BaseModel):
     trainer: str | None = None
     latency_ms: float | None = Field(None, ge=0, allow_inf_nan=False, description="CPU latency per image")
     init_version: int | None = Field(None, ge=1, description="the version the training started from")
+    pipeline: str | None = Field(None, pattern=r"^[0-9a-f]{64}\z",
+                                 description="sha256 of the training pipeline and evaluation sets")
 
     def lineage(self) -> Lineage:
         return Lineage(dataset_version=self.dataset_version, code_revision=self.code_revision,
                        params=self.params, training_seconds=self.training_seconds, trainer=self.trainer,
-                       init_version=self.init_version)
+                       init_version=self.init_version, pipeline=self.pipeline)
 
 
 class ModelVersion(BaseModel):

@@ -191,12 +191,14 @@ def retrain(
     scenarios: list[Path] | None = None,
     timeout_s: float = 3600.0,
     progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> TrainOutcome:
     """Train and evaluate on ``dataset-v<version>``: import/update the dataset, ``dvc repro``,
     commit the lock. Stages that did not change are not rerun (DVC's own cache). ``pipeline``
     is the project's ``dvc.yaml``; ``params`` the params file to train with (any name, anywhere:
     it is copied in as ``params.yaml``, the file the stages and ``dvc.lock`` read). ``progress``
-    hears the output lines of the trainer and the predictor while they run."""
+    hears the output lines of the trainer and the predictor while they run. ``force``: run every
+    stage, changed or not (``dvc repro --force``)."""
     t0 = time.perf_counter()
     workspace = Path(workspace).resolve()
     sources = dict(zip(PIPELINE_FILES, (Path(pipeline), Path(params)), strict=True))
@@ -237,7 +239,7 @@ def retrain(
     os.environ["PATH"] = env_path  # the stages' `python -m ...` must be this interpreter's
     try:
         with _progress(progress):
-            repo.dvc("repro")
+            repo.dvc("repro", *(["--force"] if force else []))
     except Exception as exc:
         raise TrainingFailed(f"dvc repro on {tag} failed: {exc}") from exc
     model_dir, metrics_file = workspace / "model", workspace / "metrics.json"

@@ -10,7 +10,9 @@ small simulated seed set of :mod:`tests.production.world`.
 - ``train.warm_start`` with the production model's files gone from the store (deleted, a store
   restored without the registry's blobs): before, ``error: local store ...: no object
   'registry/camera/blobs/sha256/...'`` (which model, and what to do?); now the line names
-  production vN and the ways out, before anything trains.
+  production vN and the ways out, before anything trains;
+- an edited pipeline (dvc.yaml's stages): before, the model of the old pipeline was reused as if
+  nothing had changed; now it trains again, and ``--force`` trains an unchanged one again.
 """
 
 from __future__ import annotations
@@ -59,6 +61,72 @@ def test_the_trainers_progress_lines_are_shown_while_it_trains(tmp_path: Path) -
     plain = subprocess.run([*FLEETLOOP, "retrain", "--dataset", "1"], env=env, cwd=ROOT, capture_output=True,
                            text=True, timeout=600)  # reused: nothing trains, nothing to show
     assert plain.returncode == 0 and "epoch" not in plain.stderr, plain.stderr
+
+
+def test_an_edited_pipeline_trains_again_and_force_trains_an_unchanged_one(tmp_path: Path) -> None:
+    """Before, "already trained" was the dataset version and the train params only: after an edit to
+    dvc.yaml's stages a retrain reported the model of the old pipeline as done, and only a new
+    dataset version trained again; a new ``train.timeout_s`` alone registered the same model again
+    as a new version. Now the pipeline (its stages as parsed, not its comments or layout) is part
+    of it, ``timeout_s`` is not, and ``--force`` trains again after a change no digest sees (the
+    trainer's own code)."""
+    from fleetloop.dataset.config import dataset_config
+    from fleetloop.params import load_params
+    from fleetloop.registry import Registry
+    from fleetloop.retrain import RetrainOutcome, pipeline_digest, retrain
+    from fleetloop.store.objects import get_store
+    from tests.production.world import settings_from
+
+    env = _world(tmp_path / "w")
+    settings = settings_from(env)
+    pipeline = tmp_path / "team" / "dvc.yaml"
+    pipeline.parent.mkdir()
+    pipeline.write_bytes((ROOT / "dvc.yaml").read_bytes())
+    params_file = Path(env["FLEETLOOP_PARAMS"])
+    store, cfg, loop = get_store(settings), dataset_config(settings), load_params(params_file)
+    registry = Registry(store)
+    lines: list[str] = []
+
+    def run(**kw: object) -> RetrainOutcome:
+        lines.clear()
+        return retrain(store, cfg, loop, 1, workspace=Path(settings.home) / "train", pipeline=pipeline,
+                       params_file=params_file, who="test", progress=lines.append, **kw)  # type: ignore[arg-type]
+
+    def trained() -> bool:
+        return any("epoch 1/1 loss 0.4242" in line for line in lines)
+
+    first = run()
+    assert first.model_version == 1 and not first.reused and trained()
+    assert registry.get(1).lineage.pipeline == pipeline_digest(pipeline)
+
+    pipeline.write_text("# the team's note\n" + yaml.safe_dump(yaml.safe_load(pipeline.read_text()), sort_keys=True))
+    same = run()  # comments, layout and key order are not the pipeline
+    assert same.reused and same.model_version == 1 and not trained()
+
+    data = yaml.safe_load(pipeline.read_text())
+    data["stages"]["train"]["cmd"] = data["stages"]["train"]["cmd"].replace("exec python", "exec env EDITED=1 python")
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
+    edited = run()
+    assert not edited.reused and edited.model_version == 2 and trained(), edited
+    assert registry.get(2).lineage.pipeline == pipeline_digest(pipeline) != registry.get(1).lineage.pipeline
+    again = run()
+    assert again.reused and again.model_version == 2 and not trained()
+    data = yaml.safe_load(params_file.read_text())
+    data["train"]["timeout_s"] = 1234  # how the training runs, not what it makes
+    params_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    loop = load_params(params_file)
+    longer = run()
+    assert longer.reused and longer.model_version == 2 and not trained(), longer
+
+    forced = run(force=True)
+    assert not forced.reused and forced.model_version == 3 and trained(), forced
+
+    cli = subprocess.run([*FLEETLOOP, "retrain", "--force", "--json"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert cli.returncode in (0, 1), cli.stderr[-2000:]
+    doc = json.loads(cli.stdout)
+    assert not doc["reused"] and doc["model_version"] == 4, doc
+    assert "epoch 1/1 loss 0.4242" in cli.stderr, cli.stderr[-2000:]
 
 
 def test_a_warm_start_from_production_files_gone_names_the_model_and_the_ways_out(tmp_path: Path) -> None:
