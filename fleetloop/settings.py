@@ -8,20 +8,22 @@ What the model *is* (thresholds, weights) lives in params, not here.
 
 The environment wins over ``.env`` (read from the working directory). A path setting has ``~``
 expanded and is made absolute against the working directory when it is read. A ``FLEETLOOP_*``
-name that is no setting is named on stderr (:func:`unknown_names`); a ``.env`` line of a
+name that is no setting is named on stderr (:func:`unknown_names`), and so is a key of a section
+given as JSON (:func:`unknown_keys`); a ``.env`` line of a
 ``FLEETLOOP_*`` name that python-dotenv cannot read is an error, not a setting left out.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -172,6 +174,49 @@ def unknown_names(names: Iterable[str]) -> list[str]:
     return found
 
 
+def _sections(model: type[BaseModel] | None = None, prefix: str = PREFIX) -> dict[str, type[BaseModel]]:
+    """Every ``FLEETLOOP_*`` name that takes a section as JSON, with the section's model."""
+    out: dict[str, type[BaseModel]] = {}
+    for name, field in (model or Settings).model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out[f"{prefix}{name}".upper()] = field.annotation
+            out |= _sections(field.annotation, f"{prefix}{name}__")
+    return out
+
+
+def unknown_keys(values: Mapping[str, str]) -> list[str]:
+    """A line for each key of a section given as JSON (``FLEETLOOP_LABEL_STUDIO='{"urll": ..}'``)
+    that no setting reads, with the nearest key that is one: the section's model ignores it, as it
+    ignores a misspelt name, and the setting keeps its default. A value that is not a JSON object
+    is left to the settings' own error."""
+    sections = _sections()
+    found: list[str] = []
+
+    def walk(where: str, data: dict[str, Any], model: type[BaseModel]) -> None:
+        fields = model.model_fields
+        for key, value in data.items():
+            field = fields.get(key.lower())  # the settings' keys are not case-sensitive, as their names
+            if field is None:
+                near = difflib.get_close_matches(key.lower(), list(fields), n=1)
+                found.append(f"{where}: key {key!r} is not a setting, ignored"
+                             + (f" (did you mean {near[0]!r}?)" if near else ""))
+            elif isinstance(value, dict) and isinstance(field.annotation, type) \
+                    and issubclass(field.annotation, BaseModel):
+                walk(f"{where}.{key}", value, field.annotation)
+
+    for name, value in values.items():
+        model = sections.get(name.upper())
+        if model is None or not isinstance(value, str):
+            continue
+        try:
+            data = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            walk(name, data, model)
+    return found
+
+
 def env_file_names(path: Path) -> list[str]:
     """The names a ``.env`` file sets. A ``FLEETLOOP_*`` line python-dotenv cannot read (no ``=``,
     a quote left open) is a :class:`SettingsError`: python-dotenv would leave it out and go on."""
@@ -200,4 +245,16 @@ def get_settings() -> Settings:
     """The settings of this process. A ``FLEETLOOP_*`` name no setting reads is named on stderr."""
     for line in unknown_names([*env_file_names(Path(ENV_FILE)), *os.environ]):
         print(f"fleetloop: warning: {line}", file=sys.stderr)
-    return Settings()
+    settings = Settings()  # an unreadable section is its error, before any key of it is judged
+    for line in unknown_keys({**_env_file_values(Path(ENV_FILE)), **os.environ}):
+        print(f"fleetloop: warning: {line}", file=sys.stderr)
+    return settings
+
+
+def _env_file_values(path: Path) -> dict[str, str]:
+    """The values a ``.env`` file sets (read after :func:`env_file_names` judged its lines)."""
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}

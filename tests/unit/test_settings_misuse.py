@@ -75,6 +75,29 @@ def test_a_misspelt_setting_in_dotenv_is_named_too_and_a_real_one_is_not(tmp_pat
     assert "abc" not in res.stderr
 
 
+def test_a_misspelt_key_of_a_section_given_as_json_is_named_and_a_real_one_in_any_case_is_not(tmp_path):
+    """Before, a key no setting reads inside a section's JSON (``FLEETLOOP_STORAGE='{"s3":
+    {"buckt": ..}}'``) was dropped without a word and the setting kept its default, where the same
+    typo as a variable name was named. Keys are not case-sensitive (``"S3"``, ``"Region"`` are
+    read): those are not named."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text('FLEETLOOP_PREFECT={"api_urll": "http://127.0.0.1:4200/api"}\n')
+    env = {"FLEETLOOP_STORAGE": '{"backend": "local", "S3": {"buckt": "b", "Region": "eu-west-1", '
+                                '"secret_key": "abc"}}',
+           "FLEETLOOP_LABEL_STUDIO": '{"URL": "http://127.0.0.1:8080", "tokne": "t0k3n"}'}
+    res = _cli(tmp_path, "logs", "list", "--json", env=env, cwd=work)
+    assert res.returncode == 0 and json.loads(res.stdout) == [], res.stdout + res.stderr
+    assert sorted(res.stderr.splitlines()) == [
+        "fleetloop: warning: FLEETLOOP_LABEL_STUDIO: key 'tokne' is not a setting, ignored (did you mean 'token'?)",
+        "fleetloop: warning: FLEETLOOP_PREFECT: key 'api_urll' is not a setting, ignored (did you mean 'api_url'?)",
+        "fleetloop: warning: FLEETLOOP_STORAGE.S3: key 'buckt' is not a setting, ignored (did you mean 'bucket'?)",
+        "fleetloop: warning: FLEETLOOP_STORAGE.S3: key 'secret_key' is not a setting, ignored "
+        "(did you mean 'secret_access_key'?)",
+    ], res.stderr
+    assert "abc" not in res.stderr and "t0k3n" not in res.stderr
+
+
 # -- a .env line python-dotenv cannot read ----------------------------------------------------
 
 
