@@ -147,13 +147,18 @@ class Settings(BaseSettings):
         return (self.storage.local_root or self.home / "store").resolve()
 
 
+def _section_model(annotation: object) -> type[BaseModel] | None:
+    """The model of a settings section (a field whose type is a model, set as JSON), else None."""
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def setting_names(model: type[BaseModel] | None = None, prefix: str = PREFIX) -> set[str]:
     """Every ``FLEETLOOP_*`` name the settings read: each field and each section (JSON)."""
     names: set[str] = set()
     for name, field in (model or Settings).model_fields.items():
         names.add(f"{prefix}{name}".upper())
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            names |= setting_names(field.annotation, f"{prefix}{name}__")
+        if (section := _section_model(field.annotation)) is not None:
+            names |= setting_names(section, f"{prefix}{name}__")
     return names
 
 
@@ -178,9 +183,9 @@ def _sections(model: type[BaseModel] | None = None, prefix: str = PREFIX) -> dic
     """Every ``FLEETLOOP_*`` name that takes a section as JSON, with the section's model."""
     out: dict[str, type[BaseModel]] = {}
     for name, field in (model or Settings).model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            out[f"{prefix}{name}".upper()] = field.annotation
-            out |= _sections(field.annotation, f"{prefix}{name}__")
+        if (section := _section_model(field.annotation)) is not None:
+            out[f"{prefix}{name}".upper()] = section
+            out |= _sections(section, f"{prefix}{name}__")
     return out
 
 
@@ -200,9 +205,8 @@ def unknown_keys(values: Mapping[str, str]) -> list[str]:
                 near = difflib.get_close_matches(key.lower(), list(fields), n=1)
                 found.append(f"{where}: key {key!r} is not a setting, ignored"
                              + (f" (did you mean {near[0]!r}?)" if near else ""))
-            elif isinstance(value, dict) and isinstance(field.annotation, type) \
-                    and issubclass(field.annotation, BaseModel):
-                walk(f"{where}.{key}", value, field.annotation)
+            elif isinstance(value, dict) and (section := _section_model(field.annotation)) is not None:
+                walk(f"{where}.{key}", value, section)
 
     for name, value in values.items():
         model = sections.get(name.upper())
@@ -217,44 +221,37 @@ def unknown_keys(values: Mapping[str, str]) -> list[str]:
     return found
 
 
-def env_file_names(path: Path) -> list[str]:
-    """The names a ``.env`` file sets. A ``FLEETLOOP_*`` line python-dotenv cannot read (no ``=``,
-    a quote left open) is a :class:`SettingsError`: python-dotenv would leave it out and go on."""
+def env_file_entries(path: Path) -> dict[str, str | None]:
+    """The names a ``.env`` file sets, with their values (``None``: a name without ``=``). A
+    ``FLEETLOOP_*`` line python-dotenv cannot read (no ``=``, a quote left open) is a
+    :class:`SettingsError`: python-dotenv would leave it out and go on."""
     from dotenv.parser import parse_stream
 
     if not path.is_file():
-        return []
+        return {}
     try:
         with path.open(encoding="utf-8") as stream:
             bindings = list(parse_stream(stream))
     except UnicodeDecodeError:
         raise SettingsError(f"{path.resolve()} is not UTF-8 text") from None
-    names = []
+    entries: dict[str, str | None] = {}
     for b in bindings:
         word = re.match(r"\s*(?:export\s+)?(\w*)", b.original.string)
         if b.error and word and word[1].upper().startswith(PREFIX):
             raise SettingsError(f"{path.resolve()} line {b.original.line}: {word[1]} is not read (NAME=value "
                                 "expected; a quote left open?)")
         if b.key:
-            names.append(b.key)
-    return names
+            entries[b.key] = b.value
+    return entries
 
 
 @lru_cache
 def get_settings() -> Settings:
     """The settings of this process. A ``FLEETLOOP_*`` name no setting reads is named on stderr."""
-    for line in unknown_names([*env_file_names(Path(ENV_FILE)), *os.environ]):
+    dotenv = env_file_entries(Path(ENV_FILE))
+    for line in unknown_names([*dotenv, *os.environ]):
         print(f"fleetloop: warning: {line}", file=sys.stderr)
     settings = Settings()  # an unreadable section is its error, before any key of it is judged
-    for line in unknown_keys({**_env_file_values(Path(ENV_FILE)), **os.environ}):
+    for line in unknown_keys({**{k: v for k, v in dotenv.items() if v is not None}, **os.environ}):
         print(f"fleetloop: warning: {line}", file=sys.stderr)
     return settings
-
-
-def _env_file_values(path: Path) -> dict[str, str]:
-    """The values a ``.env`` file sets (read after :func:`env_file_names` judged its lines)."""
-    if not path.is_file():
-        return {}
-    from dotenv import dotenv_values
-
-    return {k: v for k, v in dotenv_values(path, encoding="utf-8").items() if v is not None}
