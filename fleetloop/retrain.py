@@ -287,9 +287,32 @@ def retrain_latest(
     pipeline = find_pipeline()
     if pipeline is None:
         raise ParamsError("no dvc.yaml (the training pipeline) found: run from the fleetloop repository")
-    home = Path(settings.home).resolve()
     if on_start is not None:
         on_start(version)
-    return retrain(get_store(settings), cfg, loop, version, workspace=home / "train", pipeline=pipeline,
-                   params_file=found, scenarios=sorted((home / "scenarios").glob("*.parquet")), who=who, why=why,
+    return retrain(get_store(settings), cfg, loop, version, workspace=Path(settings.home).resolve() / "train",
+                   pipeline=pipeline, params_file=found, scenarios=_scenario_sets(settings), who=who, why=why,
                    progress=progress, force=force)
+
+
+def _scenario_sets(settings: Settings) -> list[Path]:
+    """The evaluation scenario sets a retrain scores on: ``$FLEETLOOP_HOME/scenarios/*.parquet``."""
+    return sorted((Path(settings.home).resolve() / "scenarios").glob("*.parquet"))
+
+
+def trained_before(store: Store, settings: Settings, loop: LoopParams, version: int, *,
+                   model: str = "camera") -> ModelVersion | None:
+    """The newest version registered as trained on ``dataset-v<version>`` with these train params
+    (but :data:`RUN_CONTROL`) and the pipeline :func:`retrain_latest` would run now (the
+    repository's dvc.yaml and the scenario sets: :func:`pipeline_digest`), from whatever starting
+    model. The weekly cycle does not retrain an unchanged dataset version that has one; after an
+    edit to the train params or the pipeline it has none, so the cycle trains once more. ``None``
+    also when dvc.yaml is not found (the retrain then says so)."""
+    pipeline = find_pipeline()
+    if pipeline is None:
+        return None
+    digest = pipeline_digest(pipeline, _scenario_sets(settings))
+    params = loop.train.model_dump(mode="json")
+    for v in reversed(Registry(store, model=model).list()):
+        if _made_here(v, version, params, digest):
+            return v
+    return None

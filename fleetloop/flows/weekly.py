@@ -45,7 +45,7 @@ from fleetloop.flows.train import retrain_flow
 from fleetloop.label.api import SyncIncomplete
 from fleetloop.params import LoopParams
 from fleetloop.recalibrate import Recalibration, recalibrate
-from fleetloop.registry import Registry
+from fleetloop.retrain import trained_before
 from fleetloop.settings import redact
 from fleetloop.store.locks import held_or
 from fleetloop.store.logs import read_logs
@@ -139,8 +139,10 @@ def weekly_cycle(
         week: ISO week YYYY-Www, e.g. 2026-W49; empty: the week of the run's scheduled time.
         budget: Frames to mine and send to Label Studio.
         label: Push the mined frames to Label Studio.
-        retrain_unchanged: Retrain even when the dataset did not grow (after a change of the
-            training params).
+        retrain_unchanged: Run the retrain step even when the dataset did not grow and a model
+            was trained on it with these train params and this pipeline (after a change to
+            either it runs without this; it reuses a model made the same way from the same
+            starting model).
     """
     from prefect.runtime import flow_run
 
@@ -257,8 +259,10 @@ def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, lab
         steps.skip("retrain", "the grow step failed: the dataset version to train on is not known (a rerun retries both)")
     elif grown.version < 1:
         steps.skip("retrain", "no dataset version to train on")
-    elif grown.nothing_new and not retrain_unchanged and Registry(st).trained_on(grown.version) is not None:
-        steps.skip("retrain", f"dataset-v{grown.version} is unchanged and was trained on already")
+    elif grown.nothing_new and not retrain_unchanged and (
+            done := trained_before(st, settings(), loop, grown.version)) is not None:
+        steps.skip("retrain", f"dataset-v{grown.version} is unchanged and model v{done.version} was trained on it "
+                              "with these train params and this pipeline")
     else:
         version = grown.version
 

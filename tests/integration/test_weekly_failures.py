@@ -9,6 +9,8 @@ real KITTI slice (0001 arrived two weeks ago, 0010 and 0012 last week):
 - retrain fails (a bad ``train.command``; on the KITTI slice, which has no camera images, ``dvc
   repro`` already stops at prepare): the rerun retrains (before, it skipped retrain because
   the dataset had not grown since, and marked the week done with no model trained);
+- the train params change while the dataset does not: the cycle trains again (before, any model
+  on the dataset version made it skip);
 - a damaged log in the window: left out and named by every step, the others go through, the cycle
   is not marked done until it is repaired (before, drift failed on it and a damaged manifest
   stopped the cycle before any step);
@@ -217,6 +219,52 @@ def test_a_failed_retrain_is_retried_by_the_rerun(prefect_api, week_logs, monkey
     md = _summary(prefect_api)
     assert again.is_failed() and "failed" in _row(md, "retrain"), _row(md, "retrain")
     assert _records(week_logs) == [], "a week whose dataset version was never trained is not done"
+
+
+def test_an_unchanged_dataset_is_trained_again_once_its_train_params_change(prefect_api, week_logs, monkeypatch,
+                                                                         tmp_path):
+    """Before, the cycle skipped retrain whenever the dataset had not grown and any model had been
+    trained on it, so an edit to the train params (or to dvc.yaml) reached production only with the
+    next labels. Now only a model made with the current params and pipeline counts; a new timeout
+    alone (how a training runs, not what it makes) still does not train again."""
+    from fleetloop.params import load_params
+    from fleetloop.registry import Registry
+    from fleetloop.retrain import find_pipeline, pipeline_digest, trained_before
+    from tests.integration.test_registry import metrics, model_dir
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["grow"]["with_images"] = False  # the KITTI slice has no camera images: a retrain fails at prepare
+    params["train"]["timeout_s"] = 120
+    custom = tmp_path / "params" / "params.yaml"
+    custom.parent.mkdir()
+    custom.write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("FLEETLOOP_PARAMS", str(custom))
+    _deliver(week_logs, "fleetloop-2020-w01", "0001", list(range(0, 100, 2)))
+    state = _cycle(budget=10, label=False)
+    assert state.is_failed() and "failed" in _row(_summary(prefect_api), "retrain")
+
+    # a model trained on dataset-v1 by this pipeline with these params (as a retrain on images registers it)
+    pipeline = find_pipeline()
+    assert pipeline is not None
+    registry = Registry(week_logs)
+    made = registry.register(model_dir(tmp_path / "m"), metrics(0.5), dataset_version=1,
+                             params=load_params(custom).train.model_dump(mode="json"),
+                             pipeline=pipeline_digest(pipeline, []))
+    assert trained_before(week_logs, get_settings(), load_params(custom), 1) == made
+    record = _cycle(budget=10, label=False).result()
+    assert record.steps["retrain"].status == "skipped", record.steps["retrain"]
+    assert f"model v{made.version} was trained on it" in record.steps["retrain"].reason
+
+    params["train"]["timeout_s"] = 300  # a new cycle key, the same model
+    custom.write_text(yaml.safe_dump(params, sort_keys=False))
+    record = _cycle(budget=10, label=False).result()
+    assert not record.noop and record.steps["retrain"].status == "skipped", record.steps["retrain"]
+
+    params["train"]["epochs"] += 1  # another model: the cycle trains (here it fails at prepare)
+    custom.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert trained_before(week_logs, get_settings(), load_params(custom), 1) is None
+    state = _cycle(budget=10, label=False)
+    assert state.is_failed() and "failed" in _row(_summary(prefect_api), "retrain")
 
 
 def test_a_damaged_log_is_left_out_and_named_and_the_week_finishes_after_the_repair(prefect_api, week_logs):
