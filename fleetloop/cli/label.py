@@ -197,7 +197,9 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Counts of tasks, annotated tasks and synced tasks of a campaign, or of every campaign
-    (oldest first, with its state: open until every task's annotation is synced, then complete)."""
+    (oldest first, with its state: open until every task's annotation is synced, then complete).
+    Exit 3 when a campaign's row could not be counted (its project gone from Label Studio: the
+    row says why; the other rows are shown)."""
     from fleetloop.label.api import status as campaign_status
     from fleetloop.label.api import statuses
 
@@ -219,6 +221,8 @@ def status(
         )
     else:
         _print_campaigns(result)
+    if isinstance(result, list) and any("error" in row for row in result):
+        raise typer.Exit(3)
 
 
 def _print_campaigns(rows: list[dict]) -> None:
