@@ -117,15 +117,19 @@ def _made_here(v: ModelVersion, version: int, params: dict[str, Any], pipeline: 
             and pipeline is not None and lin.pipeline == pipeline)
 
 
+def _made_here_newest_first(registry: Registry, version: int, params: dict[str, Any],
+                            pipeline: str | None) -> Iterator[ModelVersion]:
+    """The versions trained on dataset ``version`` with these train params and this pipeline, newest first."""
+    return (v for v in reversed(registry.list()) if _made_here(v, version, params, pipeline))
+
+
 def _trained(registry: Registry, version: int, params: dict[str, Any], init: int | None,
              pipeline: str | None) -> ModelVersion | None:
     """The newest version trained on dataset ``version`` with these train params and this
     pipeline, starting from version ``init`` (``None``: from scratch): what this retrain would
     train again."""
-    for v in reversed(registry.list()):
-        if _made_here(v, version, params, pipeline) and v.lineage.init_version == init:
-            return v
-    return None
+    return next((v for v in _made_here_newest_first(registry, version, params, pipeline)
+                 if v.lineage.init_version == init), None)
 
 
 def _snapshot_params(params_file: Path, loop: LoopParams, into: Path) -> Path:
@@ -311,8 +315,5 @@ def trained_before(store: Store, settings: Settings, loop: LoopParams, version: 
     if pipeline is None:
         return None
     digest = pipeline_digest(pipeline, _scenario_sets(settings))
-    params = loop.train.model_dump(mode="json")
-    for v in reversed(Registry(store, model=model).list()):
-        if _made_here(v, version, params, digest):
-            return v
-    return None
+    return next(_made_here_newest_first(Registry(store, model=model), version, loop.train.model_dump(mode="json"),
+                                        digest), None)
