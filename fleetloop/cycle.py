@@ -3,8 +3,9 @@
 A cycle for ISO week ``W`` runs early in ``W`` (Monday 03:00 UTC by default) and covers the logs
 that *arrived* during the previous week, ``[start(W) - 7 days, start(W))``; drift compares that
 window with the one before it. Every step uses this one definition of "this week".
-:func:`plan_cycle` reads the arrival index once; the plan's key (the week, the logs' content hashes
-and the loop's params) makes a second run of the same cycle a no-op. The record is what the next
+:func:`plan_cycle` reads the arrival index once; the plan's key (the week, the logs' content hashes,
+the loop's params and the caller's ``extra``: the flow's run options and the training pipeline's
+digest) makes a second run of the same cycle a no-op. The record is what the next
 run and a person read: one entry per step, each ``ran``, ``skipped`` (with the reason) or
 ``failed`` (with the error).
 """

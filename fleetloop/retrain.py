@@ -303,6 +303,14 @@ def _scenario_sets(settings: Settings) -> list[Path]:
     return sorted((Path(settings.home).resolve() / "scenarios").glob("*.parquet"))
 
 
+def current_pipeline_digest(settings: Settings) -> str | None:
+    """:func:`pipeline_digest` of the pipeline :func:`retrain_latest` would run now: the
+    repository's dvc.yaml (:func:`find_pipeline`) and the scenario sets. ``None`` when dvc.yaml is
+    not found or cannot be read."""
+    pipeline = find_pipeline()
+    return None if pipeline is None else pipeline_digest(pipeline, _scenario_sets(settings))
+
+
 def trained_before(store: Store, settings: Settings, loop: LoopParams, version: int, *,
                    model: str = "camera") -> ModelVersion | None:
     """The newest version registered as trained on ``dataset-v<version>`` with these train params
@@ -311,9 +319,8 @@ def trained_before(store: Store, settings: Settings, loop: LoopParams, version: 
     model. The weekly cycle does not retrain an unchanged dataset version that has one; after an
     edit to the train params or the pipeline it has none, so the cycle trains once more. ``None``
     also when dvc.yaml is not found (the retrain then says so)."""
-    pipeline = find_pipeline()
-    if pipeline is None:
+    digest = current_pipeline_digest(settings)
+    if digest is None:
         return None
-    digest = pipeline_digest(pipeline, _scenario_sets(settings))
     return next(_made_here_newest_first(Registry(store, model=model), version, loop.train.model_dump(mode="json"),
                                         digest), None)

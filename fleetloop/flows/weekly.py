@@ -45,7 +45,7 @@ from fleetloop.flows.train import retrain_flow
 from fleetloop.label.api import SyncIncomplete
 from fleetloop.params import LoopParams
 from fleetloop.recalibrate import Recalibration, recalibrate
-from fleetloop.retrain import trained_before
+from fleetloop.retrain import current_pipeline_digest, trained_before
 from fleetloop.settings import redact
 from fleetloop.store.locks import held_or
 from fleetloop.store.logs import read_logs
@@ -157,7 +157,9 @@ def weekly_cycle(
     # second waits, then finds the week done, or retries what the first left failed
     with _week_lock(week):
         st, loop = store(), params()
-        plan = plan_cycle(st, week, loop, extra=f"budget={budget};label={label}")
+        # the pipeline is an input too: after an edit to dvc.yaml a rerun of the week trains again
+        pipeline = current_pipeline_digest(settings())
+        plan = plan_cycle(st, week, loop, extra=f"budget={budget};label={label};pipeline={pipeline}")
         done = load_record(st, plan)
         if done is not None:
             logger.info("cycle %s already ran with these inputs (%s): nothing to do", week, plan.record_key)

@@ -10,7 +10,8 @@ real KITTI slice (0001 arrived two weeks ago, 0010 and 0012 last week):
   repro`` already stops at prepare): the rerun retrains (before, it skipped retrain because
   the dataset had not grown since, and marked the week done with no model trained);
 - the train params change while the dataset does not: the cycle trains again (before, any model
-  on the dataset version made it skip);
+  on the dataset version made it skip); after an edit to dvc.yaml alone, a rerun of a done week
+  trains again (before, it was a no-op);
 - a damaged log in the window: left out and named by every step, the others go through, the cycle
   is not marked done until it is repaired (before, drift failed on it and a damaged manifest
   stopped the cycle before any step);
@@ -265,6 +266,46 @@ def test_an_unchanged_dataset_is_trained_again_once_its_train_params_change(pref
     assert trained_before(week_logs, get_settings(), load_params(custom), 1) is None
     state = _cycle(budget=10, label=False)
     assert state.is_failed() and "failed" in _row(_summary(prefect_api), "retrain")
+
+
+def test_a_rerun_of_a_done_week_trains_again_after_an_edit_to_the_pipeline(prefect_api, week_logs, monkeypatch,
+                                                                          tmp_path):
+    """Before, the cycle's key held the logs and params.yaml but not the pipeline, so after an edit
+    to dvc.yaml alone a rerun of a done week was a no-op and the edit waited for next week's cycle.
+    Now the pipeline's digest is part of the key: the rerun runs, finds no model made by this
+    pipeline and trains (here it fails at prepare: the KITTI slice has no camera images)."""
+    from fleetloop.params import load_params
+    from fleetloop.registry import Registry
+    from fleetloop.retrain import find_pipeline, pipeline_digest
+    from tests.integration.test_registry import metrics, model_dir
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["grow"]["with_images"] = False
+    custom = tmp_path / "params" / "params.yaml"
+    custom.parent.mkdir()
+    custom.write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.setenv("FLEETLOOP_PARAMS", str(custom))
+    repo = tmp_path / "repo"  # a checkout whose dvc.yaml the engineer edits
+    (repo / "fleetloop").mkdir(parents=True)
+    shutil.copyfile(REPO / "dvc.yaml", repo / "dvc.yaml")
+    monkeypatch.chdir(repo)
+    assert find_pipeline() == repo / "dvc.yaml"
+    _deliver(week_logs, "fleetloop-2020-w01", "0001", list(range(0, 100, 2)))
+    grown = _cycle(budget=10, label=False)
+    assert grown.is_failed() and "failed" in _row(_summary(prefect_api), "retrain")
+    made = Registry(week_logs).register(model_dir(tmp_path / "m"), metrics(0.5), dataset_version=1,
+                                        params=load_params(custom).train.model_dump(mode="json"),
+                                        pipeline=pipeline_digest(repo / "dvc.yaml", []))
+    record = _cycle(budget=10, label=False).result()
+    assert record.steps["retrain"].status == "skipped" and f"model v{made.version}" in record.steps["retrain"].reason
+    assert _cycle(budget=10, label=False).result().noop, "the same inputs: nothing to do"
+
+    pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
+    pipeline["stages"]["evaluate"]["desc"] = "mAP per slice"  # what the pipeline is, not its layout
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    state = _cycle(budget=10, label=False)
+    assert state.is_failed() and "failed" in _row(_summary(prefect_api), "retrain"), _row(_summary(prefect_api),
+                                                                                          "retrain")
 
 
 def test_a_damaged_log_is_left_out_and_named_and_the_week_finishes_after_the_repair(prefect_api, week_logs):
