@@ -4,8 +4,8 @@ Rules (``promote:`` in params.yaml, :class:`~fleetloop.registry.params.PromotePa
 
 * **No production yet**: promote iff the candidate's primary metric reaches ``floor``.
 * **Otherwise** promote iff all hold:
-  - the candidate's primary metric is greater than production's + ``min_improvement``;
-  - no *gated* slice drops by more than ``slice_tolerance``. A slice is gated when both models
+  - the candidate's primary metric is better than production's by more than ``min_improvement``;
+  - no *gated* slice worsens by more than ``slice_tolerance``. A slice is gated when both models
     report it with a value and at least ``min_support`` objects (``support``) on both sides;
     slices below the support, missing on one side, or null (no objects) are shown, not gated;
 * and, in both cases, when ``max_latency_ms`` is set, the candidate's measured latency is known and
@@ -14,6 +14,9 @@ Rules (``promote:`` in params.yaml, :class:`~fleetloop.registry.params.PromotePa
 Reasons name each failing slice with its numbers ("weather=rain: map50 0.410 → 0.330 (−0.080 >
 tolerance 0.030, 120 objects)"); ``details["slices"]`` is the per-slice table
 ``{slice: {candidate, production, delta, support, production_support, gated, ok}}``.
+
+"Better" is ``better``'s direction: higher (the default: mAP) or lower (a miss rate, a loss). With
+lower, the floor is a bound from above, and ``delta`` (candidate − production) must fall.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ def _num(x: float) -> str:
 
 def _signed(x: float) -> str:
     return f"{x:+.3f}".replace("-", "\u2212")
+
+
+def _gain(delta: float, params: PromoteParams) -> float:
+    """How much better a change of ``delta`` (candidate − production) is: itself, or its negative
+    when lower is better."""
+    return delta if params.better == "higher" else -delta
 
 
 def _as_metrics(m: Metrics | dict[str, Any]) -> Metrics:
@@ -62,10 +71,12 @@ def decide(
         details["baseline"] = "floor"
         if c_primary is None:
             failures.append(f"candidate has no overall {metric}: cannot compare it with the floor {_num(params.floor)}")
-        elif c_primary < params.floor:
-            failures.append(f"{metric} {_num(c_primary)} is below the floor {_num(params.floor)} (no production model yet)")
+        elif _gain(c_primary - params.floor, params) < 0:
+            where = "below the floor" if params.better == "higher" else "above the floor (lower is better)"
+            failures.append(f"{metric} {_num(c_primary)} is {where} {_num(params.floor)} (no production model yet)")
         else:
-            passes.append(f"{metric} {_num(c_primary)} reaches the floor {_num(params.floor)} (first production model)")
+            passes.append(f"{metric} {_num(c_primary)} reaches the floor {_num(params.floor)} (first production model"
+                          + ("" if params.better == "higher" else "; lower is better") + ")")
         details["slices"] = _slice_table(cand, None, params)
     else:
         details["baseline"] = "production"
@@ -79,9 +90,10 @@ def decide(
         else:
             delta = c_primary - p_primary
             details["primary"]["delta"] = delta
-            line = (f"{metric} {_num(p_primary)} → {_num(c_primary)} ({_signed(delta)}, "
-                    f"needs > {_signed(params.min_improvement)})")
-            if delta > params.min_improvement:
+            need = (f"> {_signed(params.min_improvement)}" if params.better == "higher"
+                    else f"< {_signed(-params.min_improvement)}, lower is better")
+            line = f"{metric} {_num(p_primary)} → {_num(c_primary)} ({_signed(delta)}, needs {need})"
+            if _gain(delta, params) > params.min_improvement:
                 passes.append(line)
             else:
                 failures.append(f"not better: {line}")
@@ -98,7 +110,7 @@ def decide(
         if not bad:
             passes.append(
                 f"{len(gated)} slice(s) with ≥ {params.min_support} objects gated, "
-                f"none dropped more than {_num(params.slice_tolerance)}"
+                f"none {'dropped' if params.better == 'higher' else 'rose'} more than {_num(params.slice_tolerance)}"
             )
 
     details["latency_ms"] = latency_ms
@@ -141,7 +153,7 @@ def _slice_table(cand: Metrics, prod: Metrics | None, params: PromoteParams) -> 
             note = f"fewer than {params.min_support} objects"
         else:
             note = ""
-        ok = not gated or (delta is not None and -delta <= params.slice_tolerance + 1e-12)
+        ok = not gated or (delta is not None and -_gain(delta, params) <= params.slice_tolerance + 1e-12)
         table[name] = {
             "candidate": cv,
             "production": pv,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
 
@@ -24,10 +24,14 @@ class PromoteParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     primary: str = Field("map50", description="the metric a candidate must beat production on")
-    min_improvement: Number = Field(0.0, ge=0, description="the primary metric must rise by more than this")
+    better: Literal["higher", "lower"] = Field(
+        "higher", description="which way the primary metric improves: higher (mAP) or lower (a miss rate, a loss); "
+                              "the floor, the improvement and the slice tolerance follow it")
+    min_improvement: Number = Field(0.0, ge=0, description="the primary metric must improve by more than this")
     min_support: StrictInt = Field(20, ge=0, description="slices with fewer objects than this are not gated")
-    slice_tolerance: Number = Field(0.03, ge=0, description="largest allowed drop of a gated slice's metric")
-    floor: Number = Field(0.1, ge=0, description="the first model is promoted only when its primary metric reaches this")
+    slice_tolerance: Number = Field(0.03, ge=0, description="largest allowed worsening of a gated slice's metric")
+    floor: Number = Field(0.1, ge=0, description="the first model is promoted only when its primary metric reaches this "
+                                                  "(at least this; at most this when lower is better)")
     max_latency_ms: Number | None = Field(None, gt=0, description="candidates slower than this (CPU, per image) are rejected")
 
     @field_validator("primary")

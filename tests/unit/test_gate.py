@@ -122,6 +122,28 @@ def test_per_class_metrics_are_gated_as_class_slices_unless_already_sliced() -> 
     assert decide(cand, prod, P).passed
 
 
+def test_lower_is_better_turns_the_floor_the_improvement_and_the_slices_around() -> None:
+    """A primary metric that improves downwards (a miss rate): before ``better``, a candidate
+    that missed more was promoted and one that missed less was rejected."""
+    low = P.model_copy(update={"better": "lower", "floor": 0.3, "min_improvement": 0.01})
+    assert decide(metrics(0.25), None, low).passed
+    assert decide(metrics(0.30), None, low).passed  # at the bound is enough
+    first = decide(metrics(0.35), None, low)
+    assert not first.passed and "above the floor (lower is better) 0.300" in first.reasons[0]
+    better = decide(metrics(0.20), metrics(0.25), low)
+    assert better.passed, better.reasons
+    assert any("0.250 → 0.200 (−0.050, needs < −0.010, lower is better)" in r for r in better.reasons)
+    assert not decide(metrics(0.245), metrics(0.25), low).passed  # better, but not by more than 0.01
+    worse = decide(metrics(0.30), metrics(0.25), low)
+    assert not worse.passed and worse.reasons[0].startswith("not better")
+    v = decide(metrics(0.20, weather__rain=(0.44, 120), time_of_day__night=(0.31, 80)),
+               metrics(0.25, weather__rain=(0.40, 120), time_of_day__night=(0.30, 80)), low)
+    assert v.reasons == ["weather=rain: map50 0.400 → 0.440 (+0.040 > tolerance 0.030, 120 objects)"]
+    assert v.details["slices"]["time_of_day=night"]["ok"]  # rose 0.01: within the tolerance
+    with pytest.raises(ValueError, match="higher"):
+        PromoteParams(better="down")
+
+
 def test_latency_budget() -> None:
     budget = P.model_copy(update={"max_latency_ms": 5.0})
     assert decide(metrics(0.7), metrics(0.6), budget, latency_ms=4.0).passed
