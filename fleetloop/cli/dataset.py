@@ -110,6 +110,10 @@ def history(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([v.model_dump(mode="json") for v in versions])
         return
+    if not versions:
+        console.print("no version yet: `fleetloop dataset grow` makes the first from the synced labels "
+                      "(the weekly cycle grows it every week)", highlight=False)
+        return
     table = Table("version", "tag", "frames", "objects", "batches", "campaigns", "created_at")
     for v in versions:
         table.add_row(str(v.version), v.tag, f"{v.frames:,}", f"{v.objects:,}", str(v.batches),

@@ -366,6 +366,9 @@ def test_cli_grow_status_history_checkout(cli_fleet: tuple[Fleet, Path], tmp_pat
     runner = CliRunner()
     empty = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
     assert (empty["version"], empty["tag"], empty["repo"]) == (0, None, str(home.resolve() / "dataset"))
+    none = runner.invoke(app, ["history"])  # before, an empty table and nothing said
+    assert none.exit_code == 0 and "no version yet" in none.stdout and "fleetloop dataset grow" in none.stdout
+    assert json.loads(runner.invoke(app, ["history", "--json"]).stdout) == []
 
     fleet.deliver("week-1", [Ann("log-a", i, i + 1, 1, T0, [_box(i)]) for i in range(3)])
     out = runner.invoke(app, ["grow", "--json"])
