@@ -311,15 +311,14 @@ def current_pipeline_digest(settings: Settings) -> str | None:
     return None if pipeline is None else pipeline_digest(pipeline, _scenario_sets(settings))
 
 
-def trained_before(store: Store, settings: Settings, loop: LoopParams, version: int, *,
+def trained_before(store: Store, loop: LoopParams, version: int, digest: str | None, *,
                    model: str = "camera") -> ModelVersion | None:
     """The newest version registered as trained on ``dataset-v<version>`` with these train params
-    (but :data:`RUN_CONTROL`) and the pipeline :func:`retrain_latest` would run now (the
-    repository's dvc.yaml and the scenario sets: :func:`pipeline_digest`), from whatever starting
-    model. The weekly cycle does not retrain an unchanged dataset version that has one; after an
-    edit to the train params or the pipeline it has none, so the cycle trains once more. ``None``
-    also when dvc.yaml is not found (the retrain then says so)."""
-    digest = current_pipeline_digest(settings)
+    (but :data:`RUN_CONTROL`) and the pipeline ``digest`` (:func:`current_pipeline_digest`: the one
+    :func:`retrain_latest` would run now), from whatever starting model. The weekly cycle does not
+    retrain an unchanged dataset version that has one; after an edit to the train params or the
+    pipeline it has none, so the cycle trains once more. ``None`` also when ``digest`` is (dvc.yaml
+    not found: the retrain then says so)."""
     if digest is None:
         return None
     return next(_made_here_newest_first(Registry(store, model=model), version, loop.train.model_dump(mode="json"),

@@ -167,7 +167,8 @@ def weekly_cycle(
                 f"# Weekly cycle {week}: already done\n\nThe same inputs ran at {done.finished_at}; "
                 "this run (a duplicate schedule fire or a manual rerun) did nothing."))
             return done.model_copy(update={"noop": True})
-        record = _run_cycle(plan, loop, st, budget=budget, label=label, retrain_unchanged=retrain_unchanged)
+        record = _run_cycle(plan, loop, st, budget=budget, label=label, retrain_unchanged=retrain_unchanged,
+                            pipeline=pipeline)
     if not record.complete:
         raise RuntimeError(_incomplete_message(record))
     return record
@@ -193,7 +194,7 @@ def _incomplete_message(record: CycleRecord) -> str:
 
 
 def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, label: bool,
-               retrain_unchanged: bool) -> CycleRecord:
+               retrain_unchanged: bool, pipeline: str | None) -> CycleRecord:
     week = plan.week
     record = CycleRecord(week=week, key=plan.key, logs=plan.log_ids, started_at=datetime.now(UTC),
                          left_out=dict(plan.unreadable))
@@ -262,7 +263,7 @@ def _run_cycle(plan: CyclePlan, loop: LoopParams, st: Store, *, budget: int, lab
     elif grown.version < 1:
         steps.skip("retrain", "no dataset version to train on")
     elif grown.nothing_new and not retrain_unchanged and (
-            done := trained_before(st, settings(), loop, grown.version)) is not None:
+            done := trained_before(st, loop, grown.version, pipeline)) is not None:
         steps.skip("retrain", f"dataset-v{grown.version} is unchanged and model v{done.version} was trained on it "
                               "with these train params and this pipeline")
     else:

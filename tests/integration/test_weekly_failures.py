@@ -230,7 +230,7 @@ def test_an_unchanged_dataset_is_trained_again_once_its_train_params_change(pref
     alone (how a training runs, not what it makes) still does not train again."""
     from fleetloop.params import load_params
     from fleetloop.registry import Registry
-    from fleetloop.retrain import find_pipeline, pipeline_digest, trained_before
+    from fleetloop.retrain import current_pipeline_digest, find_pipeline, pipeline_digest, trained_before
     from tests.integration.test_registry import metrics, model_dir
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -251,7 +251,7 @@ def test_an_unchanged_dataset_is_trained_again_once_its_train_params_change(pref
     made = registry.register(model_dir(tmp_path / "m"), metrics(0.5), dataset_version=1,
                              params=load_params(custom).train.model_dump(mode="json"),
                              pipeline=pipeline_digest(pipeline, []))
-    assert trained_before(week_logs, get_settings(), load_params(custom), 1) == made
+    assert trained_before(week_logs, load_params(custom), 1, current_pipeline_digest(get_settings())) == made
     record = _cycle(budget=10, label=False).result()
     assert record.steps["retrain"].status == "skipped", record.steps["retrain"]
     assert f"model v{made.version} was trained on it" in record.steps["retrain"].reason
@@ -263,7 +263,7 @@ def test_an_unchanged_dataset_is_trained_again_once_its_train_params_change(pref
 
     params["train"]["epochs"] += 1  # another model: the cycle trains (here it fails at prepare)
     custom.write_text(yaml.safe_dump(params, sort_keys=False))
-    assert trained_before(week_logs, get_settings(), load_params(custom), 1) is None
+    assert trained_before(week_logs, load_params(custom), 1, current_pipeline_digest(get_settings())) is None
     state = _cycle(budget=10, label=False)
     assert state.is_failed() and "failed" in _row(_summary(prefect_api), "retrain")
 
